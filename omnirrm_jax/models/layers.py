@@ -1,0 +1,201 @@
+"""Building blocks shared by the three towers: linear (with an optional LoRA branch), norms, embeddings,
+and the single place where the attention kernel is chosen.
+
+Dimension letters used in variable names across `models/`:
+  B batch, T query tokens, S key/value tokens, D model width, N query heads, K kv heads, H head dim,
+  F feed-forward width, V vocab, P patches, M mel frames, C chunks, G generations.
+
+Every parameter carries logical axis names in its `out_sharding` metadata (eager sharding off); the
+training code maps them to mesh axes through one table (`training/sharding.py`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# Logical axis names. One vocabulary for all towers keeps the sharding table small.
+EMBED = "embed"  # model width of the tower (D)
+MLP = "mlp"  # feed-forward width (F)
+HEADS = "heads"  # query heads x head dim (fused)
+KV_HEADS = "kv_heads"  # kv heads x head dim (fused)
+VOCAB = "vocab"
+NORM = "norm"  # 1-D scales/biases: kept replicated
+CONV = "conv"  # conv window / patch input rows: replicated
+LORA_RANK = "lora_rank"
+
+
+def param(value: jax.Array, axes: tuple[str | None, ...], kind: type[nnx.Variable] = nnx.Param) -> nnx.Variable:
+    """A variable annotated with logical axes, without sharding it now (sharding happens under jit)."""
+    if len(axes) != value.ndim:
+        raise ValueError(f"axes {axes} do not match a value of shape {value.shape}")
+    return kind(value, out_sharding=axes, eager_sharding=False)
+
+
+def as_dtype(name_or_dtype) -> jnp.dtype:
+    return jnp.dtype(name_or_dtype)
+
+
+class Linear(nnx.Module):
+    """y = x @ kernel (+ bias) (+ scale * x @ lora_a @ lora_b). Kernel is stored (in, out), torch's transpose.
+
+    The LoRA branch is absent until `add_lora` is called; its B factor starts at zero so adding it never
+    changes the output. `lora_enabled=False` switches the branch off without removing it (the GRPO
+    reference policy is the base model).
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, use_bias: bool, axes: tuple[str, str],
+                 dtype: str, param_dtype: str, rngs: nnx.Rngs):
+        pdt = as_dtype(param_dtype)
+        init = nnx.initializers.lecun_normal()
+        self.kernel = param(init(rngs.params(), (in_features, out_features), pdt), axes)
+        self.bias = param(jnp.zeros((out_features,), pdt), (axes[1],)) if use_bias else None
+        self.dtype = as_dtype(dtype)
+        self.lora_a: nnx.LoRAParam | None = nnx.data(None)
+        self.lora_b: nnx.LoRAParam | None = nnx.data(None)
+        self.lora_scale = 0.0
+        self.lora_enabled = True
+
+    def add_lora(self, rank: int, alpha: float, rngs: nnx.Rngs, dtype: str | None = None) -> None:
+        """Attaches a LoRA branch (A random as in PEFT's kaiming-uniform, B zero) with scale alpha / rank."""
+        d_in, d_out = self.kernel.shape
+        pdt = as_dtype(dtype or self.kernel.dtype)
+        bound = 1.0 / jnp.sqrt(d_in)
+        a = jax.random.uniform(rngs.params(), (d_in, rank), pdt, -bound, bound)
+        axes = self.kernel.get_metadata().get("out_sharding") or (None, None)
+        self.lora_a = param(a, (axes[0], LORA_RANK), nnx.LoRAParam)
+        self.lora_b = param(jnp.zeros((rank, d_out), pdt), (LORA_RANK, axes[1]), nnx.LoRAParam)
+        self.lora_scale = float(alpha) / rank
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(self.dtype)
+        y = x @ self.kernel[...].astype(self.dtype)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        if self.lora_a is not None and self.lora_enabled:
+            lora = (x @ self.lora_a[...].astype(self.dtype)) @ self.lora_b[...].astype(self.dtype)
+            y = y + lora * jnp.asarray(self.lora_scale, self.dtype)
+        return y
+
+
+class Embed(nnx.Module):
+    """Token embedding table (V, D); also usable as a tied output projection."""
+
+    def __init__(self, num: int, features: int, *, dtype: str, param_dtype: str, rngs: nnx.Rngs):
+        init = nnx.initializers.normal(0.02)
+        self.embedding = param(init(rngs.params(), (num, features), as_dtype(param_dtype)), (VOCAB, EMBED))
+        self.dtype = as_dtype(dtype)
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        return x.astype(self.dtype) @ self.embedding[...].astype(self.dtype).T
+
+
+class RMSNorm(nnx.Module):
+    """HF Qwen2 RMSNorm: normalise in fp32, cast back to the input dtype, then multiply by the weight."""
+
+    def __init__(self, dim: int, *, eps: float, param_dtype: str):
+        self.scale = param(jnp.ones((dim,), as_dtype(param_dtype)), (NORM,))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...] * x32.astype(x.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """torch.nn.LayerNorm (eps 1e-5 by default, as the audio tower uses): fp32 statistics, input dtype out."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-5, param_dtype: str):
+        self.scale = param(jnp.ones((dim,), as_dtype(param_dtype)), (NORM,))
+        self.bias = param(jnp.zeros((dim,), as_dtype(param_dtype)), (NORM,))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        return y.astype(x.dtype)
+
+
+def gelu_exact(x: jax.Array) -> jax.Array:
+    """The erf GELU that torch uses by default (jax.nn.gelu defaults to the tanh approximation)."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+def rotate_half(x: jax.Array) -> jax.Array:
+    """NeoX convention: (x1, x2) -> (-x2, x1) over the two halves of the last axis."""
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return jnp.concatenate([-x2, x1], axis=-1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Attention: the one place that picks a kernel.
+# ----------------------------------------------------------------------------------------------------
+
+AttentionFn = Callable[..., jax.Array]
+_BACKENDS: dict[str, AttentionFn] = {}
+
+
+def register_attention_backend(name: str, fn: AttentionFn) -> None:
+    """Registers a kernel (e.g. a Pallas splash-attention wrapper on TPU) under `name`.
+
+    `fn(q_BTNH, k_BSKH, v_BSKH, *, mask_BTS, is_causal, scale) -> out_BTNH` must accept grouped kv heads.
+    Registering "tpu" makes `attention_backend="auto"` use it on TPU.
+    """
+    _BACKENDS[name] = fn
+
+
+def _xla_attention(q, k, v, *, mask, is_causal, scale):
+    """Reference math: logits in fp32, softmax in fp32 (as HF eager), grouped kv heads without copies."""
+    B, T, N, H = q.shape
+    K = k.shape[2]
+    q = q.reshape(B, T, K, N // K, H)
+    logits = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+    if is_causal:
+        causal = jnp.tril(jnp.ones((T, k.shape[1]), bool), k=k.shape[1] - T)
+        mask = causal[None] if mask is None else mask & causal[None]
+    if mask is not None:
+        logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
+    return out.reshape(B, T, N, H)
+
+
+def _cudnn_attention(q, k, v, *, mask, is_causal, scale):
+    return jax.nn.dot_product_attention(q, k, v, mask=None if mask is None else mask[:, None],
+                                        is_causal=is_causal, scale=scale, implementation="cudnn")
+
+
+register_attention_backend("xla", _xla_attention)
+register_attention_backend("cudnn", _cudnn_attention)
+
+
+def resolve_backend(name: str, dtype) -> str:
+    """"auto" -> cuDNN flash for 16-bit compute on GPU, a registered "tpu" kernel on TPU, else XLA."""
+    if name != "auto":
+        if name not in _BACKENDS:
+            raise ValueError(f"unknown attention backend {name!r}; registered: {sorted(_BACKENDS)}")
+        return name
+    platform = jax.default_backend()
+    if platform == "gpu" and as_dtype(dtype) in (jnp.bfloat16, jnp.float16):
+        return "cudnn"
+    if platform == "tpu" and "tpu" in _BACKENDS:
+        return "tpu"
+    return "xla"
+
+
+def attention(q_BTNH: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array, *, mask_BTS: jax.Array | None = None,
+              is_causal: bool = False, scale: float, backend: str = "auto") -> jax.Array:
+    """Multi-head attention with grouped kv heads. `mask_BTS` is True where a query may see a key;
+    `is_causal` aligns the causal diagonal to the end of the keys (cached decoding)."""
+    name = resolve_backend(backend, q_BTNH.dtype)
+    return _BACKENDS[name](q_BTNH, k_BSKH, v_BSKH, mask=mask_BTS, is_causal=is_causal, scale=scale)

@@ -1,0 +1,191 @@
+"""Hugging Face safetensors <-> NNX parameters, in both directions, by one declarative mapping.
+
+Our module tree mirrors the checkpoint names (`model.layers.3.self_attn.q_proj` is the NNX path
+`model/layers/3/self_attn/q_proj`), so the mapping is: leaf rename (`weight` -> `kernel` | `scale` |
+`embedding`), a short table of path renames, and a layout transform chosen by the leaf and the tensor
+rank. Loading is strict: a missing, unexpected or mis-shaped tensor is an error that names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from typing import Any, Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from omnirrm_jax.models import config as config_lib
+
+# Checkpoint path <-> NNX path renames (regex on the dotted name, applied in order).
+_HF_TO_NNX = [(re.compile(r"\.mlp\.(\d+)\."), r".mlp_\1.")]
+_NNX_TO_HF = [(re.compile(r"\.mlp_(\d+)\."), r".mlp.\1.")]
+# Checkpoint prefixes of the full Qwen2.5-Omni model that the thinker does not use.
+IGNORED_PREFIXES = ("talker.", "token2wav.")
+_LEAF_TO_HF = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not fit the model: lists every offending tensor with both shapes."""
+
+
+def base_params_filter():
+    """Parameters that come from a base checkpoint (everything but LoRA factors)."""
+    return nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
+
+
+def _path_str(path: Iterable[Any]) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def nnx_path_to_hf(path: tuple) -> str:
+    """('model', 'layers', 0, 'mlp', 'up_proj', 'kernel') -> 'model.layers.0.mlp.up_proj.weight'."""
+    *module, leaf = (str(p) for p in path)
+    name = ".".join(module) + "." + _LEAF_TO_HF[leaf]
+    for pat, repl in _NNX_TO_HF:
+        name = pat.sub(repl, name)
+    return name
+
+
+def hf_to_torch_layout(leaf: str, value: np.ndarray, hf_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """NNX value -> the tensor layout torch stores (Linear (in,out)->(out,in); Conv1d (k,in,out)->(out,in,k))."""
+    if leaf != "kernel":
+        return value
+    if value.ndim == 3:
+        return np.transpose(value, (2, 1, 0))
+    out = value.T
+    return out.reshape(hf_shape) if hf_shape is not None else out
+
+
+def torch_to_nnx_layout(leaf: str, tensor: np.ndarray) -> np.ndarray:
+    """Checkpoint tensor -> NNX layout. Conv3d patch weights (D, C, T, p, p) flatten to a (C*T*p*p, D) kernel."""
+    if leaf != "kernel":
+        return tensor
+    if tensor.ndim == 3:
+        return np.transpose(tensor, (2, 1, 0))
+    return tensor.reshape(tensor.shape[0], -1).T
+
+
+def normalize_hf_name(name: str) -> str | None:
+    """Strips the `thinker.` prefix of full-model checkpoints; None for tensors the thinker ignores."""
+    if name.startswith(IGNORED_PREFIXES):
+        return None
+    if name.startswith("thinker."):
+        name = name[len("thinker."):]
+    for pat, repl in _HF_TO_NNX:
+        name = pat.sub(repl, name)
+    return name
+
+
+def expected_hf_shapes(module: nnx.Module, prefix: str = "") -> dict[str, tuple[tuple, str, tuple]]:
+    """{checkpoint name (NNX-renamed) -> (nnx path, leaf, nnx shape)} for every base parameter of `module`."""
+    out = {}
+    for path, var in nnx.state(module, base_params_filter()).flat_state():
+        name = prefix + _path_str(path[:-1]) + "." + _LEAF_TO_HF[str(path[-1])]
+        out[name] = (path, str(path[-1]), tuple(var.shape))
+    return out
+
+
+def assign_hf_tensors(module: nnx.Module, tensors: Mapping[str, Any], *, prefix: str = "",
+                      source: str = "checkpoint") -> None:
+    """Copies checkpoint tensors (torch names, relative to `prefix`) into `module`, strictly.
+
+    Args:
+      module: an NNX module whose tree mirrors the checkpoint names (e.g. the vision tower for `visual.*`).
+      tensors: name -> array (numpy, jax or anything `np.asarray` takes), names already without `thinker.`.
+      prefix: names in `tensors` start with this (e.g. "visual."); other names are reported as unexpected.
+      source: how to call the origin in error messages (a file or directory).
+    Raises:
+      CheckpointMismatchError naming every missing, unexpected and mis-shaped tensor.
+    """
+    expected = expected_hf_shapes(module)
+    renamed = {}
+    for name, value in tensors.items():
+        n = normalize_hf_name(name)
+        if n is None:
+            continue
+        if not n.startswith(prefix):
+            renamed[n] = value  # reported as unexpected below
+            continue
+        renamed[n[len(prefix):]] = value
+    missing = sorted(set(expected) - set(renamed))
+    unexpected = sorted(set(renamed) - set(expected))
+    problems = [f"missing tensor {prefix}{_hf_name(n)} (model expects shape {_torch_shape(*expected[n][1:])})"
+                for n in missing]
+    problems += [f"unexpected tensor {prefix}{_hf_name(n)} (shape {tuple(np.shape(renamed[n]))})"
+                 for n in unexpected]
+    updates = {}
+    for name in sorted(set(expected) & set(renamed)):
+        path, leaf, shape = expected[name]
+        arr = renamed[name]
+        converted_shape = _converted_shape(leaf, tuple(np.shape(arr)))
+        if converted_shape != shape:
+            problems.append(f"tensor {prefix}{_hf_name(name)} has shape {tuple(np.shape(arr))}, "
+                            f"model expects {_torch_shape(leaf, shape)}")
+            continue
+        updates[path] = arr
+    if problems:
+        raise CheckpointMismatchError(f"{source} does not match the model ({len(problems)} problem(s)):\n  "
+                                      + "\n  ".join(problems))
+    state = nnx.state(module, base_params_filter())
+    flat = dict(state.flat_state())
+    for path, arr in updates.items():
+        var = flat[path]
+        value = _to_nnx(path[-1], arr, var.dtype)
+        var.set_value(value) if hasattr(var, "set_value") else setattr(var, "value", value)
+    nnx.update(module, state)
+
+
+def _hf_name(nnx_renamed: str) -> str:
+    for pat, repl in _NNX_TO_HF:
+        nnx_renamed = pat.sub(repl, nnx_renamed)
+    return nnx_renamed
+
+
+def _converted_shape(leaf: str, shape: tuple) -> tuple:
+    if leaf != "kernel":
+        return shape
+    if len(shape) == 3:
+        return (shape[2], shape[1], shape[0])
+    return (int(np.prod(shape[1:])), shape[0])
+
+
+def _torch_shape(leaf: str, nnx_shape: tuple) -> tuple:
+    if leaf != "kernel":
+        return nnx_shape
+    return tuple(reversed(nnx_shape))
+
+
+def _to_nnx(leaf: str, arr: Any, dtype) -> jax.Array:
+    if isinstance(arr, jax.Array) and leaf != "kernel":
+        return arr.astype(dtype)
+    if isinstance(arr, jax.Array):
+        if arr.ndim == 3:
+            return jnp.transpose(arr, (2, 1, 0)).astype(dtype)
+        return arr.reshape(arr.shape[0], -1).T.astype(dtype)
+    return jnp.asarray(torch_to_nnx_layout(leaf, np.asarray(arr)), dtype=dtype)
+
+
+def module_to_hf_tensors(module: nnx.Module, *, prefix: str = "",
+                         hf_shapes: Mapping[str, tuple] | None = None) -> dict[str, jax.Array]:
+    """The inverse of `assign_hf_tensors`: {checkpoint name: tensor in torch layout} (values keep their dtype).
+
+    `hf_shapes` gives the torch shape for tensors whose layout is not determined by the NNX one
+    (the Conv3d patch embedding).
+    """
+    hf_shapes = hf_shapes or {}
+    out = {}
+    for path, var in nnx.state(module, base_params_filter()).flat_state():
+        name = prefix + nnx_path_to_hf(path)
+        value = var[...]
+        leaf = str(path[-1])
+        if leaf == "kernel":
+            value = jnp.transpose(value, (2, 1, 0)) if value.ndim == 3 else value.T
+            if name in hf_shapes:
+                value = value.reshape(hf_shapes[name])
+        out[name] = value
+    return out

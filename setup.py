@@ -1,0 +1,33 @@
+"""omnirrm_jax: a JAX/Flax re-implementation of the Omni-RRM rubric-grounded reward model."""
+from setuptools import find_packages, setup
+
+setup(
+    name="omnirrm_jax",
+    version="0.1.0",
+    description="Omni-RRM (rubric-grounded omni-modal reward model) in JAX / Flax NNX",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["omnirrm_jax", "omnirrm_jax.*", "data_prep", "data_prep.*"]),
+    package_data={"omnirrm_jax": ["**/*.txt", "**/*.json", "**/*.yaml"]},
+    install_requires=[
+        "jax>=0.6",
+        "flax>=0.11",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "grain>=0.2.10",
+        "transformers>=5.0,<6",
+        "sentencepiece>=0.2",
+        "tensorflow-datasets>=4.9.8",
+        "numpy>=1.26",
+        "librosa>=0.10",
+        "safetensors>=0.4",
+        "av>=12",
+        "pyyaml>=6",
+    ],
+    extras_require={
+        # CPU torch: transformers' model is the numerical reference of the parity tests.
+        "test": ["pytest>=8", "torch>=2.6,<2.14", "peft>=0.15"],
+    },
+    entry_points={"console_scripts": ["omnirrm=omnirrm_jax.cli:main"]},
+)
