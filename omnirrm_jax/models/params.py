@@ -84,7 +84,7 @@ def normalize_hf_name(name: str) -> str | None:
 def expected_hf_shapes(module: nnx.Module, prefix: str = "") -> dict[str, tuple[tuple, str, tuple]]:
     """{checkpoint name (NNX-renamed) -> (nnx path, leaf, nnx shape)} for every base parameter of `module`."""
     out = {}
-    for path, var in nnx.state(module, base_params_filter()).flat_state():
+    for path, var in nnx.to_flat_state(nnx.state(module, base_params_filter())):
         name = prefix + _path_str(path[:-1]) + "." + _LEAF_TO_HF[str(path[-1])]
         out[name] = (path, str(path[-1]), tuple(var.shape))
     return out
@@ -132,7 +132,7 @@ def assign_hf_tensors(module: nnx.Module, tensors: Mapping[str, Any], *, prefix:
         raise CheckpointMismatchError(f"{source} does not match the model ({len(problems)} problem(s)):\n  "
                                       + "\n  ".join(problems))
     state = nnx.state(module, base_params_filter())
-    flat = dict(state.flat_state())
+    flat = dict(nnx.to_flat_state(state))
     for path, arr in updates.items():
         var = flat[path]
         value = _to_nnx(path[-1], arr, var.dtype)
@@ -179,7 +179,7 @@ def module_to_hf_tensors(module: nnx.Module, *, prefix: str = "",
     """
     hf_shapes = hf_shapes or {}
     out = {}
-    for path, var in nnx.state(module, base_params_filter()).flat_state():
+    for path, var in nnx.to_flat_state(nnx.state(module, base_params_filter())):
         name = prefix + nnx_path_to_hf(path)
         value = var[...]
         leaf = str(path[-1])

@@ -1,0 +1,192 @@
+"""The Qwen2.5 text decoder of the thinker, with multimodal rotary (mRoPE) and a static KV cache.
+
+One code path serves training (no cache), prefill (cache written from slot 0) and one-token decode
+steps (cache written at `cache_index`): keys always come from the tokens seen so far, and a boolean
+mask combines causality with the per-row padding mask, so left-padded batches decode correctly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from omnirrm_jax.models import layers as L
+from omnirrm_jax.models.config import ThinkerConfig
+
+
+# ----------------------------------------------------------------------------------------------------
+# Multimodal rotary
+# ----------------------------------------------------------------------------------------------------
+
+def mrope_cos_sin(positions_3BT: jax.Array, *, head_dim: int, theta: float, section: tuple[int, ...],
+                  dtype) -> tuple[jax.Array, jax.Array]:
+    """cos/sin (B, T, H) for (temporal, height, width) positions.
+
+    Frequencies [0, s0) rotate with the temporal id, [s0, s0+s1) with the height id, the rest with the
+    width id (contiguous blocks, HF `recomposition_frequencies`); computed in fp32 and cast to the
+    activation dtype as HF does, so bf16 runs round the same way.
+    """
+    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)))
+    freqs = positions_3BT.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)  # (3,B,T,H/2)
+    bounds = np.cumsum((0,) + tuple(section))
+    parts = [freqs[i % 3, ..., bounds[i]:bounds[i + 1]] for i in range(len(section))]
+    freqs_BTh = jnp.concatenate(parts, axis=-1)
+    emb = jnp.concatenate([freqs_BTh, freqs_BTh], axis=-1)
+    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def apply_rotary(x_BTNH: jax.Array, cos_BTH: jax.Array, sin_BTH: jax.Array) -> jax.Array:
+    cos, sin = cos_BTH[:, :, None, :], sin_BTH[:, :, None, :]
+    return x_BTNH * cos + L.rotate_half(x_BTNH) * sin
+
+
+# ----------------------------------------------------------------------------------------------------
+# KV cache
+# ----------------------------------------------------------------------------------------------------
+
+@struct.dataclass
+class KVCache:
+    """Per-layer keys/values (B, S_max, K, H) and the (B, S_max) validity of each slot (False = padding).
+
+    `kv_mask` covers future slots too (decoded tokens are valid); causality hides them until written.
+    """
+
+    k: list[jax.Array]
+    v: list[jax.Array]
+    kv_mask: jax.Array
+
+    @property
+    def max_len(self) -> int:
+        return self.kv_mask.shape[1]
+
+
+def init_cache(cfg: ThinkerConfig, batch: int, max_len: int, prompt_mask_BT: jax.Array | None = None,
+               dtype=None) -> KVCache:
+    """An empty cache. `prompt_mask_BT` (B, T<=max_len) marks left padding of the prompt; later slots are valid."""
+    t = cfg.text
+    dtype = L.as_dtype(dtype or cfg.dtype)
+    shape = (batch, max_len, t.num_kv_heads, t.head_dim)
+    kv_mask = jnp.ones((batch, max_len), bool)
+    if prompt_mask_BT is not None:
+        kv_mask = kv_mask.at[:, :prompt_mask_BT.shape[1]].set(prompt_mask_BT.astype(bool))
+    return KVCache(k=[jnp.zeros(shape, dtype) for _ in range(t.num_layers)],
+                   v=[jnp.zeros(shape, dtype) for _ in range(t.num_layers)], kv_mask=kv_mask)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Decoder
+# ----------------------------------------------------------------------------------------------------
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ThinkerConfig, *, rngs: nnx.Rngs):
+        t = cfg.text
+        kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
+        self.q_proj = L.Linear(t.hidden_size, t.num_heads * t.head_dim, use_bias=True, axes=(L.EMBED, L.HEADS), **kw)
+        self.k_proj = L.Linear(t.hidden_size, t.num_kv_heads * t.head_dim, use_bias=True,
+                               axes=(L.EMBED, L.KV_HEADS), **kw)
+        self.v_proj = L.Linear(t.hidden_size, t.num_kv_heads * t.head_dim, use_bias=True,
+                               axes=(L.EMBED, L.KV_HEADS), **kw)
+        self.o_proj = L.Linear(t.num_heads * t.head_dim, t.hidden_size, use_bias=False, axes=(L.HEADS, L.EMBED), **kw)
+        self.num_heads, self.num_kv_heads, self.head_dim = t.num_heads, t.num_kv_heads, t.head_dim
+        self.backend = cfg.attention_backend
+
+    def __call__(self, x_BTD, cos_BTH, sin_BTH, mask_BS, layer_cache=None, cache_index=None):
+        B, T, _ = x_BTD.shape
+        q = self.q_proj(x_BTD).reshape(B, T, self.num_heads, self.head_dim)
+        k = self.k_proj(x_BTD).reshape(B, T, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x_BTD).reshape(B, T, self.num_kv_heads, self.head_dim)
+        q, k = apply_rotary(q, cos_BTH, sin_BTH), apply_rotary(k, cos_BTH, sin_BTH)
+        if layer_cache is None:
+            causal_TS = jnp.tril(jnp.ones((T, T), bool))
+            mask_BTS = causal_TS[None] & mask_BS[:, None, :]
+        else:
+            k_all, v_all = layer_cache
+            k = jax.lax.dynamic_update_slice(k_all, k.astype(k_all.dtype), (0, cache_index, 0, 0))
+            v = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype), (0, cache_index, 0, 0))
+            layer_cache = (k, v)
+            slot_S = jnp.arange(k.shape[1])
+            causal_TS = slot_S[None, :] <= (cache_index + jnp.arange(T))[:, None]
+            mask_BTS = causal_TS[None] & mask_BS[:, None, :]
+        out = L.attention(q, k.astype(q.dtype), v.astype(q.dtype), mask_BTS=mask_BTS,
+                          scale=self.head_dim ** -0.5, backend=self.backend)
+        return self.o_proj(out.reshape(B, T, -1)), layer_cache
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ThinkerConfig, *, rngs: nnx.Rngs):
+        t = cfg.text
+        kw = dict(use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
+        self.gate_proj = L.Linear(t.hidden_size, t.intermediate_size, axes=(L.EMBED, L.MLP), **kw)
+        self.up_proj = L.Linear(t.hidden_size, t.intermediate_size, axes=(L.EMBED, L.MLP), **kw)
+        self.down_proj = L.Linear(t.intermediate_size, t.hidden_size, axes=(L.MLP, L.EMBED), **kw)
+
+    def __call__(self, x):
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: ThinkerConfig, *, rngs: nnx.Rngs):
+        eps = cfg.text.rms_norm_eps
+        self.input_layernorm = L.RMSNorm(cfg.text.hidden_size, eps=eps, param_dtype=cfg.param_dtype)
+        self.self_attn = Attention(cfg, rngs=rngs)
+        self.post_attention_layernorm = L.RMSNorm(cfg.text.hidden_size, eps=eps, param_dtype=cfg.param_dtype)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x, cos, sin, mask_BS, layer_cache=None, cache_index=None):
+        h, layer_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask_BS, layer_cache, cache_index)
+        x = x + h
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, layer_cache
+
+
+class TextModel(nnx.Module):
+    """`model.*` of the checkpoint: token embedding, decoder layers, final norm (no output head)."""
+
+    def __init__(self, cfg: ThinkerConfig, *, rngs: nnx.Rngs):
+        t = cfg.text
+        self.embed_tokens = L.Embed(t.vocab_size, t.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                                    rngs=rngs)
+        self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(t.num_layers)])
+        self.norm = L.RMSNorm(t.hidden_size, eps=t.rms_norm_eps, param_dtype=cfg.param_dtype)
+        self.rope = dict(head_dim=t.head_dim, theta=t.rope_theta, section=tuple(t.mrope_section))
+        self.dtype = L.as_dtype(cfg.dtype)
+
+    def __call__(self, inputs_embeds_BTD: jax.Array, positions_3BT: jax.Array, attention_mask_BT: jax.Array | None = None,
+                 cache: KVCache | None = None, cache_index: jax.Array | int | None = None,
+                 output_hidden_states: bool = False):
+        """Runs the decoder.
+
+        Args:
+          inputs_embeds_BTD: token embeddings with multimodal rows already merged.
+          positions_3BT: mRoPE position ids (temporal, height, width).
+          attention_mask_BT: 1 for real tokens, 0 for padding (no cache); ignored with a cache, whose
+            `kv_mask` already says which slots are padding.
+          cache: a `KVCache`; the T new tokens are written at slots [cache_index, cache_index + T).
+        Returns:
+          (final-norm hidden states (B,T,D), updated cache or None, per-layer inputs + final pre-norm if asked).
+        """
+        x = inputs_embeds_BTD.astype(self.dtype)
+        B, T, _ = x.shape
+        cos, sin = mrope_cos_sin(positions_3BT, dtype=self.dtype, **self.rope)
+        if cache is None:
+            mask_BS = jnp.ones((B, T), bool) if attention_mask_BT is None else attention_mask_BT.astype(bool)
+        else:
+            mask_BS = cache.kv_mask
+            cache_index = jnp.asarray(cache_index, jnp.int32)
+        hidden, new_k, new_v = [], [], []
+        for i, layer in enumerate(self.layers):
+            if output_hidden_states:
+                hidden.append(x)
+            layer_cache = None if cache is None else (cache.k[i], cache.v[i])
+            x, layer_cache = layer(x, cos, sin, mask_BS, layer_cache, cache_index)
+            if layer_cache is not None:
+                new_k.append(layer_cache[0])
+                new_v.append(layer_cache[1])
+        if output_hidden_states:
+            hidden.append(x)
+        new_cache = None if cache is None else dataclasses.replace(cache, k=new_k, v=new_v)
+        return self.norm(x), new_cache, hidden
