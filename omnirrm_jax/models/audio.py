@@ -82,8 +82,8 @@ def audio_aux(feature_lens: np.ndarray, acfg: AudioConfig, pad_chunks_to: int | 
     }
 
 
-def chunk_features(input_features: np.ndarray, acfg: AudioConfig, *, feature_lens=None,
-                   feature_attention_mask=None, pad_chunks_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def chunk_features(input_features: np.ndarray, feature_attention_mask, acfg: AudioConfig, *, feature_lens=None,
+                   pad_chunks_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Cuts features into zero-padded chunks (C, I, M = 2*n_window) and returns them with the per-audio lengths.
 
     Accepts HF's two forms: packed (I, sum L) with `feature_lens`, or batched (n_audio, I, frames) with
@@ -109,12 +109,13 @@ def chunk_features(input_features: np.ndarray, acfg: AudioConfig, *, feature_len
     return chunks, feature_lens
 
 
-def prepare_audio(input_features: np.ndarray, acfg: AudioConfig, *, feature_lens=None, feature_attention_mask=None,
+def prepare_audio(input_features: np.ndarray, feature_attention_mask, acfg: AudioConfig, *, feature_lens=None,
                   pad_chunks_to: int | None = None, pad_tokens_to: int | None = None
                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """HF `input_features` (+ `feature_attention_mask` or `feature_lens`) -> (chunks, aux) for `AudioEncoder`."""
-    chunks, lens = chunk_features(input_features, acfg, feature_lens=feature_lens,
-                                  feature_attention_mask=feature_attention_mask, pad_chunks_to=pad_chunks_to)
+    """HF `input_features` + `feature_attention_mask` (or packed features, mask None, + `feature_lens`)
+    -> (chunks, aux) for `AudioEncoder`: the one host call the thinker makes."""
+    chunks, lens = chunk_features(input_features, feature_attention_mask, acfg, feature_lens=feature_lens,
+                                  pad_chunks_to=pad_chunks_to)
     return chunks, audio_aux(lens, acfg, pad_chunks_to=pad_chunks_to, pad_tokens_to=pad_tokens_to)
 
 

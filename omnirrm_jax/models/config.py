@@ -138,8 +138,8 @@ def omni_3b(**runtime: Any) -> ThinkerConfig:
 
 
 def tiny(**runtime: Any) -> ThinkerConfig:
-    """A few-MB thinker for tests and the demo; keeps the real special-token ids via a small vocab remap-free
-    layout (ids are remapped to a 512-token vocab)."""
+    """A few-MB thinker for tests and the demo: a 512-token vocabulary with the special ids remapped
+    to 500..506 (the HF tiny configs of the parity tests use the same ids)."""
     d = 64
     text = TextConfig(vocab_size=512, hidden_size=d, intermediate_size=128, num_layers=2, num_heads=4,
                       num_kv_heads=2, head_dim=16, mrope_section=(2, 3, 3))
@@ -215,6 +215,7 @@ def to_hf_dict(c: ThinkerConfig) -> dict:
     return {
         "architectures": ["Qwen2_5OmniThinkerForConditionalGeneration"],
         "model_type": "qwen2_5_omni_thinker",
+        "dtype": c.param_dtype,
         "torch_dtype": c.param_dtype,
         "tie_word_embeddings": t.tie_word_embeddings,
         "audio_token_index": c.audio_token_id, "image_token_index": c.image_token_id,

@@ -8,7 +8,6 @@ rank. Loading is strict: a missing, unexpected or mis-shaped tensor is an error 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -189,3 +188,125 @@ def module_to_hf_tensors(module: nnx.Module, *, prefix: str = "",
                 value = value.reshape(hf_shapes[name])
         out[name] = value
     return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checkpoint directories
+# ----------------------------------------------------------------------------------------------------
+
+# transformers v5 in-memory names (also found in adapters saved from v5 models) -> checkpoint names.
+_V5_RENAMES = (("model.language_model.", "model."), ("model.visual.", "visual."),
+               ("model.audio_tower.", "audio_tower."))
+
+
+def _v5_to_checkpoint(name: str) -> str:
+    for old, new in _V5_RENAMES:
+        if name.startswith(old):
+            return new + name[len(old):]
+    return name
+
+
+def read_safetensors_dir(path: str) -> dict[str, jax.Array]:
+    """All tensors of a (possibly sharded) safetensors directory, bf16 included (read through JAX)."""
+    from safetensors import safe_open
+
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    else:
+        files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors") and not f.startswith("adapter"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors weights in {path}")
+    out = {}
+    for fname in files:
+        full = os.path.join(path, fname)
+        if not os.path.exists(full):
+            raise FileNotFoundError(f"{index} lists {fname}, which is missing from {path}")
+        with safe_open(full, framework="flax") as f:
+            for k in f.keys():
+                out[_v5_to_checkpoint(k) if not k.startswith("thinker.") else k] = f.get_tensor(k)
+    return out
+
+
+def read_config(path: str, **runtime: Any) -> config_lib.ThinkerConfig:
+    cfg_file = os.path.join(path, "config.json")
+    if not os.path.exists(cfg_file):
+        raise FileNotFoundError(f"{path} has no config.json")
+    with open(cfg_file) as f:
+        try:
+            return config_lib.from_hf_dict(json.load(f), **runtime)
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"{cfg_file}: {e}") from e
+
+
+def abstract_thinker(cfg: config_lib.ThinkerConfig):
+    """The model's structure with no memory allocated (filled by the loader)."""
+    from omnirrm_jax.models.thinker import Thinker
+
+    return nnx.eval_shape(lambda: Thinker(cfg, rngs=nnx.Rngs(0)))
+
+
+def load_hf(path: str, dtype: str = "float32", lora_path: str | None = None, *, merge_lora: bool = True,
+            compute_dtype: str | None = None, attention_backend: str = "auto"):
+    """Loads an HF Qwen2.5-Omni (thinker) checkpoint directory into the NNX thinker.
+
+    Args:
+      path: directory with `config.json` and `*.safetensors` (sharded or not, `thinker.` prefix or not;
+        talker/token2wav tensors are ignored).
+      dtype: parameter dtype; the compute dtype defaults to it.
+      lora_path: optional PEFT / ms-swift adapter directory.
+      merge_lora: merge the adapter into the weights (True) or keep it as `nnx.LoRAParam` branches.
+    Returns:
+      (model, config).
+    """
+    cfg = read_config(path, param_dtype=dtype, dtype=compute_dtype or dtype, attention_backend=attention_backend)
+    model = abstract_thinker(cfg)
+    assign_hf_tensors(model, read_safetensors_dir(path), source=path)
+    if lora_path is not None:
+        from omnirrm_jax.models import lora_io
+
+        lora_io.load_adapter(model, lora_path, merge=merge_lora)
+    return model, cfg
+
+
+def hf_tensor_shapes(cfg: config_lib.ThinkerConfig) -> dict[str, tuple]:
+    """Torch shapes that the NNX layout does not determine (the Conv3d patch embedding)."""
+    v = cfg.vision
+    return {"visual.patch_embed.proj.weight": (v.hidden_size, v.in_channels, v.temporal_patch_size,
+                                               v.patch_size, v.patch_size)}
+
+
+def save_hf(model: nnx.Module, path: str, *, max_shard_bytes: int = 4 << 30) -> None:
+    """Writes `config.json` + safetensors that transformers' thinker `from_pretrained` loads.
+
+    Base parameters only (merge LoRA first to export a fine-tuned judge); values keep their dtype, so
+    HF -> NNX -> HF is bit-exact.
+    """
+    from safetensors.flax import save_file
+
+    cfg = model.config
+    os.makedirs(path, exist_ok=True)
+    tensors = module_to_hf_tensors(model, hf_shapes=hf_tensor_shapes(cfg))
+    shards, current, size = [], {}, 0
+    for name in sorted(tensors):
+        nbytes = tensors[name].size * tensors[name].dtype.itemsize
+        if current and size + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = jnp.asarray(tensors[name])
+        size += nbytes
+    shards.append(current)
+    if len(shards) == 1:
+        save_file(shards[0], os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, os.path.join(path, fname), metadata={"format": "pt"})
+            weight_map.update({k: fname for k in shard})
+        total = sum(int(v.size * v.dtype.itemsize) for v in tensors.values())
+        with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config_lib.to_hf_dict(cfg), f, indent=2)

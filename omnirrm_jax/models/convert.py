@@ -1,0 +1,79 @@
+"""`omnirrm convert`: HF safetensors directory <-> Orbax parameter checkpoint.
+
+The Orbax layout is `DIR/config.json` (the HF-style thinker config, so either format describes the
+model the same way) and `DIR/params/` (an Orbax PyTree checkpoint of the base parameters, NNX paths).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from omnirrm_jax.models import config as config_lib
+from omnirrm_jax.models import params as P
+
+
+def save_orbax(model: nnx.Module, path: str) -> None:
+    """Writes the base parameters (LoRA merged beforehand if wanted) and the config."""
+    import orbax.checkpoint as ocp
+
+    path = os.path.abspath(path)
+    os.makedirs(path, exist_ok=True)
+    state = nnx.state(model, P.base_params_filter())
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.join(path, "params"), state, force=True)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config_lib.to_hf_dict(model.config), f, indent=2)
+
+
+def load_orbax(path: str, dtype: str | None = None, *, compute_dtype: str | None = None,
+               attention_backend: str = "auto"):
+    """(model, config) from an Orbax directory written by `save_orbax` (restored in the stored dtype
+    unless `dtype` is given)."""
+    import orbax.checkpoint as ocp
+
+    path = os.path.abspath(path)
+    with open(os.path.join(path, "config.json")) as f:
+        raw = json.load(f)
+    stored = raw.get("dtype") or raw.get("torch_dtype") or "float32"
+    dtype = dtype or stored
+    cfg = config_lib.from_hf_dict(raw, param_dtype=stored, dtype=compute_dtype or dtype,
+                                  attention_backend=attention_backend)
+    abstract = P.abstract_thinker(cfg)
+    graphdef, target, rest = nnx.split(abstract, P.base_params_filter(), ...)
+    with ocp.StandardCheckpointer() as ckptr:
+        restored = ckptr.restore(os.path.join(path, "params"), target)
+    model = nnx.merge(graphdef, restored, rest)
+    if dtype != stored:
+        model, cfg = cast_params(model, dtype)
+    return model, cfg
+
+
+def cast_params(model: nnx.Module, dtype: str):
+    """Casts base parameters to `dtype` and records it as the model's parameter dtype."""
+    import dataclasses
+
+    cfg = dataclasses.replace(model.config, param_dtype=dtype)
+    state = nnx.state(model, P.base_params_filter())
+    state = jax.tree.map(lambda x: x.astype(jnp.dtype(dtype)), state)
+    nnx.update(model, state)
+    model.config = cfg
+    return model, cfg
+
+
+def run(src: str, dst: str, *, to: str, dtype: str = "float32", lora_path: str | None = None) -> None:
+    if to == "orbax":
+        model, _ = P.load_hf(src, dtype=dtype, lora_path=lora_path, merge_lora=True)
+        save_orbax(model, dst)
+    elif to == "hf":
+        if lora_path:
+            raise ValueError("--lora applies to HF -> Orbax; merge it before exporting to HF")
+        model, _ = load_orbax(src, dtype)
+        P.save_hf(model, dst)
+    else:
+        raise ValueError(f"unknown target format {to!r} (orbax or hf)")
+    print(f"wrote {to} checkpoint to {dst}")

@@ -1,0 +1,109 @@
+"""PEFT / ms-swift LoRA adapter directories (`adapter_config.json` + `adapter_model.safetensors`).
+
+An adapter is applied either merged into the base kernels (inference, export) or kept as LoRA branches
+(`nnx.LoRAParam`) on our `Linear` layers (continued training). Adapter tensor names are normalised from
+every layout seen in practice: PEFT's `base_model.model.` prefix, ms-swift's full-model `thinker.` prefix,
+transformers v5 in-memory names (`model.language_model.*`) and PEFT's adapter-name infix (`.default`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from omnirrm_jax.models import layers as L
+from omnirrm_jax.models import params as P
+
+_LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[A-Za-z0-9_]+)?\.weight$")
+
+
+class AdapterError(ValueError):
+    """An adapter directory that cannot be applied; the message names the file and tensor."""
+
+
+def read_adapter(path: str) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Returns (adapter_config, {checkpoint module name: (A (r,in), B (out,r))})."""
+    from safetensors import safe_open
+
+    cfg_file = os.path.join(path, "adapter_config.json")
+    weights = os.path.join(path, "adapter_model.safetensors")
+    for f in (cfg_file, weights):
+        if not os.path.exists(f):
+            raise AdapterError(f"LoRA adapter directory {path} lacks {os.path.basename(f)}")
+    with open(cfg_file) as f:
+        acfg = json.load(f)
+    for flag in ("use_dora",):
+        if acfg.get(flag):
+            raise AdapterError(f"{cfg_file}: {flag}=true is not supported")
+    pairs: dict[str, dict[str, np.ndarray]] = {}
+    with safe_open(weights, framework="flax") as f:
+        for key in f.keys():
+            m = _LORA_KEY.match(key)
+            if not m:
+                raise AdapterError(f"{weights}: tensor {key} is not a LoRA A/B weight "
+                                   "(modules_to_save / bias adapters are not supported)")
+            name = m["module"]
+            for prefix in ("base_model.model.", "thinker."):
+                if name.startswith(prefix):
+                    name = name[len(prefix):]
+            name = P._v5_to_checkpoint(name + ".weight")[:-len(".weight")]
+            pairs.setdefault(name, {})[m["ab"]] = np.asarray(f.get_tensor(key), np.float32)
+    out = {}
+    for name, ab in pairs.items():
+        if set(ab) != {"A", "B"}:
+            raise AdapterError(f"{weights}: module {name} has lora_{''.join(ab)} but not both A and B")
+        out[name] = (ab["A"], ab["B"])
+    return acfg, out
+
+
+def _scale(acfg: dict, name: str, rank: int) -> float:
+    alpha = acfg.get("alpha_pattern", {}).get(name.split(".")[-1], acfg.get("lora_alpha", rank))
+    return alpha / math.sqrt(rank) if acfg.get("use_rslora") else alpha / rank
+
+
+def _resolve(model: nnx.Module, name: str) -> L.Linear:
+    obj = model
+    for part in P._HF_TO_NNX[0][0].sub(P._HF_TO_NNX[0][1], name + ".").rstrip(".").split("."):
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part, None)
+        if obj is None:
+            break
+    if not isinstance(obj, L.Linear):
+        raise AdapterError(f"adapter targets {name}, which is not a linear layer of the model")
+    return obj
+
+
+def load_adapter(model: nnx.Module, path: str, *, merge: bool = True) -> None:
+    """Applies the adapter at `path` to `model` in place (merged into kernels, or as LoRA branches)."""
+    acfg, pairs = read_adapter(path)
+    for name, (a_rin, b_outr) in sorted(pairs.items()):
+        lin = _resolve(model, name)
+        d_in, d_out = lin.kernel.shape
+        rank = a_rin.shape[0]
+        if a_rin.shape != (rank, d_in) or b_outr.shape != (d_out, rank):
+            raise AdapterError(f"{path}: {name} lora_A {a_rin.shape} / lora_B {b_outr.shape} do not fit "
+                               f"the layer's (out, in) = {(d_out, d_in)}")
+        scale = _scale(acfg, name, rank)
+        if merge:
+            kernel = np.asarray(lin.kernel[...], np.float32) + scale * (a_rin.T @ b_outr.T)
+            lin.kernel.set_value(jnp.asarray(kernel, lin.kernel.dtype))
+        else:
+            lin.add_lora(rank, 1.0, nnx.Rngs(0))
+            lin.lora_a.set_value(jnp.asarray(a_rin.T, lin.lora_a.dtype))
+            lin.lora_b.set_value(jnp.asarray(b_outr.T, lin.lora_b.dtype))
+            lin.lora_scale = scale
+
+
+def merge_lora(model: nnx.Module) -> None:
+    """Folds every LoRA branch into its kernel and removes the branch (before export)."""
+    for _, lin in nnx.iter_graph(model):
+        if isinstance(lin, L.Linear) and lin.lora_a is not None:
+            delta = (np.asarray(lin.lora_a[...], np.float32) @ np.asarray(lin.lora_b[...], np.float32))
+            kernel = np.asarray(lin.kernel[...], np.float32) + lin.lora_scale * delta
+            lin.kernel.set_value(jnp.asarray(kernel, lin.kernel.dtype))
+            lin.lora_a, lin.lora_b, lin.lora_scale = nnx.data(None), nnx.data(None), 0.0

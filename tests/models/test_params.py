@@ -1,0 +1,168 @@
+"""Checkpoint I/O: strict HF loading, bit-exact round trip, PEFT adapters, Orbax conversion, bad input."""
+import json
+import os
+import shutil
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file, save_file
+
+from omnirrm_jax.models import config as C
+from omnirrm_jax.models import convert, lora_io
+from omnirrm_jax.models import params as P
+from tests.hf_tiny import saved_tiny_thinker, tiny_hf_thinker, to_np
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    return saved_tiny_thinker(str(tmp_path_factory.mktemp("hf")), seed=2)
+
+
+def _text_logits(model, ids):
+    return np.asarray(model(ids))
+
+
+def _hf_logits(hf, ids):
+    with torch.no_grad():
+        return to_np(hf(input_ids=torch.tensor(ids)).logits)
+
+
+IDS = np.array([[1, 5, 9, 42, 7, 300, 11, 2]], np.int32)
+
+
+def test_round_trip_is_bit_exact(hf_dir, tmp_path):
+    model, cfg = P.load_hf(hf_dir)
+    assert cfg.text.hidden_size == 64 and cfg.vision.fullatt_block_indexes == (1,)
+    P.save_hf(model, str(tmp_path / "out"))
+    a, b = load_file(os.path.join(hf_dir, "model.safetensors")), load_file(str(tmp_path / "out/model.safetensors"))
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+    # transformers loads our export and agrees with the original
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+    hf2 = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(str(tmp_path / "out")).eval()
+    hf1 = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(hf_dir).eval()
+    np.testing.assert_array_equal(_hf_logits(hf1, IDS), _hf_logits(hf2, IDS))
+
+
+def test_sharded_thinker_prefixed_with_talker_and_v4_rope(hf_dir, tmp_path):
+    """A full-model style checkpoint: `thinker.` prefix, talker/token2wav tensors, two shards, v4 rope_scaling."""
+    src = load_file(os.path.join(hf_dir, "model.safetensors"))
+    names = sorted(src)
+    half = len(names) // 2
+    shards = {"model-00001-of-00002.safetensors": {f"thinker.{k}": src[k] for k in names[:half]},
+              "model-00002-of-00002.safetensors": {f"thinker.{k}": src[k] for k in names[half:]}}
+    shards["model-00002-of-00002.safetensors"]["talker.codec_head.weight"] = np.zeros((3, 4), np.float32)
+    shards["model-00002-of-00002.safetensors"]["token2wav.x.weight"] = np.zeros((2,), np.float32)
+    weight_map = {}
+    for fname, tensors in shards.items():
+        save_file(tensors, str(tmp_path / fname))
+        weight_map.update({k: fname for k in tensors})
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    thinker_cfg = json.load(open(os.path.join(hf_dir, "config.json")))
+    text = thinker_cfg["text_config"]
+    rp = text.pop("rope_parameters")
+    text["rope_scaling"] = {"type": "default", "mrope_section": rp["mrope_section"]}
+    text["rope_theta"] = rp["rope_theta"]
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_5_omni",
+                                                      "thinker_config": thinker_cfg}))
+    model, cfg = P.load_hf(str(tmp_path))
+    ref, _ = P.load_hf(hf_dir)
+    assert cfg.text.mrope_section == (2, 3, 3) and cfg.text.rope_theta == 1e6
+    np.testing.assert_array_equal(_text_logits(model, IDS), _text_logits(ref, IDS))
+
+
+def _corrupt(hf_dir, tmp_path, edit):
+    d = tmp_path / "bad"
+    shutil.copytree(hf_dir, d)
+    tensors = load_file(str(d / "model.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(d / "model.safetensors"))
+    return str(d)
+
+
+def test_missing_extra_misshaped_tensors_are_named(hf_dir, tmp_path):
+    def edit(t):
+        del t["model.layers.0.mlp.up_proj.weight"]
+        t["model.layers.0.extra.weight"] = np.zeros((2, 2), np.float32)
+        t["visual.blocks.1.attn.q.weight"] = np.zeros((32, 31), np.float32)
+    with pytest.raises(P.CheckpointMismatchError) as e:
+        P.load_hf(_corrupt(hf_dir, tmp_path, edit))
+    msg = str(e.value)
+    assert "missing tensor model.layers.0.mlp.up_proj.weight (model expects shape (128, 64))" in msg
+    assert "unexpected tensor model.layers.0.extra.weight (shape (2, 2))" in msg
+    assert "visual.blocks.1.attn.q.weight has shape (32, 31), model expects (32, 32)" in msg
+
+
+def test_config_that_does_not_match_the_weights(hf_dir, tmp_path):
+    d = tmp_path / "cfg"
+    shutil.copytree(hf_dir, d)
+    raw = json.load(open(d / "config.json"))
+    raw["text_config"]["intermediate_size"] = 96
+    (d / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(P.CheckpointMismatchError, match=r"model.layers.0.mlp.gate_proj.weight has shape \(128, 64\), "
+                                                        r"model expects \(96, 64\)"):
+        P.load_hf(str(d))
+    raw.pop("text_config")
+    (d / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="config.json.*missing \\['text_config'\\]"):
+        P.load_hf(str(d))
+
+
+def _peft_adapter(hf_dir, tmp_path, targets):
+    from peft import LoraConfig, get_peft_model
+
+    hf = tiny_hf_thinker(seed=2)
+    peft_cfg = LoraConfig(r=4, lora_alpha=16, target_modules=targets, lora_dropout=0.0, init_lora_weights=False)
+    pm = get_peft_model(hf, peft_cfg)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_" in n:
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+    out = str(tmp_path / "adapter")
+    pm.save_pretrained(out)
+    merged = pm.merge_and_unload().eval()
+    return out, merged
+
+
+TARGETS = r".*(language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)|merger\.mlp\.\d|audio_tower\.proj)"
+
+
+def test_peft_adapter_merged_matches_peft(hf_dir, tmp_path):
+    adapter, merged = _peft_adapter(hf_dir, tmp_path, TARGETS)
+    model, _ = P.load_hf(hf_dir, lora_path=adapter)
+    ours, ref = _text_logits(model, IDS), _hf_logits(merged, IDS)
+    assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-5
+    # kept as LoRA branches: same logits, and merging them gives the same kernels
+    kept, _ = P.load_hf(hf_dir, lora_path=adapter, merge_lora=False)
+    assert kept.model.layers[0].self_attn.q_proj.lora_a is not None
+    np.testing.assert_allclose(_text_logits(kept, IDS), ours, atol=1e-5 * np.abs(ref).max())
+    lora_io.merge_lora(kept)
+    np.testing.assert_allclose(np.asarray(kept.visual.merger.mlp_0.kernel[...]),
+                               np.asarray(model.visual.merger.mlp_0.kernel[...]), atol=1e-6)
+
+
+def test_bad_adapter_is_named(hf_dir, tmp_path):
+    d = tmp_path / "adapter"
+    d.mkdir()
+    (d / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": 4}))
+    save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": np.zeros((2, 64), np.float32),
+               "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": np.zeros((63, 2), np.float32)},
+              str(d / "adapter_model.safetensors"))
+    with pytest.raises(lora_io.AdapterError, match=r"model.layers.0.self_attn.q_proj lora_A \(2, 64\) / lora_B "
+                                                   r"\(63, 2\) do not fit"):
+        P.load_hf(hf_dir, lora_path=str(d))
+
+
+def test_convert_cli_round_trip(hf_dir, tmp_path):
+    from omnirrm_jax import cli
+
+    assert cli.main(["convert", hf_dir, str(tmp_path / "orbax"), "--to", "orbax"]) == 0
+    assert cli.main(["convert", str(tmp_path / "orbax"), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    a, b = load_file(os.path.join(hf_dir, "model.safetensors")), load_file(str(tmp_path / "hf/model.safetensors"))
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    model, cfg = convert.load_orbax(str(tmp_path / "orbax"), "bfloat16")
+    assert model.model.embed_tokens.embedding[...].dtype == jnp.bfloat16 and cfg.param_dtype == "bfloat16"
