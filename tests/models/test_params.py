@@ -128,7 +128,7 @@ def _peft_adapter(hf_dir, tmp_path, targets):
     return out, merged
 
 
-TARGETS = r".*(language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)|merger\.mlp\.\d|audio_tower\.proj)"
+TARGETS = r".*(language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)|merger\.mlp\.(0|2)|audio_tower\.proj)"
 
 
 def test_peft_adapter_merged_matches_peft(hf_dir, tmp_path):
