@@ -166,3 +166,25 @@ def test_convert_cli_round_trip(hf_dir, tmp_path):
     assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
     model, cfg = convert.load_orbax(str(tmp_path / "orbax"), "bfloat16")
     assert model.model.embed_tokens.embedding[...].dtype == jnp.bfloat16 and cfg.param_dtype == "bfloat16"
+
+
+def test_ms_swift_style_adapter_names(hf_dir, tmp_path):
+    """ms-swift trains the full Qwen2.5-Omni model under transformers 4.5x: adapter keys read
+    `base_model.model.thinker.model.layers...lora_A.weight` and `...thinker.visual...`."""
+    adapter, merged = _peft_adapter(hf_dir, tmp_path, TARGETS)
+    tensors = load_file(os.path.join(adapter, "adapter_model.safetensors"))
+    assert any(".language_model." in k for k in tensors)  # PEFT on transformers v5 uses in-memory names
+    swift = tmp_path / "swift"
+    swift.mkdir()
+    renamed = {}
+    for k, v in tensors.items():
+        k = k.replace("base_model.model.model.language_model.", "base_model.model.thinker.model.")
+        k = k.replace("base_model.model.model.visual.", "base_model.model.thinker.visual.")
+        k = k.replace("base_model.model.model.audio_tower.", "base_model.model.thinker.audio_tower.")
+        renamed[k] = v
+    assert all(".thinker." in k for k in renamed)
+    save_file(renamed, str(swift / "adapter_model.safetensors"))
+    shutil.copy(os.path.join(adapter, "adapter_config.json"), swift / "adapter_config.json")
+    model, _ = P.load_hf(hf_dir, lora_path=str(swift))
+    ours, ref = _text_logits(model, IDS), _hf_logits(merged, IDS)
+    assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-5
