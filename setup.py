@@ -16,7 +16,7 @@ setup(
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11",
         "grain>=0.2.10",
-        "transformers>=5.0,<6",
+        "transformers>=5.20,<6",
         "sentencepiece>=0.2",
         "tensorflow-datasets>=4.9.8",
         "numpy>=1.26",

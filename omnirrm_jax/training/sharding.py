@@ -1,0 +1,113 @@
+"""Device mesh and the one table from logical axis names to mesh axes.
+
+Parameters carry logical names (`models/layers.py`); this table decides where they live. Keeping it
+in one place is what lets the same model run data-parallel on one GPU host, FSDP + tensor-parallel on a
+TPU pod slice, or anything between, by changing a config line rather than the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from omnirrm_jax.models import layers as L
+
+log = logging.getLogger(__name__)
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH = "batch"  # logical name of the batch dim of activations / data
+
+# logical axis -> mesh axis (or a tuple of mesh axes, or None = replicated).
+DEFAULT_RULES: dict[str, Any] = {
+    BATCH: ("data", "fsdp"),
+    L.EMBED: "fsdp",
+    L.MLP: "tensor",
+    L.HEADS: "tensor",
+    L.KV_HEADS: "tensor",
+    L.VOCAB: "tensor",
+    L.NORM: None,
+    L.CONV: None,
+    L.LORA_RANK: None,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Mesh shape; -1 fills with the remaining devices (at most one -1)."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+    def shape(self, n_devices: int) -> tuple[int, ...]:
+        dims = [self.data, self.fsdp, self.tensor]
+        if dims.count(-1) > 1:
+            raise ValueError(f"at most one mesh axis may be -1, got {dims}")
+        known = math.prod(d for d in dims if d != -1)
+        if -1 in dims:
+            if n_devices % known:
+                raise ValueError(f"{n_devices} devices cannot fill mesh {dict(zip(MESH_AXES, dims))}")
+            dims[dims.index(-1)] = n_devices // known
+        if math.prod(dims) != n_devices:
+            raise ValueError(f"mesh {dict(zip(MESH_AXES, dims))} needs {math.prod(dims)} devices, "
+                             f"{n_devices} available")
+        return tuple(dims)
+
+
+def make_mesh(cfg: MeshConfig = MeshConfig(), devices: Sequence[jax.Device] | None = None) -> Mesh:
+    devices = list(devices if devices is not None else jax.devices())
+    shape = cfg.shape(len(devices))
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+
+
+def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int] | None = None, *, mesh: Mesh | None = None,
+                    rules: Mapping[str, Any] = DEFAULT_RULES) -> PartitionSpec:
+    """Maps logical names to a PartitionSpec. Two dims claiming one mesh axis is an error; a dim whose
+    size the mesh axes do not divide is replicated instead (small tensors such as tiny-model heads)."""
+    used: dict[str, str] = {}
+    out = []
+    for i, name in enumerate(axes):
+        target = rules.get(name) if name is not None else None
+        if name is not None and name not in rules:
+            raise KeyError(f"logical axis {name!r} has no sharding rule; known: {sorted(rules)}")
+        mesh_axes = () if target is None else ((target,) if isinstance(target, str) else tuple(target))
+        if mesh is not None:
+            mesh_axes = tuple(a for a in mesh_axes if mesh.shape[a] > 1)
+            if shape is not None and mesh_axes and shape[i] % math.prod(mesh.shape[a] for a in mesh_axes):
+                mesh_axes = ()
+        for a in mesh_axes:
+            if a in used:
+                raise ValueError(f"logical axes {used[a]!r} and {name!r} both map to mesh axis {a!r} in {axes}")
+            used[a] = name
+        out.append(None if not mesh_axes else (mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes))
+    return PartitionSpec(*out)
+
+
+def state_shardings(state: Any, mesh: Mesh, rules: Mapping[str, Any] = DEFAULT_RULES) -> Any:
+    """NamedShardings for every Variable of an (abstract) NNX state, from its `out_sharding` names."""
+
+    def one(var):
+        if not isinstance(var, nnx.Variable):
+            return NamedSharding(mesh, PartitionSpec())
+        axes = var.get_metadata().get("out_sharding") or (None,) * len(var.shape)
+        return var.replace(NamedSharding(mesh, logical_to_spec(axes, var.shape, mesh=mesh, rules=rules)))
+
+    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def batch_sharding(mesh: Mesh, ndim: int, batch_axis: int = 0, rules: Mapping[str, Any] = DEFAULT_RULES) -> NamedSharding:
+    """Sharding of a data array whose `batch_axis` is the global batch (split over data and fsdp)."""
+    axes = [None] * ndim
+    axes[batch_axis] = BATCH
+    return NamedSharding(mesh, logical_to_spec(axes, mesh=mesh, rules=rules))
+
+
+def describe(mesh: Mesh) -> str:
+    return " x ".join(f"{k}={v}" for k, v in mesh.shape.items()) + f" ({np.prod(list(mesh.shape.values()))} devices)"
