@@ -1,0 +1,1 @@
+"""Host-side data preparation and input pipeline for omnirrm_jax (no model code)."""

@@ -1,0 +1,200 @@
+"""Batched autoregressive decoding for the thinker: one multimodal prefill, G samples per prompt.
+
+GRPO draws G judgements per prompt and needs, for each sampled token, its log-probability under the
+distribution it was drawn from. Running the vision/audio towers and the prompt G times would multiply
+the most expensive part of a rollout by G, so `generate` prefills the B prompts once, repeats the KV
+cache and the last-token logits to B*G rows (each prompt's samples adjacent), and decodes all rows
+together in one `lax.while_loop`. Everything (prefill, repeat, loop) is one jitted program whose
+shapes depend only on (B, S, G, N) and the media shapes, so a rollout loop over bucketed shapes never
+recompiles; the model's parameters are jit arguments (`nnx.jit`), not constants baked into the program.
+
+Sampling reproduces transformers' `generate(do_sample=True, temperature, top_k, top_p)`: the warpers
+run in HF's order (temperature, then top-k, then top-p with `min_tokens_to_keep=1`) on fp32 logits.
+Positions of generated tokens continue from the last real prompt position (+1 per step on all three
+mRoPE axes), as transformers 5 `generate` does (`rope.continue_positions`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from omnirrm_jax.models import text as text_lib
+from omnirrm_jax.models.config import IM_END_ID, PAD_ID
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How to decode. Hashable: it is a static argument of the compiled program (a new value compiles anew).
+
+    top_k = 0 and top_p = 1.0 switch those filters off; `greedy` ignores temperature/top-k/top-p as HF's
+    `do_sample=False` does. `stop_token_ids` end a row (the stop token is kept, then `pad_token_id`).
+    """
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 0.95
+    top_k: int = 50
+    greedy: bool = False
+    num_samples: int = 1
+    stop_token_ids: tuple[int, ...] = (IM_END_ID,)
+    pad_token_id: int = PAD_ID
+
+    def __post_init__(self):
+        object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+        if self.max_new_tokens < 1 or self.num_samples < 1:
+            raise ValueError(f"max_new_tokens ({self.max_new_tokens}) and num_samples ({self.num_samples}) must be >= 1")
+        if not self.greedy:
+            if not self.temperature > 0:
+                raise ValueError(f"temperature must be > 0 for sampling (got {self.temperature}); use greedy=True")
+            if not 0.0 <= self.top_p <= 1.0:
+                raise ValueError(f"top_p must lie in [0, 1], got {self.top_p}")
+            if self.top_k < 0:
+                raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+
+
+@struct.dataclass
+class GenerationResult:
+    """tokens/logprobs (B, G, N): generated ids (pad after the stop token) and their log-probabilities under
+    the distribution sampled from (0 after the stop); lengths (B, G): tokens up to and including the stop
+    token (N when none came); finished (B, G): a stop token was emitted."""
+
+    tokens: jax.Array
+    logprobs: jax.Array
+    lengths: jax.Array
+    finished: jax.Array
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sampling
+# ----------------------------------------------------------------------------------------------------
+
+def filter_logits(logits_RV: jax.Array, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+    """Log-probabilities (fp32) of the distribution HF samples from: -inf outside the kept support.
+
+    Mirrors `TemperatureLogitsWarper` -> `TopKLogitsWarper` -> `TopPLogitsWarper` (HF skips a warper at
+    temperature 1, top_k 0, top_p 1). Top-k keeps every token >= the k-th largest (ties kept, as HF).
+    Top-p keeps a token when the probability mass of the tokens at or below it in sorted order exceeds
+    1 - top_p (HF's ascending cumsum), the most probable token always; done with a static-shape sort,
+    restricted to the top-k window when top-k is on (tokens outside it carry zero mass). The only
+    divergence: logits tied exactly at the top-p boundary are all kept, where HF's pick among them
+    depends on its sort's tie order.
+    """
+    x = jnp.asarray(logits_RV).astype(jnp.float32)
+    if temperature != 1.0:
+        x = x / temperature
+    V = x.shape[-1]
+    desc = None  # candidates in descending order, for top-p
+    if 0 < top_k < V:
+        desc = jax.lax.top_k(x, top_k)[0]
+        x = jnp.where(x < desc[..., -1:], -jnp.inf, x)
+    if top_p < 1.0:
+        if desc is None:
+            desc = -jnp.sort(-x, axis=-1)
+        top = desc[..., :1]
+        probs = jnp.exp(desc - top) / jnp.sum(jnp.exp(x - top), -1, keepdims=True)
+        tail = jnp.flip(jnp.cumsum(jnp.flip(probs, -1), -1), -1)  # mass at or below each candidate
+        keep = (tail > 1.0 - top_p).at[..., 0].set(True)  # a prefix: tail never increases along desc
+        cutoff = jnp.take_along_axis(desc, keep.sum(-1, keepdims=True) - 1, -1)
+        x = jnp.where(x < cutoff, -jnp.inf, x)
+    return jax.nn.log_softmax(x, axis=-1)
+
+
+def sample_tokens(key: jax.Array, logits_RV: jax.Array, sampling: SamplingConfig) -> tuple[jax.Array, jax.Array]:
+    """One token per row and its log-probability under the distribution used (greedy: plain log-softmax).
+
+    Rows draw independent Gumbel noise from one key, so G copies of a prompt give G independent samples.
+    """
+    if sampling.greedy:
+        logits_RV = logits_RV.astype(jnp.float32)
+        logp = jax.nn.log_softmax(logits_RV, axis=-1)
+        tok = jnp.argmax(logits_RV, axis=-1)  # on the logits, as HF: log-softmax rounding could make ties
+    else:
+        logp = filter_logits(logits_RV, sampling.temperature, sampling.top_k, sampling.top_p)
+        tok = jax.random.categorical(key, logp, axis=-1)
+    return tok.astype(jnp.int32), jnp.take_along_axis(logp, tok[:, None], -1)[:, 0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Generation
+# ----------------------------------------------------------------------------------------------------
+
+def _last_positions(position_ids_3BS: jax.Array, mask_BS: jax.Array) -> jax.Array:
+    """(3, B) position ids of each row's last real prompt token (generated tokens continue from here)."""
+    S = mask_BS.shape[1]
+    last_B = S - 1 - jnp.argmax(jnp.flip(mask_BS.astype(bool), 1), axis=1)
+    return jnp.take_along_axis(position_ids_3BS, jnp.broadcast_to(last_B[None, :, None], (3, last_B.shape[0], 1)),
+                               axis=2)[..., 0]
+
+
+def _generate(model, inputs: dict[str, Any], rng: jax.Array, sampling: SamplingConfig) -> GenerationResult:
+    ids_BS, mask_BS = jnp.asarray(inputs["input_ids"]), jnp.asarray(inputs["attention_mask"])
+    B, S = ids_BS.shape
+    G, N = sampling.num_samples, sampling.max_new_tokens
+    R = B * G
+    stops = jnp.asarray(sampling.stop_token_ids, jnp.int32).reshape(-1)
+
+    # Prefill once per prompt; only the last position's logits are needed (no (B, S, V) tensor).
+    cache = text_lib.init_cache(model.config, B, S + N, prompt_mask_BT=mask_BS)
+    hidden_BSD, cache = model.forward(inputs, cache=cache, cache_index=0, return_hidden=True)
+    logits_BV = model.logits(hidden_BSD[:, -1])
+    # ... then fan out to B*G rows, the G samples of a prompt adjacent.
+    cache = jax.tree.map(lambda a: jnp.repeat(a, G, axis=0), cache)
+    logits_RV = jnp.repeat(logits_BV, G, axis=0)
+    last_3R = jnp.repeat(_last_positions(jnp.asarray(inputs["position_ids"]), mask_BS).astype(jnp.int32), G, axis=1)
+
+    tok_R, lp_R = sample_tokens(jax.random.fold_in(rng, 0), logits_RV, sampling)
+    done_R = jnp.isin(tok_R, stops)
+    tokens_RN = jnp.full((R, N), sampling.pad_token_id, jnp.int32).at[:, 0].set(tok_R)
+    logprobs_RN = jnp.zeros((R, N), jnp.float32).at[:, 0].set(lp_R)
+    lengths_R = jnp.where(done_R, 1, N).astype(jnp.int32)
+
+    def cond(carry):
+        k, _, _, _, done_R, _, _ = carry
+        return (k < N) & ~jnp.all(done_R)
+
+    def body(carry):
+        # Feed token k-1 (slot S+k-1, position last+k) and draw token k. Finished rows keep computing on
+        # their last real token (pad may lie outside a small vocab) but record pad / logprob 0.
+        k, prev_R, tokens_RN, logprobs_RN, done_R, lengths_R, cache = carry
+        logits, cache = model.decode_step(prev_R[:, None], (last_3R + k)[..., None], cache, S + k - 1)
+        tok_R, lp_R = sample_tokens(jax.random.fold_in(rng, k), logits[:, -1], sampling)
+        out_R = jnp.where(done_R, sampling.pad_token_id, tok_R)
+        tokens_RN = jax.lax.dynamic_update_slice(tokens_RN, out_R[:, None], (0, k))
+        logprobs_RN = jax.lax.dynamic_update_slice(logprobs_RN, jnp.where(done_R, 0.0, lp_R)[:, None], (0, k))
+        stop_R = ~done_R & jnp.isin(tok_R, stops)
+        lengths_R = jnp.where(stop_R, k + 1, lengths_R)
+        prev_R = jnp.where(done_R, prev_R, tok_R)
+        return k + 1, prev_R, tokens_RN, logprobs_RN, done_R | stop_R, lengths_R, cache
+
+    carry = (jnp.int32(1), tok_R, tokens_RN, logprobs_RN, done_R, lengths_R, cache)
+    _, _, tokens_RN, logprobs_RN, done_R, lengths_R, _ = jax.lax.while_loop(cond, body, carry)
+    return GenerationResult(tokens=tokens_RN.reshape(B, G, N), logprobs=logprobs_RN.reshape(B, G, N),
+                            lengths=lengths_R.reshape(B, G), finished=done_R.reshape(B, G))
+
+
+# nnx.jit: parameters travel as jit arguments; one compilation per (shapes, SamplingConfig).
+_generate_jit = nnx.jit(_generate, static_argnames=("sampling",))
+
+
+def generate(model, inputs: dict[str, Any], sampling: SamplingConfig, rng: jax.Array) -> GenerationResult:
+    """Samples `sampling.num_samples` continuations of each prompt.
+
+    Args:
+      model: a `Thinker` (anything with `config`, `forward(..., cache=, cache_index=, return_hidden=)`,
+        `logits` and `decode_step`).
+      inputs: `prepare_inputs` output for a left-padded batch of B prompts of length S.
+      sampling: the decoding settings (static).
+      rng: a PRNG key; the same key and shapes reproduce the same samples.
+    Returns:
+      a `GenerationResult` with (B, G, N) tokens/logprobs and (B, G) lengths/finished.
+    """
+    mask = inputs["attention_mask"]
+    if not isinstance(mask, jax.core.Tracer) and not np.asarray(mask)[:, -1].all():
+        raise ValueError("generate needs left-padded prompts: every row's last attention_mask entry must be 1")
+    return _generate_jit(model, inputs, rng, sampling=sampling)
