@@ -43,8 +43,7 @@ class Linear(nnx.Module):
     """y = x @ kernel (+ bias) (+ scale * x @ lora_a @ lora_b). Kernel is stored (in, out), torch's transpose.
 
     The LoRA branch is absent until `add_lora` is called; its B factor starts at zero so adding it never
-    changes the output. `lora_enabled=False` switches the branch off without removing it (the GRPO
-    reference policy is the base model).
+    changes the output (zeroing B in a state gives the base model: the GRPO reference policy).
     """
 
     def __init__(self, in_features: int, out_features: int, *, use_bias: bool, axes: tuple[str, str],
@@ -57,7 +56,6 @@ class Linear(nnx.Module):
         self.lora_a: nnx.LoRAParam | None = nnx.data(None)
         self.lora_b: nnx.LoRAParam | None = nnx.data(None)
         self.lora_scale = 0.0
-        self.lora_enabled = True
 
     def add_lora(self, rank: int, alpha: float, rngs: nnx.Rngs, dtype: str | None = None) -> None:
         """Attaches a LoRA branch (A random as in PEFT's kaiming-uniform, B zero) with scale alpha / rank."""
@@ -75,7 +73,7 @@ class Linear(nnx.Module):
         y = x @ self.kernel[...].astype(self.dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
-        if self.lora_a is not None and self.lora_enabled:
+        if self.lora_a is not None:
             lora = (x @ self.lora_a[...].astype(self.dtype)) @ self.lora_b[...].astype(self.dtype)
             y = y + lora * jnp.asarray(self.lora_scale, self.dtype)
         return y

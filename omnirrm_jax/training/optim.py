@@ -1,0 +1,53 @@
+"""Optimizer: AdamW with warm-up then cosine/linear decay, global-norm clipping and gradient accumulation.
+
+Matches the reference's HF Trainer defaults (AdamW betas 0.9/0.999, eps 1e-8, weight decay 0.1 in ms-swift,
+linear warm-up by ratio, cosine decay to 0) so learning-rate curves line up with the PyTorch runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    learning_rate: float = 5e-6
+    warmup_ratio: float = 0.03
+    schedule: str = "cosine"  # cosine | linear | constant
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    grad_accum_steps: int = 1
+
+
+def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
+    """Schedule over optimizer updates (after accumulation)."""
+    total_steps = max(int(total_steps), 1)
+    warmup = int(round(cfg.warmup_ratio * total_steps))
+    decay_steps = max(total_steps - warmup, 1)
+    if cfg.schedule == "cosine":
+        decay = optax.cosine_decay_schedule(cfg.learning_rate, decay_steps)
+    elif cfg.schedule == "linear":
+        decay = optax.linear_schedule(cfg.learning_rate, 0.0, decay_steps)
+    elif cfg.schedule == "constant":
+        decay = optax.constant_schedule(cfg.learning_rate)
+    else:
+        raise ValueError(f"unknown schedule {cfg.schedule!r} (cosine, linear, constant)")
+    if warmup == 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, cfg.learning_rate, warmup), decay], [warmup])
+
+
+def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+    tx = optax.chain(
+        optax.clip_by_global_norm(cfg.max_grad_norm) if cfg.max_grad_norm > 0 else optax.identity(),
+        optax.adamw(learning_rate_schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                    weight_decay=cfg.weight_decay),
+    )
+    if cfg.grad_accum_steps > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=cfg.grad_accum_steps)
+    return tx
