@@ -48,7 +48,8 @@ class SamplingConfig:
     def __post_init__(self):
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
         if self.max_new_tokens < 1 or self.num_samples < 1:
-            raise ValueError(f"max_new_tokens ({self.max_new_tokens}) and num_samples ({self.num_samples}) must be >= 1")
+            raise ValueError(f"max_new_tokens ({self.max_new_tokens}) and num_samples ({self.num_samples}) "
+                             "must be >= 1")
         if not self.greedy:
             if not self.temperature > 0:
                 raise ValueError(f"temperature must be > 0 for sampling (got {self.temperature}); use greedy=True")
@@ -79,26 +80,34 @@ def filter_logits(logits_RV: jax.Array, temperature: float = 1.0, top_k: int = 0
 
     Mirrors `TemperatureLogitsWarper` -> `TopKLogitsWarper` -> `TopPLogitsWarper` (HF skips a warper at
     temperature 1, top_k 0, top_p 1). Top-k keeps every token >= the k-th largest (ties kept, as HF).
-    Top-p keeps a token when the probability mass of the tokens at or below it in sorted order exceeds
-    1 - top_p (HF's ascending cumsum), the most probable token always; done with a static-shape sort,
-    restricted to the top-k window when top-k is on (tokens outside it carry zero mass). The only
-    divergence: logits tied exactly at the top-p boundary are all kept, where HF's pick among them
-    depends on its sort's tie order.
+    Top-p keeps token i when the mass of the tokens with logit <= x_i exceeds 1 - top_p (HF's ascending
+    cumsum `<= 1 - top_p` removes), and always the most probable token (`min_tokens_to_keep=1`). Without
+    ties this is HF's set exactly. Among tokens tied at the boundary HF keeps those its `torch.sort` happens
+    to put last, and that sort is unstable for vocab-sized rows, so there is no order to copy: we keep the
+    whole tied group (a superset of any HF outcome, and independent of token order). Static shapes: a
+    sort over the vocab, or only over the top-k window when top-k is on (outside it all mass is zero but
+    that of tokens tied with the k-th, added to every tail).
     """
     x = jnp.asarray(logits_RV).astype(jnp.float32)
     if temperature != 1.0:
         x = x / temperature
     V = x.shape[-1]
-    desc = None  # candidates in descending order, for top-p
+    desc = None  # candidates in descending order
     if 0 < top_k < V:
         desc = jax.lax.top_k(x, top_k)[0]
-        x = jnp.where(x < desc[..., -1:], -jnp.inf, x)
+        kth = desc[..., -1:]
+        x = jnp.where(x < kth, -jnp.inf, x)
+        # tokens tied with the k-th that the window left out (their mass is below every candidate)
+        n_out = jnp.sum(x == kth, -1, keepdims=True) - jnp.sum(desc == kth, -1, keepdims=True)
     if top_p < 1.0:
         if desc is None:
             desc = -jnp.sort(-x, axis=-1)
         top = desc[..., :1]
-        probs = jnp.exp(desc - top) / jnp.sum(jnp.exp(x - top), -1, keepdims=True)
+        z = jnp.sum(jnp.exp(x - top), -1, keepdims=True)
+        probs = jnp.exp(desc - top) / z
         tail = jnp.flip(jnp.cumsum(jnp.flip(probs, -1), -1), -1)  # mass at or below each candidate
+        if 0 < top_k < V:
+            tail = tail + n_out * jnp.exp(kth - top) / z
         keep = (tail > 1.0 - top_p).at[..., 0].set(True)  # a prefix: tail never increases along desc
         cutoff = jnp.take_along_axis(desc, keep.sum(-1, keepdims=True) - 1, -1)
         x = jnp.where(x < cutoff, -jnp.inf, x)

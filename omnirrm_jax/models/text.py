@@ -152,7 +152,7 @@ class TextModel(nnx.Module):
                                     rngs=rngs)
         self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(t.num_layers)])
         self.norm = L.RMSNorm(t.hidden_size, eps=t.rms_norm_eps, param_dtype=cfg.param_dtype)
-        self.rope = dict(head_dim=t.head_dim, theta=t.rope_theta, section=tuple(t.mrope_section))
+        self.rope = (t.head_dim, t.rope_theta, tuple(t.mrope_section))  # hashable: graphdefs stay static
         self.dtype = L.as_dtype(cfg.dtype)
 
     def __call__(self, inputs_embeds_BTD: jax.Array, positions_3BT: jax.Array, attention_mask_BT: jax.Array | None = None,
@@ -171,7 +171,8 @@ class TextModel(nnx.Module):
         """
         x = inputs_embeds_BTD.astype(self.dtype)
         B, T, _ = x.shape
-        cos, sin = mrope_cos_sin(positions_3BT, dtype=self.dtype, **self.rope)
+        head_dim, theta, section = self.rope
+        cos, sin = mrope_cos_sin(positions_3BT, head_dim=head_dim, theta=theta, section=section, dtype=self.dtype)
         if cache is None:
             mask_BS = jnp.ones((B, T), bool) if attention_mask_BT is None else attention_mask_BT.astype(bool)
         else:

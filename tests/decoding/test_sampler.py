@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 from scipy import stats
 
 from omnirrm_jax.decoding import sampler as SM
@@ -145,6 +146,38 @@ def test_top_k_keeps_ties_like_hf():
     assert (np.isfinite(got).sum(-1) > 7).all()
 
 
+def test_top_p_boundary_semantics():
+    """Exact boundaries: HF removes a token when the ascending cumsum is <= 1 - top_p (dyadic probabilities
+    make the sums exact). Ties at the boundary: HF's pick follows torch.sort's order (unstable on
+    vocab-sized rows), we keep the whole tied group."""
+    logits = np.log(np.array([[0.5, 0.25, 0.125, 0.125]], np.float32))
+    for top_p in (0.5, 0.75):
+        got = np.isfinite(np.asarray(SM.filter_logits(jnp.asarray(logits), 1.0, 0, top_p)))
+        np.testing.assert_array_equal(got, np.isfinite(hf_warp(logits, 1.0, 0, top_p)), err_msg=f"top_p {top_p}")
+    got = np.isfinite(np.asarray(SM.filter_logits(jnp.asarray(logits), 1.0, 0, 0.875)))
+    np.testing.assert_array_equal(got, [[True, True, True, True]])  # HF: one of the two 0.125 tokens
+
+
+def _tied_group_reference(logits, temperature, top_k, top_p):
+    """numpy float64 statement of our rule: top-k by threshold, then keep i iff mass(x <= x_i) > 1 - top_p."""
+    x = logits.astype(np.float64) / temperature
+    if top_k:
+        x = np.where(x < np.sort(x, -1)[..., -min(top_k, x.shape[-1]), None], -np.inf, x)
+    p = np.exp(x - x.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    tail = (p[..., None, :] * (x[..., None, :] <= x[..., :, None])).sum(-1)
+    return np.isfinite(x) & ((tail > 1 - top_p) | (x == x.max(-1, keepdims=True)))
+
+
+@pytest.mark.parametrize("top_k,top_p", [(0, 0.6), (10, 0.7), (25, 0.9), (3, 0.95), (40, 0.3)])
+def test_ties_keep_whole_group_and_contain_hf(top_k, top_p):
+    logits = np.random.default_rng(top_k).integers(0, 12, size=(64, 96)).astype(np.float32) / 2
+    got = np.isfinite(np.asarray(SM.filter_logits(jnp.asarray(logits), 0.8, top_k, top_p)))
+    np.testing.assert_array_equal(got, _tied_group_reference(logits, 0.8, top_k, top_p))
+    hf = np.isfinite(hf_warp(logits, 0.8, top_k, top_p))
+    assert (got | ~hf).all(), "HF kept a token we dropped"
+
+
 def _chi2_pvalue(counts, probs):
     """Chi-square goodness of fit; bins expecting < 5 draws are pooled so the approximation holds."""
     expected = probs * counts.sum()
@@ -250,8 +283,9 @@ def test_samples_share_one_prefill_and_do_not_recompile(models, monkeypatch):
     monkeypatch.setattr(thinker_lib.Thinker, "forward", lambda self, x, **k: (
         calls.append(("prefill", tuple(x["input_ids"].shape))), orig_forward(self, x, **k))[1])
 
-    # top_k=37 makes this SamplingConfig unique in the session, so the first call must trace
-    sampling = SM.SamplingConfig(N, temperature=1.0, top_k=37, top_p=1.0, num_samples=G, stop_token_ids=())
+    # a SamplingConfig unique in the session, so the first call must trace; the high temperature makes the
+    # whole vocab near-uniform, so reusing one step's Gumbel noise at the next step would repeat its token
+    sampling = SM.SamplingConfig(N, temperature=997.0, top_k=0, top_p=1.0, num_samples=G, stop_token_ids=())
     first = SM.generate(ours, inputs, sampling, jax.random.key(0))
     assert sorted(calls) == sorted([("visual", inputs["pixel_values"].shape),
                                     ("visual", inputs["pixel_values_videos"].shape),
@@ -262,16 +296,23 @@ def test_samples_share_one_prefill_and_do_not_recompile(models, monkeypatch):
     for b in range(B):
         assert len({tuple(t) for t in tok[b]}) == G, f"prompt {b}: the {G} samples are not all distinct"
     assert len({tuple(tok[b].reshape(-1)) for b in range(B)}) == B
+    assert (tok != tok[..., :1]).any(-1).all(), "a row repeated one token at every step: stale randomness?"
 
+    other = nnx.clone(ours)  # same architecture, other weights: must reuse the program (params are arguments)
+    other.lm_head.kernel[...] = -other.lm_head.kernel[...]
     n_calls = len(calls)
     with count_compiles() as compiles:
         second = SM.generate(ours, inputs, sampling, jax.random.key(1))
         again = SM.generate(ours, inputs, sampling, jax.random.key(0))
-        jax.block_until_ready((second, again))
+        flipped = SM.generate(other, inputs, sampling, jax.random.key(0))
+        jax.block_until_ready((second, again, flipped))
     assert len(calls) == n_calls, "generate was traced again for the same shapes"
     assert compiles == [], f"recompiled: {compiles}"
     assert not np.array_equal(np.asarray(second.tokens), tok)
     np.testing.assert_array_equal(np.asarray(again.tokens), tok)  # same key, same samples
+    # (near-uniform sampling may pick the same tokens; their log-probs must move with the weights)
+    assert np.abs(np.asarray(flipped.logprobs) - np.asarray(first.logprobs)).max() > 1e-4, \
+        "weights were baked into the compiled program"
 
 
 def test_rejects_right_padding(models):
