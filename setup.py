@@ -9,7 +9,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["omnirrm_jax", "omnirrm_jax.*", "data_prep", "data_prep.*"]),
-    package_data={"omnirrm_jax": ["**/*.txt", "**/*.json", "**/*.yaml"]},
+    package_data={"omnirrm_jax": ["**/*.txt", "**/*.json", "**/*.yaml", "**/*.jinja", "**/templates/*"]},
     install_requires=[
         "jax>=0.6",
         "flax>=0.11",
