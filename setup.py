@@ -23,6 +23,7 @@ setup(
         "librosa>=0.10",
         "safetensors>=0.4",
         "av>=12",
+        "pillow>=10",
         "pyyaml>=6",
     ],
     extras_require={

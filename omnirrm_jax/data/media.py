@@ -27,9 +27,8 @@ SAMPLE_RATE, N_FFT, HOP, N_MELS = 16000, 400, 160, 128
 
 
 class MediaError(Exception):
-    """A media file (or array) that cannot become model input; ``path`` and ``reason`` are kept for quarantine logs.
-
-    Both go into ``args`` so the error pickles across worker processes."""
+    """A file or array that cannot become model input; ``path``/``reason`` feed quarantine logs (both in ``args``,
+    so the error pickles across worker processes)."""
 
     def __init__(self, path: Any, reason: str):
         super().__init__(str(path), reason)
@@ -55,13 +54,13 @@ class ImageConfig:
 
 @dataclasses.dataclass(frozen=True)
 class VideoConfig:
-    """Video settings of the reference SFT run (env FPS=1, FPS_MAX_FRAMES=20, VIDEO_MAX_PIXELS=12288; GRPO used 8 frames).
+    """Video settings of the reference SFT run (env FPS=1, FPS_MAX_FRAMES=20 (GRPO: 8), VIDEO_MAX_PIXELS=12288).
 
-    Unset env vars keep qwen-omni-utils defaults.  Note the min-pixel floor: fetch_video caps frames at
+    Unset env vars keep qwen-omni-utils defaults.  Mind the floor: fetch_video caps frames at
     ``max(min(max_pixels, total_pixels / n * 2), int(min_pixels * 1.05))``, so with the default VIDEO_MIN_PIXELS
-    (100352) VIDEO_MAX_PIXELS=12288 has no effect and frames get ~105k pixels.  ``processor_fps`` is the fps the HF
-    Omni processor assumes for ``second_per_grid`` (ms-swift never passes the sampled fps, so 2.0 -> 1.0 s per
-    grid); None uses the real sampling rate instead."""
+    (100352) VIDEO_MAX_PIXELS=12288 has no effect and frames get ~105k pixels.  ``processor_fps``: the fps the HF
+    Omni processor assumes for ``second_per_grid`` (ms-swift never passes the sampled fps: 2.0 -> 1.0 s per grid);
+    None uses the true sampling rate instead."""
 
     fps: float = 1.0
     fps_min_frames: int = 4
@@ -76,6 +75,8 @@ class VideoConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MediaConfig:
+    """All media settings of one run; defaults = the reference SFT run, ``grpo()`` = its GRPO stage."""
+
     image: ImageConfig = dataclasses.field(default_factory=ImageConfig)
     video: VideoConfig = dataclasses.field(default_factory=VideoConfig)
     sampling_rate: int = SAMPLE_RATE
@@ -90,15 +91,14 @@ class MediaConfig:
         """Read the ms-swift env var names (swift/llm/model/model/qwen.py ``patch_qwen_vl_utils``)."""
         env = os.environ if env is None else env
         get = lambda k, d, t=int: t(env[k]) if env.get(k) else d  # noqa: E731
-        im, vi = ImageConfig(), VideoConfig()
-        return cls(
-            image=dataclasses.replace(im, min_pixels=get("MIN_PIXELS", im.min_pixels),
-                                      max_pixels=get("MAX_PIXELS", im.max_pixels)),
-            video=VideoConfig(
-                fps=get("FPS", 2.0, float), fps_min_frames=get("FPS_MIN_FRAMES", 4), fps_max_frames=get("FPS_MAX_FRAMES", 768),
-                frame_factor=get("FRAME_FACTOR", 2), min_pixels=get("VIDEO_MIN_PIXELS", vi.min_pixels),
-                max_pixels=get("VIDEO_MAX_PIXELS", 768 * 28 * 28), total_pixels=get("VIDEO_TOTAL_PIXELS", vi.total_pixels)),
-            sampling_rate=get("SAMPLING_RATE", SAMPLE_RATE))
+        vi = VideoConfig()
+        return cls(image=ImageConfig(min_pixels=get("MIN_PIXELS", 3136), max_pixels=get("MAX_PIXELS", 12845056)),
+                   video=VideoConfig(fps=get("FPS", 2.0, float), fps_min_frames=get("FPS_MIN_FRAMES", 4),
+                                     fps_max_frames=get("FPS_MAX_FRAMES", 768), frame_factor=get("FRAME_FACTOR", 2),
+                                     min_pixels=get("VIDEO_MIN_PIXELS", vi.min_pixels),
+                                     max_pixels=get("VIDEO_MAX_PIXELS", 768 * 28 * 28),
+                                     total_pixels=get("VIDEO_TOTAL_PIXELS", vi.total_pixels)),
+                   sampling_rate=get("SAMPLING_RATE", SAMPLE_RATE))
 
 
 # ---------------------------------------------------------------- images
@@ -107,13 +107,14 @@ def smart_resize(height: int, width: int, factor: int = FACTOR, min_pixels: int 
                  max_pixels: int = 28 * 28 * 1280, rule: str = "hf") -> tuple[int, int]:
     """Target (h, w): multiples of ``factor``, area within [min, max], aspect ratio kept.
 
-    rule="hf": transformers ``qwen2_vl.image_processing_qwen2_vl.smart_resize`` (round half-to-even, max(factor, floor)
-    when shrinking).  rule="qwen_omni_utils": ``qwen_omni_utils/v2_5/vision_process.py smart_resize`` (max(factor,
-    round) first, plain floor when shrinking) -- the one that sized every reference image and video frame."""
+    rule="hf": transformers ``qwen2_vl`` ``smart_resize`` (round half-to-even, max(factor, floor) when shrinking).
+    rule="qwen_omni_utils": ``qwen_omni_utils/v2_5/vision_process.py`` ``smart_resize`` (max(factor, round) first,
+    plain floor when shrinking) -- the one that sized every reference image and video frame."""
     if height < 1 or width < 1:
         raise ValueError(f"empty image {height}x{width}")
     if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"absolute aspect ratio must be smaller than 200, got {max(height, width) / min(height, width)}")
+        ratio = max(height, width) / min(height, width)
+        raise ValueError(f"absolute aspect ratio must be smaller than 200, got {ratio}")
     if rule not in ("hf", "qwen_omni_utils"):
         raise ValueError(f"unknown resize rule {rule!r}")
     lo = factor if rule == "qwen_omni_utils" else 0
@@ -134,7 +135,6 @@ def _to_rgb(img, rule: str):
     """rule="hf": transformers ``convert_to_rgb`` (any alpha composited onto white).  rule="swift": ms-swift
     ``vision_utils.load_image`` (``convert('RGB')``, alpha dropped); qwen-omni-utils ``to_rgb`` is then a no-op."""
     from PIL import Image
-
     if rule == "hf" and ("A" in img.getbands() or img.info.get("transparency") is not None):
         rgba = img.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
@@ -145,12 +145,11 @@ def _to_rgb(img, rule: str):
 
 def _as_pil(image, name: str):
     from PIL import Image
-
     if isinstance(image, Image.Image):
         return image
     arr = np.asarray(image)
     if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
-        raise MediaError(name, f"expected a PIL image or uint8 HxW[x1|3|4] array, got {arr.dtype} {arr.shape}")
+        raise MediaError(name, f"expected a PIL image or a uint8 HxW[x1|3|4] array, got {arr.dtype} {arr.shape}")
     return Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr)
 
 
@@ -161,7 +160,7 @@ def _normalize(frames_THWC: np.ndarray) -> np.ndarray:
 
 
 def _patchify(x_THWC: np.ndarray) -> np.ndarray:
-    """(T, H, W, C) with T even -> (T/2 * H/14 * W/14, C*2*14*14): rows (t, block_row, block_col, 2x2), cols (c, t, y, x)."""
+    """(T, H, W, C), T even -> (T/2 * H/14 * W/14, C*2*14*14); rows (t, block_row, block_col, 2x2), cols (c,t,y,x)."""
     t, h, w, c = x_THWC.shape
     x = x_THWC.reshape(t // TEMPORAL, TEMPORAL, h // FACTOR, MERGE, PATCH, w // FACTOR, MERGE, PATCH, c)
     x = x.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)
@@ -175,7 +174,6 @@ def image_to_patches(image, min_pixels: int = 56 * 56, max_pixels: int = 16384 *
     Defaults equal HF ``Qwen2VLImageProcessor`` (PIL backend: PIL bicubic resize, x1/255, CLIP normalisation); the
     single frame fills both temporal slots (grid_t = 1).  A too-extreme aspect ratio raises ``MediaError``."""
     from PIL import Image
-
     img = _to_rgb(_as_pil(image, name), rgb_rule)
     w, h = img.size
     try:
@@ -193,11 +191,11 @@ def image_to_patches(image, min_pixels: int = 56 * 56, max_pixels: int = 16384 *
 def open_image(path, cfg: ImageConfig = ImageConfig()):
     """Decode an image file to RGB PIL, refusing files over ``cfg.max_input_pixels`` before decoding the pixels."""
     from PIL import Image
-
     try:
         with Image.open(path) as im:
             if im.width * im.height > cfg.max_input_pixels:
-                raise MediaError(path, f"{im.width}x{im.height} image exceeds the decode budget of {cfg.max_input_pixels} pixels")
+                raise MediaError(path, f"{im.width}x{im.height} image exceeds the decode budget of "
+                                       f"{cfg.max_input_pixels} pixels")
             im.load()
             rgb = _to_rgb(im, cfg.rgb_rule)
             return rgb.copy() if rgb is im else rgb
@@ -210,7 +208,8 @@ def open_image(path, cfg: ImageConfig = ImageConfig()):
 
 
 def process_image(source, cfg: ImageConfig = ImageConfig()) -> tuple[np.ndarray, np.ndarray]:
-    """Reference path for one image (path or PIL/array): load -> qwen-omni-utils resize -> HF processor, do_resize=False."""
+    """Reference path for one image (path, PIL or array): ms-swift load -> qwen-omni-utils fetch_image resize -> HF
+    processor with do_resize=False."""
     name = str(source) if isinstance(source, (str, os.PathLike)) else "<image>"
     img = open_image(source, cfg) if isinstance(source, (str, os.PathLike)) else _as_pil(source, name)
     return image_to_patches(img, cfg.min_pixels, cfg.max_pixels, rule=cfg.resize_rule, rgb_rule=cfg.rgb_rule, name=name)
@@ -220,7 +219,7 @@ def process_image(source, cfg: ImageConfig = ImageConfig()) -> tuple[np.ndarray,
 
 def smart_nframes(total_frames: int, video_fps: float, cfg: VideoConfig = VideoConfig()) -> int:
     """qwen_omni_utils/v2_5/vision_process.py ``smart_nframes`` (fps branch): total/video_fps*FPS, clamped to
-    [ceil2(FPS_MIN_FRAMES), floor2(min(FPS_MAX_FRAMES, total))] and total, then floored to a multiple of FRAME_FACTOR."""
+    [ceil2(FPS_MIN_FRAMES), floor2(min(FPS_MAX_FRAMES, total))] and total, floored to a multiple of FRAME_FACTOR."""
     ff = cfg.frame_factor
     min_frames = math.ceil(cfg.fps_min_frames / ff) * ff
     max_frames = math.floor(min(cfg.fps_max_frames, total_frames) / ff) * ff
@@ -232,15 +231,16 @@ def smart_nframes(total_frames: int, video_fps: float, cfg: VideoConfig = VideoC
 
 
 def frame_indices(total_frames: int, nframes: int) -> np.ndarray:
-    """``torch.linspace(0, total - 1, n).round().long()`` (float32, torch's two-sided formula, half-to-even).
-
-    For even n no value is ever within float error of a .5 tie, so the result is exact."""
+    """qwen-omni-utils' ``torch.linspace(0, total - 1, n).round().long()`` bit for bit: float32, ATen's two-sided
+    formula (second half ``end - step * k`` with one rounding), half-to-even.  Float32 matters for long videos."""
     if nframes == 1:
         return np.zeros(1, np.int64)
     i = np.arange(nframes)
-    end, step = np.float32(total_frames - 1), np.float32(np.float32(total_frames - 1) / np.float32(nframes - 1))
-    vals = np.where(i < nframes // 2, step * i.astype(np.float32), end - step * (nframes - 1 - i).astype(np.float32))
-    return np.round(vals.astype(np.float32)).astype(np.int64)
+    end = np.float32(total_frames - 1)
+    step = np.float32(end / np.float32(nframes - 1))
+    first = step * i.astype(np.float32)
+    second = (np.float64(end) - np.float64(step) * (nframes - 1 - i)).astype(np.float32)
+    return np.round(np.where(i < nframes // 2, first, second)).astype(np.int64)
 
 
 def video_frame_size(height: int, width: int, nframes: int, cfg: VideoConfig = VideoConfig()) -> tuple[int, int]:
@@ -250,28 +250,29 @@ def video_frame_size(height: int, width: int, nframes: int, cfg: VideoConfig = V
     return smart_resize(height, width, FACTOR, cfg.min_pixels, max_pixels, rule="qwen_omni_utils")
 
 
-def _cubic_aa(x: np.ndarray) -> np.ndarray:
-    x, a = np.abs(x), -0.5  # PyTorch's antialias bicubic uses PIL's a = -0.5
-    return np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1, np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
-
-
 def _aa_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Source indices / weights (out, taps) of ATen's ``_upsample_bicubic2d_aa`` (``_compute_indices_weights_aa``)."""
-    scale = in_size / out_size
-    support, inv = (2.0 * scale, 1.0 / scale) if scale >= 1.0 else (2.0, 1.0)
-    center = scale * (np.arange(out_size) + 0.5)
-    xmin = np.maximum((center - support + 0.5).astype(np.int64), 0)
-    xsize = np.minimum((center + support + 0.5).astype(np.int64), in_size) - xmin
+    """Source indices / float32 weights (out, taps) after ATen's ``_compute_weights_aa`` and its float/double mix."""
+    f32, f64 = np.float32, np.float64
+    scale = f32(in_size) / f32(out_size)
+    support, inv = (f32(2 * f64(scale)), f32(1 / f64(scale))) if scale >= 1.0 else (f32(2.0), f32(1.0))
+    center = (f64(scale) * (np.arange(out_size) + 0.5)).astype(f32)
+    xmin = np.maximum(((center - support).astype(f64) + 0.5).astype(np.int64), 0)
+    xsize = np.minimum(((center + support).astype(f64) + 0.5).astype(np.int64), in_size) - xmin
     j = np.arange(int(xsize.max()))
-    w = np.where(j < xsize[:, None], _cubic_aa((xmin[:, None] + j - center[:, None] + 0.5) * inv), 0.0)
-    return np.minimum(xmin[:, None] + j, in_size - 1), w / w.sum(1, keepdims=True)
+    arg = (((xmin[:, None] + j).astype(f32) - center[:, None]).astype(f64) + 0.5) * f64(inv)
+    x, a = np.abs(arg.astype(f32)), -0.5  # bicubic with PIL's a = -0.5, as ATen's antialias path
+    w = np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1, np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+    w = np.where(j < xsize[:, None], w, f32(0))
+    total = functools.reduce(np.add, w.T)  # sequential float32 sum, as ATen
+    return np.minimum(xmin[:, None] + j, in_size - 1), w / total[:, None]
 
 
 def resize_frame(frame_HWC: np.ndarray, height: int, width: int) -> np.ndarray:
     """uint8 frame -> uint8 (height, width) like torchvision ``resize(..., BICUBIC, antialias=True)`` on a uint8
-    tensor, which is what qwen-omni-utils fetch_video does: float antialiased bicubic, width pass then height pass,
-    clamp to [0, 255], round half-to-even.  (Images use PIL bicubic instead, as the reference did.)"""
-    x = frame_HWC.astype(np.float64)
+    tensor, which is what qwen-omni-utils fetch_video does: float32 antialiased bicubic, width pass then height pass,
+    clamp to [0, 255], round half-to-even.  Matches torch to +-1 level on ~1e-5 of values (ATen's exact float
+    rounding is not reproduced).  Images use PIL bicubic instead, as the reference did."""
+    x = frame_HWC.astype(np.float32)
     for axis, out in ((1, width), (0, height)):
         if x.shape[axis] != out:
             idx, w = _aa_taps(x.shape[axis], out)
@@ -287,7 +288,6 @@ def _decode_video(path, cfg: VideoConfig):
     decoded frames and ``stream.average_rate``.  A first demux-only pass counts packets so only the picked frames
     are converted to RGB; if decoding yields a different count the pick is redone on the true count."""
     import av
-
     def pick(total, fps):
         try:
             return frame_indices(total, smart_nframes(total, fps, cfg))
@@ -300,7 +300,8 @@ def _decode_video(path, cfg: VideoConfig):
                 raise MediaError(path, "no video stream")
             st = c.streams.video[0]
             if st.codec_context.width * st.codec_context.height > cfg.max_input_pixels:
-                raise MediaError(path, f"{st.codec_context.width}x{st.codec_context.height} frames exceed the decode budget")
+                raise MediaError(path, f"{st.codec_context.width}x{st.codec_context.height} frames exceed the "
+                                       f"decode budget of {cfg.max_input_pixels} pixels")
             rate = st.average_rate or st.guessed_rate
             if not rate:
                 raise MediaError(path, "unknown frame rate")
@@ -318,8 +319,8 @@ def _decode_video(path, cfg: VideoConfig):
             if n == total or n == 0:
                 break
             total = n
-        if n == 0:
-            raise MediaError(path, "no decodable video frames")
+        if n == 0 or any(i not in frames for i in wanted):
+            raise MediaError(path, f"decoded {n} of {total} frames, unstable frame count")
     except MediaError:
         raise
     except FileNotFoundError:
@@ -342,7 +343,7 @@ def video_to_patches(path_or_frames, cfg: VideoConfig = VideoConfig()):
     else:
         frames, name, sample_fps = [np.asarray(f) for f in path_or_frames], "<frames>", cfg.fps
         times = [i / cfg.fps for i in range(len(frames))]
-        if not frames or any(f.dtype != np.uint8 or f.ndim != 3 or f.shape != frames[0].shape or f.shape[2] != 3 for f in frames):
+        if not frames or any(f.dtype != np.uint8 or f.shape != frames[0].shape or f.shape[-1:] != (3,) for f in frames):
             raise MediaError(name, "expected a non-empty sequence of equal-shape uint8 HxWx3 frames")
     h, w = frames[0].shape[:2]
     try:
@@ -351,8 +352,8 @@ def video_to_patches(path_or_frames, cfg: VideoConfig = VideoConfig()):
         raise MediaError(name, f"cannot size {w}x{h} frames: {e}") from None
     if rh < FACTOR or rw < FACTOR:
         raise MediaError(name, f"{w}x{h} frames resize to {rw}x{rh}")
-    if len(frames) % TEMPORAL:
-        frames, times = frames + [frames[-1]] * (-len(frames) % TEMPORAL), times + [times[-1]] * (-len(times) % TEMPORAL)
+    pad = -len(frames) % TEMPORAL
+    frames, times = frames + frames[-1:] * pad, times + times[-1:] * pad
     x = _normalize(np.stack([resize_frame(f, rh, rw) for f in frames]))
     grid = np.array([len(frames) // TEMPORAL, rh // PATCH, rw // PATCH], np.int64)
     return _patchify(x), grid, TEMPORAL / (cfg.processor_fps or sample_fps), np.asarray(times, np.float64)
@@ -371,7 +372,6 @@ def _checked(path, wave: np.ndarray) -> np.ndarray:
 def load_audio(path, sr: int = SAMPLE_RATE) -> np.ndarray:
     """ms-swift ``vision_utils.load_audio``: ``librosa.load(path, sr=sr)`` (mono mean, soxr_hq resample) -> float32."""
     import librosa
-
     if not os.path.exists(path):
         raise MediaError(path, "file not found")
     try:
@@ -379,6 +379,8 @@ def load_audio(path, sr: int = SAMPLE_RATE) -> np.ndarray:
             warnings.simplefilter("ignore")  # librosa's audioread fallback is deprecated and noisy
             wave, _ = librosa.load(path, sr=sr, mono=True)
     except Exception as e:  # soundfile, audioread and soxr each raise their own types
+        if "not finite" in str(e):  # librosa's to_mono/resample validate the buffer first
+            raise MediaError(path, "non-finite samples (NaN/Inf)") from e
         raise MediaError(path, f"cannot decode audio: {type(e).__name__}: {e}") from e
     return _checked(path, wave)
 
@@ -388,7 +390,6 @@ def extract_audio_track(path, sr: int = SAMPLE_RATE) -> np.ndarray | None:
     Omni template (channel mean, then soxr_hq resample); None when the file has no audio (or it decodes empty)."""
     import av
     import librosa
-
     try:
         with av.open(str(path)) as c:
             if not c.streams.audio:
@@ -418,7 +419,8 @@ def mel_filter_bank(n_mels: int = N_MELS, n_fft: int = N_FFT, sr: int = SAMPLE_R
     ``audio_utils.mel_filter_bank`` as WhisperFeatureExtractor calls it)."""
     def hz_to_mel(f):
         f = np.asarray(f, np.float64)
-        return np.where(f >= 1000.0, 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) * (27.0 / np.log(6.4)), 3.0 * f / 200.0)
+        log_part = 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) * (27.0 / np.log(6.4))
+        return np.where(f >= 1000.0, log_part, 3.0 * f / 200.0)
 
     mels = np.linspace(hz_to_mel(0.0), hz_to_mel(8000.0), n_mels + 2)
     hz = np.where(mels >= 15.0, 1000.0 * np.exp(np.log(6.4) / 27.0 * (mels - 15.0)), 200.0 * mels / 3.0)
