@@ -16,7 +16,18 @@ def _build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--dtype", default="float32", help="parameter dtype to store (float32, bfloat16)")
     conv.add_argument("--lora", default=None, help="PEFT/ms-swift LoRA adapter dir to merge (HF -> Orbax)")
     conv.set_defaults(func=_cmd_convert)
+    bench = sub.add_parser("bench", help="benchmarks (decode, ...): `omnirrm bench NAME --help`",
+                           add_help=False)
+    bench.add_argument("name", choices=["decode"], help="which benchmark")
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=_cmd_bench)
     return p
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    return importlib.import_module(f"omnirrm_jax.bench.{args.name}").main(args.rest)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
