@@ -19,6 +19,7 @@ setup(
         "transformers>=5.20,<6",
         "sentencepiece>=0.2",
         "tensorflow-datasets>=4.9.8",
+        "array_record>=0.5",
         "numpy>=1.26",
         "librosa>=0.10",
         "safetensors>=0.4",

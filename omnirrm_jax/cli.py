@@ -21,6 +21,8 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", choices=["decode"], help="which benchmark")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_cmd_bench)
+    # prep parses its own options; main() hands it argv before argparse sees them.
+    sub.add_parser("prep", add_help=False, help="ms-swift JSONL + media -> ArrayRecord shards: `omnirrm prep --help`")
     return p
 
 
@@ -38,6 +40,11 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["prep"]:
+        from data_prep import prep
+
+        return prep.main(argv[1:])
     parser = _build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
