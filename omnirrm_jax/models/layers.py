@@ -177,20 +177,12 @@ register_attention_backend("xla", _xla_attention)
 register_attention_backend("cudnn", _cudnn_attention)
 
 
-# Below this many query tokens (cached decode steps) attention is a memory-bound matrix-vector product:
-# XLA's fused einsum streams the cache once, while flash kernels pad the query block and lose.
-FLASH_MIN_QUERY_LEN = 32
-
-
-def resolve_backend(name: str, dtype, query_len: int | None = None) -> str:
-    """"auto" -> cuDNN flash for 16-bit compute on GPU (prefill/training shapes), a registered "tpu" kernel
-    on TPU, else XLA (also for short-query decode steps)."""
+def resolve_backend(name: str, dtype) -> str:
+    """"auto" -> cuDNN flash for 16-bit compute on GPU, a registered "tpu" kernel on TPU, else XLA."""
     if name != "auto":
         if name not in _BACKENDS:
             raise ValueError(f"unknown attention backend {name!r}; registered: {sorted(_BACKENDS)}")
         return name
-    if query_len is not None and query_len < FLASH_MIN_QUERY_LEN:
-        return "xla"
     platform = jax.default_backend()
     if platform == "gpu" and as_dtype(dtype) in (jnp.bfloat16, jnp.float16):
         return "cudnn"
@@ -203,5 +195,5 @@ def attention(q_BTNH: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array, *, mask_B
               is_causal: bool = False, scale: float, backend: str = "auto") -> jax.Array:
     """Multi-head attention with grouped kv heads. `mask_BTS` is True where a query may see a key;
     `is_causal` aligns the causal diagonal to the end of the keys (cached decoding)."""
-    name = resolve_backend(backend, q_BTNH.dtype, q_BTNH.shape[1])
+    name = resolve_backend(backend, q_BTNH.dtype)
     return _BACKENDS[name](q_BTNH, k_BSKH, v_BSKH, mask=mask_BTS, is_causal=is_causal, scale=scale)
