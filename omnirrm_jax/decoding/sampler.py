@@ -12,6 +12,9 @@ Sampling reproduces transformers' `generate(do_sample=True, temperature, top_k, 
 run in HF's order (temperature, then top-k, then top-p with `min_tokens_to_keep=1`) on fp32 logits.
 Positions of generated tokens continue from the last real prompt position (+1 per step on all three
 mRoPE axes), as transformers 5 `generate` does (`rope.continue_positions`).
+
+An optional token automaton (`constrained.TokenConstraint`) rides in the loop carry as one int32 state per
+row; it masks the logits before the warpers (see `constrained` for why and how).
 """
 
 from __future__ import annotations
@@ -141,12 +144,21 @@ def _last_positions(position_ids_3BS: jax.Array, mask_BS: jax.Array) -> jax.Arra
                                axis=2)[..., 0]
 
 
-def _generate(model, inputs: dict[str, Any], rng: jax.Array, sampling: SamplingConfig) -> GenerationResult:
+def _generate(model, inputs: dict[str, Any], rng: jax.Array, sampling: SamplingConfig,
+              constraint=None) -> GenerationResult:
     ids_BS, mask_BS = jnp.asarray(inputs["input_ids"]), jnp.asarray(inputs["attention_mask"])
     B, S = ids_BS.shape
     G, N = sampling.num_samples, sampling.max_new_tokens
     R = B * G
     stops = jnp.asarray(sampling.stop_token_ids, jnp.int32).reshape(-1)
+
+    def draw(k, logits_RV, state_R):
+        """Token k of every row; with a constraint, masked to its automaton state (N - k - 1 tokens left after)."""
+        if constraint is None:
+            return (*sample_tokens(jax.random.fold_in(rng, k), logits_RV, sampling), state_R)
+        logits_RV = constraint.mask_logits(logits_RV, state_R, N - k - 1)
+        tok_R, lp_R = sample_tokens(jax.random.fold_in(rng, k), logits_RV, sampling)
+        return tok_R, lp_R, constraint.advance(state_R, tok_R)
 
     # Prefill once per prompt; only the last position's logits are needed (no (B, S, V) tensor).
     cache = text_lib.init_cache(model.config, B, S + N, prompt_mask_BT=mask_BS)
@@ -157,32 +169,33 @@ def _generate(model, inputs: dict[str, Any], rng: jax.Array, sampling: SamplingC
     logits_RV = jnp.repeat(logits_BV, G, axis=0)
     last_3R = jnp.repeat(_last_positions(jnp.asarray(inputs["position_ids"]), mask_BS).astype(jnp.int32), G, axis=1)
 
-    tok_R, lp_R = sample_tokens(jax.random.fold_in(rng, 0), logits_RV, sampling)
+    state_R = constraint.init_state(R) if constraint is not None else jnp.zeros((R,), jnp.int32)
+    tok_R, lp_R, state_R = draw(0, logits_RV, state_R)
     done_R = jnp.isin(tok_R, stops)
     tokens_RN = jnp.full((R, N), sampling.pad_token_id, jnp.int32).at[:, 0].set(tok_R)
     logprobs_RN = jnp.zeros((R, N), jnp.float32).at[:, 0].set(lp_R)
     lengths_R = jnp.where(done_R, 1, N).astype(jnp.int32)
 
     def cond(carry):
-        k, _, _, _, done_R, _, _ = carry
+        k, _, _, _, done_R, _, _, _ = carry
         return (k < N) & ~jnp.all(done_R)
 
     def body(carry):
         # Feed token k-1 (slot S+k-1, position last+k) and draw token k. Finished rows keep computing on
         # their last real token (pad may lie outside a small vocab) but record pad / logprob 0.
-        k, prev_R, tokens_RN, logprobs_RN, done_R, lengths_R, cache = carry
+        k, prev_R, tokens_RN, logprobs_RN, done_R, lengths_R, cache, state_R = carry
         logits, cache = model.decode_step(prev_R[:, None], (last_3R + k)[..., None], cache, S + k - 1)
-        tok_R, lp_R = sample_tokens(jax.random.fold_in(rng, k), logits[:, -1], sampling)
+        tok_R, lp_R, state_R = draw(k, logits[:, -1], state_R)
         out_R = jnp.where(done_R, sampling.pad_token_id, tok_R)
         tokens_RN = jax.lax.dynamic_update_slice(tokens_RN, out_R[:, None], (0, k))
         logprobs_RN = jax.lax.dynamic_update_slice(logprobs_RN, jnp.where(done_R, 0.0, lp_R)[:, None], (0, k))
         stop_R = ~done_R & jnp.isin(tok_R, stops)
         lengths_R = jnp.where(stop_R, k + 1, lengths_R)
         prev_R = jnp.where(done_R, prev_R, tok_R)
-        return k + 1, prev_R, tokens_RN, logprobs_RN, done_R | stop_R, lengths_R, cache
+        return k + 1, prev_R, tokens_RN, logprobs_RN, done_R | stop_R, lengths_R, cache, state_R
 
-    carry = (jnp.int32(1), tok_R, tokens_RN, logprobs_RN, done_R, lengths_R, cache)
-    _, _, tokens_RN, logprobs_RN, done_R, lengths_R, _ = jax.lax.while_loop(cond, body, carry)
+    carry = (jnp.int32(1), tok_R, tokens_RN, logprobs_RN, done_R, lengths_R, cache, state_R)
+    _, _, tokens_RN, logprobs_RN, done_R, lengths_R, _, _ = jax.lax.while_loop(cond, body, carry)
     return GenerationResult(tokens=tokens_RN.reshape(B, G, N), logprobs=logprobs_RN.reshape(B, G, N),
                             lengths=lengths_R.reshape(B, G), finished=done_R.reshape(B, G))
 
@@ -191,7 +204,8 @@ def _generate(model, inputs: dict[str, Any], rng: jax.Array, sampling: SamplingC
 _generate_jit = nnx.jit(_generate, static_argnames=("sampling",))
 
 
-def generate(model, inputs: dict[str, Any], sampling: SamplingConfig, rng: jax.Array) -> GenerationResult:
+def generate(model, inputs: dict[str, Any], sampling: SamplingConfig, rng: jax.Array,
+             constraint=None) -> GenerationResult:
     """Samples `sampling.num_samples` continuations of each prompt.
 
     Args:
@@ -200,10 +214,23 @@ def generate(model, inputs: dict[str, Any], sampling: SamplingConfig, rng: jax.A
       inputs: `prepare_inputs` output for a left-padded batch of B prompts of length S.
       sampling: the decoding settings (static).
       rng: a PRNG key; the same key and shapes reproduce the same samples.
+      constraint: optional `constrained.TokenConstraint` (a jit argument, not static): each row's logits are
+        masked to its automaton state before the warpers, so every row writes a schema-valid judgement and
+        ends with `constraint.stop_id` within max_new_tokens; logprobs are under that masked distribution.
     Returns:
       a `GenerationResult` with (B, G, N) tokens/logprobs and (B, G) lengths/finished.
     """
     mask = inputs["attention_mask"]
     if not isinstance(mask, jax.core.Tracer) and not np.asarray(mask)[:, -1].all():
         raise ValueError("generate needs left-padded prompts: every row's last attention_mask entry must be 1")
-    return _generate_jit(model, inputs, rng, sampling=sampling)
+    if constraint is not None:
+        if constraint.stop_id not in sampling.stop_token_ids:
+            raise ValueError(f"the constraint ends on token {constraint.stop_id}, which is not among "
+                             f"sampling.stop_token_ids {sampling.stop_token_ids}")
+        if sampling.max_new_tokens < constraint.min_new_tokens:
+            raise ValueError(f"max_new_tokens {sampling.max_new_tokens} is below the shortest constrained output "
+                             f"({constraint.min_new_tokens} tokens)")
+        if constraint.vocab_size != model.config.text.vocab_size:
+            raise ValueError(f"constraint tables cover {constraint.vocab_size} ids, the model's vocab is "
+                             f"{model.config.text.vocab_size}")
+    return _generate_jit(model, inputs, rng, sampling=sampling, constraint=constraint)
