@@ -1,0 +1,66 @@
+"""Training checkpoints: one Orbax step directory holds the trainable parameters (LoRA-only or full),
+the optimizer state, step, RNG key, the data-iterator state and the resolved config.
+
+Orbax writes into a temporary directory and renames it when complete, so an interrupted save is never
+picked up; leftovers are cleaned at start-up. Restoring takes abstract targets carrying shardings, so a
+run can resume on a different mesh.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+
+
+class CheckpointManager:
+    def __init__(self, directory: str, *, keep: int = 4, async_save: bool = True):
+        import orbax.checkpoint as ocp
+
+        self.directory = os.path.abspath(directory)
+        os.makedirs(self.directory, exist_ok=True)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+                                               enable_async_checkpointing=async_save)
+        self._ocp = ocp
+        self._mngr = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self._mngr.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._mngr.all_steps())
+
+    def save(self, step: int, *, state: Any, data_state: dict | None, meta: dict, force: bool = False) -> bool:
+        """Saves `state` (a pytree of arrays: params, opt_state, rng...) with JSON sidecars."""
+        ocp = self._ocp
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta),
+                                  data=ocp.args.JsonSave(data_state or {}))
+        return self._mngr.save(step, args=args, force=force)
+
+    def restore(self, step: int | None, *, abstract_state: Any) -> tuple[Any, dict, dict]:
+        """(state, data_state, meta) of `step` (default: latest). `abstract_state` gives structure,
+        dtypes and target shardings (`jax.ShapeDtypeStruct(..., sharding=...)` leaves)."""
+        ocp = self._ocp
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no finished checkpoint in {self.directory}")
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore(),
+                                  data=ocp.args.JsonRestore())
+        out = self._mngr.restore(step, args=args)
+        return out["state"], dict(out["data"] or {}), dict(out["meta"] or {})
+
+    def wait(self) -> None:
+        self._mngr.wait_until_finished()
+
+    def close(self) -> None:
+        self._mngr.wait_until_finished()
+        self._mngr.close()
+
+
+def abstract_like(tree: Any, shardings: Any | None = None) -> Any:
+    """ShapeDtypeStructs (with shardings) mirroring `tree`, as restore targets."""
+    if shardings is None:
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+                            tree)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

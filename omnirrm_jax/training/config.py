@@ -1,0 +1,119 @@
+"""Run configuration: YAML files in `configs/` mapped onto frozen dataclasses, plus `a.b=value` overrides.
+
+Only the CLI reads files; everything below it receives dataclasses. An unknown key is an error that names
+the closest valid key, because a silently ignored typo (`learning_rte`) costs a whole run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from typing import Any
+
+import yaml
+
+from omnirrm_jax.training.lora import LoraConfig
+from omnirrm_jax.training.optim import OptimConfig
+from omnirrm_jax.training.sharding import MeshConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Where the thinker comes from: a preset (random init) or an HF directory; LoRA or full fine-tuning."""
+
+    preset: str | None = "tiny"
+    hf_path: str | None = None
+    lora_path: str | None = None  # an adapter to start from (kept as LoRA branches)
+    dtype: str = "bfloat16"  # compute
+    param_dtype: str = "float32"
+    attention_backend: str = "auto"
+    remat: bool = False
+    full_finetune: bool = False  # True: every parameter trains (the demo: a tiny model from scratch)
+    lora: LoraConfig = LoraConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    train: tuple[str, ...] = ()  # ArrayRecord shard paths or globs
+    eval: tuple[str, ...] = ()
+    tokenizer: str | None = None  # HF checkpoint dir or a SentencePiece .model
+    pipeline: dict = dataclasses.field(default_factory=dict)  # fields of data.pipeline.PipelineConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    workdir: str = "runs/sft"
+    seed: int = 0
+    num_epochs: float = 2.0
+    max_steps: int | None = None  # optimizer updates; overrides epochs when set
+    log_every: int = 5
+    eval_every: int = 100
+    eval_batches: int | None = None
+    save_every: int = 100
+    keep_checkpoints: int = 4
+    save_lora_only: bool = True
+    max_consecutive_nonfinite: int = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+    model: ModelSpec = ModelSpec()
+    data: DataSpec = DataSpec()
+    optim: OptimConfig = OptimConfig()
+    mesh: MeshConfig = MeshConfig()
+    run: RunSpec = RunSpec()
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _build(cls, raw: Any, where: str):
+    if not dataclasses.is_dataclass(cls):
+        return raw
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {where + '.' if where else ''}{close[0]}?" if close else ""
+            raise ConfigError(f"unknown config key {where + '.' if where else ''}{key}{hint} "
+                              f"(valid: {', '.join(names)})")
+        kwargs[key] = _build(hints[key], value, f"{where}.{key}" if where else key)
+        if isinstance(kwargs[key], list):
+            kwargs[key] = tuple(kwargs[key])
+    return cls(**kwargs)
+
+
+def _set(raw: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {p} is not a section")
+    node[leaf] = value
+
+
+def load_config(path: str | None, overrides: list[str] = (), cls=SFTConfig):
+    """Reads YAML (or nothing) and applies `key.sub=value` overrides (values parsed as YAML scalars)."""
+    raw: dict = {}
+    if path:
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        _set(raw, key.strip(), yaml.safe_load(value))
+    return _build(cls, raw, "")
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,76 @@
+"""Train state: the model split into (graphdef, trainable, frozen) + optimizer state, created sharded.
+
+Setup order (big_vision style): abstract model (`nnx.eval_shape`) -> shardings from logical axes ->
+jitted init with out-shardings, so a 7B model is never materialised on one device first. LoRA runs
+train only `nnx.LoRAParam`; full fine-tuning trains every `nnx.Param`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from omnirrm_jax.models import params as P
+from omnirrm_jax.models.config import ThinkerConfig
+from omnirrm_jax.models.thinker import Thinker
+from omnirrm_jax.training import lora as lora_lib
+from omnirrm_jax.training import sharding as S
+
+
+@dataclasses.dataclass
+class TrainState:
+    graphdef: Any
+    trainable: nnx.State
+    frozen: nnx.State
+    opt_state: Any
+    step: jax.Array  # optimizer updates applied (after accumulation boundaries: micro-steps / k)
+
+    def model(self) -> Thinker:
+        return nnx.merge(self.graphdef, self.trainable, self.frozen)
+
+
+def trainable_filter(full_finetune: bool):
+    return nnx.Param if full_finetune else nnx.LoRAParam
+
+
+def build_model(cfg: ThinkerConfig, *, hf_path: str | None, lora_cfg: lora_lib.LoraConfig | None,
+                lora_path: str | None, seed: int) -> Thinker:
+    """Host-side model construction: HF weights (or random init) plus LoRA branches."""
+    if hf_path:
+        model, _ = P.load_hf(hf_path, dtype=cfg.param_dtype, compute_dtype=cfg.dtype,
+                             attention_backend=cfg.attention_backend,
+                             lora_path=lora_path, merge_lora=False)
+        model.config = cfg if cfg.text == model.config.text else model.config
+    else:
+        model = Thinker(cfg, rngs=nnx.Rngs(seed))
+    if lora_cfg is not None and lora_path is None:
+        lora_lib.apply_lora(model, lora_cfg, nnx.Rngs(seed + 1))
+    return model
+
+
+def create_train_state(model_fn: Callable[[], Thinker], tx: optax.GradientTransformation, mesh: Mesh, *,
+                       full_finetune: bool) -> tuple[TrainState, Any]:
+    """Builds the state sharded on `mesh`; returns it with the state shardings (for jit and restore)."""
+    wrt = trainable_filter(full_finetune)
+    abstract = nnx.eval_shape(model_fn)
+    graphdef, abs_trainable, abs_frozen = nnx.split(abstract, wrt, ...)
+    sh_trainable = S.state_shardings(abs_trainable, mesh)
+    sh_frozen = S.state_shardings(abs_frozen, mesh)
+    model = model_fn()
+    _, trainable, frozen = nnx.split(model, wrt, ...)
+    trainable = jax.device_put(trainable, sh_trainable)
+    frozen = jax.device_put(frozen, sh_frozen)
+    opt_state = jax.jit(tx.init)(trainable)
+    state = TrainState(graphdef, trainable, frozen, opt_state, jnp.zeros((), jnp.int32))
+    return state, (sh_trainable, sh_frozen)
+
+
+def tree_where(pred: jax.Array, new: Any, old: Any) -> Any:
+    """Keeps `old` wherever `pred` is False (a skipped non-finite update)."""
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)

@@ -1,0 +1,90 @@
+"""The SFT step: golden loss, LoRA-only updates, non-finite updates skipped, sharded == unsharded."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from omnirrm_jax.models import config as C
+from omnirrm_jax.models.thinker import Thinker, prepare_inputs
+from omnirrm_jax.training import lora, optim, sft
+from omnirrm_jax.training import sharding as S
+from omnirrm_jax.training.state import create_train_state
+
+
+def _batch(cfg, B=4, T=24, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, 400, (B, T))
+    mask = np.ones((B, T), np.int32)
+    mask[1, :5] = 0
+    batch = prepare_inputs(cfg, ids, mask)
+    loss_mask = np.zeros((B, T), np.int32)
+    loss_mask[:, T // 2:] = 1
+    batch["loss_mask"] = loss_mask
+    batch["example_index"] = np.arange(B)
+    return batch
+
+
+def _state(cfg, mesh, full=False, lr=1e-2):
+    def model_fn():
+        m = Thinker(cfg, rngs=nnx.Rngs(0))
+        if not full:
+            lora.apply_lora(m, lora.LoraConfig(rank=4, alpha=8), nnx.Rngs(1))
+        return m
+    tx = optim.make_optimizer(optim.OptimConfig(learning_rate=lr, warmup_ratio=0.0, weight_decay=0.0), 100)
+    state, shardings = create_train_state(model_fn, tx, mesh, full_finetune=full)
+    return state, shardings, tx
+
+
+def _run(cfg, mesh, steps=3, batch=None):
+    state, shardings, tx = _state(cfg, mesh)
+    step_fn = sft.jit_sft_step(state, tx, shardings)
+    batch = batch or _batch(cfg)
+    losses = []
+    trainable, opt_state, step = state.trainable, state.opt_state, state.step
+    for _ in range(steps):
+        trainable, opt_state, step, m = step_fn(trainable, state.frozen, opt_state, step, batch)
+        losses.append(float(m["loss"]))
+    return losses, int(step), trainable, state
+
+
+def test_golden_first_steps_and_lora_only_updates():
+    """Golden values of a tiny config. Update them only when the model init, the LoRA init or the loss
+    definition changes on purpose (and say why in the commit)."""
+    cfg = C.tiny()
+    mesh = S.make_mesh(S.MeshConfig(data=1), devices=jax.devices()[:1])
+    losses, step, trainable, state = _run(cfg, mesh)
+    assert step == 3
+    assert losses[2] < losses[0]
+    np.testing.assert_allclose(losses[0], GOLDEN_STEP0, rtol=1e-4)
+    # only LoRA factors are trainable; the frozen base is untouched
+    assert all("lora_" in ".".join(map(str, p)) for p, _ in nnx.to_flat_state(trainable))
+
+
+GOLDEN_STEP0 = 6.716585  # tiny(), seed 0, LoRA r=4 a=8, lr 1e-2, the batch of _batch()
+
+
+def test_sharded_8_devices_equals_single_device():
+    cfg = C.tiny()
+    one = _run(cfg, S.make_mesh(S.MeshConfig(data=1), devices=jax.devices()[:1]))[0]
+    eight = _run(cfg, S.make_mesh(S.MeshConfig(data=2, fsdp=2, tensor=2)))[0]
+    np.testing.assert_allclose(eight, one, rtol=2e-5)
+
+
+def test_non_finite_update_is_skipped_and_counted():
+    cfg = C.tiny()
+    mesh = S.make_mesh(S.MeshConfig(data=1), devices=jax.devices()[:1])
+    state, shardings, tx = _state(cfg, mesh)
+    step_fn = sft.jit_sft_step(state, tx, shardings)
+    batch = _batch(cfg)
+    before = jax.tree.map(np.asarray, state.trainable)
+    # NaN inputs through the embeddings: poison the frozen embedding table
+    frozen = nnx.map_state(lambda p, x: jnp.full_like(x, jnp.nan) if p[-1] == "embedding" else x, state.frozen)
+    trainable, opt_state, step, m = step_fn(state.trainable, frozen, state.opt_state, state.step, batch)
+    assert not bool(m["finite"]) and int(step) == 0
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), trainable, before)
+    guard = sft.NonFiniteGuard(limit=2)
+    guard.update(False, 7, batch)
+    with pytest.raises(FloatingPointError, match=r"2 consecutive non-finite updates; last at step 8, batch "
+                                                 r"examples \[0, 1, 2, 3\]"):
+        guard.update(False, 8, batch)
