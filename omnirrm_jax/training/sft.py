@@ -55,7 +55,7 @@ def sft_step(graphdef, tx: optax.GradientTransformation, trainable, frozen, opt_
     no-op accumulation inside optax.MultiSteps until the boundary), and a skipped update when the loss or
     the gradient norm is not finite."""
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, frozen, graphdef, batch)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
     updates, new_opt = tx.update(grads, opt_state, trainable)
