@@ -1,0 +1,25 @@
+"""Our hand-written TensorBoard event files load in TensorBoard's own reader."""
+import json
+
+from omnirrm_jax.training import metrics
+
+
+def test_crc32c_known_value():
+    assert metrics.crc32c(b"123456789") == 0xE3069283
+
+
+def test_events_readable_by_tensorboard(tmp_path):
+    w = metrics.MetricWriter(str(tmp_path))
+    for step in range(1, 4):
+        w.write(step, {"train/loss": 1.0 / step, "train/lr": 1e-3})
+    w.close()
+    from tensorboard.backend.event_processing import event_accumulator
+
+    acc = event_accumulator.EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert set(acc.Tags()["scalars"]) == {"train/loss", "train/lr"}
+    events = acc.Scalars("train/loss")
+    assert [e.step for e in events] == [1, 2, 3]
+    assert abs(events[1].value - 0.5) < 1e-7
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert rows[2]["step"] == 3 and abs(rows[2]["train/loss"] - 1 / 3) < 1e-12
