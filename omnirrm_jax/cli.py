@@ -21,9 +21,26 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", choices=["decode"], help="which benchmark")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_cmd_bench)
+    sft = sub.add_parser("sft", help="supervised fine-tuning: omnirrm sft CONFIG [key.sub=value ...]")
+    sft.add_argument("config", help="YAML run config (see configs/)")
+    sft.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    sft.set_defaults(func=_cmd_sft)
     # prep parses its own options; main() hands it argv before argparse sees them.
     sub.add_parser("prep", add_help=False, help="ms-swift JSONL + media -> ArrayRecord shards: `omnirrm prep --help`")
     return p
+
+
+def _cmd_sft(args: argparse.Namespace) -> int:
+    import logging
+
+    from omnirrm_jax.training import config as config_lib
+    from omnirrm_jax.training import sft
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = config_lib.load_config(args.config, args.overrides)
+    out = sft.train(cfg)
+    print(f"done: {out['micro_steps']} steps" + (" (preempted, checkpoint saved)" if out["preempted"] else ""))
+    return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

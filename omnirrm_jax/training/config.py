@@ -69,9 +69,33 @@ class ConfigError(ValueError):
     pass
 
 
+def _coerce(hint, value: Any, where: str) -> Any:
+    """Scalars by the field's type (YAML reads `1e-4` as a string); a wrong type is an error naming the key."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, type(int | None)) else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ConfigError(f"{where}: null is not allowed")
+    for t in options:
+        if t is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t is bool and isinstance(value, bool) or t is str and isinstance(value, str):
+            return value
+        if typing.get_origin(t) is tuple and isinstance(value, (list, tuple)):
+            return tuple(value)
+        if t is dict and isinstance(value, dict):
+            return value
+    raise ConfigError(f"{where}: {value!r} is not a valid {hint}")
+
+
 def _build(cls, raw: Any, where: str):
     if not dataclasses.is_dataclass(cls):
-        return raw
+        return _coerce(cls, raw, where)
     if raw is None:
         return cls()
     if not isinstance(raw, dict):
@@ -86,8 +110,6 @@ def _build(cls, raw: Any, where: str):
             raise ConfigError(f"unknown config key {where + '.' if where else ''}{key}{hint} "
                               f"(valid: {', '.join(names)})")
         kwargs[key] = _build(hints[key], value, f"{where}.{key}" if where else key)
-        if isinstance(kwargs[key], list):
-            kwargs[key] = tuple(kwargs[key])
     return cls(**kwargs)
 
 

@@ -122,3 +122,166 @@ class Preemption:
     def restore(self):
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------------
+
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v5 lite": 197e12, "TPU v5p": 459e12,
+              "TPU v4": 275e12, "TPU v6 lite": 918e12}
+
+
+def peak_flops_per_device() -> float | None:
+    kind = jax.devices()[0].device_kind
+    for name, flops in PEAK_FLOPS.items():
+        if name.lower() in kind.lower():
+            return flops
+    return None
+
+
+def expand_paths(patterns) -> list[str]:
+    import glob
+
+    out = []
+    for p in patterns:
+        hits = sorted(glob.glob(p))
+        if not hits:
+            raise FileNotFoundError(f"no data shards match {p!r}")
+        out.extend(hits)
+    return out
+
+
+def load_tokenizer(path: str | None):
+    from omnirrm_jax.data import tokenizer as tok_lib
+
+    if path is None:
+        raise ValueError("data.tokenizer is required (an HF checkpoint dir or a SentencePiece .model)")
+    if path.endswith(".model"):
+        return tok_lib.SentencePieceTokenizer.from_file(path)
+    return tok_lib.HFTokenizer.from_dir(path)
+
+
+def resolve_thinker_config(spec, tok) -> model_config.ThinkerConfig:
+    """The model config: from the HF checkpoint, or a preset resized to the tokenizer's vocabulary."""
+    from omnirrm_jax.data.tokenizer import thinker_token_ids
+    from omnirrm_jax.models import params as P
+
+    runtime = dict(dtype=spec.dtype, param_dtype=spec.param_dtype, attention_backend=spec.attention_backend)
+    if spec.hf_path:
+        return P.read_config(spec.hf_path, **runtime)
+    cfg = model_config.PRESETS[spec.preset](**runtime)
+    text = dataclasses.replace(cfg.text, vocab_size=max(cfg.text.vocab_size, tok.vocab_size)
+                               if spec.preset != "tiny" else tok.vocab_size)
+    return dataclasses.replace(cfg, text=text, **thinker_token_ids(tok))
+
+
+def _jsonable_state(state) -> dict:
+    if isinstance(state, bytes):
+        return {"bytes": state.decode("utf-8")}
+    return {"state": state}
+
+
+def _from_jsonable(d: dict):
+    return d["bytes"].encode("utf-8") if "bytes" in d else d.get("state")
+
+
+def train(cfg, *, progress: bool = True) -> dict:
+    """Runs SFT as configured (an `SFTConfig`); returns final metrics and paths."""
+    from omnirrm_jax.checkpoint.manager import CheckpointManager, abstract_like
+    from omnirrm_jax.data import pipeline
+    from omnirrm_jax.training import config as config_lib
+    from omnirrm_jax.training import optim
+    from omnirrm_jax.training import sharding as S
+    from omnirrm_jax.training.metrics import MetricWriter
+    from omnirrm_jax.training.state import build_model, create_train_state
+
+    run = cfg.run
+    os.makedirs(run.workdir, exist_ok=True)
+    # ---- mesh -------------------------------------------------------------------------------------
+    mesh = S.make_mesh(cfg.mesh)
+    log.info("mesh %s", S.describe(mesh))
+    # ---- data -------------------------------------------------------------------------------------
+    tok = load_tokenizer(cfg.data.tokenizer)
+    thinker_cfg = resolve_thinker_config(cfg.model, tok)
+    pcfg = pipeline.PipelineConfig(**{**cfg.data.pipeline, "mode": "sft"})
+    train_paths = expand_paths(cfg.data.train)
+    n_records = pipeline.count_records(train_paths)
+    micro_per_epoch = max(n_records // pcfg.batch_size, 1)
+    total_micro = run.max_steps * cfg.optim.grad_accum_steps if run.max_steps else \
+        int(math.ceil(run.num_epochs * micro_per_epoch))
+    total_updates = max(total_micro // cfg.optim.grad_accum_steps, 1)
+    dataset = pipeline.make_dataset(train_paths, tok, thinker_cfg,
+                                    dataclasses.replace(pcfg, num_epochs=None))
+    # ---- model, shardings, jitted init and step ---------------------------------------------------
+    tx = optim.make_optimizer(cfg.optim, total_updates)
+    lora_cfg = None if cfg.model.full_finetune else cfg.model.lora
+
+    def model_fn():
+        return build_model(thinker_cfg, hf_path=cfg.model.hf_path, lora_cfg=lora_cfg,
+                           lora_path=cfg.model.lora_path, seed=run.seed)
+
+    state, shardings = create_train_state(model_fn, tx, mesh, full_finetune=cfg.model.full_finetune)
+    step_fn = jit_sft_step(state, tx, shardings)
+    # ---- resume -----------------------------------------------------------------------------------
+    ckpt = CheckpointManager(os.path.join(run.workdir, "checkpoints"), keep=run.keep_checkpoints)
+    iterator = iter(dataset)
+    micro, trainable, opt_state, step = 0, state.trainable, state.opt_state, state.step
+    if ckpt.latest_step() is not None:
+        target = {"trainable": abstract_like(trainable, shardings[0]), "opt_state": abstract_like(opt_state),
+                  "step": abstract_like(step)}
+        restored, data_state, meta = ckpt.restore(None, abstract_state=target)
+        trainable, opt_state, step = restored["trainable"], restored["opt_state"], restored["step"]
+        micro = int(meta["micro_step"])
+        iterator.set_state(_from_jsonable(data_state))
+        log.info("resumed from micro-step %d", micro)
+    meta_base = {"config": config_lib.to_dict(cfg), "thinker": model_config.to_hf_dict(thinker_cfg)}
+    # ---- loop -------------------------------------------------------------------------------------
+    writer = MetricWriter(run.workdir)
+    guard, preempt = NonFiniteGuard(run.max_consecutive_nonfinite), Preemption()
+    peak = peak_flops_per_device()
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves((trainable, state.frozen)))
+    lr_fn = optim.learning_rate_schedule(cfg.optim, total_updates)
+    window = {"loss": [], "tokens": 0, "t": time.perf_counter()}
+    last = {}
+
+    def save(micro_now):
+        ckpt.save(micro_now, state={"trainable": trainable, "opt_state": opt_state, "step": step},
+                  data_state=_jsonable_state(iterator.get_state()),
+                  meta={**meta_base, "micro_step": micro_now}, force=True)
+
+    try:
+        while micro < total_micro:
+            host = next(iterator)
+            batch = pipeline.to_global_arrays(host, mesh)
+            trainable, opt_state, step, m = step_fn(trainable, state.frozen, opt_state, step, batch)
+            micro += 1
+            guard.update(bool(m["finite"]), micro, host)
+            window["loss"].append(float(m["loss"]))
+            window["tokens"] += int(np.asarray(host["attention_mask"]).sum())
+            if micro % run.log_every == 0 or micro == total_micro:
+                dt = time.perf_counter() - window["t"]
+                tps = window["tokens"] / dt
+                last = {"train/loss": float(np.mean(window["loss"])), "train/grad_norm": float(m["grad_norm"]),
+                        "train/lr": float(lr_fn(int(step))), "train/tokens_per_s": tps,
+                        "train/skipped_nonfinite": guard.total}
+                if peak:
+                    last["train/mfu"] = 6 * n_params * tps / (peak * jax.device_count())
+                writer.write(micro, last)
+                if progress:
+                    print(f"step {micro}/{total_micro} loss {last['train/loss']:.4f} "
+                          f"lr {last['train/lr']:.2e} {tps:.0f} tok/s", flush=True)
+                window = {"loss": [], "tokens": 0, "t": time.perf_counter()}
+            if micro % run.save_every == 0 or preempt.requested:
+                save(micro)
+            if preempt.requested:
+                break
+        if ckpt.latest_step() != micro:
+            save(micro)
+    finally:
+        ckpt.close()
+        writer.close()
+        preempt.restore()
+    final_state = TrainState(state.graphdef, trainable, state.frozen, opt_state, step)
+    return {"micro_steps": micro, "preempted": preempt.requested, "metrics": last, "state": final_state,
+            "tokenizer": tok, "thinker_config": thinker_cfg}

@@ -1,0 +1,36 @@
+"""YAML configs map onto the dataclasses; unknown keys name the closest valid key."""
+import glob
+
+import pytest
+
+from omnirrm_jax.training import config as C
+
+
+def test_shipped_configs_load():
+    paths = sorted(glob.glob("configs/*.yaml"))
+    assert paths
+    for p in paths:
+        cfg = C.load_config(p)
+        assert isinstance(cfg, C.SFTConfig)
+
+
+def test_reference_hyperparameters_in_7b_config():
+    cfg = C.load_config("configs/sft_7b_lora.yaml")
+    assert cfg.optim.learning_rate == 5e-6 and cfg.optim.warmup_ratio == 0.03 and cfg.run.num_epochs == 2
+    assert cfg.model.lora.rank == 8 and cfg.model.lora.alpha == 32
+    assert cfg.data.pipeline["batch_size"] * cfg.optim.grad_accum_steps == 96
+    assert cfg.data.pipeline["max_length"] == 3072
+
+
+def test_overrides_and_unknown_keys(tmp_path):
+    cfg = C.load_config(None, ["optim.learning_rate=1e-4", "run.max_steps=7", "data.train=[a, b]"])
+    assert cfg.optim.learning_rate == 1e-4 and cfg.run.max_steps == 7 and cfg.data.train == ("a", "b")
+    with pytest.raises(C.ConfigError, match="unknown config key optim.learning_rte; did you mean optim.learning_rate"):
+        C.load_config(None, ["optim.learning_rte=1"])
+    with pytest.raises(C.ConfigError, match="unknown config key modle; did you mean model"):
+        C.load_config(None, ["modle.preset=tiny"])
+
+
+def test_wrong_types_name_the_key():
+    with pytest.raises(C.ConfigError, match="run.max_steps: 'many' is not a valid"):
+        C.load_config(None, ["run.max_steps=many"])
