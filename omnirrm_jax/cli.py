@@ -21,6 +21,11 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", choices=["decode"], help="which benchmark")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_cmd_bench)
+    demo = sub.add_parser("demo", help="generate demo data, prep it, train a tiny judge, evaluate it (CPU: minutes)")
+    demo.add_argument("--workdir", default="runs/demo", help="where data, checkpoints and demo_report.json go")
+    demo.add_argument("--steps", type=int, default=None, help="SFT steps (default from DemoConfig)")
+    demo.add_argument("--no-control", action="store_true", help="skip the blanked-media control run")
+    demo.set_defaults(func=_cmd_demo)
     sft = sub.add_parser("sft", help="supervised fine-tuning: omnirrm sft CONFIG [key.sub=value ...]")
     sft.add_argument("config", help="YAML run config (see configs/)")
     sft.add_argument("overrides", nargs="*", help="key.sub=value overrides")
@@ -28,6 +33,18 @@ def _build_parser() -> argparse.ArgumentParser:
     # prep parses its own options; main() hands it argv before argparse sees them.
     sub.add_parser("prep", add_help=False, help="ms-swift JSONL + media -> ArrayRecord shards: `omnirrm prep --help`")
     return p
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from omnirrm_jax import demo
+
+    cfg = demo.DemoConfig(workdir=args.workdir, control=not args.no_control)
+    if args.steps:
+        cfg = dataclasses.replace(cfg, steps=args.steps)
+    demo.run_demo(cfg)
+    return 0
 
 
 def _cmd_sft(args: argparse.Namespace) -> int:
