@@ -19,6 +19,20 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 DEMO_VIDEO = dict(min_pixels=3136, max_pixels=3136)  # keep the 56x56 demo clips at 4 patches a frame
+SEQ_BUCKETS = (256, 320, 384, 448, 512)
+
+
+def media_buckets(batch: int) -> tuple:
+    """One media budget that holds a batch of demo items of any mix: a 56x56 image is 16 patches, a 4-frame
+    clip 32, a 1 s audio one chunk and 25 tokens."""
+    return ((16 * batch, 32 * batch, batch, 25 * batch),)
+
+
+def pipeline_config(mode: str, batch: int, **kw):
+    from omnirrm_jax.data import pipeline
+
+    return pipeline.PipelineConfig(mode=mode, batch_size=batch, seq_buckets=SEQ_BUCKETS,
+                                   media_buckets=media_buckets(batch), **kw)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +86,8 @@ def _sft_config(cfg: DemoConfig, shards: str, tok_path: str, workdir: str):
     return C.SFTConfig(
         model=C.ModelSpec(preset="tiny", dtype="float32", param_dtype="float32", full_finetune=True),
         data=C.DataSpec(train=(os.path.join(shards, "train-*.array_record"),), tokenizer=tok_path,
-                        pipeline={"batch_size": cfg.batch_size, "shuffle_seed": cfg.seed}),
+                        pipeline={"batch_size": cfg.batch_size, "shuffle_seed": cfg.seed,
+                                  "seq_buckets": SEQ_BUCKETS, "media_buckets": media_buckets(cfg.batch_size)}),
         optim=OptimConfig(learning_rate=cfg.learning_rate, warmup_ratio=0.05, weight_decay=0.0),
         mesh=MeshConfig(data=1),
         run=C.RunSpec(workdir=workdir, seed=cfg.seed, max_steps=cfg.steps, log_every=25,
@@ -83,7 +98,7 @@ def _evaluate(model, tok, thinker_cfg, shards: str, cfg: DemoConfig, *, constrai
     from omnirrm_jax.data import pipeline
     from omnirrm_jax.eval.judge import pairwise_accuracy
 
-    pcfg = pipeline.PipelineConfig(mode="grpo", batch_size=64, num_epochs=1, drop_remainder=False)
+    pcfg = pipeline_config("grpo", 64, num_epochs=1, drop_remainder=False, shuffle_seed=None)
     paths = sorted(os.path.join(shards, f) for f in os.listdir(shards) if f.startswith("eval-"))
     batches = pipeline.make_dataset(paths, tok, thinker_cfg, pcfg)
     return pairwise_accuracy(model, tok, batches, max_new_tokens=cfg.max_new_tokens, constrained=constrained)
@@ -163,7 +178,7 @@ def _one_judgement_per_modality(model, tok, thinker_cfg, shards: str, cfg: DemoC
     from omnirrm_jax.data import pipeline
     from omnirrm_jax.eval.judge import MODALITIES, judge_batch
 
-    pcfg = pipeline.PipelineConfig(mode="grpo", batch_size=8, num_epochs=1, drop_remainder=False)
+    pcfg = pipeline_config("grpo", 8, num_epochs=1, drop_remainder=False, shuffle_seed=None)
     paths = sorted(os.path.join(shards, f) for f in os.listdir(shards) if f.startswith("eval-"))
     seen = {}
     for batch in pipeline.make_dataset(paths, tok, thinker_cfg, pcfg):

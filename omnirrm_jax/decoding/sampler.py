@@ -221,8 +221,10 @@ def generate(model, inputs: dict[str, Any], sampling: SamplingConfig, rng: jax.A
       a `GenerationResult` with (B, G, N) tokens/logprobs and (B, G) lengths/finished.
     """
     mask = inputs["attention_mask"]
-    if not isinstance(mask, jax.core.Tracer) and not np.asarray(mask)[:, -1].all():
-        raise ValueError("generate needs left-padded prompts: every row's last attention_mask entry must be 1")
+    if not isinstance(mask, jax.core.Tracer):
+        m = np.asarray(mask).astype(bool)
+        if (m.any(1) & ~m[:, -1]).any():  # all-padding rows (a final partial batch) are allowed
+            raise ValueError("generate needs left-padded prompts: every row's last attention_mask entry must be 1")
     if constraint is not None:
         if constraint.stop_id not in sampling.stop_token_ids:
             raise ValueError(f"the constraint ends on token {constraint.stop_id}, which is not among "

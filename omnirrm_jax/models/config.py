@@ -145,7 +145,7 @@ def tiny(**runtime: Any) -> ThinkerConfig:
                       num_kv_heads=2, head_dim=16, mrope_section=(2, 3, 3))
     vision = VisionConfig(depth=2, hidden_size=32, num_heads=2, intermediate_size=48, out_hidden_size=d,
                           fullatt_block_indexes=(1,))
-    audio = AudioConfig(num_layers=2, d_model=32, num_heads=2, ffn_dim=64, output_dim=d, n_window=4)
+    audio = AudioConfig(num_layers=2, d_model=32, num_heads=2, ffn_dim=64, output_dim=d)
     ids = dict(audio_token_id=500, image_token_id=501, video_token_id=502, audio_start_token_id=503,
                audio_end_token_id=504, vision_start_token_id=505, vision_end_token_id=506)
     return ThinkerConfig(text=text, vision=vision, audio=audio, **ids, **runtime)

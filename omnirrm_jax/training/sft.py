@@ -152,6 +152,12 @@ def expand_paths(patterns) -> list[str]:
     return out
 
 
+def count_records(paths: list[str]) -> int:
+    import grain
+
+    return len(grain.sources.ArrayRecordDataSource(list(paths)))
+
+
 def load_tokenizer(path: str | None):
     from omnirrm_jax.data import tokenizer as tok_lib
 
@@ -206,7 +212,7 @@ def train(cfg, *, progress: bool = True) -> dict:
     thinker_cfg = resolve_thinker_config(cfg.model, tok)
     pcfg = pipeline.PipelineConfig(**{**cfg.data.pipeline, "mode": "sft"})
     train_paths = expand_paths(cfg.data.train)
-    n_records = pipeline.count_records(train_paths)
+    n_records = count_records(train_paths)
     micro_per_epoch = max(n_records // pcfg.batch_size, 1)
     total_micro = run.max_steps * cfg.optim.grad_accum_steps if run.max_steps else \
         int(math.ceil(run.num_epochs * micro_per_epoch))
