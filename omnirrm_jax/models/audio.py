@@ -19,18 +19,13 @@ import numpy as np
 from flax import nnx
 
 from omnirrm_jax.models import layers
+from omnirrm_jax.models.rope import audio_token_count
 from omnirrm_jax.models.config import AudioConfig, ThinkerConfig
 from omnirrm_jax.models.layers import CONV, EMBED, HEADS, MLP, Linear, LayerNorm, param
 
 # ----------------------------------------------------------------------------------------------------
 # Host side (numpy only): token counts, chunking, gather indices.
 # ----------------------------------------------------------------------------------------------------
-
-
-def audio_token_count(L):
-    """LLM tokens of an audio with L mel frames (conv stride 2, then pair pooling; a trailing odd frame is
-    dropped). Works on ints and integer arrays; L <= 2 gives 0."""
-    return ((L - 1) // 2 + 1 - 2) // 2 + 1
 
 
 def _chunk_lens(feature_lens: np.ndarray, W: int) -> list[np.ndarray]:

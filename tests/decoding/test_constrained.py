@@ -1,7 +1,6 @@
 """Schema-constrained decoding: the byte automaton, its lifting to token tables (toy, SentencePiece and
 byte-level BPE vocabularies, checked against a brute-force oracle), the per-tokenizer cache, and 1,000
 constrained samples of an untrained tiny thinker that all parse, are consistent and score format 1.0."""
-import contextlib
 import dataclasses
 import json
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from tests.compile_count import count_compiles
 from omnirrm_jax.data.tokenizer import SPECIAL_TOKENS, build_prompt_ids, thinker_token_ids, train_sentencepiece
 from omnirrm_jax.decoding import constrained as C
 from omnirrm_jax.decoding import sampler as SM
@@ -24,20 +24,6 @@ ARBITRARY = ["The quick brown fox jumps over the lazy dog 12345!? {json: [1, 2]}
              "Ünïcode ☃ and emoji 😀 and C:\\path\\file with \"quotes\" <b>html</b> 3.14159"]
 
 
-@contextlib.contextmanager
-def count_compiles():
-    """XLA backend compilations inside the block (as in test_sampler, without its torch imports)."""
-    events = []
-
-    def listener(event, duration, **kw):
-        if event == "/jax/core/compile/backend_compile_duration":
-            events.append(kw.get("fun_name", "?"))
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield events
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def _verdict(a, b):

@@ -1,7 +1,6 @@
 """The decoding engine against transformers: greedy `generate` token for token on left-padded batches of
 every modality, HF's sampling warpers, the sampled distribution (chi-square), the returned log-probs
 (teacher-forced HF forward + HF warpers), one shared prefill for G samples, and no recompiles."""
-import contextlib
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +10,7 @@ import torch
 from flax import nnx
 from scipy import stats
 
+from tests.compile_count import count_compiles
 from omnirrm_jax.decoding import sampler as SM
 from omnirrm_jax.models import audio as audio_lib
 from omnirrm_jax.models import params as P
@@ -71,20 +71,6 @@ def hf_warp(logits, temperature, top_k, top_p):
     return torch.log_softmax(x, -1).numpy()
 
 
-@contextlib.contextmanager
-def count_compiles():
-    """Counts XLA backend compilations inside the block."""
-    events = []
-
-    def listener(event, duration, **kw):
-        if event == "/jax/core/compile/backend_compile_duration":
-            events.append(kw.get("fun_name", "?"))
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield events
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 # ----------------------------------------------------------------------------------------------------
