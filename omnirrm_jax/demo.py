@@ -40,7 +40,7 @@ class DemoConfig:
     workdir: str = "runs/demo"
     n_train_per_modality: int = 192
     n_eval_per_modality: int = 48
-    steps: int = 400
+    steps: int = 800
     batch_size: int = 16
     learning_rate: float = 3e-3
     vocab_size: int = 800
