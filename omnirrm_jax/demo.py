@@ -89,7 +89,7 @@ def _sft_config(cfg: DemoConfig, shards: str, tok_path: str, workdir: str):
                         pipeline={"batch_size": cfg.batch_size, "shuffle_seed": cfg.seed,
                                   "seq_buckets": SEQ_BUCKETS, "media_buckets": media_buckets(cfg.batch_size)}),
         optim=OptimConfig(learning_rate=cfg.learning_rate, warmup_ratio=0.05, weight_decay=0.0),
-        mesh=MeshConfig(data=1),
+        mesh=MeshConfig(data=-1),
         run=C.RunSpec(workdir=workdir, seed=cfg.seed, max_steps=cfg.steps, log_every=25,
                       save_every=10 ** 9, keep_checkpoints=1))
 
