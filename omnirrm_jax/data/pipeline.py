@@ -6,11 +6,13 @@
       -> mp_prefetch (worker_count spawn processes) -> Finalize (main: tower index tables, skip-ratio check)
       -> thread prefetch -> host batch -> `to_global_arrays`
 
-Why this shape: everything per record (decode, tokenize, patchify) and the collation run in Grain workers without
-JAX; only `Finalize` (the towers' host index tables, read from the model code so they cannot drift) and
-`to_global_arrays` touch model code. Each step is a small frozen dataclass or iterator whose state is plain JSON,
-so `iterator.get_state()` (or Orbax via `grain.checkpoint.CheckpointSave`) saves the exact position, and a fresh
-iterator restored from it yields the very batches an uninterrupted run would (for the same worker count).
+Why this shape: everything per record (decode, tokenize, patchify) and the collation run in Grain workers and never
+use JAX (grain 0.2.18 itself imports jax on `import grain`; no backend is ever initialised there); pixels are collated
+straight into shared memory, so padding is never copied between processes. Only `Finalize` (the towers' host index
+tables, taken from the model code so they cannot drift) and `to_global_arrays` touch model code. Each step is a
+small frozen dataclass or iterator whose state is plain JSON, so `iterator.get_state()` (or Orbax via
+`grain.checkpoint.CheckpointSave`) saves the exact position, and a fresh iterator restored from it yields the very
+batches an uninterrupted run would (for the same worker count; batches depend on the worker count).
 
 Shapes are bounded: a batch takes the smallest `seq_buckets` entry that holds its longest example and the first
 `media_buckets` entry (image patches, video patches, audio chunks, audio tokens) that holds its media, so a run
@@ -113,7 +115,8 @@ class SkipRatioError(RuntimeError):
 def _check_ratio(seen: int, skipped: dict, first: dict, cfg: PipelineConfig) -> None:
     n = sum(skipped.values())
     if seen >= cfg.min_records_for_skip_check and n > cfg.max_skip_ratio * seen:
-        why = "; ".join(f"{k}={v} (e.g. {first.get(k, '?')})" for k, v in sorted(skipped.items(), key=lambda kv: -kv[1]))
+        top = sorted(skipped.items(), key=lambda kv: -kv[1])
+        why = "; ".join(f"{k}={v} (e.g. {first.get(k, '?')})" for k, v in top)
         raise SkipRatioError(f"{n} of {seen} records skipped ({n / seen:.1%}) > max_skip_ratio "
                              f"{cfg.max_skip_ratio:.1%}: {why}")
 

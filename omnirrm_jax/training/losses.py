@@ -40,6 +40,7 @@ def masked_cross_entropy(hidden_BTD: jax.Array, input_ids_BT: jax.Array, loss_ma
     whether token t is a target (the assistant's judgement), so the prompt and padding never count.
     """
     logp = token_logprobs(hidden_BTD[:, :-1], input_ids_BT[:, 1:], logits_fn, chunk=chunk)
-    mask = loss_mask_BT[:, 1:].astype(jnp.float32)
-    n = jnp.sum(mask)
-    return -jnp.sum(logp * mask) / jnp.maximum(n, 1.0), n
+    mask = loss_mask_BT[:, 1:].astype(bool)
+    n = jnp.sum(mask.astype(jnp.float32))
+    # where, not multiply: padding rows attend to no key and may carry NaN (NaN * 0 = NaN)
+    return -jnp.sum(jnp.where(mask, logp, 0.0)) / jnp.maximum(n, 1.0), n

@@ -274,10 +274,38 @@ def test_fast_patches_are_bit_identical():
         assert got.dtype == ref.dtype and np.array_equal(got.view(np.uint32), ref.view(np.uint32))
 
 
+def test_audio_in_video_example_matches_prepare_inputs(demo):
+    """Audio order = order of appearance (a standalone audio, then the video's own track), as HF reads them."""
+    rng = np.random.default_rng(1)
+    audio = lambda L: {"features": rng.standard_normal((128, L)).astype(np.float32), "length": L}  # noqa: E731
+    video = {"frames": rng.integers(0, 256, (4, 56, 56, 3), np.uint8), "grid_thw": np.array([2, 4, 4]),
+             "second_per_grid": 1.0, "frame_times": np.arange(4.0), "audio": audio(300)}
+    rec = {"version": 1, "id": "x", "modality": "mixed", "gold": None, "solution": None, "cmp_gt": None,
+           "source": {"file": "t", "line": 1}, "use_audio_in_video": True, "extra": {},
+           "messages": [{"role": "user", "content": "<audio>first<video>\nthen"},
+                        {"role": "assistant", "content": "ok"}],
+           "media_paths": {"images": [], "videos": ["v"], "audios": ["a"]}, "images": [], "videos": [video],
+           "audios": [audio(100)]}
+    ex = E.build_example(R.decode_record(R.encode_record(rec)), 0, demo["tok"], demo["cfg"], mode="sft",
+                         max_length=1024, max_media=MEDIA[-1])
+    feats = [rec["audios"][0], video["audio"]]
+    L = 300
+    ref = prepare_inputs(demo["cfg"], ex["input_ids"][None], pixel_values_videos=R.video_patches(video)[0],
+                         video_grid_thw=video["grid_thw"][None], video_second_per_grid=[1.0],
+                         input_features=np.stack([np.pad(a["features"], ((0, 0), (0, L - a["length"])))
+                                                  for a in feats]),
+                         feature_attention_mask=np.stack([np.arange(L) < a["length"] for a in feats]).astype(np.int32),
+                         use_audio_in_video=True)
+    np.testing.assert_array_equal(ex["position_ids"], ref["position_ids"][:, 0])
+    assert ex["rope_delta"] == ref["rope_deltas"][0, 0] and list(ex["audio_lens"]) == [100, 300]
+    np.testing.assert_array_equal(ex["audio_features"], np.concatenate([a["features"] for a in feats], 1))
+
+
 def test_prompt_tags_follow_ms_swift():
     msgs = [{"role": "user", "content": "Which is better?"}, {"role": "assistant", "content": "A"}]
     out = E.swift_prompt_messages(msgs, {"image": 1, "video": 0, "audio": 1}, None)
-    assert out[0]["content"] == "<|audio_bos|><|AUDIO|><|audio_eos|><|vision_bos|><|IMAGE|><|vision_eos|>Which is better?"
+    assert out[0]["content"] == ("<|audio_bos|><|AUDIO|><|audio_eos|><|vision_bos|><|IMAGE|><|vision_eos|>"
+                                 "Which is better?")
     out = E.swift_prompt_messages([{"role": "user", "content": "<video>\nQ"}], {"image": 0, "video": 1, "audio": 0},
                                   "sys")
     assert out == [{"role": "system", "content": "sys"},
