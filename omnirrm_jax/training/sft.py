@@ -192,8 +192,11 @@ def _from_jsonable(d: dict):
     return d["bytes"].encode("utf-8") if "bytes" in d else d.get("state")
 
 
-def train(cfg, *, progress: bool = True) -> dict:
-    """Runs SFT as configured (an `SFTConfig`); returns final metrics and paths."""
+def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
+    """Runs SFT as configured (an `SFTConfig`); returns final metrics, state and tokenizer.
+
+    `stop_after` behaves like a preemption after that many micro-steps (save, return): resume tests and
+    time-sliced schedulers use it."""
     from omnirrm_jax.checkpoint.manager import CheckpointManager, abstract_like
     from omnirrm_jax.data import pipeline
     from omnirrm_jax.training import config as config_lib
@@ -278,9 +281,10 @@ def train(cfg, *, progress: bool = True) -> dict:
                     print(f"step {micro}/{total_micro} loss {last['train/loss']:.4f} "
                           f"lr {last['train/lr']:.2e} {tps:.0f} tok/s", flush=True)
                 window = {"loss": [], "tokens": 0, "t": time.perf_counter()}
-            if micro % run.save_every == 0 or preempt.requested:
+            stop = preempt.requested or (stop_after is not None and micro >= stop_after)
+            if micro % run.save_every == 0 or stop:
                 save(micro)
-            if preempt.requested:
+            if stop:
                 break
         if ckpt.latest_step() != micro:
             save(micro)
@@ -289,5 +293,5 @@ def train(cfg, *, progress: bool = True) -> dict:
         writer.close()
         preempt.restore()
     final_state = TrainState(state.graphdef, trainable, state.frozen, opt_state, step)
-    return {"micro_steps": micro, "preempted": preempt.requested, "metrics": last, "state": final_state,
+    return {"micro_steps": micro, "preempted": micro < total_micro, "metrics": last, "state": final_state,
             "tokenizer": tok, "thinker_config": thinker_cfg}

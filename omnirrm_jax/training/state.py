@@ -8,13 +8,14 @@ train only `nnx.LoRAParam`; full fine-tuning trains every `nnx.Param`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from omnirrm_jax.models import params as P
 from omnirrm_jax.models.config import ThinkerConfig
@@ -66,9 +67,18 @@ def create_train_state(model_fn: Callable[[], Thinker], tx: optax.GradientTransf
     _, trainable, frozen = nnx.split(model, wrt, ...)
     trainable = jax.device_put(trainable, sh_trainable)
     frozen = jax.device_put(frozen, sh_frozen)
-    opt_state = jax.jit(tx.init)(trainable)
-    state = TrainState(graphdef, trainable, frozen, opt_state, jnp.zeros((), jnp.int32))
+    opt_state = jax.tree.map(functools.partial(_on_mesh, mesh), jax.jit(tx.init)(trainable))
+    step = jax.device_put(jnp.zeros((), jnp.int32), NamedSharding(mesh, PartitionSpec()))
+    state = TrainState(graphdef, trainable, frozen, opt_state, step)
     return state, (sh_trainable, sh_frozen)
+
+
+def _on_mesh(mesh: Mesh, x: jax.Array) -> jax.Array:
+    """Optimizer scalars (step counts) come out of `tx.init` on one device; put them on the mesh, replicated,
+    so a restored state never mixes single-device and mesh arrays."""
+    if isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh:
+        return x
+    return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
 
 
 def tree_where(pred: jax.Array, new: Any, old: Any) -> Any:
