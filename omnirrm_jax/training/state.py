@@ -47,7 +47,6 @@ def build_model(cfg: ThinkerConfig, *, hf_path: str | None, lora_cfg: lora_lib.L
         model, _ = P.load_hf(hf_path, dtype=cfg.param_dtype, compute_dtype=cfg.dtype,
                              attention_backend=cfg.attention_backend,
                              lora_path=lora_path, merge_lora=False)
-        model.config = cfg if cfg.text == model.config.text else model.config
     else:
         model = Thinker(cfg, rngs=nnx.Rngs(seed))
     if lora_cfg is not None and lora_path is None:
