@@ -48,11 +48,8 @@ class RunSpec:
     num_epochs: float = 2.0
     max_steps: int | None = None  # optimizer updates; overrides epochs when set
     log_every: int = 5
-    eval_every: int = 100
-    eval_batches: int | None = None
     save_every: int = 100
     keep_checkpoints: int = 4
-    save_lora_only: bool = True
     max_consecutive_nonfinite: int = 5
 
 
