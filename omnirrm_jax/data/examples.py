@@ -19,13 +19,11 @@ here that imports model code, and it imports it lazily.
 """
 from __future__ import annotations
 
-import functools
 import re
 from typing import Any, Sequence
 
 import numpy as np
 
-from omnirrm_jax.data import media as M
 from omnirrm_jax.data import records as R
 from omnirrm_jax.data.tokenizer import Tokenizer, expand_placeholders, render_chat, thinker_token_ids
 from omnirrm_jax.models.config import ThinkerConfig
@@ -63,23 +61,6 @@ def media_bucket_for(cost: Sequence[int], media_buckets: Sequence[Sequence[int]]
         if all(c <= lim for c, lim in zip(cost, b)):
             return i
     return -1
-
-
-@functools.cache
-def _byte_table() -> np.ndarray:
-    """(3 * 256,) float32: entry c * 256 + v is the normalised value of byte v in colour channel c."""
-    x = M._normalize(np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None], (256, 3))[None, None])[0, 0]
-    return np.ascontiguousarray(x.T).ravel()
-
-
-def frames_to_patches(frames_THWC: np.ndarray) -> np.ndarray:
-    """Stored uint8 frames (T even) -> (P, 1176) float32 pixel values, bit for bit `records.video_patches` (and, on
-    frames repeated to T = 2, `records.image_patches`), about 3x faster: normalisation is elementwise per (byte,
-    channel), so it is a lookup in a 768-entry table, done after patchifying the bytes (1/4 of the data to move)."""
-    p = M._patchify(frames_THWC)
-    idx = p.astype(np.uint16)
-    idx += (np.arange(p.shape[1]) // (p.shape[1] // 3) * 256).astype(np.uint16)  # columns are (c, t, y, x)
-    return np.take(_byte_table(), idx, mode="clip")
 
 
 def swift_prompt_messages(messages: list[dict], n_media: dict[str, int], system: str | None) -> list[dict]:
@@ -175,9 +156,9 @@ def build_example(rec: dict, index: int, tok: Tokenizer, cfg: ThinkerConfig, *, 
     ex = {"index": int(index), "modality": MODALITY_CODES[rec["modality"]], "input_ids": ids.astype(np.int32),
           "position_ids": pos[:, 0].astype(np.int32), "rope_delta": int(delta[0, 0]), "cost": cost,
           "loss_mask": None, "gold": None, "image_grid": image_grid, "video_grid": video_grid, "audio_lens": audio_lens,
-          "pixel_values": np.concatenate([frames_to_patches(np.repeat(im["frames"], R.TEMPORAL, 0))
+          "pixel_values": np.concatenate([R.frames_to_patches(np.repeat(im["frames"], R.TEMPORAL, 0))
                                           for im in images]) if images else None,
-          "pixel_values_videos": np.concatenate([frames_to_patches(v["frames"]) for v in videos]) if videos else None,
+          "pixel_values_videos": np.concatenate([R.frames_to_patches(v["frames"]) for v in videos]) if videos else None,
           "audio_features": np.concatenate([a["features"] for a in audios], 1) if audios else None}
     if mode == "sft":
         ex["loss_mask"] = (np.arange(n) >= n_prompt).astype(np.int32)

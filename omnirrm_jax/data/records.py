@@ -35,6 +35,8 @@ No JAX here: records are made in data-prep worker processes and read in Grain wo
 """
 from __future__ import annotations
 
+import functools
+
 import json
 import math
 import struct
@@ -324,17 +326,32 @@ def audio_item(wave: np.ndarray, cfg) -> dict:
 
 # ---------------------------------------------------------------- stored form -> model inputs (loaders)
 
+@functools.cache
+def _byte_table() -> np.ndarray:
+    """(3 * 256,) float32: entry c * 256 + v is the normalised value of byte v in colour channel c."""
+    x = media._normalize(np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None], (256, 3))[None, None])[0, 0]
+    return np.ascontiguousarray(x.T).ravel()
+
+
+def frames_to_patches(frames_THWC: np.ndarray) -> np.ndarray:
+    """Stored uint8 frames (T even) -> (P, 1176) float32 pixel values, bit for bit `media._patchify(media._normalize(.))`
+    but ~3x faster: normalisation is elementwise per (byte, channel), so it is a lookup in a 768-entry table, done
+    after patchifying the bytes (1/4 of the data to move)."""
+    p = media._patchify(frames_THWC)
+    idx = p.astype(np.uint16)
+    idx += (np.arange(p.shape[1]) // (p.shape[1] // 3) * 256).astype(np.uint16)  # columns are (c, t, y, x)
+    return np.take(_byte_table(), idx, mode="clip")
+
+
 def image_patches(item: dict) -> tuple[np.ndarray, np.ndarray]:
     """Stored image -> (pixel_values (P, 1176) float32, grid_thw), equal to ``media.process_image`` bit for bit."""
-    x = media._normalize(item["frames"])
-    return media._patchify(np.repeat(x, TEMPORAL, axis=0)), np.asarray(item["grid_thw"], np.int64)
+    return frames_to_patches(np.repeat(item["frames"], TEMPORAL, axis=0)), np.asarray(item["grid_thw"], np.int64)
 
 
 def video_patches(item: dict) -> tuple[np.ndarray, np.ndarray, float]:
     """Stored video -> (pixel_values_videos (P, 1176) float32, grid_thw, second_per_grid), equal to
     ``media.video_to_patches``."""
-    return media._patchify(media._normalize(item["frames"])), np.asarray(item["grid_thw"], np.int64), \
-        item["second_per_grid"]
+    return frames_to_patches(item["frames"]), np.asarray(item["grid_thw"], np.int64), item["second_per_grid"]
 
 
 def record_nbytes(rec: dict) -> dict[str, int]:
