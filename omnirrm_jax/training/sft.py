@@ -259,33 +259,43 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
                   data_state=_jsonable_state(iterator.get_state()),
                   meta={**meta_base, "micro_step": micro_now}, force=True)
 
+    def record(micro_p, host_p, m_p, step_p):
+        """Host-side bookkeeping of a finished step. Called one step late, so reading its metrics never
+        stalls the device: step n+1 is already dispatched when step n's values are fetched."""
+        nonlocal window, last
+        guard.update(bool(m_p["finite"]), micro_p, host_p)
+        window["loss"].append(float(m_p["loss"]))
+        window["tokens"] += int(np.asarray(host_p["attention_mask"]).sum())
+        if micro_p % run.log_every == 0 or micro_p == total_micro:
+            tps = window["tokens"] / (time.perf_counter() - window["t"])
+            last = {"train/loss": float(np.mean(window["loss"])), "train/grad_norm": float(m_p["grad_norm"]),
+                    "train/lr": float(lr_fn(int(step_p))), "train/tokens_per_s": tps,
+                    "train/skipped_nonfinite": guard.total}
+            if peak:
+                last["train/mfu"] = 6 * n_params * tps / (peak * jax.device_count())
+            writer.write(micro_p, last)
+            if progress:
+                print(f"step {micro_p}/{total_micro} loss {last['train/loss']:.4f} "
+                      f"lr {last['train/lr']:.2e} {tps:.0f} tok/s", flush=True)
+            window = {"loss": [], "tokens": 0, "t": time.perf_counter()}
+
+    pending = None
     try:
         while micro < total_micro:
             host = next(iterator)
             batch = pipeline.to_global_arrays(host, mesh)
             trainable, opt_state, step, m = step_fn(trainable, state.frozen, opt_state, step, batch)
             micro += 1
-            guard.update(bool(m["finite"]), micro, host)
-            window["loss"].append(float(m["loss"]))
-            window["tokens"] += int(np.asarray(host["attention_mask"]).sum())
-            if micro % run.log_every == 0 or micro == total_micro:
-                dt = time.perf_counter() - window["t"]
-                tps = window["tokens"] / dt
-                last = {"train/loss": float(np.mean(window["loss"])), "train/grad_norm": float(m["grad_norm"]),
-                        "train/lr": float(lr_fn(int(step))), "train/tokens_per_s": tps,
-                        "train/skipped_nonfinite": guard.total}
-                if peak:
-                    last["train/mfu"] = 6 * n_params * tps / (peak * jax.device_count())
-                writer.write(micro, last)
-                if progress:
-                    print(f"step {micro}/{total_micro} loss {last['train/loss']:.4f} "
-                          f"lr {last['train/lr']:.2e} {tps:.0f} tok/s", flush=True)
-                window = {"loss": [], "tokens": 0, "t": time.perf_counter()}
+            if pending is not None:
+                record(*pending)
+            pending = (micro, host, m, step)
             stop = preempt.requested or (stop_after is not None and micro >= stop_after)
             if micro % run.save_every == 0 or stop:
                 save(micro)
             if stop:
                 break
+        if pending is not None:
+            record(*pending)
         if ckpt.latest_step() != micro:
             save(micro)
     finally:
