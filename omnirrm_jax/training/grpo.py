@@ -1,0 +1,381 @@
+"""GRPO: sample G judgements per prompt, score them with the rubric rewards, update with the clipped
+surrogate plus a KL penalty to the reference policy.
+
+One rollout batch, in order (each a separate jitted program with static shapes):
+  1. rollout   `decoding.generate`: the B prompts are prefilled once (media towers included) and G
+               completions of `max_completion_length` tokens are sampled per prompt (temperature/top-p/top-k).
+  2. rewards   on the host: completions decoded and scored by `rubric.rewards.reward_components` (the
+               reference plugin's exact values) against the record's gold verdict and scores; group-relative
+               advantages (`grpo_loss.group_advantages`).
+  3. reference log-probabilities of the completions under the reference policy: for LoRA runs the same
+               weights with every LoRA B factor zeroed (no second model is held); for full fine-tuning a frozen
+               copy of the starting weights. Skipped when beta = 0.
+  4. update    `num_iterations` optimizer micro-steps on the rollout: the policy's log-probabilities come
+               from one teacher-forced forward over prompt + completion, where the prompt (and its media) is
+               embedded once per prompt and repeated G times. The importance ratio is taken against the
+               policy's own log-probabilities at rollout time (computed by the training forward, so it is
+               exactly 1 at the first update, as in TRL). The sampler's own log-probabilities are those of the
+               top-k/top-p-filtered distribution it drew from; their token mean is logged as
+               `rollout/sampler_logprob_mean`.
+
+Resume is exact: the checkpoint holds the trainable state, the optimizer, the step and the data-iterator
+state; the sampling key of rollout n is `fold_in(key(seed), n)`, so rollouts after a resume are the ones an
+uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from omnirrm_jax.decoding.sampler import SamplingConfig, _last_positions, generate
+from omnirrm_jax.training import grpo_loss, losses
+from omnirrm_jax.training.grpo_config import GRPOConfig, GRPOSpec
+from omnirrm_jax.training.sft import model_inputs
+from omnirrm_jax.training.state import TrainState, tree_where
+
+log = logging.getLogger(__name__)
+
+VERDICT_NAMES = ("A", "B", "equal")  # data.examples VERDICT_CODES order
+
+
+# ----------------------------------------------------------------------------------------------------
+# Log-probabilities of completions (teacher forcing)
+# ----------------------------------------------------------------------------------------------------
+
+def completion_logprobs(model, inputs: dict, completions_RN: jax.Array, completion_mask_RN: jax.Array,
+                        num_samples: int, temperature: float = 1.0) -> jax.Array:
+    """log p(completion token j | prompt, completion[:j]) for R = B * num_samples rows (sample g of prompt b
+    in row b * G + g, as `generate` orders them), logits divided by `temperature` as the sampler does.
+
+    The prompt is embedded once per prompt (vision/audio towers run B times, not B * G) and repeated; the
+    completion continues the prompt's positions (+1 per token on all three mRoPE axes), exactly the
+    positions the sampler decoded them at.
+    """
+    G = num_samples
+    mask_BS = jnp.asarray(inputs["attention_mask"])
+    S = mask_BS.shape[1]
+    N = completions_RN.shape[1]
+    x_RSD = jnp.repeat(model.embed(inputs), G, axis=0)
+    c_RND = model.model.embed_tokens(completions_RN).astype(x_RSD.dtype)
+    last_3R = jnp.repeat(_last_positions(jnp.asarray(inputs["position_ids"]), mask_BS).astype(jnp.int32), G, axis=1)
+    comp_pos_3RN = last_3R[..., None] + 1 + jnp.arange(N, dtype=jnp.int32)
+    pos_3RT = jnp.concatenate([jnp.repeat(jnp.asarray(inputs["position_ids"]).astype(jnp.int32), G, axis=1),
+                               comp_pos_3RN], axis=2)
+    mask_RT = jnp.concatenate([jnp.repeat(mask_BS, G, axis=0), completion_mask_RN.astype(mask_BS.dtype)], axis=1)
+    hidden, _, _ = model.model(jnp.concatenate([x_RSD, c_RND], axis=1), pos_3RT, mask_RT)
+    h_RND = hidden[:, S - 1:S - 1 + N]  # position S-1+j predicts completion token j
+
+    def logits_fn(h):
+        return model.logits(h).astype(jnp.float32) / temperature
+
+    return losses.token_logprobs(h_RND, completions_RN, logits_fn)
+
+
+def _logprobs_fn(graphdef, spec: GRPOSpec, trainable, frozen, batch, roll):
+    model = nnx.merge(graphdef, trainable, frozen)
+    return completion_logprobs(model, model_inputs(batch), roll["completions"], roll["completion_mask"],
+                               spec.num_generations, spec.temperature)
+
+
+def jit_logprobs(graphdef, spec: GRPOSpec) -> Callable:
+    """(trainable, frozen, batch, roll) -> (R, N) log-probs; serves the reference and the old policy."""
+    return jax.jit(functools.partial(_logprobs_fn, graphdef, spec))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The update step
+# ----------------------------------------------------------------------------------------------------
+
+def grpo_step(graphdef, tx: optax.GradientTransformation, spec: GRPOSpec, trainable, frozen, opt_state, step,
+              batch, roll):
+    """One micro-step on a scored rollout. `roll` holds completions/completion_mask (R, N), advantages (R,),
+    row_valid (R,), ref_logp (R, N) when beta != 0 and old_logp (R, N) when num_iterations > 1."""
+
+    def loss_fn(tr):
+        logp = _logprobs_fn(graphdef, spec, tr, frozen, batch, roll)
+        old = roll["old_logp"] if "old_logp" in roll else jax.lax.stop_gradient(logp)
+        return grpo_loss.grpo_loss(
+            logp, old, roll.get("ref_logp"), roll["advantages"], roll["completion_mask"], roll["row_valid"],
+            beta=spec.beta, epsilon=spec.epsilon, epsilon_high=spec.epsilon_high, kl_estimator=spec.kl_estimator,
+            loss_type=spec.loss_type, max_completion_length=spec.max_completion_length)
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
+    updates, new_opt = tx.update(grads, opt_state, trainable)
+    new_trainable = optax.apply_updates(trainable, updates)
+    trainable = tree_where(finite, new_trainable, trainable)
+    opt_state = tree_where(finite, new_opt, opt_state)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, **aux}
+    return trainable, opt_state, step + finite.astype(jnp.int32), metrics
+
+
+def jit_grpo_step(state: TrainState, tx, spec: GRPOSpec, shardings=None) -> Callable:
+    fn = functools.partial(grpo_step, state.graphdef, tx, spec)
+    out = None if shardings is None else (shardings[0], None, None, None)
+    return jax.jit(fn, donate_argnums=(0, 2), out_shardings=out)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Rollouts and rewards (host)
+# ----------------------------------------------------------------------------------------------------
+
+def sampling_config(spec: GRPOSpec, tok) -> SamplingConfig:
+    return SamplingConfig(max_new_tokens=spec.max_completion_length, temperature=spec.temperature,
+                          top_p=spec.top_p, top_k=spec.top_k, num_samples=spec.num_generations,
+                          stop_token_ids=(tok.special_ids["im_end"],), pad_token_id=tok.special_ids["pad"])
+
+
+def to_host(x) -> np.ndarray:
+    """A global array on every process (all-gathered when several processes hold parts of it)."""
+    if jax.process_count() > 1 and isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def score_rollout(tok, tokens_BGN: np.ndarray, lengths_BG: np.ndarray, host_batch: dict, spec: GRPOSpec) -> dict:
+    """Decodes the completions and scores them: rewards (B, G) per component and total, advantages,
+    parse success and verdict correctness against gold."""
+    from omnirrm_jax.eval.judge import decode_texts
+    from omnirrm_jax.rubric.parse import parse_judgement
+    from omnirrm_jax.rubric.rewards import reward_components
+
+    B, G, _ = tokens_BGN.shape
+    texts = decode_texts(tok, tokens_BGN, lengths_BG, (tok.special_ids["im_end"],))
+    flat = [t for row in texts for t in row]
+    gold_b = np.repeat(np.asarray(host_batch["gold_better"]), G)
+    gold_a = np.repeat(np.asarray(host_batch["gold_score_A"]), G)
+    gold_s = np.repeat(np.asarray(host_batch["gold_score_B"]), G)
+    comps = reward_components(flat, better=[VERDICT_NAMES[int(c)] for c in gold_b],
+                              score_A=[int(a) for a in gold_a], score_B=[int(s) for s in gold_s],
+                              weights=spec.reward_weights, mode=spec.reward_mode)
+    parsed = [parse_judgement(t) for t in flat]
+    valid_B = np.asarray(host_batch.get("valid", np.ones(B, bool)), bool)
+    out = {k: np.asarray(v, np.float64).reshape(B, G) for k, v in comps.items()}
+    out["parsed"] = np.asarray([p.ok for p in parsed]).reshape(B, G)
+    out["correct"] = np.asarray([p.ok and VERDICT_NAMES.index(p.better) == int(g) if p.ok and p.better in
+                                 VERDICT_NAMES else False for p, g in zip(parsed, gold_b)]).reshape(B, G)
+    out["advantages"] = grpo_loss.group_advantages(out["total"], spec.scale_rewards, valid_B)
+    out["valid"] = valid_B
+    out["texts"] = texts
+    return out
+
+
+def rollout_metrics(scored: dict, lengths_BG: np.ndarray) -> dict:
+    v = scored["valid"]
+    out = {}
+    for name in ("format", "content", "rubric", "total"):
+        r = scored[name][v]
+        out[f"reward/{name}_mean"] = float(r.mean()) if r.size else 0.0
+        out[f"reward/{name}_std"] = float(r.std()) if r.size else 0.0
+    out["rollout/parse_failure_rate"] = float(1.0 - scored["parsed"][v].mean()) if v.any() else 0.0
+    out["rollout/verdict_accuracy"] = float(scored["correct"][v].mean()) if v.any() else 0.0
+    out["rollout/completion_length"] = float(lengths_BG[v].mean()) if v.any() else 0.0
+    return out
+
+
+def _put(x: np.ndarray, sharding) -> jax.Array:
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def build_roll(result_tokens, result_lengths, scored: dict, mesh) -> dict:
+    """The scored rollout as global arrays on `mesh` (rows sharded over the data axes)."""
+    from omnirrm_jax.training.sharding import batch_sharding
+
+    tokens = to_host(result_tokens)
+    B, G, N = tokens.shape
+    lengths = to_host(result_lengths)
+    mask = np.arange(N)[None, None, :] < lengths[..., None]
+    arrays = {"completions": tokens.reshape(B * G, N).astype(np.int32),
+              "completion_mask": mask.reshape(B * G, N).astype(np.int32),
+              "advantages": scored["advantages"].reshape(B * G).astype(np.float32),
+              "row_valid": np.repeat(scored["valid"], G).astype(np.int32)}
+    return {k: _put(v, batch_sharding(mesh, v.ndim)) for k, v in arrays.items()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------------
+
+class CompileCounter:
+    """XLA compilations since start (logged: after warm-up the count must stay flat)."""
+
+    def __init__(self):
+        self.count = 0
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+    def _listen(self, event, duration, **kw):
+        if event == "/jax/core/compile/backend_compile_duration":
+            self.count += 1
+
+    def close(self):
+        try:
+            jax.monitoring.unregister_event_duration_listener(self._listen)
+        except (AttributeError, ValueError):
+            pass
+
+
+def reference_trainable(trainable, full_finetune: bool, initial=None):
+    """What the KL term compares against: LoRA runs switch LoRA off; full fine-tuning keeps `initial`."""
+    from omnirrm_jax.training.lora import without_lora
+
+    return initial if full_finetune else without_lora(trainable)
+
+
+def train(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None = None) -> dict:
+    """Runs GRPO as configured; returns final metrics, state and tokenizer.
+
+    `stop_after` behaves like a preemption after that many rollout batches (save, return)."""
+    from omnirrm_jax.checkpoint.manager import CheckpointManager, abstract_like
+    from omnirrm_jax.data import pipeline
+    from omnirrm_jax.models import config as model_config
+    from omnirrm_jax.training import config as config_lib
+    from omnirrm_jax.training import optim
+    from omnirrm_jax.training import sharding as S
+    from omnirrm_jax.training import sft
+    from omnirrm_jax.training.metrics import MetricWriter
+    from omnirrm_jax.training.state import build_model, create_train_state
+
+    run, spec = cfg.run, cfg.grpo
+    os.makedirs(run.workdir, exist_ok=True)
+    mesh = S.make_mesh(cfg.mesh)
+    log.info("mesh %s", S.describe(mesh))
+    # ---- data -------------------------------------------------------------------------------------
+    tok = sft.load_tokenizer(cfg.data.tokenizer)
+    thinker_cfg = sft.resolve_thinker_config(cfg.model, tok)
+    pcfg = pipeline.PipelineConfig(**{**cfg.data.pipeline, "mode": "grpo"})
+    train_paths = sft.expand_paths(cfg.data.train)
+    n_records = sft.count_records(train_paths)
+    rollouts_per_epoch = max(n_records // pcfg.batch_size, 1)
+    mu, accum = spec.num_iterations, cfg.optim.grad_accum_steps
+    total_rollouts = (int(math.ceil(run.max_steps * accum / mu)) if run.max_steps
+                      else int(math.ceil(run.num_epochs * rollouts_per_epoch)))
+    total_updates = max(total_rollouts * mu // accum, 1)
+    dataset = pipeline.make_dataset(train_paths, tok, thinker_cfg, dataclasses.replace(pcfg, num_epochs=None))
+    # ---- model, shardings, jitted programs --------------------------------------------------------
+    tx = optim.make_optimizer(cfg.optim, total_updates)
+    lora_cfg = None if cfg.model.full_finetune else cfg.model.lora
+
+    def model_fn():
+        return build_model(thinker_cfg, hf_path=cfg.model.hf_path, lora_cfg=lora_cfg,
+                           lora_path=cfg.model.lora_path, seed=run.seed)
+
+    state, shardings = create_train_state(model_fn, tx, mesh, full_finetune=cfg.model.full_finetune)
+    initial = jax.tree.map(jnp.copy, state.trainable) if cfg.model.full_finetune and spec.beta != 0 else None
+    step_fn = jit_grpo_step(state, tx, spec, shardings)
+    logprobs_fn = jit_logprobs(state.graphdef, spec)
+    sampling = sampling_config(spec, tok)
+    constraint = None
+    if spec.constrained:
+        from omnirrm_jax.decoding.constrained import judgement_constraint
+
+        constraint = judgement_constraint(tok, thinker_cfg.text.vocab_size)
+    base_key = jax.random.key(run.seed)
+    # ---- resume -----------------------------------------------------------------------------------
+    ckpt = CheckpointManager(os.path.join(run.workdir, "checkpoints"), keep=run.keep_checkpoints)
+    iterator = iter(dataset)
+    rollout_i, trainable, opt_state, step = 0, state.trainable, state.opt_state, state.step
+    if ckpt.latest_step() is not None:
+        target = {"trainable": abstract_like(trainable, shardings[0]), "opt_state": abstract_like(opt_state),
+                  "step": abstract_like(step)}
+        restored, data_state, meta = ckpt.restore(None, abstract_state=target)
+        trainable, opt_state, step = restored["trainable"], restored["opt_state"], restored["step"]
+        rollout_i = int(meta["rollout"])
+        iterator.set_state(sft._from_jsonable(data_state))
+        log.info("resumed after rollout %d", rollout_i)
+    meta_base = {"config": config_lib.to_dict(cfg), "thinker": model_config.to_hf_dict(thinker_cfg),
+                 "trainer": "grpo"}
+    # ---- loop -------------------------------------------------------------------------------------
+    is_main = jax.process_index() == 0
+    writer = MetricWriter(run.workdir) if is_main else None
+    guard, preempt, compiles = sft.NonFiniteGuard(run.max_consecutive_nonfinite), sft.Preemption(), CompileCounter()
+    lr_fn = optim.learning_rate_schedule(cfg.optim, total_updates)
+    history: list[dict] = []
+
+    def save(n):
+        ckpt.save(n, state={"trainable": trainable, "opt_state": opt_state, "step": step},
+                  data_state=sft._jsonable_state(iterator.get_state()),
+                  meta={**meta_base, "rollout": n, "micro_step": n * mu}, force=True)
+
+    try:
+        while rollout_i < total_rollouts:
+            t0 = time.perf_counter()
+            host = next(iterator)
+            batch = pipeline.to_global_arrays(host, mesh, pad_id=tok.special_ids["pad"])
+            model = nnx.merge(state.graphdef, trainable, state.frozen)
+            result = generate(model, model_inputs(batch), sampling, jax.random.fold_in(base_key, rollout_i),
+                              constraint=constraint)
+            tokens, lengths = to_host(result.tokens), to_host(result.lengths)
+            t1 = time.perf_counter()
+            scored = score_rollout(tok, tokens, lengths, host, spec)
+            roll = build_roll(tokens, lengths, scored, mesh)
+            t2 = time.perf_counter()
+            if spec.beta != 0.0:
+                ref = reference_trainable(trainable, cfg.model.full_finetune, initial)
+                roll["ref_logp"] = logprobs_fn(ref, state.frozen, batch, roll)
+            if mu > 1:
+                roll["old_logp"] = logprobs_fn(trainable, state.frozen, batch, roll)
+            jax.block_until_ready(roll)
+            t3 = time.perf_counter()
+            step_metrics = []
+            for _ in range(mu):
+                trainable, opt_state, step, m = step_fn(trainable, state.frozen, opt_state, step, batch, roll)
+                step_metrics.append(jax.device_get(m))
+            t4 = time.perf_counter()
+            rollout_i += 1
+            for m in step_metrics:
+                guard.update(bool(m["finite"]), rollout_i, host)
+            sampler_lp = to_host(result.logprobs).reshape(tokens.shape[0] * tokens.shape[1], -1)
+            record = {**rollout_metrics(scored, lengths),
+                      "train/loss": float(np.mean([m["loss"] for m in step_metrics])),
+                      "train/grad_norm": float(step_metrics[-1]["grad_norm"]),
+                      "train/kl": float(np.mean([m["kl"] for m in step_metrics])),
+                      "train/clip_frac": float(np.mean([m["clip_frac"] for m in step_metrics])),
+                      "train/clip_frac_low": float(np.mean([m["clip_frac_low"] for m in step_metrics])),
+                      "train/clip_frac_high": float(np.mean([m["clip_frac_high"] for m in step_metrics])),
+                      "train/lr": float(lr_fn(max(int(step) - 1, 0))),
+                      "train/skipped_nonfinite": guard.total,
+                      "time/rollout_s": t1 - t0, "time/rewards_s": t2 - t1, "time/reference_s": t3 - t2,
+                      "time/update_s": t4 - t3, "time/step_s": t4 - t0,
+                      "compiles": compiles.count,
+                      "rollout/sampler_logprob_mean": float(sampler_lp.sum() / max(int(lengths.sum()), 1))}
+            history.append(record)
+            if is_main and (rollout_i % run.log_every == 0 or rollout_i == total_rollouts):
+                writer.write(rollout_i, record)
+                if progress:
+                    print(f"grpo {rollout_i}/{total_rollouts} reward {record['reward/total_mean']:+.3f} "
+                          f"acc {record['rollout/verdict_accuracy']:.2f} kl {record['train/kl']:.4f} "
+                          f"len {record['rollout/completion_length']:.0f} "
+                          f"({record['time/step_s']:.1f} s: rollout {record['time/rollout_s']:.1f})", flush=True)
+            stop = preempt.requested or (stop_after is not None and rollout_i >= stop_after)
+            if rollout_i % run.save_every == 0 or stop:
+                save(rollout_i)
+            if stop:
+                break
+        if ckpt.latest_step() != rollout_i:
+            save(rollout_i)
+    finally:
+        ckpt.close()
+        if writer is not None:
+            writer.close()
+        preempt.restore()
+        compiles.close()
+    final_state = TrainState(state.graphdef, trainable, state.frozen, opt_state, step)
+    return {"rollouts": rollout_i, "preempted": rollout_i < total_rollouts, "history": history,
+            "state": final_state, "tokenizer": tok, "thinker_config": thinker_cfg}

@@ -1,0 +1,63 @@
+"""GRPO run configuration: the SFT sections (model, data, optim, mesh, run) plus a `grpo` section.
+
+Defaults are the reference's ms-swift GRPO run (train/grpo_7b.sh and ms-swift/TRL defaults): G = 2, beta 0.04
+(k3 estimator), clip epsilon 0.2, sequence-mean `grpo` loss, group-std advantage scaling, one policy update
+per rollout batch, sampling at temperature 1.0 / top-p 0.95 / top-k 50, completions up to 1024 tokens,
+rewards format/content/rubric weighted 0.4/0.4/0.2 in the reference's exact mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from omnirrm_jax.training.config import DataSpec, ModelSpec, RunSpec
+from omnirrm_jax.training.grpo_loss import ADVANTAGE_SCALES, KL_ESTIMATORS, LOSS_TYPES
+from omnirrm_jax.training.optim import OptimConfig
+from omnirrm_jax.training.sharding import MeshConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOSpec:
+    num_generations: int = 2  # G: samples per prompt
+    beta: float = 0.04  # KL weight; 0 skips the reference forward
+    kl_estimator: str = "k3"  # k3 (TRL/ms-swift) | k1
+    epsilon: float = 0.2  # lower clip bound (1 - eps)
+    epsilon_high: float | None = None  # upper clip bound (1 + eps_high); default = epsilon
+    loss_type: str = "grpo"  # grpo | dr_grpo | dapo
+    scale_rewards: str = "group"  # group (divide by the group's std) | none
+    num_iterations: int = 1  # policy updates per rollout batch
+    temperature: float = 1.0
+    top_p: float = 0.95
+    top_k: int = 50
+    max_completion_length: int = 1024
+    constrained: bool = False  # sample rollouts through the judgement-schema automaton
+    reward_weights: tuple[float, float, float] = (0.4, 0.4, 0.2)
+    reward_mode: str = "reference"
+
+    def __post_init__(self):
+        if self.num_generations < 2:
+            raise ValueError(f"grpo.num_generations must be >= 2 (a group needs a baseline), got {self.num_generations}")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"grpo.loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"grpo.kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}")
+        if self.scale_rewards not in ADVANTAGE_SCALES:
+            raise ValueError(f"grpo.scale_rewards must be one of {ADVANTAGE_SCALES}, got {self.scale_rewards!r}")
+        if self.num_iterations < 1 or self.max_completion_length < 1:
+            raise ValueError("grpo.num_iterations and grpo.max_completion_length must be >= 1")
+        if len(self.reward_weights) != 3:
+            raise ValueError(f"grpo.reward_weights needs 3 numbers (format, content, rubric), got {self.reward_weights}")
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+    """`data.pipeline.batch_size` counts prompts per micro-step (each yields G completions);
+    `data.pipeline.max_length` bounds the prompt, so a training row holds at most max_length +
+    max_completion_length tokens."""
+
+    model: ModelSpec = ModelSpec()
+    data: DataSpec = DataSpec()
+    optim: OptimConfig = OptimConfig(learning_rate=1e-5, warmup_ratio=0.05)
+    mesh: MeshConfig = MeshConfig()
+    run: RunSpec = RunSpec(workdir="runs/grpo", num_epochs=1.0)
+    grpo: GRPOSpec = GRPOSpec()

@@ -1,0 +1,97 @@
+"""The GRPO objective: group-relative advantages and the clipped surrogate with a KL penalty.
+
+Written to equal TRL's `GRPOTrainer._compute_loss` (which ms-swift's GRPO, the reference's trainer, runs):
+
+  ratio_t   = exp(logp_t - old_logp_t)
+  surrogate = -min(ratio_t * A, clip(ratio_t, 1 - eps_low, 1 + eps_high) * A)
+  kl_t      = k3: exp(ref_t - logp_t) - (ref_t - logp_t) - 1      k1: logp_t - ref_t
+  loss_t    = surrogate + beta * kl_t
+
+reduced over completion tokens by `loss_type`:
+  grpo    : mean over sequences of each sequence's token mean (the reference; favours short completions)
+  dr_grpo : sum over tokens / (sequences * max_completion_length)   (Dr. GRPO: no length bias)
+  dapo    : sum over tokens / tokens in the batch                    (token mean)
+
+Rows whose prompt is padding (`row_valid` False: a final partial batch) have zero weight everywhere.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
+KL_ESTIMATORS = ("k3", "k1")
+ADVANTAGE_SCALES = ("group", "none")
+STD_EPS = 1e-4  # TRL: (r - mean) / (std + 1e-4)
+
+
+def group_advantages(rewards_BG: np.ndarray, scale: str = "group", valid_B: np.ndarray | None = None) -> np.ndarray:
+    """(B, G) rewards -> (B, G) advantages: reward minus its group's mean, divided by the group's std
+    (unbiased, as torch.std) + 1e-4 when `scale == "group"`. Groups of invalid prompts get 0."""
+    if scale not in ADVANTAGE_SCALES:
+        raise ValueError(f"advantage scale must be one of {ADVANTAGE_SCALES}, got {scale!r}")
+    r = np.asarray(rewards_BG, np.float64)
+    adv = r - r.mean(axis=1, keepdims=True)
+    if scale == "group":
+        G = r.shape[1]
+        std = r.std(axis=1, ddof=1, keepdims=True) if G > 1 else np.zeros_like(adv[:, :1])
+        adv = adv / (std + STD_EPS)
+    if valid_B is not None:
+        adv = np.where(np.asarray(valid_B, bool)[:, None], adv, 0.0)
+    return adv.astype(np.float32)
+
+
+def per_token_kl(logp: jax.Array, ref_logp: jax.Array, estimator: str) -> jax.Array:
+    if estimator == "k3":
+        d = ref_logp - logp
+        return jnp.exp(d) - d - 1.0
+    if estimator == "k1":
+        return logp - ref_logp
+    raise ValueError(f"kl estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
+
+
+def grpo_loss(logp_RN: jax.Array, old_logp_RN: jax.Array, ref_logp_RN: jax.Array | None, adv_R: jax.Array,
+              mask_RN: jax.Array, row_valid_R: jax.Array, *, beta: float, epsilon: float,
+              epsilon_high: float | None = None, kl_estimator: str = "k3", loss_type: str = "grpo",
+              max_completion_length: int | None = None) -> tuple[jax.Array, dict]:
+    """The loss and its diagnostics (token means over the completion mask of valid rows)."""
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    eps_low, eps_high = epsilon, epsilon if epsilon_high is None else epsilon_high
+    m = mask_RN.astype(bool) & row_valid_R.astype(bool)[:, None]
+    mf = m.astype(jnp.float32)
+    adv = adv_R[:, None].astype(jnp.float32)
+    ratio = jnp.exp(logp_RN - old_logp_RN)
+    clipped = jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high)
+    per_tok = -jnp.minimum(ratio * adv, clipped * adv)
+    kl = None
+    if beta != 0.0:
+        kl = per_token_kl(logp_RN, ref_logp_RN, kl_estimator)
+        per_tok = per_tok + beta * kl
+    per_tok = jnp.where(m, per_tok, 0.0)  # where: padding rows may hold NaN
+    n_tok = jnp.maximum(mf.sum(), 1.0)
+    if loss_type == "grpo":
+        seq = per_tok.sum(-1) / jnp.maximum(mf.sum(-1), 1.0)
+        n_rows = jnp.maximum(row_valid_R.astype(jnp.float32).sum(), 1.0)
+        loss = seq.sum() / n_rows
+    elif loss_type == "dr_grpo":
+        N = max_completion_length or logp_RN.shape[1]
+        n_rows = jnp.maximum(row_valid_R.astype(jnp.float32).sum(), 1.0)
+        loss = per_tok.sum() / (n_rows * N)
+    else:
+        loss = per_tok.sum() / n_tok
+
+    def token_mean(x):
+        return jnp.sum(jnp.where(m, x, 0.0)) / n_tok
+
+    low = (ratio < 1.0 - eps_low) & (adv < 0)
+    high = (ratio > 1.0 + eps_high) & (adv > 0)
+    metrics = {"clip_frac_low": token_mean(low.astype(jnp.float32)),
+               "clip_frac_high": token_mean(high.astype(jnp.float32)),
+               "clip_frac": token_mean((low | high).astype(jnp.float32)),
+               "ratio_mean": token_mean(ratio),
+               "kl": token_mean(kl) if kl is not None else jnp.zeros(()),
+               "completion_tokens": mf.sum()}
+    return loss, metrics

@@ -1,0 +1,209 @@
+"""GRPO: advantages and every loss variant against numpy; KL 0 and ratio 1 at step 0; teacher-forced
+log-probabilities equal the sampler's; rewards of parsed rollouts equal the rubric functions; a golden step."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from omnirrm_jax.decoding.sampler import SamplingConfig, generate
+from omnirrm_jax.models import config as C
+from omnirrm_jax.models.thinker import Thinker, prepare_inputs
+from omnirrm_jax.rubric import rewards as R
+from omnirrm_jax.training import grpo, grpo_loss, lora, optim
+from omnirrm_jax.training import sharding as S
+from omnirrm_jax.training.grpo_config import GRPOSpec
+from omnirrm_jax.training.state import create_train_state
+
+
+# ---------------------------------------------------------------------------------------------------
+# numpy references
+# ---------------------------------------------------------------------------------------------------
+
+def np_advantages(r, scale):
+    r = np.asarray(r, np.float64)
+    out = np.zeros_like(r)
+    for b in range(r.shape[0]):
+        g = r[b]
+        a = g - g.mean()
+        if scale == "group":
+            a = a / (np.std(g, ddof=1) + 1e-4)
+        out[b] = a
+    return out
+
+
+def np_loss(logp, old, ref, adv, mask, valid, beta, eps, eps_high, est, loss_type, N):
+    R_, T = logp.shape
+    total, rows, toks = 0.0, [], 0
+    per = np.zeros_like(logp)
+    for i in range(R_):
+        for t in range(T):
+            if not (mask[i, t] and valid[i]):
+                continue
+            ratio = np.exp(logp[i, t] - old[i, t])
+            c = min(max(ratio, 1 - eps), 1 + eps_high)
+            l = -min(ratio * adv[i], c * adv[i])
+            if beta:
+                d = ref[i, t] - logp[i, t]
+                l += beta * ((np.exp(d) - d - 1) if est == "k3" else (logp[i, t] - ref[i, t]))
+            per[i, t] = l
+    n_valid = max(valid.sum(), 1)
+    if loss_type == "grpo":
+        for i in range(R_):
+            if valid[i]:
+                m = (mask[i] * valid[i]).sum()
+                total += per[i].sum() / max(m, 1)
+        return total / n_valid
+    if loss_type == "dr_grpo":
+        return per.sum() / (n_valid * N)
+    return per.sum() / max((mask * valid[:, None]).sum(), 1)
+
+
+def test_group_advantages_equal_numpy():
+    rng = np.random.default_rng(0)
+    r = rng.normal(size=(5, 4))
+    r[2] = 0.7  # a constant group: zero advantage, no division blow-up
+    for scale in ("group", "none"):
+        got = grpo_loss.group_advantages(r, scale)
+        np.testing.assert_allclose(got, np_advantages(r, scale), rtol=1e-5, atol=1e-6)
+    got = grpo_loss.group_advantages(r, "group", valid_B=np.array([1, 1, 1, 0, 1], bool))
+    assert (got[3] == 0).all() and (got[2] == 0).all()
+    with pytest.raises(ValueError, match="advantage scale"):
+        grpo_loss.group_advantages(r, "batch")
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
+@pytest.mark.parametrize("est,beta", [("k3", 0.04), ("k1", 0.1), ("k3", 0.0)])
+@pytest.mark.parametrize("eps_high", [None, 0.28])
+def test_loss_variants_equal_numpy(loss_type, est, beta, eps_high):
+    rng = np.random.default_rng(1)
+    R_, T = 6, 7
+    logp = rng.normal(-2, 0.5, (R_, T))
+    old = logp + rng.normal(0, 0.3, (R_, T))  # ratios well outside the clip range too
+    ref = logp + rng.normal(0, 0.2, (R_, T))
+    adv = rng.normal(size=R_)
+    mask = (np.arange(T)[None] < rng.integers(1, T + 1, R_)[:, None]).astype(np.int32)
+    valid = np.array([1, 1, 1, 1, 0, 1], np.int32)
+    got, m = grpo_loss.grpo_loss(jnp.asarray(logp, jnp.float32), jnp.asarray(old, jnp.float32),
+                                 jnp.asarray(ref, jnp.float32), jnp.asarray(adv, jnp.float32), jnp.asarray(mask),
+                                 jnp.asarray(valid), beta=beta, epsilon=0.2, epsilon_high=eps_high,
+                                 kl_estimator=est, loss_type=loss_type, max_completion_length=T)
+    want = np_loss(logp, old, ref, adv, mask, valid, beta, 0.2, 0.2 if eps_high is None else eps_high, est,
+                   loss_type, T)
+    np.testing.assert_allclose(float(got), want, rtol=2e-5, atol=1e-6)
+    assert 0.0 < float(m["clip_frac"]) < 1.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# model-level
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = C.tiny(dtype="float32", param_dtype="float32")
+
+    def model_fn():
+        m = Thinker(cfg, rngs=nnx.Rngs(0))
+        lora.apply_lora(m, lora.LoraConfig(rank=4, alpha=8), nnx.Rngs(1))
+        return m
+
+    rng = np.random.default_rng(0)
+    B, Sq = 2, 20
+    ids = rng.integers(1, 400, (B, Sq))
+    mask = np.ones((B, Sq), np.int32)
+    mask[1, :6] = 0
+    inputs = prepare_inputs(cfg, ids, mask)
+    return cfg, model_fn, inputs
+
+
+def _sampled(model, inputs, G=3, N=6, greedy=False):
+    sampling = SamplingConfig(max_new_tokens=N, num_samples=G, greedy=greedy, stop_token_ids=(7,), top_k=20)
+    return generate(model, inputs, sampling, jax.random.key(3)), sampling
+
+
+def test_teacher_forced_logprobs_equal_greedy_sampler(tiny):
+    cfg, model_fn, inputs = tiny
+    model = model_fn()
+    res, _ = _sampled(model, inputs, G=2, greedy=True)
+    B, G, N = res.tokens.shape
+    mask = (np.arange(N)[None, None] < np.asarray(res.lengths)[..., None]).reshape(B * G, N)
+    lp = grpo.completion_logprobs(model, inputs, jnp.asarray(res.tokens).reshape(B * G, N), jnp.asarray(mask), G)
+    want = np.asarray(res.logprobs).reshape(B * G, N)
+    np.testing.assert_allclose(np.where(mask, np.asarray(lp), 0), want, atol=2e-5)
+
+
+def _roll_and_state(tiny, mesh, beta=0.04, mu=1, scores=None):
+    cfg, model_fn, inputs = tiny
+    tx = optim.make_optimizer(optim.OptimConfig(learning_rate=1e-2, warmup_ratio=0.0, weight_decay=0.0), 10)
+    state, shardings = create_train_state(model_fn, tx, mesh, full_finetune=False)
+    spec = GRPOSpec(num_generations=3, max_completion_length=6, beta=beta, num_iterations=mu)
+    res, _ = _sampled(state.model(), inputs, G=3, N=6)
+    B, G, N = res.tokens.shape
+    rewards = np.arange(B * G, dtype=np.float64).reshape(B, G) % 4 if scores is None else scores
+    scored = {"advantages": grpo_loss.group_advantages(rewards, "group"), "valid": np.ones(B, bool)}
+    roll = grpo.build_roll(res.tokens, res.lengths, scored, mesh)
+    return state, shardings, tx, spec, roll
+
+
+def test_step0_kl_zero_ratio_one_and_golden_step(tiny):
+    cfg, model_fn, inputs = tiny
+    mesh = S.make_mesh(S.MeshConfig(data=1), devices=jax.devices()[:1])
+    state, shardings, tx, spec, roll = _roll_and_state(tiny, mesh)
+    ref_fn = grpo.jit_logprobs(state.graphdef, spec)
+    roll["ref_logp"] = ref_fn(grpo.reference_trainable(state.trainable, False), state.frozen, inputs, roll)
+    step_fn = grpo.jit_grpo_step(state, tx, spec, shardings)
+    frozen_before = jax.tree.map(np.asarray, state.frozen)
+    trainable, opt_state, step, m = step_fn(jax.tree.map(jnp.copy, state.trainable), state.frozen,
+                                            state.opt_state, state.step, inputs, roll)
+    assert float(m["kl"]) == 0.0 and float(m["ratio_mean"]) == 1.0 and float(m["clip_frac"]) == 0.0
+    assert bool(m["finite"]) and int(step) == 1
+    # the step changes LoRA factors only
+    for a, b in zip(jax.tree.leaves(frozen_before), jax.tree.leaves(state.frozen)):
+        np.testing.assert_array_equal(a, np.asarray(b))
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(jax.tree.leaves(trainable), jax.tree.leaves(state.trainable)))
+    # golden: at ratio 1 and KL 0 the grpo loss is -mean_rows(A) = 0 for centred groups
+    assert abs(float(m["loss"])) < 1e-6
+    assert float(m["grad_norm"]) > 0.0
+
+
+def test_second_iteration_uses_old_logprobs(tiny):
+    """num_iterations = 2: the second update's ratio moves away from 1 (importance sampling)."""
+    mesh = S.make_mesh(S.MeshConfig(data=1), devices=jax.devices()[:1])
+    state, shardings, tx, spec, roll = _roll_and_state(tiny, mesh, beta=0.0, mu=2)
+    _, _, inputs = tiny
+    roll["old_logp"] = grpo.jit_logprobs(state.graphdef, spec)(state.trainable, state.frozen, inputs, roll)
+    step_fn = grpo.jit_grpo_step(state, tx, spec, shardings)
+    t, o, s, m1 = step_fn(jax.tree.map(jnp.copy, state.trainable), state.frozen, state.opt_state, state.step,
+                          inputs, roll)
+    _, _, _, m2 = step_fn(t, state.frozen, o, s, inputs, roll)
+    assert abs(float(m1["ratio_mean"]) - 1.0) < 1e-6
+    assert abs(float(m2["ratio_mean"]) - 1.0) > 1e-6
+
+
+def test_rollout_rewards_equal_rubric_functions():
+    class Tok:
+        special_ids = {"im_end": 99, "pad": 0}
+
+        def decode(self, ids, skip_special_tokens=False):
+            return TEXTS[ids[0]]
+
+    good = ('{"score_A": 8, "score_B": 3, "better": "A", "reasoning": "<think>fluency: A clearer than B; relevance '
+            'A vs B; accuracy A better; reasoning A better; safety both safe</think>", '
+            '"final_verdict": "<answer>[[A]]</answer>"}')
+    TEXTS = [good, "not json", good.replace('"better": "A"', '"better": "B"'), '```json\n' + good + '\n```']
+    tokens = np.array([[[0, 99], [1, 99]], [[2, 99], [3, 99]]])
+    lengths = np.full((2, 2), 2)
+    host = {"gold_better": np.array([0, 1]), "gold_score_A": np.array([9, 2]), "gold_score_B": np.array([2, 8]),
+            "valid": np.array([True, True])}
+    spec = GRPOSpec()
+    scored = grpo.score_rollout(Tok(), tokens, lengths, host, spec)
+    want = R.reward_components(TEXTS, better=["A", "A", "B", "B"], score_A=[9, 9, 2, 2], score_B=[2, 2, 8, 8])
+    for k in ("format", "content", "rubric", "total"):
+        np.testing.assert_allclose(scored[k].reshape(-1), want[k], rtol=0, atol=1e-12)
+    # the third text says B while its scores favour A: inconsistent, so it does not parse as a verdict
+    assert scored["parsed"].tolist() == [[True, False], [False, True]]
+    assert scored["correct"].tolist() == [[True, False], [False, False]]
+    np.testing.assert_allclose(scored["advantages"], grpo_loss.group_advantages(scored["total"], "group"))
