@@ -30,6 +30,10 @@ def _build_parser() -> argparse.ArgumentParser:
     sft.add_argument("config", help="YAML run config (see configs/)")
     sft.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     sft.set_defaults(func=_cmd_sft)
+    grpo = sub.add_parser("grpo", help="GRPO with the rubric rewards: omnirrm grpo CONFIG [key.sub=value ...]")
+    grpo.add_argument("config", help="YAML run config (see configs/grpo_*.yaml)")
+    grpo.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    grpo.set_defaults(func=_cmd_grpo)
     # prep parses its own options; main() hands it argv before argparse sees them.
     sub.add_parser("prep", add_help=False, help="ms-swift JSONL + media -> ArrayRecord shards: `omnirrm prep --help`")
     return p
@@ -57,6 +61,20 @@ def _cmd_sft(args: argparse.Namespace) -> int:
     cfg = config_lib.load_config(args.config, args.overrides)
     out = sft.train(cfg)
     print(f"done: {out['micro_steps']} steps" + (" (preempted, checkpoint saved)" if out["preempted"] else ""))
+    return 0
+
+
+def _cmd_grpo(args: argparse.Namespace) -> int:
+    import logging
+
+    from omnirrm_jax.training import config as config_lib
+    from omnirrm_jax.training import grpo
+    from omnirrm_jax.training.grpo_config import GRPOConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = config_lib.load_config(args.config, args.overrides, cls=GRPOConfig)
+    out = grpo.train(cfg)
+    print(f"done: {out['rollouts']} rollout batches" + (" (preempted, checkpoint saved)" if out["preempted"] else ""))
     return 0
 
 

@@ -7,11 +7,28 @@ from omnirrm_jax.training import config as C
 
 
 def test_shipped_configs_load():
+    from omnirrm_jax.training.grpo_config import GRPOConfig
+
     paths = sorted(glob.glob("configs/*.yaml"))
     assert paths
     for p in paths:
-        cfg = C.load_config(p)
-        assert isinstance(cfg, C.SFTConfig)
+        cls = GRPOConfig if "/grpo" in p else C.SFTConfig
+        cfg = C.load_config(p, cls=cls)
+        assert isinstance(cfg, cls)
+
+
+def test_reference_hyperparameters_in_grpo_configs():
+    from omnirrm_jax.training.grpo_config import GRPOConfig
+
+    for p in ("configs/grpo_3b_lora.yaml", "configs/grpo_7b_lora.yaml"):
+        cfg = C.load_config(p, cls=GRPOConfig)
+        g = cfg.grpo
+        assert (g.num_generations, g.beta, g.temperature, g.top_p, g.top_k) == (2, 0.04, 1.0, 0.95, 50)
+        assert g.max_completion_length == 1024 and cfg.data.pipeline["max_length"] == 6144
+        assert cfg.optim.learning_rate == 1e-5 and cfg.optim.warmup_ratio == 0.05 and cfg.run.num_epochs == 1
+        # 8 GPUs x 1 completion x 2 accumulation = 16 completions per update
+        assert cfg.data.pipeline["batch_size"] * g.num_generations * cfg.optim.grad_accum_steps == 16
+        assert tuple(g.reward_weights) == (0.4, 0.4, 0.2)
 
 
 def test_reference_hyperparameters_in_7b_config():
