@@ -102,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    if args.command in ("sft", "grpo"):  # before any backend starts; a no-op unless launched multi-process
+        from omnirrm_jax.training.distributed import initialize_from_env
+
+        initialize_from_env()
     return args.func(args)
 
 

@@ -32,10 +32,16 @@ class CheckpointManager:
         return list(self._mngr.all_steps())
 
     def save(self, step: int, *, state: Any, data_state: dict | None, meta: dict, force: bool = False) -> bool:
-        """Saves `state` (a pytree of arrays: params, opt_state, rng...) with JSON sidecars."""
+        """Saves `state` (a pytree of arrays: params, opt_state, rng...) with JSON sidecars.
+
+        Every process must call it. `data_state` is this process's iterator state; the states of all processes
+        are gathered and stored together (`_per_process`), since one process writes the JSON items."""
+        from omnirrm_jax.training.distributed import allgather_json
+
         ocp = self._ocp
+        per_process = {"process_count": jax.process_count(), "processes": allgather_json(data_state or {})}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta),
-                                  data=ocp.args.JsonSave(data_state or {}))
+                                  data=ocp.args.JsonSave(per_process))
         return self._mngr.save(step, args=args, force=force)
 
     def restore(self, step: int | None, *, abstract_state: Any) -> tuple[Any, dict, dict]:
@@ -48,7 +54,18 @@ class CheckpointManager:
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore(),
                                   data=ocp.args.JsonRestore())
         out = self._mngr.restore(step, args=args)
-        return out["state"], dict(out["data"] or {}), dict(out["meta"] or {})
+        return out["state"], self._this_process(dict(out["data"] or {}), step), dict(out["meta"] or {})
+
+    def _this_process(self, data: dict, step: int) -> dict:
+        """This process's data state. The data order depends on the process count (each reads its block of
+        every global batch), so resuming with another count would silently replay or skip data: an error."""
+        if "processes" not in data:  # written before per-process states (single process)
+            return data
+        if data["process_count"] != jax.process_count():
+            raise ValueError(f"checkpoint {self.directory} step {step} was written by {data['process_count']} "
+                             f"processes; this run has {jax.process_count()}. Resume with the same number of "
+                             "processes (the data-iterator positions are per process)")
+        return dict(data["processes"][jax.process_index()] or {})
 
     def wait(self) -> None:
         self._mngr.wait_until_finished()

@@ -1,7 +1,7 @@
 """The Grain input pipeline: prepared records -> bucketed, padded host batches -> global arrays on the mesh.
 
-    source (ArrayRecord shards | TFDS data source) -> attach global index -> this process's slice [p::P]
-      -> seeded shuffle (reshuffled per epoch) -> repeat -> BuildExample (decode, prompt, ids, positions, patches)
+    source (ArrayRecord shards | TFDS data source) -> attach global index -> seeded shuffle (reshuffled per epoch)
+      -> repeat -> this process's block of every global batch -> BuildExample (decode, prompt, ids, positions, patches)
       -> BucketBatch (worker: length-grouping window, media budget, collate; counts skips)
       -> mp_prefetch (worker_count spawn processes) -> Finalize (main: tower index tables, skip-ratio check)
       -> thread prefetch -> host batch -> `to_global_arrays`
@@ -23,6 +23,11 @@ Skips: a record that fails (undecodable, placeholder/media mismatch, over max_le
 truncation_strategy "delete" drops such rows too -, media over the largest bucket, missing response/gold) is
 dropped and counted by reason; the counts are part of the iterator state, and past `max_skip_ratio` (after
 `min_records_for_skip_check` records) the iterator raises `SkipRatioError` naming the reasons.
+
+Several processes: every process shuffles the whole source with the same seed and reads only its block of each
+global batch (`_BlockShard`: rows [p*b, (p+1)*b) of every B = P*b consecutive elements), so it reads 1/P of the data
+and, as long as no record is skipped and no batch closes early on the media budget (group_window 1), the global
+batch is row for row the one a single process would build: a 2-host run trains on the same batches as a 1-host one.
 
 Packing several short samples per row is not offered: `Thinker.forward` takes a padding mask, not segment ids,
 so packed samples would attend to each other.
@@ -309,6 +314,33 @@ class _FinalizeIterator(grain.DatasetIterator):
         self._counts = {"seen": int(c["seen"]), "skipped": dict(c["skipped"]), "first": dict(c["first"])}
 
 
+class _BlockShard(grain.MapDataset):
+    """Process p's rows of the (shuffled, repeated) stream: [p*b, (p+1)*b) of every block of B = P*b elements.
+
+    Blocks rather than a stride [p::P] so that each process's k-th local batch is the k-th row block of the global
+    batch a single process would build, which is where `to_global_arrays` places it on the mesh."""
+
+    def __init__(self, parent: grain.MapDataset, local_batch: int, index: int, count: int):
+        super().__init__(parent)
+        if not 0 <= index < count:
+            raise ValueError(f"process_index {index} is not in [0, process_count {count})")
+        self._b, self._p, self._B = local_batch, index, local_batch * count
+        full, rest = divmod(len(parent), self._B)
+        self._length = full * self._b + min(self._b, max(0, rest - index * self._b))
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        block, row = divmod(index, self._b)
+        return self._parent[block * self._B + self._p * self._b + row]
+
+    def __str__(self) -> str:
+        return f"_BlockShard(process {self._p}, {self._b} of every {self._B})"
+
+
 def skip_counts(state: dict) -> dict:
     """{"seen": records read, "skipped": {reason: n}, "first": {reason: first detail}} of an iterator state."""
     return state["counts"]
@@ -349,11 +381,12 @@ def make_dataset(source, tokenizer: Tokenizer, thinker: ThinkerConfig, cfg: Pipe
     E._check_ids(tokenizer, thinker)
     src = _source(source)
     ds = grain.MapDataset.source(src).map_with_index(_AttachIndex(len(src)))
-    ds = ds[process_index::process_count]
     if cfg.shuffle_seed is not None:
         ds = ds.shuffle(seed=cfg.shuffle_seed)
     if cfg.num_epochs != 1:
         ds = ds.repeat(cfg.num_epochs)
+    if process_count > 1:
+        ds = _BlockShard(ds, cfg.batch_size // process_count, process_index, process_count)
     ds = ds.map(BuildExample(tokenizer, thinker, cfg))
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=4 * cfg.batch_size))
     it = _BucketBatchDataset(it, cfg, cfg.batch_size // process_count, thinker.vision.patch_dim,

@@ -62,7 +62,9 @@ def sft_step(graphdef, tx: optax.GradientTransformation, trainable, frozen, opt_
     new_trainable = optax.apply_updates(trainable, updates)
     trainable = tree_where(finite, new_trainable, trainable)
     opt_state = tree_where(finite, new_opt, opt_state)
-    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, **aux}
+    # tokens: of the global batch (every process's rows), so throughput needs no host-side reduction.
+    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite,
+               "tokens": jnp.sum(batch["attention_mask"]), **aux}
     return trainable, opt_state, step + finite.astype(jnp.int32), metrics
 
 
@@ -265,7 +267,7 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
         nonlocal window, last
         guard.update(bool(m_p["finite"]), micro_p, host_p)
         window["loss"].append(float(m_p["loss"]))
-        window["tokens"] += int(np.asarray(host_p["attention_mask"]).sum())
+        window["tokens"] += int(m_p["tokens"])  # global metrics are replicated: every process can read them
         if micro_p % run.log_every == 0 or micro_p == total_micro:
             tps = window["tokens"] / (time.perf_counter() - window["t"])
             last = {"train/loss": float(np.mean(window["loss"])), "train/grad_norm": float(m_p["grad_norm"]),
@@ -274,7 +276,7 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
             if peak:
                 last["train/mfu"] = 6 * n_params * tps / (peak * jax.device_count())
             writer.write(micro_p, last)
-            if progress:
+            if progress and jax.process_index() == 0:
                 print(f"step {micro_p}/{total_micro} loss {last['train/loss']:.4f} "
                       f"lr {last['train/lr']:.2e} {tps:.0f} tok/s", flush=True)
             window = {"loss": [], "tokens": 0, "t": time.perf_counter()}
@@ -283,7 +285,7 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
     try:
         while micro < total_micro:
             host = next(iterator)
-            batch = pipeline.to_global_arrays(host, mesh)
+            batch = pipeline.to_global_arrays(host, mesh, tok.special_ids["pad"])
             trainable, opt_state, step, m = step_fn(trainable, state.frozen, opt_state, step, batch)
             micro += 1
             if pending is not None:

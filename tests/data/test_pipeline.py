@@ -194,6 +194,16 @@ def test_process_sharding_gives_disjoint_halves(demo):
     assert all(b["input_ids"].shape[0] == 2 for b in _batches(demo, cfg, pi=1, pc=2))
 
 
+def test_process_shards_are_row_blocks_of_the_single_process_batches(demo):
+    """Two processes' k-th local batches, stacked in process order, are the single-process k-th global batch."""
+    cfg = _cfg(batch_size=4, shuffle_seed=5, num_epochs=2)
+    whole = [b["example_index"] for b in _batches(demo, cfg)]
+    parts = [[b["example_index"] for b in _batches(demo, cfg, pi=p, pc=2)] for p in range(2)]
+    assert len(whole) == len(parts[0]) == len(parts[1]) == 8
+    for k, w in enumerate(whole):
+        np.testing.assert_array_equal(np.concatenate([parts[0][k], parts[1][k]]), w, err_msg=f"batch {k}")
+
+
 def test_tfds_style_source_gives_the_same_batches(demo):
     """`tfds.data_source("omni_preference/...")` yields {"record": bytes}; any random-access source works."""
     src = grain.sources.ArrayRecordDataSource(sorted(str(p) for p in (demo["root"] / "sft").glob("*.array_record")))
