@@ -55,38 +55,55 @@ VERDICT_NAMES = ("A", "B", "equal")  # data.examples VERDICT_CODES order
 # ----------------------------------------------------------------------------------------------------
 
 def completion_logprobs(model, inputs: dict, completions_RN: jax.Array, completion_mask_RN: jax.Array,
-                        num_samples: int, temperature: float = 1.0) -> jax.Array:
+                        num_samples: int, temperature: float = 1.0, rows_per_chunk: int | None = None,
+                        logit_tokens: int = 16384) -> jax.Array:
     """log p(completion token j | prompt, completion[:j]) for R = B * num_samples rows (sample g of prompt b
     in row b * G + g, as `generate` orders them), logits divided by `temperature` as the sampler does.
 
     The prompt is embedded once per prompt (vision/audio towers run B times, not B * G) and repeated; the
     completion continues the prompt's positions (+1 per token on all three mRoPE axes), exactly the
-    positions the sampler decoded them at.
+    positions the sampler decoded them at. `rows_per_chunk` runs the decoder over that many rows at a time
+    (each chunk rematerialised in the backward pass), so a 64-row, 1.5k-token update keeps one chunk's
+    activations; `logit_tokens` bounds the fp32 logits alive at once (rows x sequence chunk).
     """
     G = num_samples
     mask_BS = jnp.asarray(inputs["attention_mask"])
     S = mask_BS.shape[1]
-    N = completions_RN.shape[1]
+    R, N = completions_RN.shape
     x_RSD = jnp.repeat(model.embed(inputs), G, axis=0)
-    c_RND = model.model.embed_tokens(completions_RN).astype(x_RSD.dtype)
     last_3R = jnp.repeat(_last_positions(jnp.asarray(inputs["position_ids"]), mask_BS).astype(jnp.int32), G, axis=1)
     comp_pos_3RN = last_3R[..., None] + 1 + jnp.arange(N, dtype=jnp.int32)
     pos_3RT = jnp.concatenate([jnp.repeat(jnp.asarray(inputs["position_ids"]).astype(jnp.int32), G, axis=1),
                                comp_pos_3RN], axis=2)
     mask_RT = jnp.concatenate([jnp.repeat(mask_BS, G, axis=0), completion_mask_RN.astype(mask_BS.dtype)], axis=1)
-    hidden, _, _ = model.model(jnp.concatenate([x_RSD, c_RND], axis=1), pos_3RT, mask_RT)
-    h_RND = hidden[:, S - 1:S - 1 + N]  # position S-1+j predicts completion token j
 
-    def logits_fn(h):
-        return model.logits(h).astype(jnp.float32) / temperature
+    def rows(x_rSD, comp_rN, pos_3rT, mask_rT):
+        c_rND = model.model.embed_tokens(comp_rN).astype(x_rSD.dtype)
+        hidden, _, _ = model.model(jnp.concatenate([x_rSD, c_rND], axis=1), pos_3rT, mask_rT)
+        h_rND = hidden[:, S - 1:S - 1 + N]  # position S-1+j predicts completion token j
 
-    return losses.token_logprobs(h_RND, completions_RN, logits_fn)
+        def logits_fn(h):
+            return model.logits(h).astype(jnp.float32) / temperature
+
+        chunk = max(1, min(N, logit_tokens // comp_rN.shape[0]))
+        return losses.token_logprobs(h_rND, comp_rN, logits_fn, chunk=chunk)
+
+    r = R if not rows_per_chunk else min(rows_per_chunk, R)
+    if r == R:
+        return rows(x_RSD, completions_RN, pos_3RT, mask_RT)
+    if R % r:
+        raise ValueError(f"rows_per_chunk {r} must divide the {R} rollout rows")
+    k = R // r
+    split = (x_RSD.reshape(k, r, *x_RSD.shape[1:]), completions_RN.reshape(k, r, N),
+             pos_3RT.reshape(3, k, r, -1).swapaxes(0, 1), mask_RT.reshape(k, r, -1))
+    out = jax.lax.map(lambda a: jax.checkpoint(rows)(*a), split)
+    return out.reshape(R, N)
 
 
 def _logprobs_fn(graphdef, spec: GRPOSpec, trainable, frozen, batch, roll):
     model = nnx.merge(graphdef, trainable, frozen)
     return completion_logprobs(model, model_inputs(batch), roll["completions"], roll["completion_mask"],
-                               spec.num_generations, spec.temperature)
+                               spec.num_generations, spec.temperature, rows_per_chunk=spec.rows_per_chunk)
 
 
 def jit_logprobs(graphdef, spec: GRPOSpec) -> Callable:

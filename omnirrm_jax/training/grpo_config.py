@@ -30,6 +30,7 @@ class GRPOSpec:
     top_p: float = 0.95
     top_k: int = 50
     max_completion_length: int = 1024
+    rows_per_chunk: int | None = None  # update the decoder over this many rollout rows at a time (memory)
     constrained: bool = False  # sample rollouts through the judgement-schema automaton
     reward_weights: tuple[float, float, float] = (0.4, 0.4, 0.2)
     reward_mode: str = "reference"
