@@ -34,6 +34,17 @@ def _build_parser() -> argparse.ArgumentParser:
     grpo.add_argument("config", help="YAML run config (see configs/grpo_*.yaml)")
     grpo.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     grpo.set_defaults(func=_cmd_grpo)
+    from omnirrm_jax.eval.cli_judge import add_judge_parser  # light module: heavy imports run inside the command
+
+    add_judge_parser(sub)
+    exp = sub.add_parser("export", help="training workdir -> merged Orbax / HF safetensors / PEFT adapter")
+    exp.add_argument("workdir", help="run.workdir of an omnirrm sft or grpo run (with checkpoints/)")
+    exp.add_argument("out", help="output directory (gets orbax/, hf/, adapter/)")
+    exp.add_argument("--formats", default="orbax,hf", help="comma list of orbax, hf, adapter (LoRA runs)")
+    exp.add_argument("--dtype", default=None, help="parameter dtype of orbax/hf (default: the training one)")
+    exp.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
+    exp.add_argument("--base-hf", default=None, help="base HF dir, if the run's model.hf_path has moved")
+    exp.set_defaults(func=_cmd_export)
     # prep parses its own options; main() hands it argv before argparse sees them.
     sub.add_parser("prep", add_help=False, help="ms-swift JSONL + media -> ArrayRecord shards: `omnirrm prep --help`")
     return p
@@ -89,6 +100,13 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
     convert.run(args.src, args.dst, to=args.to, dtype=args.dtype, lora_path=args.lora)
     return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from omnirrm_jax.checkpoint import export
+
+    return export.run(args.workdir, args.out, formats=args.formats, dtype=args.dtype, step=args.step,
+                      base_hf=args.base_hf)
 
 
 def main(argv: list[str] | None = None) -> int:

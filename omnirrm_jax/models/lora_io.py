@@ -107,3 +107,52 @@ def merge_lora(model: nnx.Module) -> None:
             kernel = np.asarray(lin.kernel[...], np.float32) + lin.lora_scale * delta
             lin.kernel.set_value(jnp.asarray(kernel, lin.kernel.dtype))
             lin.lora_a, lin.lora_b, lin.lora_scale = nnx.data(None), nnx.data(None), 0.0
+
+
+# Checkpoint module names -> the in-memory names of transformers v5, which PEFT uses for adapter keys and
+# target modules (an adapter written with checkpoint names would not attach to a v5 model).
+_TO_V5 = (("model.", "model.language_model."), ("visual.", "model.visual."), ("audio_tower.", "model.audio_tower."))
+
+
+def _peft_module_name(checkpoint_name: str) -> str:
+    for old, new in _TO_V5:
+        if checkpoint_name.startswith(old):
+            return new + checkpoint_name[len(old):]
+    return checkpoint_name
+
+
+def save_adapter(model: nnx.Module, path: str) -> list[str]:
+    """Writes the model's LoRA branches as a PEFT adapter dir (`adapter_config.json` + `adapter_model.safetensors`)
+    that `peft.PeftModel.from_pretrained(<HF thinker>, path)` and `load_adapter` both read; returns the module names.
+
+    One rank and one scale for all branches (what `training.lora.apply_lora` makes); anything else is an error
+    rather than an adapter that PEFT would rescale differently."""
+    from safetensors.numpy import save_file
+
+    tensors, modules, ranks, scales = {}, [], set(), set()
+    for path_, lin in nnx.iter_graph(model):
+        if not isinstance(lin, L.Linear) or lin.lora_a is None:
+            continue
+        name = P._hf_name(".".join(map(str, path_)) + ".")[:-1]  # mlp_0 -> mlp.0
+        peft_name = _peft_module_name(name)
+        a_inr, b_rout = np.asarray(lin.lora_a[...], np.float32), np.asarray(lin.lora_b[...], np.float32)
+        tensors[f"base_model.model.{peft_name}.lora_A.weight"] = np.ascontiguousarray(a_inr.T)
+        tensors[f"base_model.model.{peft_name}.lora_B.weight"] = np.ascontiguousarray(b_rout.T)
+        modules.append(peft_name)
+        ranks.add(a_inr.shape[1])
+        scales.add(float(lin.lora_scale))
+    if not modules:
+        raise AdapterError("the model has no LoRA branches to save (a full fine-tuning run has no adapter)")
+    if len(ranks) > 1 or len(scales) > 1:
+        raise AdapterError(f"LoRA branches with several ranks {sorted(ranks)} / scales {sorted(scales)}: "
+                           "one adapter_config.json cannot describe them; export the merged model instead")
+    rank, scale = ranks.pop(), scales.pop()
+    os.makedirs(path, exist_ok=True)
+    save_file(tensors, os.path.join(path, "adapter_model.safetensors"), metadata={"format": "pt"})
+    config = {"peft_type": "LORA", "task_type": None, "base_model_name_or_path": None, "r": rank,
+              "lora_alpha": scale * rank, "lora_dropout": 0.0, "bias": "none", "use_rslora": False,
+              "use_dora": False, "fan_in_fan_out": False, "init_lora_weights": True,
+              "target_modules": sorted(modules), "modules_to_save": None, "inference_mode": True}
+    with open(os.path.join(path, "adapter_config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    return sorted(modules)
