@@ -230,6 +230,65 @@ def build_roll(result_tokens, result_lengths, scored: dict, mesh) -> dict:
 # The run
 # ----------------------------------------------------------------------------------------------------
 
+@dataclasses.dataclass
+class RolloutUpdate:
+    """The jitted programs of a run and one rollout -> rewards -> reference -> update cycle (`__call__`),
+    shared by `train` and `omnirrm bench grpo` so the benchmark times exactly what training runs."""
+
+    graphdef: Any
+    frozen: Any
+    step_fn: Callable
+    logprobs_fn: Callable
+    spec: GRPOSpec
+    sampling: SamplingConfig
+    tok: Any
+    mesh: Any
+    full_finetune: bool = False
+    initial: Any = None  # full fine-tuning: the reference weights
+    constraint: Any = None
+
+    @classmethod
+    def build(cls, state: TrainState, tx, spec: GRPOSpec, shardings, *, tok, mesh, sampling=None,
+              full_finetune=False, constraint=None) -> "RolloutUpdate":
+        initial = jax.tree.map(jnp.copy, state.trainable) if full_finetune and spec.beta != 0 else None
+        return cls(state.graphdef, state.frozen, jit_grpo_step(state, tx, spec, shardings),
+                   jit_logprobs(state.graphdef, spec), spec, sampling or sampling_config(spec, tok), tok, mesh,
+                   full_finetune, initial, constraint)
+
+    def __call__(self, trainable, opt_state, step, host: dict, batch: dict, key):
+        """Returns (trainable, opt_state, step, record, per-update metrics) for one rollout batch."""
+        spec, frozen = self.spec, self.frozen
+        t0 = time.perf_counter()
+        model = nnx.merge(self.graphdef, trainable, frozen)
+        result = generate(model, model_inputs(batch), self.sampling, key, constraint=self.constraint)
+        tokens, lengths = to_host(result.tokens), to_host(result.lengths)
+        t1 = time.perf_counter()
+        scored = score_rollout(self.tok, tokens, lengths, host, spec)
+        roll = build_roll(tokens, lengths, scored, self.mesh)
+        t2 = time.perf_counter()
+        if spec.beta != 0.0:
+            ref = reference_trainable(trainable, self.full_finetune, self.initial)
+            roll["ref_logp"] = self.logprobs_fn(ref, frozen, batch, roll)
+        if spec.num_iterations > 1:
+            roll["old_logp"] = self.logprobs_fn(trainable, frozen, batch, roll)
+        jax.block_until_ready(roll)
+        t3 = time.perf_counter()
+        updates = []
+        for _ in range(spec.num_iterations):
+            trainable, opt_state, step, m = self.step_fn(trainable, frozen, opt_state, step, batch, roll)
+            updates.append(jax.device_get(m))
+        t4 = time.perf_counter()
+        sampler_lp = to_host(result.logprobs)
+        record = {**rollout_metrics(scored, lengths),
+                  "rollout/sampler_logprob_mean": float(sampler_lp.sum() / max(int(lengths.sum()), 1)),
+                  "time/rollout_s": t1 - t0, "time/rewards_s": t2 - t1, "time/reference_s": t3 - t2,
+                  "time/update_s": t4 - t3, "time/step_s": t4 - t0}
+        for k in ("loss", "kl", "clip_frac", "clip_frac_low", "clip_frac_high"):
+            record[f"train/{k}"] = float(np.mean([m[k] for m in updates]))
+        record["train/grad_norm"] = float(updates[-1]["grad_norm"])
+        return trainable, opt_state, step, record, updates
+
+
 class CompileCounter:
     """XLA compilations since start (logged: after warm-up the count must stay flat)."""
 
@@ -294,15 +353,13 @@ def train(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None = No
                            lora_path=cfg.model.lora_path, seed=run.seed)
 
     state, shardings = create_train_state(model_fn, tx, mesh, full_finetune=cfg.model.full_finetune)
-    initial = jax.tree.map(jnp.copy, state.trainable) if cfg.model.full_finetune and spec.beta != 0 else None
-    step_fn = jit_grpo_step(state, tx, spec, shardings)
-    logprobs_fn = jit_logprobs(state.graphdef, spec)
-    sampling = sampling_config(spec, tok)
     constraint = None
     if spec.constrained:
         from omnirrm_jax.decoding.constrained import judgement_constraint
 
         constraint = judgement_constraint(tok, thinker_cfg.text.vocab_size)
+    cycle = RolloutUpdate.build(state, tx, spec, shardings, tok=tok, mesh=mesh,
+                                full_finetune=cfg.model.full_finetune, constraint=constraint)
     base_key = jax.random.key(run.seed)
     # ---- resume -----------------------------------------------------------------------------------
     ckpt = CheckpointManager(os.path.join(run.workdir, "checkpoints"), keep=run.keep_checkpoints)
@@ -332,46 +389,15 @@ def train(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None = No
 
     try:
         while rollout_i < total_rollouts:
-            t0 = time.perf_counter()
             host = next(iterator)
             batch = pipeline.to_global_arrays(host, mesh, pad_id=tok.special_ids["pad"])
-            model = nnx.merge(state.graphdef, trainable, state.frozen)
-            result = generate(model, model_inputs(batch), sampling, jax.random.fold_in(base_key, rollout_i),
-                              constraint=constraint)
-            tokens, lengths = to_host(result.tokens), to_host(result.lengths)
-            t1 = time.perf_counter()
-            scored = score_rollout(tok, tokens, lengths, host, spec)
-            roll = build_roll(tokens, lengths, scored, mesh)
-            t2 = time.perf_counter()
-            if spec.beta != 0.0:
-                ref = reference_trainable(trainable, cfg.model.full_finetune, initial)
-                roll["ref_logp"] = logprobs_fn(ref, state.frozen, batch, roll)
-            if mu > 1:
-                roll["old_logp"] = logprobs_fn(trainable, state.frozen, batch, roll)
-            jax.block_until_ready(roll)
-            t3 = time.perf_counter()
-            step_metrics = []
-            for _ in range(mu):
-                trainable, opt_state, step, m = step_fn(trainable, state.frozen, opt_state, step, batch, roll)
-                step_metrics.append(jax.device_get(m))
-            t4 = time.perf_counter()
+            trainable, opt_state, step, record, updates = cycle(
+                trainable, opt_state, step, host, batch, jax.random.fold_in(base_key, rollout_i))
             rollout_i += 1
-            for m in step_metrics:
+            for m in updates:
                 guard.update(bool(m["finite"]), rollout_i, host)
-            sampler_lp = to_host(result.logprobs).reshape(tokens.shape[0] * tokens.shape[1], -1)
-            record = {**rollout_metrics(scored, lengths),
-                      "train/loss": float(np.mean([m["loss"] for m in step_metrics])),
-                      "train/grad_norm": float(step_metrics[-1]["grad_norm"]),
-                      "train/kl": float(np.mean([m["kl"] for m in step_metrics])),
-                      "train/clip_frac": float(np.mean([m["clip_frac"] for m in step_metrics])),
-                      "train/clip_frac_low": float(np.mean([m["clip_frac_low"] for m in step_metrics])),
-                      "train/clip_frac_high": float(np.mean([m["clip_frac_high"] for m in step_metrics])),
-                      "train/lr": float(lr_fn(max(int(step) - 1, 0))),
-                      "train/skipped_nonfinite": guard.total,
-                      "time/rollout_s": t1 - t0, "time/rewards_s": t2 - t1, "time/reference_s": t3 - t2,
-                      "time/update_s": t4 - t3, "time/step_s": t4 - t0,
-                      "compiles": compiles.count,
-                      "rollout/sampler_logprob_mean": float(sampler_lp.sum() / max(int(lengths.sum()), 1))}
+            record.update({"train/lr": float(lr_fn(max(int(step) - 1, 0))), "train/skipped_nonfinite": guard.total,
+                           "compiles": compiles.count})
             history.append(record)
             if is_main and (rollout_i % run.log_every == 0 or rollout_i == total_rollouts):
                 writer.write(rollout_i, record)
