@@ -1,7 +1,8 @@
 """Judging with a trained thinker: greedy (optionally schema-constrained) judgements, parsed into verdicts
 and scored against gold labels per modality.
 
-Used by SFT/GRPO held-out evaluation, the demo and `omnirrm judge`.
+Used by SFT/GRPO held-out evaluation, the demo and `omnirrm judge` (which adds verdict probabilities:
+`judge_with_verdicts`, `eval.verdict`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,51 @@ def judge_batch(model, tok, batch: dict, *, max_new_tokens: int, constrained: bo
         parsed = parse_judgement(row[0])
         out.append({"text": row[0], "ok": parsed.ok, "better": parsed.better if parsed.ok else None,
                     "error": parsed.error})
+    return out
+
+
+def _decodable(tok, ids) -> list[int]:
+    """Generated ids up to the first one the tokenizer lacks (the model's vocab is padded past the tokenizer's;
+    an id there has no text, so the judgement ends before it and fails to parse rather than crashing decode)."""
+    ids = [int(t) for t in ids]
+    bad = [i for i, t in enumerate(ids) if not 0 <= t < tok.vocab_size]
+    return ids[:bad[0]] if bad else ids
+
+
+def judge_with_verdicts(model, tok, batch: dict, *, max_new_tokens: int, constrained: bool = False,
+                        field: str = "better", rng: jax.Array | None = None) -> list[dict | None]:
+    """Greedy (optionally constrained) judgements plus their verdict probabilities (`verdict`), per row.
+
+    Returns per row None for padding rows (batch["valid"] False), else {"text", "parsed" (`ParseResult`),
+    "verdict" (`VerdictProbs` or None when the judgement never reached `field`)}.
+    """
+    from omnirrm_jax.eval import verdict
+    from omnirrm_jax.training.sft import model_inputs
+
+    stop = tok.special_ids["im_end"]
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, greedy=True, stop_token_ids=(stop,),
+                              pad_token_id=tok.special_ids["pad"])
+    rng = jax.random.key(0) if rng is None else rng
+    inputs = model_inputs(batch)
+    if constrained:
+        from omnirrm_jax.decoding.constrained import generate_judgements
+
+        result, _ = generate_judgements(model, tok, inputs, sampling, rng)
+    else:
+        result = generate(model, inputs, sampling, rng)
+    tokens, lengths = np.asarray(result.tokens)[:, 0], np.asarray(result.lengths)[:, 0]
+    finished = np.asarray(result.finished)[:, 0]
+    valid = np.asarray(batch.get("valid", np.ones(len(tokens), bool)))
+    generated = [_decodable(tok, tokens[b, :lengths[b] - int(finished[b])]) if valid[b] else None
+                 for b in range(len(tokens))]
+    probs = verdict.verdict_probabilities(model, tok, inputs, generated, field=field)
+    out = []
+    for ids, p in zip(generated, probs):
+        if ids is None:
+            out.append(None)
+            continue
+        text = tok.decode(ids)
+        out.append({"text": text, "parsed": parse_judgement(text), "verdict": p})
     return out
 
 

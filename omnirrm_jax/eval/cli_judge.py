@@ -1,0 +1,362 @@
+"""`omnirrm judge`: judge one pair from flags, or a JSONL of pairs, with a trained thinker.
+
+Why a command: the judge is the product; users need it without writing code. One pair prints its judgement JSON
+and verdict probabilities. A JSONL file is judged in batches with static shapes (bucketed lengths, so a long run
+compiles a few programs, never one per row) and written as one JSON line per input row, appended batch by batch:
+a rerun skips rows already in the output (by input line number), so a killed run resumes where it stopped; a
+partial last line is cut off and that row judged again. A row that cannot be judged (missing file or field,
+undecodable media, too long) becomes an error record in the output and the run goes on.
+
+Output record: {"line", "id", "modality", "judgement" (the parsed JSON object or null), "text", "ok",
+"parse_error", "better", "probs" (P(A), P(B), P(equal) at the verdict field, `eval.verdict`), "reward" (P(A) - P(B)),
+"verdict_mass", "verdict_field"}; gold `better` in the row adds "gold" and "correct". With --swap the pair is also
+judged as (B, A) - same prompt builder, answers exchanged - and "swap" holds that judgement with its verdict and
+probabilities mapped back to the original labels, and "combined" the mean probabilities, their reward and
+verdict, and whether the two verdicts agree ("consistent"). Error record: {"line", "id", "error": {"reason",
+"detail"}}.
+
+Heavy imports happen inside the functions so `omnirrm --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+from typing import Any, Iterator
+
+MODALITIES = ("text", "image", "video", "audio")
+
+
+def add_judge_parser(sub) -> None:
+    """Registers `omnirrm judge` on the CLI's subparsers."""
+    p = sub.add_parser("judge", help="judge answer pairs with a checkpoint (one pair from flags, or --input JSONL)",
+                       description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="HF thinker dir (config.json + *.safetensors) or Orbax dir from `omnirrm convert`")
+    p.add_argument("--lora", help="PEFT / ms-swift LoRA adapter dir merged into an HF checkpoint")
+    p.add_argument("--tokenizer", help="SentencePiece .model file or HF tokenizer dir (default: the checkpoint dir)")
+    p.add_argument("--dtype", default="float32", help="parameter/compute dtype (float32, bfloat16)")
+    one = p.add_argument_group("one pair")
+    one.add_argument("--question", help="the question (audio prompts default to the reference's own)")
+    one.add_argument("--answer-a", help="answer A")
+    one.add_argument("--answer-b", help="answer B")
+    for kind in ("image", "video", "audio"):
+        one.add_argument(f"--{kind}", action="append", default=[], metavar="PATH", help=f"{kind} file (repeatable)")
+    many = p.add_argument_group("batch")
+    many.add_argument("--input", help="JSONL of pairs: question, answer_a, answer_b, images/videos/audios, modality, id")
+    many.add_argument("--output", help="JSONL of results (appended; rows already there are skipped)")
+    many.add_argument("--media-root", help="media paths of --input resolve under this dir (default: its dir)")
+    many.add_argument("--batch-size", type=int, default=8, help="prompts per batch (a swapped pair is two)")
+    p.add_argument("--modality", choices=MODALITIES, help="judge prompt modality (default: from the media)")
+    p.add_argument("--template", help="a reference template name instead of the modality's default")
+    p.add_argument("--swap", action="store_true", help="also judge (B, A) and combine (position-bias control)")
+    p.add_argument("--constrained", action="store_true", help="schema-constrained decoding (always parses)")
+    p.add_argument("--max-new-tokens", type=int, default=1024, help="judgement length cap")
+    p.add_argument("--max-length", type=int, default=8192, help="longer prompts are refused (error record)")
+    p.add_argument("--verdict-field", choices=("better", "final_verdict"), default="better",
+                   help="where verdict probabilities are read (see omnirrm_jax/eval/verdict.py)")
+    p.set_defaults(func=main)
+
+
+class UsageError(ValueError):
+    """Bad flags or an unusable checkpoint/tokenizer: printed without a traceback."""
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        if args.input or args.output:
+            if not (args.input and args.output):
+                raise UsageError("--input and --output go together")
+            if args.question or args.answer_a or args.answer_b or args.image or args.video or args.audio:
+                raise UsageError("give either one pair (--question/--answer-a/--answer-b/media) or --input, not both")
+            judge = Judge.from_args(args)
+            summary = judge.run_file(args.input, args.output, media_root=args.media_root)
+            print(json.dumps(summary, ensure_ascii=False))
+            return 0
+        if args.answer_a is None or args.answer_b is None:
+            raise UsageError("one pair needs --answer-a and --answer-b (or use --input/--output)")
+        row = {"answer_a": args.answer_a, "answer_b": args.answer_b, "question": args.question,
+               "images": [os.path.abspath(p) for p in args.image], "videos": [os.path.abspath(p) for p in args.video],
+               "audios": [os.path.abspath(p) for p in args.audio]}
+        if args.template:
+            row["template"] = args.template
+        judge = Judge.from_args(args, batch_size=2 if args.swap else 1)
+        record = judge.judge_rows([(None, row)], media_root=os.sep)[0]
+        print(json.dumps(record, indent=2, ensure_ascii=False))
+        return 1 if "error" in record else 0
+    except UsageError as e:
+        print(f"omnirrm judge: error: {e}", file=sys.stderr)
+        return 2
+
+
+# ----------------------------------------------------------------------------------------------------
+# Model and tokenizer
+# ----------------------------------------------------------------------------------------------------
+
+def load_judge(checkpoint: str, *, lora: str | None = None, tokenizer: str | None = None, dtype: str = "float32"):
+    """(model, config, tokenizer) from an HF or Orbax dir; refuses a tokenizer whose ids do not fit the model."""
+    from omnirrm_jax.data.tokenizer import HFTokenizer, SentencePieceTokenizer, thinker_token_ids
+
+    if not os.path.isdir(checkpoint):
+        raise UsageError(f"checkpoint {checkpoint} is not a directory")
+    if os.path.isdir(os.path.join(checkpoint, "params")):
+        if lora:
+            raise UsageError("--lora applies to HF checkpoints; merge it into the Orbax one with "
+                             "`omnirrm convert HF_DIR OUT --to orbax --lora ADAPTER`")
+        from omnirrm_jax.models.convert import load_orbax
+
+        model, cfg = load_orbax(checkpoint, dtype)
+    else:
+        from omnirrm_jax.models.params import load_hf
+
+        model, cfg = load_hf(checkpoint, dtype=dtype, lora_path=lora)
+    source = tokenizer or checkpoint
+    try:
+        if source.endswith(".model") and os.path.isfile(source):
+            tok = SentencePieceTokenizer.from_file(source)
+        else:
+            tok = HFTokenizer.from_dir(source)
+    except Exception as e:  # noqa: BLE001 - transformers raises OSError/ValueError/TypeError for a missing tokenizer
+        raise UsageError(f"cannot load a tokenizer from {source} ({type(e).__name__}: {e}); pass --tokenizer "
+                         "(a SentencePiece .model file or an HF tokenizer dir)") from None
+    want = {k: getattr(cfg, k) for k in thinker_token_ids(tok)}
+    if thinker_token_ids(tok) != want:
+        raise UsageError(f"tokenizer {source} special ids {thinker_token_ids(tok)} differ from the checkpoint's {want}")
+    if tok.vocab_size > cfg.text.vocab_size:
+        raise UsageError(f"tokenizer {source} has {tok.vocab_size} ids, the model only {cfg.text.vocab_size}")
+    return model, cfg, tok
+
+
+# ----------------------------------------------------------------------------------------------------
+# Judging
+# ----------------------------------------------------------------------------------------------------
+
+class Judge:
+    """A loaded checkpoint plus the judging options; turns pair rows into output records."""
+
+    def __init__(self, model, cfg, tok, *, swap: bool = False, constrained: bool = False, max_new_tokens: int = 1024,
+                 max_length: int = 8192, batch_size: int = 8, field: str = "better", modality: str | None = None,
+                 template: str | None = None):
+        self.model, self.cfg, self.tok = model, cfg, tok
+        self.swap, self.constrained, self.field = swap, constrained, field
+        self.max_new_tokens, self.max_length, self.batch_size = max_new_tokens, max_length, batch_size
+        self.modality, self.template = modality, template
+        if batch_size < (2 if swap else 1):
+            raise UsageError(f"--batch-size {batch_size} cannot hold a pair{' in both orders' if swap else ''}")
+        if constrained:
+            from omnirrm_jax.decoding.constrained import judgement_constraint
+
+            need = judgement_constraint(tok, cfg.text.vocab_size).min_new_tokens
+            if max_new_tokens < need:
+                raise UsageError(f"--max-new-tokens {max_new_tokens} is below the shortest constrained judgement "
+                                 f"({need} tokens with this tokenizer)")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, batch_size: int | None = None) -> "Judge":
+        model, cfg, tok = load_judge(args.checkpoint, lora=args.lora, tokenizer=args.tokenizer, dtype=args.dtype)
+        return cls(model, cfg, tok, swap=args.swap, constrained=args.constrained, max_new_tokens=args.max_new_tokens,
+                   max_length=args.max_length, batch_size=batch_size or args.batch_size, field=args.verdict_field,
+                   modality=args.modality, template=args.template)
+
+    def prepare(self, key: Any, row: Any, opts):
+        """A `PreparedPair`, or an error record; never raises for a bad row."""
+        from omnirrm_jax.eval import pairs
+
+        try:
+            if isinstance(row, pairs.PairError):
+                raise row
+            if self.template and isinstance(row, dict) and "template" not in row:
+                row = dict(row, template=self.template)
+            pair = pairs.check_pair(row, modality=self.modality)
+            return pairs.prepare_pair(pair, key, self.tok, self.cfg, opts, swap=self.swap, max_length=self.max_length)
+        except pairs.PairError as e:
+            reason, detail = e.reason, e.detail
+        except Exception as e:  # noqa: BLE001 - one broken row (or a decoder bug) must not stop a long run
+            reason, detail = "internal_error", f"{type(e).__name__}: {e}"
+        rid = row.get("id") if isinstance(row, dict) else None
+        return {"line": key, "id": rid, "error": {"reason": reason, "detail": detail}}
+
+    def judge_prepared(self, prepared: list) -> list[dict]:
+        """Prepared pairs (at most batch_size examples together) -> output records, via one batch."""
+        from omnirrm_jax.eval import pairs
+        from omnirrm_jax.eval.judge import judge_with_verdicts
+
+        exs = [ex for p in prepared for ex in p.examples]
+        batch = pairs.make_batch(exs, self.batch_size, self.tok, self.cfg)
+        results = judge_with_verdicts(self.model, self.tok, batch, max_new_tokens=self.max_new_tokens,
+                                      constrained=self.constrained, field=self.field)
+        out, i = [], 0
+        for p in prepared:
+            n = len(p.examples)
+            out.append(_record(p, results[i:i + n], self.field))
+            i += n
+        return out
+
+    def batches(self, prepared: list) -> Iterator[list]:
+        """Groups of prepared pairs that fill a batch, shortest prompts together (less padding)."""
+        per = self.batch_size // (2 if self.swap else 1)
+        ordered = sorted(prepared, key=lambda p: p.tokens)
+        for i in range(0, len(ordered), per):
+            yield ordered[i:i + per]
+
+    def judge_rows(self, rows: list[tuple[Any, Any]], *, media_root: str) -> list[dict]:
+        """(key, row) pairs -> records in the same order (error records for bad rows)."""
+        from data_prep.rows import RowOptions
+
+        opts = RowOptions(media_root=media_root)
+        done: dict[Any, dict] = {}
+        ready = []
+        for key, row in rows:
+            p = self.prepare(key, row, opts)
+            if isinstance(p, dict):
+                done[key] = p
+            else:
+                ready.append(p)
+        for group in self.batches(ready):
+            for p, rec in zip(group, self.judge_prepared(group)):
+                done[p.key] = rec
+        return [done[key] for key, _ in rows]
+
+    def run_file(self, input_path: str, output_path: str, *, media_root: str | None = None,
+                 window_batches: int = 8) -> dict[str, Any]:
+        """Judges every row of `input_path` not yet in `output_path`; returns a summary of this run's rows."""
+        import concurrent.futures as cf
+
+        from tqdm import tqdm
+
+        from data_prep.rows import RowOptions
+
+        rows = list(read_pairs(input_path))
+        done = resume_output(output_path)
+        pending = [(n, r) for n, r in rows if n not in done]
+        opts = RowOptions(media_root=media_root or os.path.dirname(os.path.abspath(input_path)))
+        window = self.batch_size * window_batches
+        chunks = [pending[i:i + window] for i in range(0, len(pending), window)]
+        stats: dict[str, Any] = collections.Counter()
+        errors: collections.Counter = collections.Counter()
+        agree: list[tuple] = []
+        prep = lambda chunk: [self.prepare(n, r, opts) for n, r in chunk]  # noqa: E731
+        with open(output_path, "a", encoding="utf-8") as out, \
+                tqdm(total=len(rows), initial=len(rows) - len(pending), unit="pair", file=sys.stderr) as bar, \
+                cf.ThreadPoolExecutor(1) as pool:  # media of the next window decode while this one is judged
+            nxt = pool.submit(prep, chunks[0]) if chunks else None
+            for c in range(len(chunks)):
+                prepared = nxt.result()
+                nxt = pool.submit(prep, chunks[c + 1]) if c + 1 < len(chunks) else None
+                records = [p for p in prepared if isinstance(p, dict)]
+                _write(out, records)
+                bar.update(len(records))
+                for group in self.batches([p for p in prepared if not isinstance(p, dict)]):
+                    recs = self.judge_prepared(group)
+                    _write(out, recs)
+                    bar.update(len(recs))
+                    records += recs
+                for r in records:
+                    if "error" in r:
+                        errors[r["error"]["reason"]] += 1
+                        continue
+                    stats["judged"] += 1
+                    stats["parsed"] += int(r["ok"])
+                    stats["correct"] += int(bool(r.get("correct")))
+                    stats["labelled"] += int("gold" in r)
+                    if "swap" in r:
+                        agree.append((r["better"], r["swap"]["better"]))
+        summary = {"rows": len(rows), "skipped_done": len(rows) - len(pending), "judged": stats["judged"],
+                   "errors": dict(errors), "parse_rate": stats["parsed"] / stats["judged"] if stats["judged"] else None}
+        if stats["labelled"]:
+            summary["accuracy"] = stats["correct"] / stats["labelled"]
+        if self.swap:
+            from omnirrm_jax.eval.verdict import swap_consistency
+
+            summary["swap_consistency"], summary["swap_pairs"] = swap_consistency(agree)
+        return summary
+
+
+def _order(result: dict, swapped: bool) -> dict:
+    """One order's judgement; on the swapped prompt the verdict and probabilities are mapped back."""
+    from omnirrm_jax.eval.verdict import swap_label, unswap_probs
+
+    parsed, vp = result["parsed"], result["verdict"]
+    better = parsed.better if parsed.ok else None
+    probs = None if vp is None else (unswap_probs(vp.probs) if swapped else dict(vp.probs))
+    return {"judgement": parsed.obj, "text": result["text"], "ok": parsed.ok, "parse_error": parsed.error or None,
+            "better": swap_label(better) if swapped else better, "probs": probs,
+            "reward": None if probs is None else probs["A"] - probs["B"],
+            "verdict_mass": None if vp is None else vp.mass}
+
+
+def _record(p, results: list[dict], field: str) -> dict:
+    from omnirrm_jax.eval.verdict import combine_orders
+
+    rec = {"line": p.key, "id": p.id, "modality": p.modality, **_order(results[0], False), "verdict_field": field}
+    if p.gold is not None:
+        rec["gold"] = p.gold
+        rec["correct"] = rec["better"] == p.gold["better"]
+    if len(results) > 1:
+        sw = _order(results[1], True)
+        rec["swap"] = sw
+        v_ab, v_ba = results[0]["verdict"], results[1]["verdict"]
+        probs = None if v_ab is None or v_ba is None else combine_orders(v_ab.probs, v_ba.probs)
+        rec["combined"] = {"probs": probs, "reward": None if probs is None else probs["A"] - probs["B"],
+                           "verdict": None if probs is None else max(probs, key=probs.get),
+                           "consistent": None if rec["better"] is None or sw["better"] is None
+                           else rec["better"] == sw["better"]}
+    return rec
+
+
+def _write(out, records: list[dict]) -> None:
+    for r in records:
+        out.write(json.dumps(r, ensure_ascii=False) + "\n")
+    out.flush()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------------
+
+def read_pairs(path: str) -> Iterator[tuple[int, Any]]:
+    """(1-based line number, row dict or PairError) for each non-blank line."""
+    from omnirrm_jax.eval.pairs import PairError
+
+    if not os.path.isfile(path):
+        raise UsageError(f"--input {path} is not a file")
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                yield n, json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError) as e:
+                yield n, PairError("malformed_json", f"{path} line {n}: {e}")
+
+
+def resume_output(path: str) -> set[int]:
+    """Input line numbers already in `path`. A partial (or unparsable) last line is cut off so it is redone; an
+    unparsable line before it means the file is not ours to append to, and stops the run."""
+    if not os.path.exists(path):
+        return set()
+    with open(path, "rb") as f:
+        data = f.read()
+    done, pos = set(), 0
+    lines = data.split(b"\n")
+    for i, raw in enumerate(lines):
+        last = i == len(lines) - 1 or (i == len(lines) - 2 and lines[-1] == b"")
+        end = pos + len(raw) + (0 if i == len(lines) - 1 else 1)
+        if raw.strip():
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+                done.add(int(obj["line"]))
+                if i == len(lines) - 1:  # complete record without its newline: keep it, add the newline
+                    with open(path, "ab") as f:
+                        f.write(b"\n")
+            except (UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+                if not last:
+                    raise UsageError(f"--output {path} line {i + 1} is not a judge record ({e}); only the last line "
+                                     "may be partial - use a new output file") from None
+                with open(path, "r+b") as f:
+                    f.truncate(pos)
+                break
+        pos = end
+    return done

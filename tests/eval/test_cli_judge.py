@@ -1,0 +1,191 @@
+"""`omnirrm judge` end to end on a saved tiny HF thinker: one pair with an image and an audio clip (both orders,
+constrained), a JSONL batch with bad rows, resume after the output is cut mid-line, an Orbax checkpoint, and
+bounded compiles; plus the pair checks and output-file handling on their own."""
+import json
+import os
+
+import pytest
+
+from omnirrm_jax import cli
+from omnirrm_jax.eval import cli_judge as CJ
+from omnirrm_jax.eval import pairs
+from omnirrm_jax.rubric import parse_judgement
+from tests.eval.judge_env import judge_env
+
+MAX_NEW = "50"  # the shortest constrained judgement is 39 tokens with this tokenizer
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return judge_env(str(tmp_path_factory.getbasetemp() / "judge_env"))
+
+
+def _run(capsys, *argv):
+    code = cli.main(["judge", *argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _check_probs(rec):
+    p = rec["probs"]
+    assert p is not None and set(p) == {"A", "B", "equal"}
+    assert sum(p.values()) == pytest.approx(1.0) and 0 < rec["verdict_mass"] <= 1
+    assert rec["reward"] == pytest.approx(p["A"] - p["B"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Host-side pieces (fast)
+# ----------------------------------------------------------------------------------------------------
+
+def test_check_pair_fields_and_modality():
+    p = pairs.check_pair({"answer_a": "x", "answer_b": "y", "audios": "a.wav"})
+    assert p["modality"] == "audio" and p["question"] == "What is the audio talking about?" and p["audios"] == ["a.wav"]
+    assert pairs.check_pair({"question": "q", "answer_a": "x", "answer_b": "y"})["modality"] == "text"
+    mixed = {"question": "q", "answer_a": "x", "answer_b": "y", "images": "i.png", "audios": "a.wav"}
+    with pytest.raises(pairs.PairError, match="mixed media"):
+        pairs.check_pair(mixed)
+    assert pairs.check_pair(mixed, modality="image")["modality"] == "image"
+    for row, reason in [({"question": "q", "answer_a": "x"}, "missing_field"),
+                        ({"answer_a": "x", "answer_b": "y"}, "missing_field"),  # text prompts have no default question
+                        ({"question": "q", "answer_a": 1, "answer_b": "y"}, "bad_row"),
+                        ({"question": "q", "answer_a": "x", "answer_b": "y", "colour": 1}, "bad_row"),
+                        ({"question": "q", "answer_a": "x", "answer_b": "y", "images": [3]}, "bad_row"),
+                        ({"question": "q", "answer_a": "x", "answer_b": "y", "template": "nope"}, "bad_row"),
+                        ([1, 2], "bad_row")]:
+        with pytest.raises(pairs.PairError) as e:
+            pairs.check_pair(row)
+        assert e.value.reason == reason, row
+
+
+def test_swapped_prompt_exchanges_the_answers_only():
+    p = pairs.check_pair({"question": "Which is right?", "answer_a": "first answer", "answer_b": "second answer"})
+    ab, ba = pairs.user_message(p)["content"], pairs.user_message(p, swapped=True)["content"]
+    assert ab.index("first answer") < ab.index("second answer") and ba.index("second answer") < ba.index("first answer")
+    assert ab.replace("first answer", "@").replace("second answer", "first answer").replace("@", "second answer") == ba
+
+
+def test_buckets_are_bounded():
+    sizes = {pairs.seq_bucket(n) for n in range(1, 4097)}
+    assert len(sizes) <= 4 * 5 + 1 and all(pairs.seq_bucket(n) >= n for n in (1, 127, 129, 1000, 4096))
+    assert all(pairs.seq_bucket(n) <= 1.25 * n for n in range(128, 4097))
+    assert pairs.media_bucket((0, 33, 3, 100)) == (16, 64, 4, 128)
+
+
+def test_resume_output_cuts_a_partial_last_line(tmp_path):
+    out = tmp_path / "out.jsonl"
+    assert CJ.resume_output(str(out)) == set()
+    good = "".join(json.dumps({"line": n, "x": 1}) + "\n" for n in (1, 3))
+    out.write_text(good + '{"line": 5, "x"')
+    assert CJ.resume_output(str(out)) == {1, 3} and out.read_text() == good
+    out.write_text(good + '{"line": 7}')  # complete record missing its newline: kept
+    assert CJ.resume_output(str(out)) == {1, 3, 7} and out.read_text() == good + '{"line": 7}\n'
+    out.write_text('garbage\n' + good)
+    with pytest.raises(CJ.UsageError, match="line 1 is not a judge record"):
+        CJ.resume_output(str(out))
+
+
+# ----------------------------------------------------------------------------------------------------
+# End to end
+# ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_one_pair_with_image_and_audio_swapped_and_constrained(env, capsys):
+    code, out, err = _run(capsys, env["hf_dir"], "--tokenizer", env["tok_path"], "--question", "What colour is it?",
+                          "--answer-a", "blue", "--answer-b", "pink", "--image", env["image"], "--audio", env["audio"],
+                          "--modality", "image", "--swap", "--constrained", "--max-new-tokens", MAX_NEW)
+    assert code == 0, err
+    rec = json.loads(out)
+    assert rec["modality"] == "image" and rec["ok"] and rec["parse_error"] is None
+    assert parse_judgement(rec["text"]).ok and rec["judgement"]["better"] == rec["better"]
+    _check_probs(rec)
+    sw = rec["swap"]
+    assert sw["ok"] and sw["better"] == {"A": "B", "B": "A", "equal": "equal"}[sw["judgement"]["better"]]
+    _check_probs(sw)
+    comb = rec["combined"]
+    for v in "A", "B", "equal":
+        assert comb["probs"][v] == pytest.approx((rec["probs"][v] + sw["probs"][v]) / 2)
+    assert comb["consistent"] == (rec["better"] == sw["better"])
+    code, out, err = _run(capsys, env["hf_dir"], "--tokenizer", env["tok_path"], "--question", "q",
+                          "--answer-a", "x", "--answer-b", "y", "--image", env["image"] + ".missing")
+    assert code == 1 and json.loads(out)["error"]["reason"] == "missing_file"
+    code, _, err = _run(capsys, env["hf_dir"], "--answer-a", "x", "--answer-b", "y", "--question", "q")
+    assert code == 2 and "cannot load a tokenizer" in err and "--tokenizer" in err
+
+
+def _rows(env):
+    return [{"id": "t1", "question": "What is 3 + 4?", "answer_a": "7", "answer_b": "5", "better": "A",
+             "score_A": 9, "score_B": 2},
+            {"id": "a1", "answer_a": "high", "answer_b": "deep", "audios": os.path.basename(env["audio"])},
+            {"id": "bad-file", "question": "q", "answer_a": "x", "answer_b": "y", "images": "nope.png"},
+            {"id": "bad-field", "question": "What is 3 + 4?", "answer_a": "7"},
+            {"id": "t2", "question": "What is 1 + 1?", "answer_a": "2", "answer_b": "3"},
+            {"id": "a2", "question": "Is the tone high or deep?", "answer_a": "deep", "answer_b": "high",
+             "audios": [env["audio"]]},
+            {"id": "t3", "question": "What is 2 + 2? Answer with one number.", "answer_a": "4", "answer_b": "four"},
+            {"id": "t4", "question": "What is 3 + 1?", "answer_a": "4", "answer_b": "It is 4, since 3 + 1 = 4."}]
+
+
+@pytest.mark.slow
+def test_jsonl_batch_errors_and_resume(env, tmp_path, capsys):
+    from tests.compile_count import count_compiles
+
+    inp, out = tmp_path / "pairs.jsonl", tmp_path / "out.jsonl"
+    lines = [json.dumps(r) for r in _rows(env)]
+    inp.write_text("\n".join(lines[:3] + ["{not json"] + lines[3:]) + "\n\n")
+    argv = [env["hf_dir"], "--tokenizer", env["tok_path"], "--input", str(inp), "--output", str(out),
+            "--media-root", os.path.dirname(env["audio"]), "--swap", "--constrained", "--max-new-tokens", MAX_NEW,
+            "--batch-size", "4"]
+    with count_compiles() as compiles:
+        code, stdout, err = _run(capsys, *argv)
+    assert code == 0, err
+    # three batches (text, text, audio) of different lengths: at most one program per shape bucket
+    assert compiles.count("jit(_generate)") <= 2 and compiles.count("jit(_candidate_logprobs)") <= 2, compiles
+    summary = json.loads(stdout)
+    assert summary["rows"] == 9 and summary["judged"] == 6 and summary["parse_rate"] == 1.0
+    assert summary["errors"] == {"missing_file": 1, "missing_field": 1, "malformed_json": 1}
+    assert summary["swap_pairs"] == 6 and 0 <= summary["swap_consistency"] <= 1 and "accuracy" in summary
+    recs = {r["line"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert sorted(recs) == list(range(1, 10))
+    assert recs[3]["error"]["reason"] == "missing_file" and recs[3]["id"] == "bad-file"
+    assert recs[4]["error"]["reason"] == "malformed_json" and recs[5]["error"]["reason"] == "missing_field"
+    for n in (1, 2, 6, 7, 8, 9):
+        assert recs[n]["ok"] and recs[n]["swap"]["ok"], recs[n]
+        _check_probs(recs[n])
+    assert recs[1]["gold"] == {"better": "A", "score_A": 9, "score_B": 2}
+    assert recs[1]["correct"] == (recs[1]["better"] == "A") and recs[2]["modality"] == "audio"
+
+    # Kill mid-write: drop the last records and cut the one before mid-line; the rerun judges only those rows.
+    text = out.read_text().splitlines(keepends=True)
+    kept, cut = text[:-3], text[-3]
+    out.write_text("".join(kept) + cut[: len(cut) // 2])
+    redo = {json.loads(x)["line"] for x in text[-3:]}
+    code, stdout, err = _run(capsys, *argv)
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["skipped_done"] == 6 and summary["judged"] + sum(summary["errors"].values()) == 3
+    again = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(r["line"] for r in again) == list(range(1, 10))
+    for r in again:  # greedy: the same judgements (probabilities up to the other batch's padding)
+        if r["line"] in redo and "error" not in r:
+            assert r["text"] == recs[r["line"]]["text"]
+            assert r["probs"] == pytest.approx(recs[r["line"]]["probs"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_orbax_checkpoint_judges_like_the_hf_dir(env, tmp_path, capsys):
+    from omnirrm_jax.models import convert
+
+    orbax_dir = str(tmp_path / "orbax")
+    convert.run(env["hf_dir"], orbax_dir, to="orbax")
+    capsys.readouterr()
+    argv = ["--tokenizer", env["tok_path"], "--question", "What is 3 + 4?", "--answer-a", "7", "--answer-b", "5",
+            "--max-new-tokens", "12"]
+    recs = []
+    for ckpt in (env["hf_dir"], orbax_dir):
+        code, out, err = _run(capsys, ckpt, *argv)
+        assert code == 0, err
+        recs.append(json.loads(out))
+    assert recs[0]["text"] == recs[1]["text"] and recs[0]["probs"] == recs[1]["probs"]
+    assert recs[0]["ok"] is False and recs[0]["parse_error"]  # 12 unconstrained tokens of an untrained model
+    code, _, err = _run(capsys, orbax_dir, *argv, "--lora", str(tmp_path))
+    assert code == 2 and "merge it into the Orbax one" in err
