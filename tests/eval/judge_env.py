@@ -1,6 +1,7 @@
-"""A tiny judging setup shared by the eval tests: a SentencePiece tokenizer that can spell the reference judge
-prompts, a re-randomised HF Qwen2.5-Omni thinker whose special ids match it (saved as an HF dir with the
-tokenizer beside it), and small media files (56x56 PNG, 1 s 16 kHz wav). Built once per session; offline."""
+"""A tiny judging setup shared by the eval tests: a tokenizer that can spell the reference judge prompts
+(SentencePiece, saved beside the model; or a byte-level BPE like Qwen's, saved inside the HF dir), a re-randomised
+HF Qwen2.5-Omni thinker whose special ids match it, and small media files (56x56 PNG, 1 s 16 kHz wav). Built once
+per session; offline."""
 from __future__ import annotations
 
 import functools
@@ -40,9 +41,29 @@ def _hf_config(vocab_size: int, ids: dict):
     return cfg
 
 
-@functools.lru_cache(maxsize=2)
-def judge_env(root: str, seed: int = 0) -> dict:
-    """{"hf_dir", "tok_path", "tok", "image", "audio"} under `root` (built on first use)."""
+def _bpe_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from omnirrm_jax.data.tokenizer import SPECIAL_TOKENS, HFTokenizer
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(_corpus(), trainers.BpeTrainer(
+        vocab_size=1500, special_tokens=list(SPECIAL_TOKENS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    extra = {"image_token": "<|IMAGE|>", "audio_token": "<|AUDIO|>", "video_token": "<|VIDEO|>",
+             "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
+             "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"}
+    return HFTokenizer(PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                               extra_special_tokens=extra))
+
+
+@functools.lru_cache(maxsize=4)
+def judge_env(root: str, seed: int = 0, kind: str = "sentencepiece") -> dict:
+    """{"hf_dir", "tok_path", "tok", "image", "audio"} under `root` (built on first use). kind "bpe" saves the
+    tokenizer into the HF dir (tok_path = hf_dir), as real checkpoints ship it."""
     import torch
     from PIL import Image
     from transformers import Qwen2_5OmniThinkerForConditionalGeneration
@@ -51,12 +72,18 @@ def judge_env(root: str, seed: int = 0) -> dict:
     from tests.hf_tiny import randomize_
 
     os.makedirs(root, exist_ok=True)
-    tok = train_sentencepiece(_corpus(), 1500, os.path.join(root, "tokenizer"))
     hf_dir = os.path.join(root, "hf")
+    if kind == "bpe":
+        tok, tok_path = _bpe_tokenizer(), hf_dir
+    else:
+        tok, tok_path = train_sentencepiece(_corpus(), 1500, os.path.join(root, "tokenizer")), \
+            os.path.join(root, "tokenizer.model")
     torch.manual_seed(seed)
     model = Qwen2_5OmniThinkerForConditionalGeneration(_hf_config(tok.vocab_size + 5, thinker_token_ids(tok))).eval()
     randomize_(model, seed)
     model.save_pretrained(hf_dir)
+    if kind == "bpe":
+        tok.hf.save_pretrained(hf_dir)
     rng = np.random.default_rng(seed)
     image = os.path.join(root, "shape.png")
     pixels = np.full((56, 56, 3), 200, np.uint8)
@@ -68,5 +95,5 @@ def judge_env(root: str, seed: int = 0) -> dict:
     with wave.open(audio, "wb") as w:
         w.setparams((1, 2, 16000, len(pcm), "NONE", "not compressed"))
         w.writeframes(pcm.tobytes())
-    return {"hf_dir": hf_dir, "tok_path": os.path.join(root, "tokenizer.model"), "tok": tok, "image": image,
+    return {"hf_dir": hf_dir, "tok_path": tok_path, "tok": tok, "image": image,
             "audio": audio}

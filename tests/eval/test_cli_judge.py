@@ -189,3 +189,20 @@ def test_orbax_checkpoint_judges_like_the_hf_dir(env, tmp_path, capsys):
     assert recs[0]["ok"] is False and recs[0]["parse_error"]  # 12 unconstrained tokens of an untrained model
     code, _, err = _run(capsys, orbax_dir, *argv, "--lora", str(tmp_path))
     assert code == 2 and "merge it into the Orbax one" in err
+
+
+@pytest.mark.slow
+def test_tokenizer_from_the_hf_dir_byte_level_bpe(tmp_path_factory, capsys):
+    """The default path of a real checkpoint: Qwen-style byte-level BPE saved in the HF dir, no --tokenizer."""
+    from omnirrm_jax.eval import verdict as V
+
+    bpe = judge_env(str(tmp_path_factory.getbasetemp() / "judge_env_bpe"), kind="bpe")
+    code, out, err = _run(capsys, bpe["hf_dir"], "--question", "What is 3 + 4?", "--answer-a", "7", "--answer-b", "5",
+                          "--constrained", "--max-new-tokens", MAX_NEW)
+    assert code == 0, err
+    rec = json.loads(out)
+    assert rec["ok"] and rec["modality"] == "text"
+    _check_probs(rec)
+    tok = bpe["tok"]
+    site = V.locate(tok, tok.encode(rec["text"]), "better")
+    assert [tok.decode(c) for c in site.candidates] == ["A", "B", "equal"]  # whole pre-tokens: no boundary gap
