@@ -167,7 +167,8 @@ def to_host(x) -> np.ndarray:
 
 def score_rollout(tok, tokens_BGN: np.ndarray, lengths_BG: np.ndarray, host_batch: dict, spec: GRPOSpec) -> dict:
     """Decodes the completions and scores them: rewards (B, G) per component and total, advantages,
-    parse success and verdict correctness against gold."""
+    parse success and verdict correctness against gold (`host_batch`: gold_better/gold_score_A/gold_score_B
+    and optionally valid, one entry per prompt)."""
     from omnirrm_jax.eval.judge import decode_texts
     from omnirrm_jax.rubric.parse import parse_judgement
     from omnirrm_jax.rubric.rewards import reward_components
@@ -255,15 +256,18 @@ class RolloutUpdate:
                    jit_logprobs(state.graphdef, spec), spec, sampling or sampling_config(spec, tok), tok, mesh,
                    full_finetune, initial, constraint)
 
-    def __call__(self, trainable, opt_state, step, host: dict, batch: dict, key):
-        """Returns (trainable, opt_state, step, record, per-update metrics) for one rollout batch."""
+    def __call__(self, trainable, opt_state, step, batch: dict, key):
+        """Returns (trainable, opt_state, step, record, per-update metrics) for one rollout batch (a GRPO-mode
+        pipeline batch as global arrays, with gold labels)."""
         spec, frozen = self.spec, self.frozen
         t0 = time.perf_counter()
         model = nnx.merge(self.graphdef, trainable, frozen)
         result = generate(model, model_inputs(batch), self.sampling, key, constraint=self.constraint)
         tokens, lengths = to_host(result.tokens), to_host(result.lengths)
         t1 = time.perf_counter()
-        scored = score_rollout(self.tok, tokens, lengths, host, spec)
+        # gold labels of the global batch, in the global row order of `tokens` (several processes: all rows)
+        gold = {k: to_host(batch[k]) for k in ("gold_better", "gold_score_A", "gold_score_B", "valid") if k in batch}
+        scored = score_rollout(self.tok, tokens, lengths, gold, spec)
         roll = build_roll(tokens, lengths, scored, self.mesh)
         t2 = time.perf_counter()
         if spec.beta != 0.0:
@@ -392,7 +396,7 @@ def train(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None = No
             host = next(iterator)
             batch = pipeline.to_global_arrays(host, mesh, pad_id=tok.special_ids["pad"])
             trainable, opt_state, step, record, updates = cycle(
-                trainable, opt_state, step, host, batch, jax.random.fold_in(base_key, rollout_i))
+                trainable, opt_state, step, batch, jax.random.fold_in(base_key, rollout_i))
             rollout_i += 1
             for m in updates:
                 guard.update(bool(m["finite"]), rollout_i, host)

@@ -1,0 +1,202 @@
+"""`omnirrm bench grpo`: one GRPO step (rollout -> rewards -> reference log-probs -> update) of our trainer
+next to a loop built from HF transformers `generate` + a PEFT update, on the same card in the same process.
+
+Random weights at real dimensions (3B by default), random text prompts; both sides sample exactly
+`completion` tokens for every row (no stop token), so they do the same work: B prompts x G samples, LoRA r=8
+on all linear layers, beta 0.04 (one reference forward with LoRA off), the `grpo` loss, AdamW. Ours is
+`training.grpo.RolloutUpdate`, the exact cycle `omnirrm grpo` runs. The HF loop is what TRL's GRPOTrainer
+does without vLLM: `generate(num_return_sequences=G)`, reference log-probs under `disable_adapter()`, then
+forward/backward in micro-batches of `--hf-micro` rows with gradient checkpointing, and one optimizer step.
+Both sides report peak device memory; with `--no-hf --preset omni_7b` it checks whether a 7B step fits
+(e.g. 1 prompt of 6144 tokens x G=8 x 1024-token completions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+
+class _IdTokenizer:
+    """Decodes ids to text so the reward functions run on every completion (as in training)."""
+
+    special_ids = {"im_end": -1, "pad": 0}
+
+    def decode(self, ids, skip_special_tokens=False):
+        return " ".join(map(str, ids))
+
+
+def _ours_state(cfg, lora_rank: int, lr: float):
+    import jax
+    from flax import nnx
+
+    from omnirrm_jax.models.thinker import Thinker
+    from omnirrm_jax.training import lora, optim
+    from omnirrm_jax.training.state import TrainState
+
+    def make():
+        m = Thinker(cfg, rngs=nnx.Rngs(0))
+        lora.apply_lora(m, lora.LoraConfig(rank=lora_rank, alpha=4 * lora_rank), nnx.Rngs(1))
+        return m
+
+    graphdef, _, _ = nnx.split(nnx.eval_shape(make), nnx.LoRAParam, ...)
+    trainable, frozen = jax.jit(lambda: nnx.split(make(), nnx.LoRAParam, ...)[1:])()
+    tx = optim.make_optimizer(optim.OptimConfig(learning_rate=lr, warmup_ratio=0.0), 100)
+    import jax.numpy as jnp
+
+    return TrainState(graphdef, trainable, frozen, jax.jit(tx.init)(trainable), jnp.zeros((), jnp.int32)), tx
+
+
+def _prompt_batch(cfg, prompts: int, prompt_len: int):
+    from omnirrm_jax.models.thinker import prepare_inputs
+
+    ids = np.random.default_rng(0).integers(1, min(cfg.text.vocab_size - 20, 20000), (prompts, prompt_len))
+    batch = prepare_inputs(cfg, ids)
+    batch.update(gold_better=np.zeros(prompts, np.int32), gold_score_A=np.full(prompts, 8, np.int32),
+                 gold_score_B=np.full(prompts, 3, np.int32), valid=np.ones(prompts, bool))
+    return batch
+
+
+def bench_ours(cfg, prompts: int, G: int, prompt_len: int, completion: int, steps: int, rows_per_chunk):
+    import jax
+
+    from omnirrm_jax.decoding.sampler import SamplingConfig
+    from omnirrm_jax.training import grpo
+    from omnirrm_jax.training import sharding as S
+    from omnirrm_jax.training.grpo_config import GRPOSpec
+
+    mesh = S.make_mesh(S.MeshConfig(data=1), devices=jax.devices()[:1])
+    state, tx = _ours_state(cfg, 8, 1e-5)
+    spec = GRPOSpec(num_generations=G, max_completion_length=completion, rows_per_chunk=rows_per_chunk)
+    sampling = SamplingConfig(max_new_tokens=completion, temperature=1.0, top_p=0.95, top_k=50, num_samples=G,
+                              stop_token_ids=(), pad_token_id=0)
+    cycle = grpo.RolloutUpdate.build(state, tx, spec, None, tok=_IdTokenizer(), mesh=mesh, sampling=sampling)
+    batch = jax.device_put(_prompt_batch(cfg, prompts, prompt_len))
+    trainable, opt_state, step = state.trainable, state.opt_state, state.step
+    records = []
+    for i in range(steps + 1):  # the first step compiles
+        trainable, opt_state, step, rec, _ = cycle(trainable, opt_state, step, batch, jax.random.key(i))
+        records.append(rec)
+    timed = records[1:]
+    keys = ("time/step_s", "time/rollout_s", "time/rewards_s", "time/reference_s", "time/update_s")
+    out = {k.split("/")[1]: float(np.median([r[k] for r in timed])) for k in keys}
+    out["first_step_s"] = records[0]["time/step_s"]
+    stats = jax.devices()[0].memory_stats() or {}
+    out["peak_memory_gib"] = stats.get("peak_bytes_in_use", 0) / 2 ** 30
+    return out
+
+
+def bench_hf(cfg, prompts: int, G: int, prompt_len: int, completion: int, steps: int, micro: int):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
+
+    from omnirrm_jax.models.config import to_hf_dict
+    from omnirrm_jax.rubric.rewards import combined_reward
+    from omnirrm_jax.training.grpo_loss import group_advantages
+
+    hf_cfg = Qwen2_5OmniThinkerConfig(**{k: v for k, v in to_hf_dict(cfg).items() if k != "architectures"})
+    dev = "cuda"
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device(dev):
+        base = Qwen2_5OmniThinkerForConditionalGeneration(hf_cfg)
+    torch.set_default_dtype(torch.float32)
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=32, target_modules="all-linear"))
+    model.gradient_checkpointing_enable()
+    model.enable_input_require_grads()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    ids = torch.tensor(np.random.default_rng(0).integers(1, min(cfg.text.vocab_size - 20, 20000),
+                                                         (prompts, prompt_len)), device=dev)
+    gen_kw = dict(do_sample=True, temperature=1.0, top_p=0.95, top_k=50, num_return_sequences=G,
+                  max_new_tokens=completion, min_new_tokens=completion, eos_token_id=None, pad_token_id=0)
+
+    def logps(seq):
+        logits = model(input_ids=seq, logits_to_keep=completion + 1).logits[:, :-1].float()
+        return torch.log_softmax(logits, -1).gather(-1, seq[:, -completion:, None])[..., 0]
+
+    times = []
+    for _ in range(steps + 1):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        model.eval()
+        with torch.no_grad():
+            seqs = model.generate(input_ids=ids, **gen_kw)
+        torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        texts = [" ".join(map(str, s[-completion:].tolist())) for s in seqs]
+        r = combined_reward(texts, better=["A"] * len(texts), score_A=[8] * len(texts), score_B=[3] * len(texts))
+        adv = torch.tensor(group_advantages(np.asarray(r).reshape(prompts, G)).reshape(-1), device=dev)
+        t2 = time.perf_counter()
+        with torch.no_grad(), model.disable_adapter():
+            ref = torch.cat([logps(seqs[i:i + micro]) for i in range(0, len(seqs), micro)])
+        torch.cuda.synchronize()
+        t3 = time.perf_counter()
+        model.train()
+        opt.zero_grad()
+        for i in range(0, len(seqs), micro):
+            lp = logps(seqs[i:i + micro])
+            ratio = torch.exp(lp - lp.detach())
+            a = adv[i:i + micro, None]
+            d = ref[i:i + micro] - lp
+            per_tok = -torch.min(ratio * a, torch.clamp(ratio, 0.8, 1.2) * a) + 0.04 * (torch.exp(d) - d - 1)
+            (per_tok.mean(-1).sum() / len(seqs)).backward()
+        opt.step()
+        torch.cuda.synchronize()
+        t4 = time.perf_counter()
+        times.append({"step_s": t4 - t0, "rollout_s": t1 - t0, "rewards_s": t2 - t1, "reference_s": t3 - t2,
+                      "update_s": t4 - t3})
+    out = {k: float(np.median([t[k] for t in times[1:]])) for k in times[0]}
+    out["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+    del model, base, opt
+    torch.cuda.empty_cache()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="omnirrm bench grpo", description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="omni_3b")
+    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--generations", type=int, default=8)
+    p.add_argument("--prompt", type=int, default=1024)
+    p.add_argument("--completion", type=int, default=512)
+    p.add_argument("--steps", type=int, default=2, help="timed steps (after one warm-up step)")
+    p.add_argument("--rows-per-chunk", type=int, default=8, help="our update's rows per rematerialised chunk")
+    p.add_argument("--hf-micro", type=int, default=8, help="HF update micro-batch (rows)")
+    p.add_argument("--no-hf", action="store_true")
+    p.add_argument("--small", action="store_true", help="tiny dimensions (a CPU smoke test)")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+
+    import jax
+
+    from omnirrm_jax.models import config as C
+
+    if args.small:
+        cfg = C.tiny(dtype="float32", param_dtype="float32")
+    else:
+        cfg = C.PRESETS[args.preset](dtype="bfloat16", param_dtype="bfloat16")
+    device = jax.devices()[0].device_kind
+    shape = dict(prompts=args.prompts, G=args.generations, prompt_len=args.prompt, completion=args.completion,
+                 steps=args.steps)
+    result = {"device": device, "preset": "tiny" if args.small else args.preset, **shape,
+              "ours": bench_ours(cfg, **shape, rows_per_chunk=args.rows_per_chunk)}
+    line = f"[{device}] GRPO step {args.prompts} prompts x G={args.generations}, prompt {args.prompt}, " \
+           f"completion {args.completion}: ours {result['ours']['step_s']:.2f} s " \
+           f"(rollout {result['ours']['rollout_s']:.2f}, rewards {result['ours']['rewards_s']:.2f}, " \
+           f"reference {result['ours']['reference_s']:.2f}, update {result['ours']['update_s']:.2f}; " \
+           f"peak {result['ours']['peak_memory_gib']:.1f} GiB)"
+    if not args.no_hf:
+        result["hf"] = bench_hf(cfg, **shape, micro=args.hf_micro)
+        hf = result["hf"]
+        result["speedup"] = hf["step_s"] / result["ours"]["step_s"]
+        line += f"; HF generate + PEFT {hf['step_s']:.2f} s (rollout {hf['rollout_s']:.2f}, reference " \
+                f"{hf['reference_s']:.2f}, update {hf['update_s']:.2f}) -> {result['speedup']:.1f}x"
+    print(line, flush=True)
+    print(json.dumps(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
