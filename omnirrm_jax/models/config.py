@@ -90,6 +90,14 @@ class AudioConfig:
         return self.d_model // self.num_heads
 
 
+# Rematerialisation of the text decoder layers in the backward pass (memory for FLOPs):
+#   none  every activation is kept;
+#   full  only each layer's input is kept, the layer is recomputed (jax.checkpoint, nothing saveable);
+#   dots  matmul outputs without batch dims (the projections) are kept, attention and elementwise work is
+#         recomputed (jax.checkpoint_policies.dots_with_no_batch_dims_saveable).
+REMAT_POLICIES = ("none", "full", "dots")
+
+
 @dataclasses.dataclass(frozen=True)
 class ThinkerConfig:
     """The whole thinker plus the runtime choices (dtypes, attention backend) its modules need."""
@@ -107,12 +115,16 @@ class ThinkerConfig:
     position_id_per_seconds: int = 25
     seconds_per_chunk: int = 2
     # Runtime: compute dtype of activations, storage dtype of parameters, attention kernel choice
-    # ("auto" = cuDNN flash on GPU for 16-bit compute, the registered kernel on TPU, XLA otherwise).
+    # ("auto" = cuDNN flash on GPU for 16-bit compute, the registered kernel on TPU, XLA otherwise),
+    # and what the decoder layers keep for the backward pass (`REMAT_POLICIES`; training only).
     dtype: str = "float32"
     param_dtype: str = "float32"
     attention_backend: str = "auto"
+    remat: str = "none"
 
     def __post_init__(self):
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat {self.remat!r} is not one of {', '.join(REMAT_POLICIES)}")
         for name, width in (("vision.out_hidden_size", self.vision.out_hidden_size),
                             ("audio.output_dim", self.audio.output_dim)):
             if width != self.text.hidden_size:

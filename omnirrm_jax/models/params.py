@@ -248,7 +248,7 @@ def abstract_thinker(cfg: config_lib.ThinkerConfig):
 
 
 def load_hf(path: str, dtype: str = "float32", lora_path: str | None = None, *, merge_lora: bool = True,
-            compute_dtype: str | None = None, attention_backend: str = "auto"):
+            compute_dtype: str | None = None, attention_backend: str = "auto", remat: str = "none"):
     """Loads an HF Qwen2.5-Omni (thinker) checkpoint directory into the NNX thinker.
 
     Args:
@@ -260,7 +260,8 @@ def load_hf(path: str, dtype: str = "float32", lora_path: str | None = None, *, 
     Returns:
       (model, config).
     """
-    cfg = read_config(path, param_dtype=dtype, dtype=compute_dtype or dtype, attention_backend=attention_backend)
+    cfg = read_config(path, param_dtype=dtype, dtype=compute_dtype or dtype, attention_backend=attention_backend,
+                      remat=remat)
     model = abstract_thinker(cfg)
     assign_hf_tensors(model, read_safetensors_dir(path), source=path)
     if lora_path is not None:

@@ -143,6 +143,19 @@ class DecoderLayer(nnx.Module):
         return x, layer_cache
 
 
+def _rematerialised(layer: DecoderLayer, policy: str, x, cos, sin, mask_BS) -> jax.Array:
+    """One decoder layer under `jax.checkpoint`: its activations are recomputed in the backward pass instead
+    of kept ("full"), or all but the projection matmuls are ("dots"). Training only: a cached decode step
+    has no backward pass. The layer's state is an explicit argument so gradients flow to it (LoRA too)."""
+    graphdef, state = nnx.split(layer)
+
+    def run(state, x, cos, sin, mask_BS):
+        return nnx.merge(graphdef, state)(x, cos, sin, mask_BS)[0]
+
+    saveable = None if policy == "full" else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    return jax.checkpoint(run, policy=saveable)(state, x, cos, sin, mask_BS)
+
+
 class TextModel(nnx.Module):
     """`model.*` of the checkpoint: token embedding, decoder layers, final norm (no output head)."""
 
@@ -154,6 +167,7 @@ class TextModel(nnx.Module):
         self.norm = L.RMSNorm(t.hidden_size, eps=t.rms_norm_eps, param_dtype=cfg.param_dtype)
         self.rope = (t.head_dim, t.rope_theta, tuple(t.mrope_section))  # hashable: graphdefs stay static
         self.dtype = L.as_dtype(cfg.dtype)
+        self.remat = cfg.remat
 
     def __call__(self, inputs_embeds_BTD: jax.Array, positions_3BT: jax.Array, attention_mask_BT: jax.Array | None = None,
                  cache: KVCache | None = None, cache_index: jax.Array | int | None = None,
@@ -183,7 +197,10 @@ class TextModel(nnx.Module):
             if output_hidden_states:
                 hidden.append(x)
             layer_cache = None if cache is None else (cache.k[i], cache.v[i])
-            x, layer_cache = layer(x, cos, sin, mask_BS, layer_cache, cache_index)
+            if cache is None and self.remat != "none":
+                x = _rematerialised(layer, self.remat, x, cos, sin, mask_BS)
+            else:
+                x, layer_cache = layer(x, cos, sin, mask_BS, layer_cache, cache_index)
             if layer_cache is not None:
                 new_k.append(layer_cache[0])
                 new_v.append(layer_cache[1])

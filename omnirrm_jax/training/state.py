@@ -45,7 +45,7 @@ def build_model(cfg: ThinkerConfig, *, hf_path: str | None, lora_cfg: lora_lib.L
     """Host-side model construction: HF weights (or random init) plus LoRA branches."""
     if hf_path:
         model, _ = P.load_hf(hf_path, dtype=cfg.param_dtype, compute_dtype=cfg.dtype,
-                             attention_backend=cfg.attention_backend,
+                             attention_backend=cfg.attention_backend, remat=cfg.remat,
                              lora_path=lora_path, merge_lora=False)
     else:
         model = Thinker(cfg, rngs=nnx.Rngs(seed))
