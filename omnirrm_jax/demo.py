@@ -59,7 +59,8 @@ def _prepare(cfg: DemoConfig, name: str, blank: bool) -> dict:
                      n_eval_per_modality=cfg.n_eval_per_modality, seed=cfg.seed, compact=True, blank_media=blank)
     media_cfg = MediaConfig(video=VideoConfig(**DEMO_VIDEO))
     shards = os.path.join(root, "shards")
-    for split, fname in (("train", "train.jsonl"), ("eval", "grpo_eval.jsonl")):
+    # eval: prompts + gold labels (greedy judgements); eval_sft: prompts + gold judgements (held-out loss)
+    for split, fname in (("train", "train.jsonl"), ("eval", "grpo_eval.jsonl"), ("eval_sft", "eval.jsonl")):
         prep([os.path.join(root, fname)], root, shards, media_cfg=media_cfg, split=split,
              records_per_shard=10_000)
     return {"root": root, "shards": shards, "info": info}
@@ -86,6 +87,7 @@ def _sft_config(cfg: DemoConfig, shards: str, tok_path: str, workdir: str):
     return C.SFTConfig(
         model=C.ModelSpec(preset="tiny", dtype="float32", param_dtype="float32", full_finetune=True),
         data=C.DataSpec(train=(os.path.join(shards, "train-*.array_record"),), tokenizer=tok_path,
+                        eval=tuple(os.path.join(shards, f"{s}-*.array_record") for s in ("eval", "eval_sft")),
                         pipeline={"batch_size": cfg.batch_size, "shuffle_seed": cfg.seed,
                                   "seq_buckets": SEQ_BUCKETS, "media_buckets": media_buckets(cfg.batch_size)}),
         optim=OptimConfig(learning_rate=cfg.learning_rate, warmup_ratio=0.05, weight_decay=0.0),

@@ -28,9 +28,19 @@ class ModelSpec:
     dtype: str = "bfloat16"  # compute
     param_dtype: str = "float32"
     attention_backend: str = "auto"
-    remat: bool = False
+    remat: str | bool = "none"  # decoder-layer remat: none | full | dots (models.config); true = full
     full_finetune: bool = False  # True: every parameter trains (the demo: a tiny model from scratch)
     lora: LoraConfig = LoraConfig()
+
+    def __post_init__(self):
+        from omnirrm_jax.models.config import REMAT_POLICIES
+
+        remat = {True: "full", False: "none"}.get(self.remat, self.remat) if isinstance(self.remat, bool) \
+            else self.remat
+        if remat not in REMAT_POLICIES:
+            raise ConfigError(f"model.remat: {self.remat!r} is not one of {', '.join(REMAT_POLICIES)} "
+                              "(or true = full, false = none)")
+        object.__setattr__(self, "remat", remat)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +61,9 @@ class RunSpec:
     save_every: int = 100
     keep_checkpoints: int = 4
     max_consecutive_nonfinite: int = 5
+    eval_every: int = 0  # micro-steps between held-out evaluations on data.eval (and at the end); 0 = none
+    eval_batches: int | None = None  # batches per evaluation; None = the whole eval set
+    eval_max_new_tokens: int = 1024  # greedy judgement length cap for the pairwise accuracy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +73,10 @@ class SFTConfig:
     optim: OptimConfig = OptimConfig()
     mesh: MeshConfig = MeshConfig()
     run: RunSpec = RunSpec()
+
+    def __post_init__(self):
+        if self.run.eval_every and not self.data.eval:
+            raise ConfigError(f"run.eval_every={self.run.eval_every} needs data.eval shards (none given)")
 
 
 class ConfigError(ValueError):

@@ -175,7 +175,8 @@ def resolve_thinker_config(spec, tok) -> model_config.ThinkerConfig:
     from omnirrm_jax.data.tokenizer import thinker_token_ids
     from omnirrm_jax.models import params as P
 
-    runtime = dict(dtype=spec.dtype, param_dtype=spec.param_dtype, attention_backend=spec.attention_backend)
+    runtime = dict(dtype=spec.dtype, param_dtype=spec.param_dtype, attention_backend=spec.attention_backend,
+                   remat=spec.remat)
     if spec.hf_path:
         return P.read_config(spec.hf_path, **runtime)
     cfg = model_config.PRESETS[spec.preset](**runtime)
@@ -204,6 +205,7 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
     from omnirrm_jax.training import config as config_lib
     from omnirrm_jax.training import optim
     from omnirrm_jax.training import sharding as S
+    from omnirrm_jax.training.evaluation import make_held_out_eval
     from omnirrm_jax.training.metrics import MetricWriter
     from omnirrm_jax.training.state import build_model, create_train_state
 
@@ -234,6 +236,7 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
 
     state, shardings = create_train_state(model_fn, tx, mesh, full_finetune=cfg.model.full_finetune)
     step_fn = jit_sft_step(state, tx, shardings)
+    evaluator = make_held_out_eval(cfg, tok, thinker_cfg, pcfg, mesh, state.graphdef)
     # ---- resume -----------------------------------------------------------------------------------
     ckpt = CheckpointManager(os.path.join(run.workdir, "checkpoints"), keep=run.keep_checkpoints)
     iterator = iter(dataset)
@@ -254,7 +257,7 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves((trainable, state.frozen)))
     lr_fn = optim.learning_rate_schedule(cfg.optim, total_updates)
     window = {"loss": [], "tokens": 0, "t": time.perf_counter()}
-    last = {}
+    last, last_eval = {}, {}
 
     def save(micro_now):
         ckpt.save(micro_now, state={"trainable": trainable, "opt_state": opt_state, "step": step},
@@ -281,6 +284,14 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
                       f"lr {last['train/lr']:.2e} {tps:.0f} tok/s", flush=True)
             window = {"loss": [], "tokens": 0, "t": time.perf_counter()}
 
+    def evaluate(micro_now):
+        nonlocal last_eval
+        last_eval = evaluator(trainable, state.frozen)
+        writer.write(micro_now, last_eval)
+        if progress:
+            print(f"eval {micro_now}/{total_micro} " + " ".join(f"{k[5:]} {v:.4g}" for k, v in last_eval.items()),
+                  flush=True)
+
     pending = None
     try:
         while micro < total_micro:
@@ -291,6 +302,8 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
             if pending is not None:
                 record(*pending)
             pending = (micro, host, m, step)
+            if evaluator is not None and (micro % run.eval_every == 0 or micro == total_micro):
+                evaluate(micro)
             stop = preempt.requested or (stop_after is not None and micro >= stop_after)
             if micro % run.save_every == 0 or stop:
                 save(micro)
@@ -305,5 +318,6 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
         writer.close()
         preempt.restore()
     final_state = TrainState(state.graphdef, trainable, state.frozen, opt_state, step)
-    return {"micro_steps": micro, "preempted": micro < total_micro, "metrics": last, "state": final_state,
+    return {"micro_steps": micro, "preempted": micro < total_micro, "metrics": last, "eval": last_eval,
+            "state": final_state,
             "tokenizer": tok, "thinker_config": thinker_cfg}
