@@ -160,8 +160,8 @@ class Judge:
                    max_length=args.max_length, batch_size=batch_size or args.batch_size, field=args.verdict_field,
                    modality=args.modality, template=args.template)
 
-    def prepare(self, key: Any, row: Any, opts):
-        """A `PreparedPair`, or an error record; never raises for a bad row."""
+    def prepare(self, key: Any, row: Any, opts, tok=None):
+        """A `PreparedPair`, or an error record; never raises for a bad row. `tok`: this thread's tokenizer."""
         from omnirrm_jax.eval import pairs
 
         try:
@@ -170,7 +170,8 @@ class Judge:
             if self.template and isinstance(row, dict) and "template" not in row:
                 row = dict(row, template=self.template)
             pair = pairs.check_pair(row, modality=self.modality)
-            return pairs.prepare_pair(pair, key, self.tok, self.cfg, opts, swap=self.swap, max_length=self.max_length)
+            return pairs.prepare_pair(pair, key, tok or self.tok, self.cfg, opts, swap=self.swap,
+                                      max_length=self.max_length)
         except pairs.PairError as e:
             reason, detail = e.reason, e.detail
         except Exception as e:  # noqa: BLE001 - one broken row (or a decoder bug) must not stop a long run
@@ -237,10 +238,11 @@ class Judge:
         stats: dict[str, Any] = collections.Counter()
         errors: collections.Counter = collections.Counter()
         agree: list[tuple] = []
-        prep = lambda chunk: [self.prepare(n, r, opts) for n, r in chunk]  # noqa: E731
+        prep_tok = _thread_copy(self.tok)
+        prep = lambda chunk: [self.prepare(n, r, opts, prep_tok) for n, r in chunk]  # noqa: E731
         with open(output_path, "a", encoding="utf-8") as out, \
                 tqdm(total=len(rows), initial=len(rows) - len(pending), unit="pair", file=sys.stderr) as bar, \
-                cf.ThreadPoolExecutor(1) as pool:  # media of the next window decode while this one is judged
+                cf.ThreadPoolExecutor(1) as pool:  # the next window's media decode while this one is judged
             nxt = pool.submit(prep, chunks[0]) if chunks else None
             for c in range(len(chunks)):
                 prepared = nxt.result()
@@ -272,6 +274,20 @@ class Judge:
 
             summary["swap_consistency"], summary["swap_pairs"] = swap_consistency(agree)
         return summary
+
+
+def _thread_copy(tok):
+    """A second tokenizer instance for the preparing thread: one HF fast tokenizer used from two threads can raise
+    "Already borrowed" (encode reconfigures the shared Rust object; transformers#47085, tokenizers#537)."""
+    import copy
+
+    from omnirrm_jax.data.tokenizer import HFTokenizer, SentencePieceTokenizer
+
+    if isinstance(tok, SentencePieceTokenizer):
+        return SentencePieceTokenizer(tok.model_proto)
+    if isinstance(tok, HFTokenizer):
+        return HFTokenizer(copy.deepcopy(tok.hf))
+    raise TypeError(f"no thread-private copy for tokenizer type {type(tok).__name__}")
 
 
 def _order(result: dict, swapped: bool) -> dict:

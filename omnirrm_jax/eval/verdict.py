@@ -172,6 +172,8 @@ def candidate_logprobs(model, inputs: dict[str, Any], sites: Sequence[VerdictSit
     if len(sites) != B:
         raise ValueError(f"{len(sites)} verdict sites for a batch of {B} prompts")
     live = [s for s in sites if s is not None]
+    if not live:  # nothing to score: skip the device pass
+        return np.full((B, len(VERDICTS)), np.nan)
     K = _bucket(max((len(s.prefix) for s in live), default=0), min_prefix)
     M = _bucket(max((len(c) for s in live for c in s.candidates), default=0), min_label)
     prefix = np.zeros((B, K), np.int32)

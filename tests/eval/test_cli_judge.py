@@ -206,3 +206,5 @@ def test_tokenizer_from_the_hf_dir_byte_level_bpe(tmp_path_factory, capsys):
     tok = bpe["tok"]
     site = V.locate(tok, tok.encode(rec["text"]), "better")
     assert [tok.decode(c) for c in site.candidates] == ["A", "B", "equal"]  # whole pre-tokens: no boundary gap
+    twin = CJ._thread_copy(tok)  # the batch runner's preparing thread gets its own Rust tokenizer
+    assert twin.hf is not tok.hf and twin.encode(rec["text"]) == tok.encode(rec["text"])
