@@ -2,16 +2,20 @@
 the optimizer state, step, RNG key, the data-iterator state and the resolved config.
 
 Orbax writes into a temporary directory and renames it when complete, so an interrupted save is never
-picked up; leftovers are cleaned at start-up. Restoring takes abstract targets carrying shardings, so a
-run can resume on a different mesh.
+picked up; leftovers are cleaned at start-up. Old checkpoints past keep-N are first renamed into `TRASH`
+(atomic) and removed from there, so a kill during that removal never leaves a half-deleted step listed.
+Restoring takes abstract targets carrying shardings, so a run can resume on a different mesh.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
 import jax
+
+TRASH = "deleted"  # old checkpoints go here by rename before they are removed
 
 
 class CheckpointManager:
@@ -21,9 +25,21 @@ class CheckpointManager:
         self.directory = os.path.abspath(directory)
         os.makedirs(self.directory, exist_ok=True)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
-                                               enable_async_checkpointing=async_save)
+                                               enable_async_checkpointing=async_save, todelete_subdir=TRASH)
         self._ocp = ocp
         self._mngr = ocp.CheckpointManager(self.directory, options=options)
+        # Orbax cleans unfinished (temporary) step directories in a background thread and waits for it only at
+        # the first save; a resuming run lists and restores first, so wait here (tests/checkpoint kill -9 test).
+        self._mngr._maybe_await_cleanup_tmp_directory()
+        self._empty_trash()
+
+    def _empty_trash(self) -> None:
+        """Removes checkpoints that keep-N retired (the primary process only: one shared directory)."""
+        trash = os.path.join(self.directory, TRASH)
+        if jax.process_index() != 0 or not os.path.isdir(trash):
+            return
+        for name in os.listdir(trash):
+            shutil.rmtree(os.path.join(trash, name), ignore_errors=True)
 
     def latest_step(self) -> int | None:
         return self._mngr.latest_step()
@@ -39,6 +55,7 @@ class CheckpointManager:
         from omnirrm_jax.training.distributed import allgather_json
 
         ocp = self._ocp
+        self._empty_trash()
         per_process = {"process_count": jax.process_count(), "processes": allgather_json(data_state or {})}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta),
                                   data=ocp.args.JsonSave(per_process))
@@ -73,6 +90,7 @@ class CheckpointManager:
     def close(self) -> None:
         self._mngr.wait_until_finished()
         self._mngr.close()
+        self._empty_trash()
 
 
 def abstract_like(tree: Any, shardings: Any | None = None) -> Any:
