@@ -45,6 +45,7 @@ def _build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
     exp.add_argument("--base-hf", default=None, help="base HF dir, if the run's model.hf_path has moved")
     exp.set_defaults(func=_cmd_export)
+    sub.add_parser("plan", add_help=False, help="per-device memory of a run config on a mesh: `omnirrm plan --help`")
     # prep parses its own options; main() hands it argv before argparse sees them.
     sub.add_parser("prep", add_help=False, help="ms-swift JSONL + media -> ArrayRecord shards: `omnirrm prep --help`")
     return p
@@ -111,6 +112,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["plan"]:
+        from omnirrm_jax.training import plan
+
+        return plan.main(argv[1:])
     if argv[:1] == ["prep"]:
         from data_prep import prep
 

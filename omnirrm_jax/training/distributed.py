@@ -9,8 +9,9 @@ Environment, first match wins:
   OMNIRRM_DISTRIBUTED=0               never initialise (debugging one worker of a pod by hand)
   OMNIRRM_COORDINATOR=host:port       explicit: with OMNIRRM_NUM_PROCESSES and OMNIRRM_PROCESS_ID
     (or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID; JAX_LOCAL_DEVICE_IDS passes through)
-  SLURM_JOB_ID + SLURM_NTASKS > 1     SLURM: JAX reads the task layout itself (one task per host or per GPU)
-  OMPI_COMM_WORLD_SIZE > 1            Open MPI (mpirun)
+  SLURM_JOB_ID + SLURM_NTASKS > 1     SLURM: JAX reads the task layout itself and binds each task to the GPU of
+                                      its local rank, so start one task per GPU
+  OMPI_COMM_WORLD_SIZE > 1            Open MPI (mpirun; the same one-GPU-per-rank binding)
   TPU_WORKER_HOSTNAMES with a comma,  a TPU slice of several workers: JAX asks the TPU metadata
     or OMNIRRM_DISTRIBUTED=auto       (launch/tpu_pod.sh sets auto)
 """

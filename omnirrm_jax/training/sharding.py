@@ -111,3 +111,23 @@ def batch_sharding(mesh: Mesh, ndim: int, batch_axis: int = 0, rules: Mapping[st
 
 def describe(mesh: Mesh) -> str:
     return " x ".join(f"{k}={v}" for k, v in mesh.shape.items()) + f" ({np.prod(list(mesh.shape.values()))} devices)"
+
+
+def optimizer_shardings(abstract_opt_state: Any, trainable_shardings: Any, mesh: Mesh) -> Any:
+    """Shardings for an optimizer state (a `jax.eval_shape(tx.init, ...)` tree): a leaf that mirrors a parameter
+    (Adam's mu / nu, accumulated gradients: its path ends with the parameter's path) gets that parameter's
+    sharding; anything else (step counts) is replicated. Without this, `jit(tx.init)` returns the state
+    replicated, and FSDP would shard the weights yet keep whole copies of the moments on every device."""
+    by_path = {tuple(path): (sh.get_value() if isinstance(sh, nnx.Variable) else sh)
+               for path, sh in nnx.to_flat_state(trainable_shardings)}
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def one(path, leaf):
+        keys = tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+        for i in range(len(keys)):
+            sh = by_path.get(keys[i:])
+            if sh is not None and len(sh.spec) <= len(leaf.shape):
+                return sh
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(one, abstract_opt_state)

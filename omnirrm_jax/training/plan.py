@@ -1,0 +1,298 @@
+"""`omnirrm plan`: per-device memory of a training run on a given mesh, before renting the machines.
+
+Parameters, gradients and optimizer state are exact: the model is built abstractly (`nnx.eval_shape`, nothing is
+allocated), each variable gets the sharding the trainer would give it (`training.sharding` rules on an
+`AbstractMesh` of the requested shape) and its per-device shard shape is summed; the optimizer state is
+`jax.eval_shape(tx.init)` of the trainable state, each leaf sharded like the parameter it mirrors.
+
+Activations and the KV cache are a model (what the decoder keeps for the backward pass), per device:
+  T = rows_dev * S tokens (rows_dev = rows / (data * fsdp), S = the longest sequence bucket, or for GRPO the
+  prompt bucket + max_completion_length); b = bytes of the compute dtype; head and MLP widths divided by tensor.
+  Per decoder layer and token, in elements:
+    none  4D + 3(N+K)H/tp + 4F/tp (+ 2*N/tp*S attention probabilities with XLA attention; the cuDNN / splash
+          kernels keep only a log-sum-exp) (+ r per LoRA target)
+    dots  3D + (N+2K)H/tp + 2F/tp   (the projection outputs and the layer input)
+    full  D (the layer input) + one layer's `none` activations while it is recomputed
+  plus the loss: one 1024-token chunk of float32 logits and their gradient (vocab / tp), and two (T, D) buffers
+  (embeddings, final hidden). The vision / audio towers are not counted: their tokens are part of T, and with
+  the ViT frozen their activations are not kept. GRPO rollouts add the KV cache:
+    rows_dev(batch * G) * (prompt + completion) * layers * 2 (K, V) * K/tp * H * b.
+Peak = params + optimizer + max(gradients + activations, KV cache): the cache is dropped before the update.
+Compiler temporaries and fragmentation are not modelled; leave ~10-15% headroom.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AbstractMesh, AxisType, NamedSharding
+
+GiB = 1024 ** 3
+HBM_GIB = {"gpu": 80.0, "h100": 80.0, "h200": 141.0, "tpu-v5e": 16.0, "tpu-v5p": 95.0, "tpu-v4": 32.0}
+# The three layouts printed when no --devices is given: (name, devices, platform).
+STANDARD_LAYOUTS = (("1 x 80 GB GPU", 1, "gpu"), ("8 x 80 GB GPU", 8, "gpu"), ("TPU v5e-16", 16, "tpu-v5e"))
+LORA_TARGETS_PER_LAYER = 7  # q, k, v, o, gate, up, down
+LOSS_CHUNK = 1024  # losses.token_logprobs' default
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """What one micro-step processes (global), read from the run config."""
+
+    mode: str  # sft | grpo
+    rows: int  # sequences in the training step
+    seq: int  # their length
+    kv_rows: int = 0  # GRPO rollout sequences held in the KV cache
+    kv_seq: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    layout: str
+    mesh: dict
+    params: int
+    grads: int
+    optimizer: int
+    act_none: int
+    act_remat: int
+    kv_cache: int
+    remat: str
+    hbm: float  # GiB per device
+    rows_dev: float  # training rows per device (not a whole number: the batch does not split evenly)
+
+    @property
+    def total(self) -> int:
+        """Peak: parameters and optimizer state live throughout; the step's gradients and activations and the
+        rollout's KV cache are not alive at the same time (the cache is dropped before the update)."""
+        act = self.act_none if self.remat == "none" else self.act_remat
+        return self.params + self.optimizer + max(self.grads + act, self.kv_cache)
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+
+def load_run_config(path: str, overrides=()):
+    """SFTConfig or GRPOConfig (a `grpo:` section decides)."""
+    import yaml
+
+    from omnirrm_jax.training import config as config_lib
+
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    if "grpo" in raw:
+        from omnirrm_jax.training.grpo_config import GRPOConfig
+
+        return config_lib.load_config(path, overrides, cls=GRPOConfig)
+    return config_lib.load_config(path, overrides)
+
+
+def thinker_config(cfg, preset: str | None = None):
+    """The model config without loading weights: `model.hf_path`'s config.json when present, else `preset`
+    (or the config's), else a preset guessed from the path's name (a 7B or 3B directory). Returns (cfg, note)."""
+    from omnirrm_jax.models import config as model_config
+    from omnirrm_jax.models import params as P
+
+    spec = cfg.model
+    remat = spec.remat if isinstance(spec.remat, str) else ("full" if spec.remat else "none")
+    runtime = dict(dtype=spec.dtype, param_dtype=spec.param_dtype, remat=remat)
+    if preset is None and spec.hf_path and os.path.exists(os.path.join(spec.hf_path, "config.json")):
+        return P.read_config(spec.hf_path, **runtime), f"config of {spec.hf_path}"
+    name = preset or spec.preset
+    note = f"preset {name}"
+    if name is None and spec.hf_path:
+        base = os.path.basename(os.path.normpath(spec.hf_path)).lower()
+        name = "omni_7b" if "7b" in base else "omni_3b" if "3b" in base else None
+        note = f"{spec.hf_path} not found here; preset {name} guessed from its name (--preset to choose)"
+    if name not in model_config.PRESETS:
+        raise ValueError(f"no model config: model.hf_path {spec.hf_path!r} is not readable here and no preset "
+                         f"is given; pass --preset one of {sorted(model_config.PRESETS)}")
+    return model_config.PRESETS[name](**runtime), note
+
+
+def workload(cfg) -> Workload:
+    from omnirrm_jax.data.pipeline import PipelineConfig
+
+    pcfg = PipelineConfig(**{**cfg.data.pipeline, "mode": "sft"})
+    seq = pcfg.length_limit if pcfg.max_length else max(pcfg.seq_buckets)
+    seq = min(b for b in pcfg.seq_buckets if b >= seq)
+    grpo = getattr(cfg, "grpo", None)
+    if grpo is None:
+        return Workload("sft", pcfg.batch_size, seq)
+    rows = pcfg.batch_size * grpo.num_generations
+    total = seq + grpo.max_completion_length
+    return Workload("grpo", grpo.rows_per_chunk or rows, total, kv_rows=rows, kv_seq=total)
+
+
+def parse_mesh(text: str | None, devices: int, default) -> dict:
+    """'data=2,fsdp=4' (missing axes 1, one may be -1) -> {'data': .., 'fsdp': .., 'tensor': ..} for `devices`."""
+    from omnirrm_jax.training.sharding import MESH_AXES, MeshConfig
+
+    if text:
+        vals = {}
+        for part in text.split(","):
+            k, _, v = part.partition("=")
+            if k.strip() not in MESH_AXES or not v.strip().lstrip("-").isdigit():
+                raise ValueError(f"--mesh {text!r}: {part!r} is not one of {'/'.join(MESH_AXES)}=INT")
+            vals[k.strip()] = int(v)
+        default = MeshConfig(**{a: vals.get(a, 1) for a in MESH_AXES})
+    return dict(zip(MESH_AXES, default.shape(devices)))
+
+
+# ------------------------------------------------------------------------------------------------ arithmetic
+
+def abstract_mesh(mesh: dict) -> AbstractMesh:
+    return AbstractMesh(tuple(mesh.values()), tuple(mesh), axis_types=(AxisType.Auto,) * len(mesh))
+
+
+def _nbytes(shape, dtype) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+def sharded_state_bytes(state, mesh: AbstractMesh) -> tuple[int, dict]:
+    """(bytes per device, {path: shard shape}) of an abstract NNX state under the trainer's sharding rules."""
+    from omnirrm_jax.training import sharding as S
+
+    shardings = S.state_shardings(state, mesh)
+    total, shapes = 0, {}
+    for (path, var), (_, sh) in zip(nnx.to_flat_state(state), nnx.to_flat_state(shardings)):
+        sh = sh.get_value() if isinstance(sh, nnx.Variable) else sh
+        shard = sh.shard_shape(var.shape)
+        shapes[path] = shard
+        total += _nbytes(shard, var.dtype)
+    return total, shapes
+
+
+def optimizer_bytes(tx, abstract_trainable, mesh: AbstractMesh) -> int:
+    """Per-device bytes of `tx.init(trainable)`, sharded as the trainer shards it (`optimizer_shardings`)."""
+    from omnirrm_jax.training import sharding as S
+
+    opt = jax.eval_shape(tx.init, abstract_trainable)
+    shardings = S.optimizer_shardings(opt, S.state_shardings(abstract_trainable, mesh), mesh)
+    return sum(_nbytes(sh.shard_shape(leaf.shape), leaf.dtype)
+               for leaf, sh in zip(jax.tree.leaves(opt), jax.tree.leaves(shardings)))
+
+
+def activation_bytes(tcfg, work: Workload, mesh: dict, *, remat: str, lora_rank: int | None,
+                     flash: bool) -> int:
+    """The activation model of the module docstring (bytes per device)."""
+    t = tcfg.text
+    dp, tp = mesh["data"] * mesh["fsdp"], mesh["tensor"]
+    split = lambda n: n // tp if n % tp == 0 else n  # noqa: E731 - the sharding rules replicate what tp does not divide
+    rows = -(-work.rows // dp)
+    T, S, D, H = rows * work.seq, work.seq, t.hidden_size, t.head_dim
+    qh, kh, f = split(t.num_heads) * H, split(t.num_kv_heads) * H, split(t.intermediate_size)
+    b = np.dtype(tcfg.dtype).itemsize
+    full_layer = 4 * D + 3 * qh + 3 * kh + 4 * f + (LORA_TARGETS_PER_LAYER * lora_rank if lora_rank else 0)
+    if not flash:
+        full_layer += 2 * split(t.num_heads) * S
+    per_layer = {"none": full_layer, "dots": 3 * D + qh + 2 * kh + 2 * f, "full": D}[remat]
+    layers = t.num_layers * per_layer + (full_layer if remat != "none" else 0)
+    loss = 2 * rows * min(LOSS_CHUNK, S) * split(t.vocab_size) * 4
+    return T * b * layers + loss + 2 * T * D * b
+
+
+def kv_cache_bytes(tcfg, work: Workload, mesh: dict) -> int:
+    if not work.kv_rows:
+        return 0
+    t = tcfg.text
+    rows = -(-work.kv_rows // (mesh["data"] * mesh["fsdp"]))
+    k = t.num_kv_heads // mesh["tensor"] if t.num_kv_heads % mesh["tensor"] == 0 else t.num_kv_heads
+    return rows * work.kv_seq * t.num_layers * 2 * k * t.head_dim * np.dtype(tcfg.dtype).itemsize
+
+
+@functools.lru_cache(maxsize=4)
+def _abstract_state(tcfg, spec) -> tuple:
+    """(trainable, frozen) abstract states; cached, as building a 7B graph takes a while and every layout needs it."""
+    from omnirrm_jax.models.thinker import Thinker
+    from omnirrm_jax.training import lora as lora_lib
+    from omnirrm_jax.training.state import trainable_filter
+
+    def build():
+        model = Thinker(tcfg, rngs=nnx.Rngs(0))
+        if not spec.full_finetune:
+            lora_lib.apply_lora(model, spec.lora, nnx.Rngs(1))
+        return model
+
+    _, trainable, frozen = nnx.split(nnx.eval_shape(build), trainable_filter(spec.full_finetune), ...)
+    return trainable, frozen
+
+
+def plan_row(cfg, tcfg, mesh: dict, *, layout: str, hbm: float, platform: str) -> Row:
+    """One layout's per-device memory (see the module docstring)."""
+    from omnirrm_jax.training import optim
+
+    spec = cfg.model
+    trainable, frozen = _abstract_state(tcfg, spec)
+    amesh = abstract_mesh(mesh)
+    train_b, _ = sharded_state_bytes(trainable, amesh)
+    frozen_b, _ = sharded_state_bytes(frozen, amesh)
+    tx = optim.make_optimizer(cfg.optim, 1000)
+    opt_b = optimizer_bytes(tx, trainable, amesh)
+    work = workload(cfg)
+    grpo = getattr(cfg, "grpo", None)
+    params = train_b + frozen_b
+    if grpo is not None and spec.full_finetune and grpo.beta != 0:
+        params += train_b  # the frozen initial policy kept for the KL term
+    flash = platform != "cpu" and tcfg.attention_backend != "xla"
+    lora_rank = None if spec.full_finetune else spec.lora.rank
+    remat = tcfg.remat
+    act_none = activation_bytes(tcfg, work, mesh, remat="none", lora_rank=lora_rank, flash=flash)
+    act_remat = activation_bytes(tcfg, work, mesh, remat="full" if remat == "none" else remat, lora_rank=lora_rank,
+                                 flash=flash)
+    return Row(layout, mesh, params, train_b, opt_b, act_none, act_remat, kv_cache_bytes(tcfg, work, mesh),
+               remat, hbm, work.rows / (mesh["data"] * mesh["fsdp"]))
+
+
+# ------------------------------------------------------------------------------------------------ output
+
+def format_table(rows: list[Row], remat_name: str) -> str:
+    head = ["layout", "mesh d/f/t", "rows/dev", "params", "grads", "optimizer", "act", f"act {remat_name}", "kv cache",
+            "total", "HBM", "fits"]
+    lines = [head]
+    for r in rows:
+        g = lambda x: f"{x / GiB:.2f}"  # noqa: E731
+        fits = "yes" if r.total <= 0.9 * r.hbm * GiB else "no"
+        lines.append([r.layout, f"{r.mesh['data']}/{r.mesh['fsdp']}/{r.mesh['tensor']}", f"{r.rows_dev:g}",
+                      g(r.params), g(r.grads), g(r.optimizer), g(r.act_none), g(r.act_remat), g(r.kv_cache),
+                      g(r.total), f"{r.hbm:.0f}", fits if r.rows_dev == int(r.rows_dev) else "batch!"])
+    widths = [max(len(str(x[i])) for x in lines) for i in range(len(head))]
+    return "\n".join("  ".join(str(c).rjust(w) for c, w in zip(line, widths)) for line in lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="omnirrm plan", description=__doc__.split("\n\n")[0])
+    p.add_argument("config", help="SFT or GRPO YAML run config")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    p.add_argument("--devices", type=int, default=None, help="devices; default: the three standard layouts")
+    p.add_argument("--mesh", default=None, help="data=..,fsdp=..,tensor=.. (default: the config's mesh)")
+    p.add_argument("--platform", default="gpu", choices=sorted(HBM_GIB), help="sets the HBM per device")
+    p.add_argument("--preset", default=None, help="model preset when model.hf_path is not readable here")
+    args = p.parse_args(argv)
+    cfg = load_run_config(args.config, args.overrides)
+    tcfg, note = thinker_config(cfg, args.preset)
+    work = workload(cfg)
+    layouts = ([(f"{args.devices} x {args.platform}", args.devices, args.platform)] if args.devices
+               else STANDARD_LAYOUTS)
+    rows = []
+    for name, n, platform in layouts:
+        meshes = [parse_mesh(args.mesh, n, cfg.mesh)]
+        if not args.mesh and n > 1 and meshes[0]["fsdp"] != n:
+            meshes.append({"data": 1, "fsdp": n, "tensor": 1})  # the all-FSDP alternative
+        for mesh in meshes:
+            rows.append(plan_row(cfg, tcfg, mesh, layout=name, hbm=HBM_GIB[platform], platform=platform))
+    remat = tcfg.remat if tcfg.remat != "none" else "full"
+    print(f"model: {note}; {cfg.model.param_dtype} params, {cfg.model.dtype} compute, "
+          f"{'full fine-tuning' if cfg.model.full_finetune else f'LoRA r={cfg.model.lora.rank}'}")
+    print(f"step: {work.mode}, {work.rows} rows x {work.seq} tokens"
+          + (f"; rollout KV cache {work.kv_rows} rows x {work.kv_seq} tokens" if work.kv_rows else ""))
+    print(f"per-device GiB; total = params + optimizer + max(grads + act, kv cache) with remat={tcfg.remat}; "
+          "'fits' leaves 10% of HBM for XLA temporaries; 'batch!': the batch does not split over data x fsdp")
+    print(format_table(rows, remat))
+    return 0

@@ -1,0 +1,119 @@
+"""`omnirrm plan` arithmetic: parameter / gradient / optimizer bytes per device equal those of the real sharded
+train state on 8 fake devices; the activation and KV-cache models equal their documented formulas."""
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from omnirrm_jax import cli
+from omnirrm_jax.models import config as model_config
+from omnirrm_jax.models.text import init_cache
+from omnirrm_jax.training import optim
+from omnirrm_jax.training import plan as PL
+from omnirrm_jax.training.config import ModelSpec, SFTConfig
+from omnirrm_jax.training.lora import LoraConfig
+from omnirrm_jax.training.sharding import MeshConfig, make_mesh
+from omnirrm_jax.training.state import build_model, create_train_state
+
+
+def _on_device0(tree) -> int:
+    dev = jax.devices()[0]
+    return sum(s.data.nbytes for x in jax.tree.leaves(tree) for s in x.addressable_shards if s.device == dev)
+
+
+@pytest.mark.parametrize("full_finetune", [False, True])
+@pytest.mark.parametrize("mesh", [dict(data=2, fsdp=2, tensor=2), dict(data=1, fsdp=8, tensor=1),
+                                  dict(data=1, fsdp=2, tensor=4)])
+def test_sharded_sizes_equal_the_real_train_state(full_finetune, mesh):
+    tcfg = model_config.tiny(param_dtype="float32", dtype="float32")
+    cfg = SFTConfig(model=ModelSpec(full_finetune=full_finetune, lora=LoraConfig(rank=4, alpha=8.0)))
+    row = PL.plan_row(cfg, tcfg, mesh, layout="t", hbm=80, platform="gpu")
+    tx = optim.make_optimizer(cfg.optim, 10)
+    state, _ = create_train_state(lambda: build_model(tcfg, hf_path=None, lora_cfg=None if full_finetune else
+                                                      cfg.model.lora, lora_path=None, seed=0),
+                                  tx, make_mesh(MeshConfig(**mesh)), full_finetune=full_finetune)
+    assert row.params == _on_device0((state.trainable, state.frozen))
+    assert row.grads == _on_device0(state.trainable)
+    assert row.optimizer == _on_device0(state.opt_state)
+    # sharding really splits something (otherwise the test would not check the rules)
+    unsharded = PL.plan_row(cfg, tcfg, dict(data=8, fsdp=1, tensor=1), layout="t", hbm=80, platform="gpu")
+    assert row.params < unsharded.params and unsharded.params == _nbytes_total(state.trainable, state.frozen)
+
+
+def _nbytes_total(*trees) -> int:
+    return sum(x.nbytes for x in jax.tree.leaves(trees))
+
+
+def test_activation_model_by_hand():
+    """The docstring's formulas on a hand-sized config: D=64, N=4, K=2, H=16, F=128, L=2, V=512, bf16."""
+    tcfg = model_config.tiny(dtype="bfloat16")
+    t = tcfg.text
+    assert (t.hidden_size, t.num_heads, t.num_kv_heads, t.head_dim, t.intermediate_size, t.num_layers) == \
+        (64, 4, 2, 16, 128, 2)
+    V = t.vocab_size
+    work = PL.Workload("sft", rows=8, seq=256)
+    mesh = dict(data=2, fsdp=2, tensor=2)  # 2 rows per device, heads / MLP halved
+    T = 2 * 256
+    full_layer = 4 * 64 + 3 * 2 * 16 + 3 * 1 * 16 + 4 * 64  # 4D + 3NH/tp + 3KH/tp + 4F/tp
+    loss = 2 * 2 * 256 * (V // 2) * 4
+    emb = 2 * T * 64 * 2
+    got = lambda remat, **kw: PL.activation_bytes(tcfg, work, mesh, remat=remat, lora_rank=None, flash=True, **kw)  # noqa: E731
+    assert got("none") == T * 2 * (2 * full_layer) + loss + emb
+    assert got("full") == T * 2 * (2 * 64 + full_layer) + loss + emb
+    assert got("dots") == T * 2 * (2 * (3 * 64 + 32 + 2 * 16 + 2 * 64) + full_layer) + loss + emb
+    xla = PL.activation_bytes(tcfg, work, mesh, remat="none", lora_rank=8, flash=False)
+    assert xla - got("none") == T * 2 * 2 * (7 * 8 + 2 * 2 * 256)  # LoRA r per target + attention probabilities
+
+
+def test_kv_cache_equals_the_decoder_cache():
+    tcfg = model_config.tiny(dtype="bfloat16")
+    work = PL.Workload("grpo", rows=6, seq=300, kv_rows=6, kv_seq=300)
+    cache = jax.eval_shape(lambda: init_cache(tcfg, 6, 300))
+    kv = sum(x.size * x.dtype.itemsize for x in cache.k + cache.v)
+    assert PL.kv_cache_bytes(tcfg, work, dict(data=1, fsdp=1, tensor=1)) == kv
+    assert PL.kv_cache_bytes(tcfg, work, dict(data=3, fsdp=1, tensor=2)) == kv // 3 // 2
+    assert PL.kv_cache_bytes(tcfg, PL.Workload("sft", 6, 300), dict(data=1, fsdp=1, tensor=1)) == 0
+
+
+def test_workloads_from_the_reference_configs():
+    sft = PL.workload(PL.load_run_config("configs/sft_7b_lora.yaml"))
+    assert (sft.mode, sft.rows, sft.seq, sft.kv_rows) == ("sft", 8, 3072, 0)
+    grpo_cfg = PL.load_run_config("configs/grpo_7b_lora.yaml")
+    g = PL.workload(grpo_cfg)
+    assert (g.mode, g.rows, g.seq, g.kv_rows) == ("grpo", 4 * 2, 6144 + 1024, 8)
+    tcfg, note = PL.thinker_config(grpo_cfg)
+    assert tcfg.text.num_layers == 28 and "guessed" in note and tcfg.remat == "full"
+
+
+def test_mesh_parsing():
+    assert PL.parse_mesh("fsdp=4,tensor=2", 8, MeshConfig()) == {"data": 1, "fsdp": 4, "tensor": 2}
+    assert PL.parse_mesh(None, 16, MeshConfig(data=-1, tensor=2)) == {"data": 8, "fsdp": 1, "tensor": 2}
+    with pytest.raises(ValueError, match="needs 8 devices, 4 available"):
+        PL.parse_mesh("fsdp=8", 4, MeshConfig())
+    with pytest.raises(ValueError, match="'model=2' is not one of"):
+        PL.parse_mesh("model=2", 2, MeshConfig())
+
+
+def test_cli_on_a_tiny_config(tmp_path, capsys):
+    path = tmp_path / "tiny.yaml"
+    path.write_text("model: {preset: tiny, full_finetune: true}\n"
+                    "data: {pipeline: {batch_size: 8, seq_buckets: [128, 256]}}\n")
+    assert cli.main(["plan", str(path), "--devices", "8", "--mesh", "data=2,fsdp=4"]) == 0
+    out = capsys.readouterr().out
+    assert "step: sft, 8 rows x 256 tokens" in out and "8 x gpu" in out and "2/4/1" in out, out
+
+
+@pytest.mark.slow
+def test_cli_prints_the_standard_layouts(capsys):
+    assert cli.main(["plan", "configs/grpo_7b_lora.yaml"]) == 0
+    out = capsys.readouterr().out
+    for name in ("1 x 80 GB GPU", "8 x 80 GB GPU", "TPU v5e-16", "kv cache", "1/16/1"):
+        assert name in out, out
+    # 7B thinker in bf16 on one device: ~8.9e9 parameters
+    line = next(x for x in out.splitlines() if x.strip().startswith("1 x 80 GB GPU"))
+    assert 16.0 < float(line.split()[7]) < 17.5, line
+    assert cli.main(["plan", "configs/sft_3b_lora.yaml", "--devices", "4", "--mesh", "fsdp=4",
+                     "--platform", "tpu-v5e"]) == 0
+    assert "4 x tpu-v5e" in capsys.readouterr().out
