@@ -100,7 +100,10 @@ class Attention(nnx.Module):
         k = self.k_proj(x_BTD).reshape(B, T, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x_BTD).reshape(B, T, self.num_kv_heads, self.head_dim)
         q, k = apply_rotary(q, cos_BTH, sin_BTH), apply_rotary(k, cos_BTH, sin_BTH)
-        if layer_cache is None:
+        is_causal = False
+        if layer_cache is None and mask_BS is None:  # rows compacted by TextModel: causality is the whole mask
+            mask_BTS, is_causal = None, True
+        elif layer_cache is None:
             causal_TS = jnp.tril(jnp.ones((T, T), bool))
             mask_BTS = causal_TS[None] & mask_BS[:, None, :]
         else:
@@ -111,7 +114,7 @@ class Attention(nnx.Module):
             slot_S = jnp.arange(k.shape[1])
             causal_TS = slot_S[None, :] <= (cache_index + jnp.arange(T))[:, None]
             mask_BTS = causal_TS[None] & mask_BS[:, None, :]
-        out = L.attention(q, k.astype(q.dtype), v.astype(q.dtype), mask_BTS=mask_BTS,
+        out = L.attention(q, k.astype(q.dtype), v.astype(q.dtype), mask_BTS=mask_BTS, is_causal=is_causal,
                           scale=self.head_dim ** -0.5, backend=self.backend)
         return self.o_proj(out.reshape(B, T, -1)), layer_cache
 
@@ -141,6 +144,11 @@ class DecoderLayer(nnx.Module):
         x = x + h
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, layer_cache
+
+
+def _take_rows(x_BT_: jax.Array, index_BT: jax.Array) -> jax.Array:
+    """x[b, index[b, t], ...] for (B, T, ...) arrays: a per-row permutation of the token axis."""
+    return jnp.take_along_axis(x_BT_, index_BT.reshape(index_BT.shape + (1,) * (x_BT_.ndim - 2)), axis=1)
 
 
 def _rematerialised(layer: DecoderLayer, policy: str, x, cos, sin, mask_BS) -> jax.Array:
@@ -187,15 +195,23 @@ class TextModel(nnx.Module):
         B, T, _ = x.shape
         head_dim, theta, section = self.rope
         cos, sin = mrope_cos_sin(positions_3BT, head_dim=head_dim, theta=theta, section=section, dtype=self.dtype)
+        back_BT = None
         if cache is None:
-            mask_BS = jnp.ones((B, T), bool) if attention_mask_BT is None else attention_mask_BT.astype(bool)
+            # Each row's real tokens move to the front (order kept) and padding to the end, so every real query
+            # sees exactly the keys the padding mask allows under a plain causal mask: attention runs as a
+            # causal flash kernel with no (B, T, T) mask. Position ids travel with their tokens; undone below.
+            mask_BS = None
+            if attention_mask_BT is not None:
+                order_BT = jnp.argsort(~attention_mask_BT.astype(bool), axis=-1, stable=True)
+                back_BT = jnp.argsort(order_BT, axis=-1)
+                x, cos, sin = (_take_rows(a, order_BT) for a in (x, cos, sin))
         else:
             mask_BS = cache.kv_mask
             cache_index = jnp.asarray(cache_index, jnp.int32)
         hidden, new_k, new_v = [], [], []
         for i, layer in enumerate(self.layers):
             if output_hidden_states:
-                hidden.append(x)
+                hidden.append(x if back_BT is None else _take_rows(x, back_BT))
             layer_cache = None if cache is None else (cache.k[i], cache.v[i])
             if cache is None and self.remat != "none":
                 x = _rematerialised(layer, self.remat, x, cos, sin, mask_BS)
@@ -204,6 +220,8 @@ class TextModel(nnx.Module):
             if layer_cache is not None:
                 new_k.append(layer_cache[0])
                 new_v.append(layer_cache[1])
+        if back_BT is not None:
+            x = _take_rows(x, back_BT)
         if output_hidden_states:
             hidden.append(x)
         new_cache = None if cache is None else dataclasses.replace(cache, k=new_k, v=new_v)
