@@ -18,7 +18,7 @@ def _build_parser() -> argparse.ArgumentParser:
     conv.set_defaults(func=_cmd_convert)
     bench = sub.add_parser("bench", help="benchmarks (decode, ...): `omnirrm bench NAME --help`",
                            add_help=False)
-    bench.add_argument("name", choices=["decode", "data", "grpo"], help="which benchmark")
+    bench.add_argument("name", choices=["decode", "data", "grpo", "sft"], help="which benchmark")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_cmd_bench)
     demo = sub.add_parser("demo", help="generate demo data, prep it, train a tiny judge, evaluate it (CPU: minutes)")

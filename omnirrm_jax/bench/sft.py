@@ -1,0 +1,231 @@
+"""`omnirrm bench sft`: tokens/s and MFU of our LoRA SFT step next to HF transformers + PEFT, on the same card
+in the same process.
+
+The reference's stage 1 (ms-swift): Qwen2.5-Omni-3B, LoRA r=8 alpha=32 on every linear layer of the LLM (and the
+vision merger and audio projector), one 3072-token sequence per device and step, bf16. Random weights and random
+token ids at those dimensions: step time depends on shapes, not values. Both sides run the whole optimizer step:
+forward, masked token cross-entropy over every position, backward to the LoRA factors, global-norm clipping,
+AdamW. HF runs with gradient checkpointing off and on; the faster is the baseline.
+
+MFU counts the model FLOPs of a frozen-base step and nothing else: 4·N per token (forward 2·N, backward 2·N for
+the activation gradients only; a frozen weight gets no gradient), N = the text decoder's matmul weights plus the
+output head, plus causal attention (QKᵀ and PV: forward 2·T·d per layer and token, backward twice that). Recompute
+(remat, gradient checkpointing) and the LoRA factors' own FLOPs are not counted, so the same step scores the same
+MFU whatever it rematerialises.
+
+HF runs first and releases its memory before JAX starts (JAX allocates on demand here, not 75 % up front).
+`--small` shrinks everything for a CPU smoke test (tests/bench).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import time
+
+import numpy as np
+
+
+# ----------------------------------------------------------------------------------------------------
+# Model FLOPs
+# ----------------------------------------------------------------------------------------------------
+
+def matmul_params(cfg) -> int:
+    """N: weights of the text decoder's matmuls and the output head (embedding lookups are not matmuls)."""
+    t = cfg.text
+    per_layer = (t.hidden_size * (t.num_heads + 2 * t.num_kv_heads) * t.head_dim
+                 + t.num_heads * t.head_dim * t.hidden_size + 3 * t.hidden_size * t.intermediate_size)
+    return t.num_layers * per_layer + t.vocab_size * t.hidden_size
+
+
+def flops_per_token(cfg, seq: int) -> float:
+    """Frozen-base LoRA step FLOPs per token: 4·N plus causal attention, forward + backward (module docstring)."""
+    t = cfg.text
+    attn_fwd = 2 * seq * t.num_heads * t.head_dim  # QKᵀ and PV: 2·2·T·d, halved by the causal mask
+    return 4 * matmul_params(cfg) + 3 * t.num_layers * attn_fwd
+
+
+# ----------------------------------------------------------------------------------------------------
+# Ours
+# ----------------------------------------------------------------------------------------------------
+
+def _batch(cfg, batch: int, seq: int) -> dict:
+    from omnirrm_jax.models.thinker import prepare_inputs
+
+    ids = np.random.default_rng(0).integers(1, min(cfg.text.vocab_size - 20, 20000), (batch, seq))
+    host = prepare_inputs(cfg, ids)
+    host["loss_mask"] = np.ones((batch, seq), np.int32)
+    return host
+
+
+def bench_ours(cfg, *, batch: int, seq: int, steps: int, warmup: int, remat: str, lora_rank: int) -> dict:
+    """Our jitted `sft_step` (donated state, LoRA-only AdamW) on all local devices, data-parallel."""
+    import jax
+
+    from omnirrm_jax.training import lora as lora_lib
+    from omnirrm_jax.training import optim, sft
+    from omnirrm_jax.training import sharding as S
+    from omnirrm_jax.training.state import build_model, create_train_state
+
+    cfg = dataclasses.replace(cfg, remat=remat)
+    mesh = S.make_mesh(S.MeshConfig(data=-1))
+    lora_cfg = lora_lib.LoraConfig(rank=lora_rank, alpha=4.0 * lora_rank, dtype="float32")  # PEFT keeps fp32 factors
+    tx = optim.make_optimizer(optim.OptimConfig(learning_rate=1e-5, warmup_ratio=0.0), steps + warmup)
+    t0 = time.perf_counter()
+    state, shardings = create_train_state(
+        lambda: build_model(cfg, hf_path=None, lora_cfg=lora_cfg, lora_path=None, seed=0), tx, mesh,
+        full_finetune=False)
+    init_s = time.perf_counter() - t0
+    step_fn = sft.jit_sft_step(state, tx, shardings)
+    host = _batch(cfg, batch * jax.device_count(), seq)
+    data = {k: jax.device_put(v, S.batch_sharding(mesh, v.ndim, batch_axis=1 if k == "position_ids" else 0))
+            for k, v in host.items()}
+    trainable, opt_state, step = state.trainable, state.opt_state, state.step
+    t0 = time.perf_counter()
+    trainable, opt_state, step, m = step_fn(trainable, state.frozen, opt_state, step, data)
+    jax.block_until_ready(m)
+    compile_s = time.perf_counter() - t0
+    for _ in range(warmup - 1):
+        trainable, opt_state, step, m = step_fn(trainable, state.frozen, opt_state, step, data)
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        trainable, opt_state, step, m = step_fn(trainable, state.frozen, opt_state, step, data)
+    jax.block_until_ready(m)
+    seconds = (time.perf_counter() - t0) / steps
+    peak = None
+    try:
+        peak = jax.devices()[0].memory_stats().get("peak_bytes_in_use")
+    except Exception:  # noqa: BLE001 - CPU devices have no memory stats
+        pass
+    out = {"remat": remat, "step_s": seconds, "tokens_per_s": batch * jax.device_count() * seq / seconds,
+           "loss": float(m["loss"]), "init_s": init_s, "first_step_s": compile_s,
+           "trainable_params": lora_lib.count_params(trainable), "peak_gib": peak and peak / 2**30}
+    del state, trainable, opt_state, data, step_fn
+    gc.collect()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# HF transformers + PEFT
+# ----------------------------------------------------------------------------------------------------
+
+def hf_lora_targets() -> str:
+    """Our LoRA targets (training.lora.DEFAULT_TARGETS) as a PEFT full-match regex over HF module names, which
+    differ by transformers version (`model.layers.*` or `model.language_model.layers.*`; the audio tower's own
+    `layers.*` must not match)."""
+    return (r"(?:.*\.)?(?:language_model|model)\.layers\.\d+\.(?:self_attn\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj)"
+            r"|(?:.*\.)?visual\.merger\.mlp\.[02]|(?:.*\.)?audio_tower\.proj")
+
+
+def bench_hf(cfg, *, batch: int, seq: int, steps: int, warmup: int, checkpointing: bool, lora_rank: int) -> dict:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
+
+    from omnirrm_jax.models.config import to_hf_dict
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    hf_cfg = Qwen2_5OmniThinkerConfig(**{k: v for k, v in to_hf_dict(cfg).items() if k != "architectures"})
+    hf_cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16 if cfg.param_dtype == "bfloat16" else torch.float32)
+    t0 = time.perf_counter()
+    with torch.device(dev):
+        model = Qwen2_5OmniThinkerForConditionalGeneration(hf_cfg)
+    torch.set_default_dtype(torch.float32)
+    model = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=4 * lora_rank, lora_dropout=0.0,
+                                             target_modules=hf_lora_targets()))
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    init_s = time.perf_counter() - t0
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.1, fused=dev == "cuda")
+    ids = torch.tensor(np.random.default_rng(0).integers(1, min(cfg.text.vocab_size - 20, 20000), (batch, seq)),
+                       device=dev)
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def step():
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    for _ in range(warmup):
+        loss = step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    sync()
+    seconds = (time.perf_counter() - t0) / steps
+    out = {"checkpointing": checkpointing, "step_s": seconds, "tokens_per_s": batch * seq / seconds,
+           "loss": float(loss), "init_s": init_s, "trainable_params": sum(p.numel() for p in params),
+           "attn": model.config._attn_implementation,
+           "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else None}
+    del model, opt, params, ids
+    gc.collect()
+    if dev == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="omnirrm bench sft", description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="omni_3b")
+    p.add_argument("--seq", type=int, default=3072)
+    p.add_argument("--batch", type=int, default=1, help="sequences per device and step")
+    p.add_argument("--steps", type=int, default=8, help="timed steps")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps (the first compiles)")
+    p.add_argument("--remat", default="none,dots", help="our remat policies to time (comma-separated)")
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--no-hf", action="store_true", help="skip the transformers + PEFT baseline")
+    p.add_argument("--small", action="store_true", help="tiny dims, fp32, short sequence: a CPU smoke test")
+    p.add_argument("--json", default=None, help="also write the result here")
+    args = p.parse_args(argv)
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # HF shares the card; JAX allocates on demand
+
+    from omnirrm_jax.models import config as C
+    from omnirrm_jax.training.sft import peak_flops_per_device
+
+    if args.small:
+        cfg, seq = C.tiny(dtype="float32", param_dtype="float32"), min(args.seq, 64)
+    else:
+        cfg, seq = C.PRESETS[args.preset](dtype="bfloat16", param_dtype="bfloat16"), args.seq
+    run = dict(batch=args.batch, seq=seq, steps=args.steps, warmup=args.warmup, lora_rank=args.lora_rank)
+    hf = [] if args.no_hf else [bench_hf(cfg, checkpointing=c, **run) for c in (False, True)]
+
+    import jax
+
+    ours = [bench_ours(cfg, remat=r, **run) for r in args.remat.split(",")]
+    fpt, peak = flops_per_token(cfg, seq), peak_flops_per_device()
+    n_dev = jax.device_count()
+    for row in hf + ours:
+        per_device = row["tokens_per_s"] / (n_dev if "remat" in row else 1)
+        row["mfu"] = per_device * fpt / peak if peak else None
+    best_ours = max(ours, key=lambda r: r["tokens_per_s"])
+    best_hf = max(hf, key=lambda r: r["tokens_per_s"]) if hf else None
+    result = {"bench": "sft", "device": jax.devices()[0].device_kind, "devices": n_dev,
+              "preset": "small" if args.small else args.preset, "seq": seq, "batch_per_device": args.batch,
+              "lora_rank": args.lora_rank, "flops_per_token": fpt, "peak_flops_per_device": peak,
+              "ours": ours, "hf": hf, "ours_best_tokens_per_s": best_ours["tokens_per_s"],
+              "ours_best_mfu": best_ours["mfu"],
+              "hf_best_tokens_per_s": best_hf and best_hf["tokens_per_s"],
+              "speedup_vs_hf_best": best_hf and best_ours["tokens_per_s"] / (best_hf["tokens_per_s"] * n_dev)}
+    print(json.dumps(result), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0

@@ -1,0 +1,33 @@
+"""`omnirrm bench sft --small` runs our LoRA SFT step and the HF + PEFT baseline on CPU; the model-FLOP count
+that MFU uses is pinned at 3B dimensions (the GPU numbers live in docs/PERFORMANCE.md)."""
+import json
+
+import pytest
+
+from omnirrm_jax.bench import sft as bench_sft
+from omnirrm_jax.models import config as C
+
+
+def test_flops_per_token_at_3b():
+    cfg = C.omni_3b()
+    # 36 x (q,k,v 2048x2560 + o 2048x2048 + gate/up/down 3x2048x11008) + lm_head 151936x2048
+    assert bench_sft.matmul_params(cfg) == 36 * (2048 * 2560 + 2048 * 2048 + 3 * 2048 * 11008) + 151936 * 2048
+    # + causal attention: forward 2*T*d per layer and token, backward twice that
+    assert bench_sft.flops_per_token(cfg, 3072) == 4 * 3_085_697_024 + 3 * 36 * 2 * 3072 * 2048
+
+
+@pytest.mark.slow  # two JAX compiles and two torch models: ~20 s on 2 cores
+def test_bench_sft_small_runs_ours_and_hf(tmp_path, capsys):
+    out = tmp_path / "sft.json"
+    bench_sft.main(["--small", "--steps", "1", "--warmup", "1", "--remat", "none,full", "--json", str(out)])
+    res = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == res  # one JSON line on stdout
+    assert [r["remat"] for r in res["ours"]] == ["none", "full"]
+    assert [r["checkpointing"] for r in res["hf"]] == [False, True]
+    # both sides train the same LoRA factors (same targets, rank) on the same shapes
+    assert {r["trainable_params"] for r in res["ours"] + res["hf"]} == {res["ours"][0]["trainable_params"]}
+    # remat changes what is kept, not what is computed
+    assert res["ours"][0]["loss"] == pytest.approx(res["ours"][1]["loss"], rel=1e-6)
+    # per device: ours runs data-parallel on every local device (8 fake CPU devices here), HF on one
+    per_device = res["ours_best_tokens_per_s"] / res["devices"]
+    assert res["speedup_vs_hf_best"] == pytest.approx(per_device / res["hf_best_tokens_per_s"])
