@@ -205,11 +205,22 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cfg, seq = C.PRESETS[args.preset](dtype="bfloat16", param_dtype="bfloat16"), args.seq
     run = dict(batch=args.batch, seq=seq, steps=args.steps, warmup=args.warmup, lora_rank=args.lora_rank)
-    hf = [] if args.no_hf else [bench_hf(cfg, checkpointing=c, **run) for c in (False, True)]
+    hf, hf_error = [], None
+    if not args.no_hf:
+        try:
+            for c in (False, True):
+                hf.append(bench_hf(cfg, checkpointing=c, **run))
+                print(f"hf: {json.dumps(hf[-1])}", flush=True)  # rows as they finish: a cut-off run keeps them
+        except Exception as e:  # noqa: BLE001 - a missing/broken baseline must not hide our numbers
+            hf, hf_error = [], f"{type(e).__name__}: {e}"
+            print(f"HF baseline failed: {hf_error}", flush=True)
 
     import jax
 
-    ours = [bench_ours(cfg, remat=r, **run) for r in args.remat.split(",")]
+    ours = []
+    for r in args.remat.split(","):
+        ours.append(bench_ours(cfg, remat=r, **run))
+        print(f"ours: {json.dumps(ours[-1])}", flush=True)
     fpt, peak = flops_per_token(cfg, seq), peak_flops_per_device()
     n_dev = jax.device_count()
     for row in hf + ours:
@@ -217,10 +228,17 @@ def main(argv: list[str] | None = None) -> int:
         row["mfu"] = per_device * fpt / peak if peak else None
     best_ours = max(ours, key=lambda r: r["tokens_per_s"])
     best_hf = max(hf, key=lambda r: r["tokens_per_s"]) if hf else None
+    versions = {}
+    for name in ("jax", "flax", "torch", "transformers", "peft"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            pass
     result = {"bench": "sft", "device": jax.devices()[0].device_kind, "devices": n_dev,
               "preset": "small" if args.small else args.preset, "seq": seq, "batch_per_device": args.batch,
               "lora_rank": args.lora_rank, "flops_per_token": fpt, "peak_flops_per_device": peak,
-              "ours": ours, "hf": hf, "ours_best_tokens_per_s": best_ours["tokens_per_s"],
+              "versions": versions, "ours": ours, "hf": hf, "hf_error": hf_error,
+              "ours_best_tokens_per_s": best_ours["tokens_per_s"],
               "ours_best_mfu": best_ours["mfu"],
               "hf_best_tokens_per_s": best_hf and best_hf["tokens_per_s"],
               "speedup_vs_hf_best": best_hf and best_ours["tokens_per_s"] / (best_hf["tokens_per_s"] * n_dev)}

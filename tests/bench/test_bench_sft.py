@@ -21,7 +21,9 @@ def test_bench_sft_small_runs_ours_and_hf(tmp_path, capsys):
     out = tmp_path / "sft.json"
     bench_sft.main(["--small", "--steps", "1", "--warmup", "1", "--remat", "none,full", "--json", str(out)])
     res = json.loads(out.read_text())
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == res  # one JSON line on stdout
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(lines[-1]) == res  # the result as one JSON line, after one line per finished row
+    assert [line.split(":")[0] for line in lines[:-1]] == ["hf", "hf", "ours", "ours"]
     assert [r["remat"] for r in res["ours"]] == ["none", "full"]
     assert [r["checkpointing"] for r in res["hf"]] == [False, True]
     # both sides train the same LoRA factors (same targets, rank) on the same shapes
