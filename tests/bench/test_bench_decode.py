@@ -1,0 +1,33 @@
+"""`omnirrm bench decode` runs on CPU with a tiny preset (the GPU numbers live in docs/PERFORMANCE.md), and its
+bandwidth floor counts a shared prompt once per prompt."""
+import json
+
+import pytest
+
+from omnirrm_jax.bench import decode as bench_decode
+from omnirrm_jax.models import config as C
+
+
+def test_floor_counts_shared_prompt_once():
+    cfg = C.omni_3b()
+    t = cfg.text
+    kv_token = 2 * t.num_layers * 2 * t.num_kv_heads * t.head_dim  # bf16 k and v of one token, all layers
+    one = bench_decode.floor_tokens_per_s(cfg, 64, 1024, 256, 1000.0)
+    shared = bench_decode.floor_tokens_per_s(cfg, 8, 1024, 256, 1000.0, samples=8)
+    weights = 64 / one * 1e12 - kv_token * 64 * (1024 + 128)  # bytes per step minus the KV part
+    assert abs(weights - 2 * 3.09e9) / 6.2e9 < 0.01, weights  # ~3.09 B text parameters (incl. lm_head) in bf16
+    assert abs(64 / shared * 1e12 - (weights + kv_token * (8 * 1024 + 64 * 128))) < 1e3
+
+
+@pytest.mark.slow
+def test_bench_decode_tiny_runs(tmp_path, capsys):
+    out = tmp_path / "decode.json"
+    bench_decode.main(["--preset", "tiny", "--batch", "2,2x3", "--prompt", "8", "--new", "4", "--no-hf",
+                       "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["batch"], r["samples"]) for r in rows] == [(2, 1), (2, 3)]
+    for r in rows:
+        ours = r["ours"]
+        assert ours["generated"] == r["batch"] * r["samples"] * 4
+        assert 0 < ours["decode_s"] and 0 < ours["prefill_s"] and ours["decode_tokens_per_s"] > 0
+    assert "batch 2x3 samples" in capsys.readouterr().out
