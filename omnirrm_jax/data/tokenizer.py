@@ -145,12 +145,14 @@ class SentencePieceTokenizer(Tokenizer):
 
 
 def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_prefix: str | Path | None = None, *,
-                        model_type: str = "bpe") -> SentencePieceTokenizer:
+                        model_type: str = "bpe", split_digits: bool = False) -> SentencePieceTokenizer:
     """Trains a demo tokenizer on `texts` and writes `{model_prefix}.model` when a prefix is given.
 
     Settings chosen for exact round trips of chat text: identity normalisation, no dummy prefix, whitespace kept,
     byte fallback (any character encodes, so vocab_size must exceed 256 + 13), "\\n" and the specials as
     user-defined symbols. vocab_size is an upper bound on tiny corpora (hard_vocab_limit off); read `.vocab_size`.
+    split_digits makes every digit its own piece, as Qwen's tokenizer does: "2" is then one token whether it
+    stands alone or before "?" or "," (without it a tiny model must learn "2", "2?" and "2," separately).
     """
     import sentencepiece as spm
 
@@ -160,7 +162,7 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_prefix: str
         sentence_iterator=iter(lines), model_writer=buf, vocab_size=int(vocab_size), model_type=model_type,
         user_defined_symbols=list(SPECIAL_TOKENS.values()) + ["\n"], normalization_rule_name="identity",
         add_dummy_prefix=False, remove_extra_whitespaces=False, byte_fallback=True, character_coverage=1.0,
-        unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, hard_vocab_limit=False, minloglevel=2)
+        unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, hard_vocab_limit=False, split_digits=split_digits, minloglevel=2)
     tok = SentencePieceTokenizer(buf.getvalue())
     if model_prefix is not None:
         tok.save(f"{model_prefix}.model")

@@ -105,11 +105,16 @@ def judge_with_verdicts(model, tok, batch: dict, *, max_new_tokens: int, constra
 
 def pairwise_accuracy(model, tok, batches: Iterable[dict], *, max_new_tokens: int, constrained: bool = False,
                       modality_names: tuple[str, ...] = MODALITIES) -> dict[str, dict[str, float]]:
-    """Per modality: accuracy of the judged `better` against gold and the rate of valid JSON judgements.
+    """Per modality: accuracy of the judged `better` against gold, the rate of valid JSON judgements and, when
+    the batches carry gold scores, the mean GRPO reward of the judgements (`rubric.rewards.combined_reward`:
+    0.4 format + 0.4 content + 0.2 rubric, the reference plugin's values).
 
     A row counts as correct only when the judgement parses and its verdict equals the gold verdict;
     "equal" verdicts are wrong unless gold is "equal" (the benchmark rule).
     """
+    from omnirrm_jax.rubric.rewards import combined_reward
+
+    labels = {code: name for name, code in VERDICT_CODES.items()}
     stats: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for batch in batches:
         judged = judge_batch(model, tok, batch, max_new_tokens=max_new_tokens, constrained=constrained)
@@ -121,5 +126,14 @@ def pairwise_accuracy(model, tok, batches: Iterable[dict], *, max_new_tokens: in
             stats[name]["n"] += 1
             stats[name]["valid_json"] += int(j["ok"])
             stats[name]["correct"] += int(j["ok"] and VERDICT_CODES.get(j["better"], -1) == int(gold))
-    return {m: {"accuracy": c["correct"] / c["n"], "valid_json": c["valid_json"] / c["n"], "n": c["n"]}
+        if "gold_score_A" in batch:
+            rows = [b for b, v in enumerate(valid) if v]
+            rewards = combined_reward([judged[b]["text"] for b in rows],
+                                      better=[labels[int(batch["gold_better"][b])] for b in rows],
+                                      score_A=[int(batch["gold_score_A"][b]) for b in rows],
+                                      score_B=[int(batch["gold_score_B"][b]) for b in rows])
+            for b, r in zip(rows, rewards):
+                stats[modality_names[int(batch["modality"][b])]]["reward"] += r
+    return {m: {"accuracy": c["correct"] / c["n"], "valid_json": c["valid_json"] / c["n"], "n": c["n"],
+                **({"mean_reward": c["reward"] / c["n"]} if "reward" in c else {})}
             for m, c in stats.items() if c["n"]}
