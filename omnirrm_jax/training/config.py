@@ -60,6 +60,7 @@ class RunSpec:
     log_every: int = 5
     save_every: int = 100
     keep_checkpoints: int = 4
+    save_frozen: bool = False  # also store the frozen base: a self-contained checkpoint (LoRA runs: far larger)
     max_consecutive_nonfinite: int = 5
     eval_every: int = 0  # micro-steps between held-out evaluations on data.eval (and at the end); 0 = none
     eval_batches: int | None = None  # batches per evaluation; None = the whole eval set

@@ -181,7 +181,7 @@ def resolve_thinker_config(spec, tok) -> model_config.ThinkerConfig:
         return P.read_config(spec.hf_path, **runtime)
     cfg = model_config.PRESETS[spec.preset](**runtime)
     text = dataclasses.replace(cfg.text, vocab_size=max(cfg.text.vocab_size, tok.vocab_size)
-                               if spec.preset != "tiny" else tok.vocab_size)
+                               if spec.preset not in ("tiny", "demo") else tok.vocab_size)
     return dataclasses.replace(cfg, text=text, **thinker_token_ids(tok))
 
 
@@ -244,8 +244,11 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
     if ckpt.latest_step() is not None:
         target = {"trainable": abstract_like(trainable, shardings[0]), "opt_state": abstract_like(opt_state),
                   "step": abstract_like(step)}
+        if run.save_frozen:
+            target["frozen"] = abstract_like(state.frozen, shardings[1])
         restored, data_state, meta = ckpt.restore(None, abstract_state=target)
         trainable, opt_state, step = restored["trainable"], restored["opt_state"], restored["step"]
+        state.frozen = restored.get("frozen", state.frozen)
         micro = int(meta["micro_step"])
         iterator.set_state(_from_jsonable(data_state))
         log.info("resumed from micro-step %d", micro)
@@ -260,7 +263,10 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
     last, last_eval = {}, {}
 
     def save(micro_now):
-        ckpt.save(micro_now, state={"trainable": trainable, "opt_state": opt_state, "step": step},
+        items = {"trainable": trainable, "opt_state": opt_state, "step": step}
+        if run.save_frozen:
+            items["frozen"] = state.frozen
+        ckpt.save(micro_now, state=items,
                   data_state=_jsonable_state(iterator.get_state()),
                   meta={**meta_base, "micro_step": micro_now}, force=True)
 
