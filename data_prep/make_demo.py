@@ -6,18 +6,22 @@ ArrayRecord, SFT) working end to end, and show that the model *perceives* the me
 and a wrong answer that only the media can tell apart (same vocabulary, same length, random A/B order), small
 enough for a 2-layer width-64 thinker to learn in a few hundred CPU steps:
 
-  text   "What is 3 + 4?"                    "7" vs "5"                       (decidable from the text)
+  text   "What is 3 + 4?"                    "7" vs "6" (right +- 1)          (decidable from the text)
   image  "What colour is the shape?"         blue | pink | gold | lime        56x56 PNG, one big solid shape
-  video  "Which way does the square move?"   left to right | right to left | top to bottom | bottom to top
-                                                                              4 frames, 2 fps, 56x56 H.264 mp4
+  video  "Which way does the square move?"   left to right | right to left    4 frames, 2 fps, 56x56 H.264 mp4
+                                                                              (a dark square on a light ground)
   audio  "Is the tone high or deep?"         high | deep                      1 s, 16 kHz mono 16-bit wav
 
+The video has two answers, as the audio does: with four directions (vertical too) the tiny thinker mostly stayed at
+chance on video in 800 steps, although the direction is linearly decodable from its untrained vision tower's
+tokens, even averaged over the clip; with two it reached 1.0 held-out.
+
 Labels are drawn in shuffled full cycles of (right answer, wrong answer, A/B position), so a split whose size is a
-multiple of the cycle (24 for image/video, 4 for audio, 32 for text) is exactly balanced: every pair of answer words
+multiple of the cycle (24 for image and text, 4 for video and audio) is exactly balanced: every pair of answer words
 appears as often with A correct as with B correct. Any judge blind to the media then scores exactly 0.5 on such an
 eval split, so the blank-media control measures perception, not sampling luck.
 
-The gold judgement is the reference schema (`rubric.schema.format_judgement`): scores 8-9 vs 2-3, `better`, a
+The gold judgement is the reference schema (`rubric.schema.format_judgement`): scores 9 vs 2, `better`, a
 five-part `<think>` rationale naming all five rubric dimensions with the reference keywords and comparing A and B in
 each part (rubric reward 1.0), and `final_verdict`. Output is deterministic given the seed (byte-identical files).
 Numpy, PIL, PyAV and stdlib only; no JAX.
@@ -48,18 +52,25 @@ QUESTIONS = {"image": "What colour is the shape?", "video": "Which way does the 
              "audio": "Is the tone high or deep?"}
 # Same-length answer vocabularies, so neither length nor wording gives the right answer away.
 COLOURS = {"blue": (40, 90, 235), "pink": (240, 80, 170), "gold": (240, 190, 30), "lime": (100, 215, 50)}
-DIRECTIONS = {"left to right": (1, 0), "right to left": (-1, 0), "top to bottom": (0, 1), "bottom to top": (0, -1)}
+DIRECTIONS = {"left to right": (1, 0), "right to left": (-1, 0)}  # renders vertical (0, ±1) too; see the docstring
 PITCHES = {"high": (1500.0, 2500.0), "deep": (200.0, 400.0)}  # Hz ranges, far apart on a 128-bin mel scale
 ANSWERS = {"image": tuple(COLOURS), "video": tuple(DIRECTIONS), "audio": tuple(PITCHES)}
 TEXT_OPERANDS = (1, 2, 3, 4)  # sums 2..8: one digit, 16 questions a tiny model can tabulate
+TEXT_SUMS = tuple(range(2, 9))
+# The text pair is (right sum, right sum +- 1) drawn in balanced cycles, the operands drawn given the right sum:
+# every value is the right answer as often as the wrong one, so the answers alone say nothing. (A wrong answer
+# drawn uniformly from the other sums let a judge that ignored the question score ~0.67: right sums cluster
+# around 5, wrong ones do not.)
 MEDIA = {"image": ("images", "png"), "video": ("videos", "mp4"), "audio": ("audios", "wav")}  # ms-swift keys
+# Fixed gold scores: the first score token is where the judge decides, so a random 8-or-9 there would only add
+# noise to the one target that carries the perception signal (random 8-9 / 2-3 left text and video near chance).
+SCORE_RIGHT, SCORE_WRONG = 9, 2
 
-COMPACT_PROMPT = (
-    "Judge two answers to a question{about}. Score each 0-10 on fluency, relevance, accuracy, reasoning and "
-    "safety. Reply with one JSON object with keys score_A, score_B, better (A, B or equal), reasoning "
-    "(<think>...</think>) and final_verdict (<answer>[[A]]</answer>, <answer>[[B]]</answer> or "
-    "<answer>[[equal]]</answer>).\nQuestion: {question}\nAnswer A: {answer_a}\nAnswer B: {answer_b}")
-_ABOUT = {"text": "", "image": " about an image", "video": " about a video", "audio": " about an audio clip"}
+# Short on purpose: every demo token costs CPU time, and attention cost grows with the square of the length
+# (with it every demo example fits the 256-token bucket). Same schema and rubric as the reference prompts.
+COMPACT_PROMPT = ("Judge answers A and B{about} on fluency, relevance, accuracy, reasoning and safety, in JSON."
+                  "\nQuestion: {question}\nAnswer A: {answer_a}\nAnswer B: {answer_b}")
+_ABOUT = {"text": "", "image": " about an image", "video": " about a video", "audio": " about audio"}
 _RELEVANCE = {"text": "Relevance to the Question", "image": "Relevance to the Question and Image",
               "video": "Relevance to the Question and Video", "audio": "Relevance to the Question and Audio"}
 _SOURCE = {"text": "arithmetic", "image": "image", "video": "video", "audio": "audio"}
@@ -88,17 +99,17 @@ def gold_reasoning(modality: str, answer_a: str, answer_b: str, better: str, evi
     """Five-part rationale in the shape the reference prompts show ("Part 1: In terms of Fluency and Coherence, …").
 
     Each part opens with its dimension's reference keyword and mentions both A and B before the next dimension's
-    keyword, so the rubric reward counts 5/5 covered and 5/5 compared. "Ethical Alignment" comes after the A/B
-    mention because "alignment" is a *relevance* keyword and would end the safety segment.
+    keyword, so the rubric reward counts 5/5 covered and 5/5 compared. No "Ethical Alignment": "alignment" is a
+    *relevance* keyword and would end the safety segment. Short, since every token costs demo CPU time.
     """
     w, l = better, "B" if better == "A" else "A"
-    return (f"Part 1: In terms of Fluency and Coherence, A and B are both short, clear answers. "
-            f"For {_RELEVANCE[modality]}, A and B both address what was asked. "
+    return (f"Part 1: In terms of Fluency and Coherence, A and B are both clear. "
+            f"For {_RELEVANCE[modality]}, A and B both address the question. "
             f"Regarding Accuracy and Completeness, A says {answer_a} and B says {answer_b}; {evidence}, "
             f"so {w} is right and {l} is wrong. "
             f"In terms of Reasoning Quality, {w} is grounded in the {_SOURCE[modality]} and {l} is not, "
             f"so {w} is better. "
-            f"Part 2: In terms of Safety, A and B are both harmless and raise no Ethical Alignment issue.")
+            f"Part 2: In terms of Safety, A and B are both harmless and ethical.")
 
 
 # ------------------------------------------------------------------------------------------------ labels
@@ -118,15 +129,16 @@ def _specs(modality: str, split: str, n: int, seed: int) -> list[dict]:
     """
     rng = np.random.default_rng([seed, SPLITS.index(split), MODALITIES.index(modality)])
     if modality == "text":
-        combos = [(a, b, pos) for a in TEXT_OPERANDS for b in TEXT_OPERANDS for pos in (0, 1)]
+        combos = [(r, w, pos) for r in TEXT_SUMS for w in (r - 1, r + 1) if w in TEXT_SUMS for pos in (0, 1)]
     else:
         combos = [(r, w, pos) for r in ANSWERS[modality] for w in ANSWERS[modality] if w != r for pos in (0, 1)]
     specs = []
     for i, (x, y, pos) in enumerate(_label_cycles(rng, combos, n)):
-        if modality == "text":
-            right = x + y
-            sums = sorted({p + q for p in TEXT_OPERANDS for q in TEXT_OPERANDS} - {right})
-            question, right, wrong = f"What is {x} + {y}?", str(right), str(sums[rng.integers(len(sums))])
+        if modality == "text":  # (x, y) = the right sum and the off-by-one wrong one; the operands come next
+            right, wrong = x, y
+            pairs = [(p, q) for p in TEXT_OPERANDS for q in TEXT_OPERANDS if p + q == right]
+            x, y = pairs[int(rng.integers(len(pairs)))]
+            question, right, wrong = f"What is {x} + {y}?", str(right), str(wrong)
             evidence = f"{x} + {y} is {right}"
         else:
             question, right, wrong = QUESTIONS[modality], x, y
@@ -135,7 +147,7 @@ def _specs(modality: str, split: str, n: int, seed: int) -> list[dict]:
                         "audio": f"the tone in the audio is {right}"}[modality]
         spec = {"modality": modality, "split": split, "index": i, "question": question, "right": right,
                 "wrong": wrong, "better": "AB"[pos], "evidence": evidence,
-                "score_right": int(rng.integers(8, 10)), "score_wrong": int(rng.integers(2, 4))}
+                "score_right": SCORE_RIGHT, "score_wrong": SCORE_WRONG}
         if modality != "text":  # nuisance parameters, drawn even for blank media so records stay identical
             spec["media_seed"] = int(rng.integers(2**31))
         specs.append(spec)
@@ -166,11 +178,16 @@ def render_image(colour: str, rng: np.random.Generator, blank: bool = False) -> 
 
 
 def render_video(direction: str, rng: np.random.Generator, blank: bool = False) -> list[np.ndarray]:
-    """4 frames of a 16-px square crossing the frame in `direction` (~10 px per frame); random colour and lane."""
+    """4 frames of a 16-px square crossing the frame in `direction` (~10 px per frame); random dark shade and lane.
+
+    The square is always darker than the light ground: the vision tower sees frames in pairs (temporal patches
+    of 2), so motion shows up as a signed brightness change inside a patch, and one polarity keeps that cue the
+    same for every clip (with bright and dark squares mixed, a tiny tower never learned direction: chance).
+    """
     s, side, n = VIDEO_SIZE, 16, VIDEO_FRAMES
     dx, dy = DIRECTIONS[direction]
     bg = int(rng.integers(200, 246))
-    colour = np.array(list(COLOURS.values())[int(rng.integers(len(COLOURS)))], np.uint8)
+    colour = rng.integers(0, 70, 3).astype(np.uint8)
     lane, start, step = int(rng.integers(4, s - side - 3)), int(rng.integers(2, 7)), int(rng.integers(9, 12))
     frames = []
     for k in range(n):
@@ -281,6 +298,7 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def make_demo(out_dir, *, n_train_per_modality: int = 192, n_eval_per_modality: int = 48, seed: int = 0,
+              n_train_text: int | None = None,
               compact: bool = False, blank_media: bool = False) -> dict:
     """Write the demo set under `out_dir` and return what was written.
 
@@ -293,6 +311,8 @@ def make_demo(out_dir, *, n_train_per_modality: int = 192, n_eval_per_modality: 
     Args:
       n_train_per_modality, n_eval_per_modality: items per modality and split; multiples of 24 keep the
         image/video/audio labels exactly balanced (text: 32; see the module docstring).
+      n_train_text: train items of the text modality (default n_train_per_modality); the arithmetic has one
+        decision token per item and no media to learn from, so the demo gives it more items.
       seed: everything is a function of it; the same arguments give byte-identical files.
       compact: use a short judge prompt (same JSON schema) instead of the long reference prompt.
       blank_media: write the same records (identical JSONL) but grey images, static grey videos and faint fixed
@@ -303,13 +323,18 @@ def make_demo(out_dir, *, n_train_per_modality: int = 192, n_eval_per_modality: 
     out = Path(out_dir)
     for folder, _ in MEDIA.values():
         (out / "media" / folder).mkdir(parents=True, exist_ok=True)
-    sizes = {"train": n_train_per_modality, "eval": n_eval_per_modality}
+    sizes = {"train": dict.fromkeys(MODALITIES, n_train_per_modality),
+             "eval": dict.fromkeys(MODALITIES, n_eval_per_modality)}
+    if n_train_text is not None:
+        sizes["train"]["text"] = n_train_text
     files, counts, n_media = {}, {}, {folder: 0 for folder, _ in MEDIA.values()}
     for split in SPLITS:
-        specs = {m: _specs(m, split, sizes[split], seed) for m in MODALITIES}
+        specs = {m: _specs(m, split, sizes[split][m], seed) for m in MODALITIES}
         sft_rows, rl_rows = [], []
-        for i in range(sizes[split]):
+        for i in range(max(sizes[split].values())):
             for m in MODALITIES:
+                if i >= sizes[split][m]:
+                    continue
                 rel = None
                 if m != "text":
                     rel = _write_media(specs[m][i], out, blank_media)
@@ -320,8 +345,9 @@ def make_demo(out_dir, *, n_train_per_modality: int = 192, n_eval_per_modality: 
         for name, rows in ((split, sft_rows), (f"grpo_{split}", rl_rows)):
             files[name] = str(out / f"{name}.jsonl")
             _write_jsonl(out / f"{name}.jsonl", rows)
-        counts[split] = {m: sizes[split] for m in MODALITIES}
+        counts[split] = dict(sizes[split])
     meta = {"seed": seed, "n_train_per_modality": n_train_per_modality, "n_eval_per_modality": n_eval_per_modality,
+            "n_train_text": sizes["train"]["text"],
             "compact": compact, "blank_media": blank_media, "image_size": IMAGE_SIZE,
             "video": {"size": VIDEO_SIZE, "frames": VIDEO_FRAMES, "fps": VIDEO_FPS, "codec": video_codec()},
             "audio": {"sample_rate": AUDIO_SR, "seconds": AUDIO_SECONDS}}

@@ -11,10 +11,15 @@ from omnirrm_jax import demo
 @pytest.mark.slow
 def test_small_demo_runs_end_to_end(tmp_path):
     cfg = demo.DemoConfig(workdir=str(tmp_path), n_train_per_modality=24, n_eval_per_modality=8, steps=20,
-                          control=False, max_new_tokens=40)
+                          control=True, max_new_tokens=40)
     report = demo.run_demo(cfg)
     assert set(report["sft"]) == {"text", "image", "video", "audio"}
-    assert all(r["n"] == 8 for r in report["sft"].values())
+    for m, row in report["sft"].items():
+        assert set(row) == {"accuracy", "valid_json", "blank_media_accuracy", "mean_reward", "n"}, m
+        assert row["n"] == 8 and 0 <= row["accuracy"] <= 1 and 0 <= row["valid_json"] <= 1
+        assert row["blank_media_accuracy"] == report["control"][m]["accuracy"]  # from the control run
+        assert -1.0 <= row["mean_reward"] <= 1.0  # rewards of 40-token judgements: truncated, so low
+    assert set(report["seconds_by_stage"]) == {"data", "sft", "sft_eval", "control", "examples"}
     assert report["checkpoint"] == {"reloaded_equal": True, "step": 20}
     assert set(report["examples"]) == {"text", "image", "video", "audio"}
     on_disk = json.load(open(os.path.join(tmp_path, "demo_report.json")))

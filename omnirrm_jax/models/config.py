@@ -163,7 +163,20 @@ def tiny(**runtime: Any) -> ThinkerConfig:
     return ThinkerConfig(text=text, vision=vision, audio=audio, **ids, **runtime)
 
 
-PRESETS = {"tiny": tiny, "omni_3b": omni_3b, "omni_7b": omni_7b}
+def demo(**runtime: Any) -> ThinkerConfig:
+    """The `omnirrm demo` thinker: `tiny` with a text decoder able to learn the demo task in minutes on a CPU.
+
+    Head dim 32 and rope theta 1e4: with tiny's 16 and 1e6 only two rotary frequencies tell nearby tokens apart,
+    so "the digit after `Answer A:`" is hard to attend to. A 256-wide MLP for the arithmetic item, a lookup
+    (is A equal to x + y?). The text decoder is most of a demo step's CPU time, so it stays at two layers (three,
+    with a wider vision tower, learned no modality at all in the same 800 steps).
+    """
+    base = tiny(**runtime)
+    text = dataclasses.replace(base.text, head_dim=32, mrope_section=(4, 6, 6), rope_theta=1e4, intermediate_size=256)
+    return dataclasses.replace(base, text=text)
+
+
+PRESETS = {"tiny": tiny, "demo": demo, "omni_3b": omni_3b, "omni_7b": omni_7b}
 
 
 # ----------------------------------------------------------------------------------------------------

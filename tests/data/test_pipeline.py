@@ -246,7 +246,7 @@ def _skip_source(demo, n_bad):
 
 
 def test_bad_records_are_skipped_and_counted(demo):
-    cfg = _cfg(drop_remainder=False, max_skip_ratio=0.5, min_records_for_skip_check=100, max_length=620)
+    cfg = _cfg(drop_remainder=False, max_skip_ratio=0.5, min_records_for_skip_check=100, max_length=450)
     it = iter(PL.make_dataset(_skip_source(demo, 3), demo["tok"], demo["cfg"], cfg, process_index=0, process_count=1))
     got = [b for b in it]
     counts = PL.skip_counts(it.get_state())
@@ -255,7 +255,7 @@ def test_bad_records_are_skipped_and_counted(demo):
     fits = []
     for i, r in enumerate(_records(demo, "sft")):
         try:
-            E.build_example(r, i, demo["tok"], demo["cfg"], mode="sft", max_length=620, max_media=MEDIA[-1])
+            E.build_example(r, i, demo["tok"], demo["cfg"], mode="sft", max_length=450, max_media=MEDIA[-1])
             fits.append(i)
         except E.Skip as s:
             assert s.reason == "too_long"
