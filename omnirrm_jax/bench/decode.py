@@ -32,7 +32,7 @@ def _copy_bandwidth_gbs() -> float:
     return 2 * x.nbytes * 10 / (time.perf_counter() - t) / 1e9
 
 
-def _init_model(cfg):
+def _init_model(cfg, make=None):
     """Random weights at real dimensions, drawn leaf by leaf (one tiny program per distinct shape): speed
     depends on shapes, not values, and jitting the whole constructor at 3B spent about 2.5 minutes of an H200
     machine before the first measurement."""
@@ -42,7 +42,7 @@ def _init_model(cfg):
 
     from omnirrm_jax.models.thinker import Thinker
 
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Thinker(cfg, rngs=nnx.Rngs(0))))
+    graphdef, abstract = nnx.split(nnx.eval_shape(make or (lambda: Thinker(cfg, rngs=nnx.Rngs(0)))))
     draw = functools.lru_cache(lambda shape, dtype: jax.jit(
         lambda key: (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(dtype)))
     leaves, treedef = jax.tree.flatten(abstract)

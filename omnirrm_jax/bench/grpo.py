@@ -42,8 +42,9 @@ def _ours_state(cfg, lora_rank: int, lr: float):
         lora.apply_lora(m, lora.LoraConfig(rank=lora_rank, alpha=4 * lora_rank), nnx.Rngs(1))
         return m
 
-    graphdef, _, _ = nnx.split(nnx.eval_shape(make), nnx.LoRAParam, ...)
-    trainable, frozen = jax.jit(lambda: nnx.split(make(), nnx.LoRAParam, ...)[1:])()
+    from omnirrm_jax.bench.decode import _init_model
+
+    graphdef, trainable, frozen = nnx.split(_init_model(cfg, make), nnx.LoRAParam, ...)
     tx = optim.make_optimizer(optim.OptimConfig(learning_rate=lr, warmup_ratio=0.0), 100)
     import jax.numpy as jnp
 
@@ -77,10 +78,10 @@ def bench_ours(cfg, prompts: int, G: int, prompt_len: int, completion: int, step
     batch = jax.device_put(_prompt_batch(cfg, prompts, prompt_len))
     trainable, opt_state, step = state.trainable, state.opt_state, state.step
     records = []
-    for i in range(steps + 1):  # the first step compiles
+    for i in range(steps + 2):  # the first two steps compile (the second sees the step's output shardings)
         trainable, opt_state, step, rec, _ = cycle(trainable, opt_state, step, batch, jax.random.key(i))
         records.append(rec)
-    timed = records[1:]
+    timed = records[2:]
     keys = ("time/step_s", "time/rollout_s", "time/rewards_s", "time/reference_s", "time/update_s")
     out = {k.split("/")[1]: float(np.median([r[k] for r in timed])) for k in keys}
     out["first_step_s"] = records[0]["time/step_s"]
@@ -120,6 +121,7 @@ def bench_hf(cfg, prompts: int, G: int, prompt_len: int, completion: int, steps:
     times = []
     for _ in range(steps + 1):
         torch.cuda.synchronize()
+        print(f"HF step {len(times)}", flush=True)
         t0 = time.perf_counter()
         model.eval()
         with torch.no_grad():
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--generations", type=int, default=8)
     p.add_argument("--prompt", type=int, default=1024)
     p.add_argument("--completion", type=int, default=512)
-    p.add_argument("--steps", type=int, default=2, help="timed steps (after one warm-up step)")
+    p.add_argument("--steps", type=int, default=1, help="timed steps (after warm-up)")
     p.add_argument("--rows-per-chunk", type=int, default=8, help="our update's rows per rematerialised chunk")
     p.add_argument("--hf-micro", type=int, default=8, help="HF update micro-batch (rows)")
     p.add_argument("--no-hf", action="store_true")
@@ -170,17 +172,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
-    import jax
-
     from omnirrm_jax.models import config as C
 
     if args.small:
         cfg = C.tiny(dtype="float32", param_dtype="float32")
     else:
         cfg = C.PRESETS[args.preset](dtype="bfloat16", param_dtype="bfloat16")
-    device = jax.devices()[0].device_kind
     shape = dict(prompts=args.prompts, G=args.generations, prompt_len=args.prompt, completion=args.completion,
                  steps=args.steps)
+    hf = None
+    if not args.no_hf:  # first: JAX preallocates most of the card once it starts, torch frees what it cached
+        hf = bench_hf(cfg, **shape, micro=args.hf_micro)
+        print(f"HF generate + PEFT: {json.dumps(hf)}", flush=True)
+    import jax
+
+    device = jax.devices()[0].device_kind
     result = {"device": device, "preset": "tiny" if args.small else args.preset, **shape,
               "ours": bench_ours(cfg, **shape, rows_per_chunk=args.rows_per_chunk)}
     line = f"[{device}] GRPO step {args.prompts} prompts x G={args.generations}, prompt {args.prompt}, " \
@@ -188,12 +194,12 @@ def main(argv: list[str] | None = None) -> int:
            f"(rollout {result['ours']['rollout_s']:.2f}, rewards {result['ours']['rewards_s']:.2f}, " \
            f"reference {result['ours']['reference_s']:.2f}, update {result['ours']['update_s']:.2f}; " \
            f"peak {result['ours']['peak_memory_gib']:.1f} GiB)"
-    if not args.no_hf:
-        result["hf"] = bench_hf(cfg, **shape, micro=args.hf_micro)
-        hf = result["hf"]
+    if hf is not None:
+        result["hf"] = hf
         result["speedup"] = hf["step_s"] / result["ours"]["step_s"]
         line += f"; HF generate + PEFT {hf['step_s']:.2f} s (rollout {hf['rollout_s']:.2f}, reference " \
-                f"{hf['reference_s']:.2f}, update {hf['update_s']:.2f}) -> {result['speedup']:.1f}x"
+                f"{hf['reference_s']:.2f}, update {hf['update_s']:.2f}; peak {hf['peak_memory_gib']:.1f} GiB)" \
+                f" -> {result['speedup']:.1f}x"
     print(line, flush=True)
     print(json.dumps(result))
     if args.json:
