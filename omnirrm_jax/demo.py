@@ -44,6 +44,11 @@ class DemoConfig:
     steps: int = 1000
     batch_size: int = 16
     learning_rate: float = 3e-3
+    # Adam's second-moment decay. 0.95, not 0.999: the boilerplate's large early gradients otherwise keep the
+    # second moment high for ~1000 steps and shrink the later, small updates that learn the decisions (same
+    # 1000 steps: 0.999 gave text/image/video/audio 0.58/0.88/0.54/1.00, 0.99 0.50/0.63/0.73/0.50,
+    # 0.95 0.73/0.94/1.00/1.00 held-out, one run each).
+    adam_b2: float = 0.95
     vocab_size: int = 800
     preset: str = "demo"  # models.config preset (tiny + a text decoder sized for the task)
     max_new_tokens: int = 200
@@ -92,7 +97,7 @@ def _sft_config(cfg: DemoConfig, shards: str, tok_path: str, workdir: str):
                         eval=tuple(os.path.join(shards, f"{s}-*.array_record") for s in ("eval", "eval_sft")),
                         pipeline={"batch_size": cfg.batch_size, "shuffle_seed": cfg.seed,
                                   "seq_buckets": SEQ_BUCKETS, "media_buckets": media_buckets(cfg.batch_size)}),
-        optim=OptimConfig(learning_rate=cfg.learning_rate, warmup_ratio=0.05, weight_decay=0.0),
+        optim=OptimConfig(learning_rate=cfg.learning_rate, warmup_ratio=0.05, weight_decay=0.0, b2=cfg.adam_b2),
         mesh=MeshConfig(data=-1),
         run=C.RunSpec(workdir=workdir, seed=cfg.seed, max_steps=cfg.steps, log_every=25,
                       save_every=10 ** 9, keep_checkpoints=1))
