@@ -17,7 +17,7 @@ chance on video in 800 steps, although the direction is linearly decodable from 
 tokens, even averaged over the clip; with two it reached 1.0 held-out.
 
 Labels are drawn in shuffled full cycles of (right answer, wrong answer, A/B position), so a split whose size is a
-multiple of the cycle (24 for image and text, 4 for video and audio) is exactly balanced: every pair of answer words
+multiple of the cycle (24 for image, 16 for text, 4 for video and audio) is exactly balanced: every pair of answer words
 appears as often with A correct as with B correct. Any judge blind to the media then scores exactly 0.5 on such an
 eval split, so the blank-media control measures perception, not sampling luck.
 
@@ -55,12 +55,12 @@ COLOURS = {"blue": (40, 90, 235), "pink": (240, 80, 170), "gold": (240, 190, 30)
 DIRECTIONS = {"left to right": (1, 0), "right to left": (-1, 0)}  # renders vertical (0, ±1) too; see the docstring
 PITCHES = {"high": (1500.0, 2500.0), "deep": (200.0, 400.0)}  # Hz ranges, far apart on a 128-bin mel scale
 ANSWERS = {"image": tuple(COLOURS), "video": tuple(DIRECTIONS), "audio": tuple(PITCHES)}
-TEXT_OPERANDS = (1, 2, 3, 4)  # sums 2..8: one digit, 16 questions a tiny model can tabulate
-TEXT_SUMS = tuple(range(2, 9))
+TEXT_OPERANDS = (1, 2, 3)  # sums 2..6: 9 questions a tiny model can tabulate (with 1..4 it reached 0.73, not 0.8)
+TEXT_SUMS = tuple(range(2, 7))
 # The text pair is (right sum, right sum +- 1) drawn in balanced cycles, the operands drawn given the right sum:
 # every value is the right answer as often as the wrong one, so the answers alone say nothing. (A wrong answer
 # drawn uniformly from the other sums let a judge that ignored the question score ~0.67: right sums cluster
-# around 5, wrong ones do not.)
+# around the middle, wrong ones did not.)
 MEDIA = {"image": ("images", "png"), "video": ("videos", "mp4"), "audio": ("audios", "wav")}  # ms-swift keys
 # Fixed gold scores: the first score token is where the judge decides, so a random 8-or-9 there would only add
 # noise to the one target that carries the perception signal (random 8-9 / 2-3 left text and video near chance).

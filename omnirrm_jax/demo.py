@@ -46,7 +46,7 @@ class DemoConfig:
     learning_rate: float = 3e-3
     # Adam's second-moment decay. 0.95, not 0.999: the boilerplate's large early gradients otherwise keep the
     # second moment high for ~1000 steps and shrink the later, small updates that learn the decisions (same
-    # 1000 steps: 0.999 gave text/image/video/audio 0.58/0.88/0.54/1.00, 0.99 0.50/0.63/0.73/0.50,
+    # 1000 steps, operands 1..4: 0.999 gave text/image/video/audio 0.58/0.88/0.54/1.00, 0.99 0.50/0.63/0.73/0.50,
     # 0.95 0.73/0.94/1.00/1.00 held-out, one run each).
     adam_b2: float = 0.95
     vocab_size: int = 800

@@ -13,7 +13,7 @@ from PIL import Image
 from data_prep import make_demo as md
 from omnirrm_jax import rubric
 
-N_TRAIN, N_EVAL = 24, 24  # one full label cycle for image/video (24) and six for audio (4)
+N_TRAIN, N_EVAL = 48, 48  # full label cycles: image 24, text 16, video and audio 4
 TAGS = {"text": "", "image": "<image>", "video": "<video>\n", "audio": "<audio>"}
 
 
@@ -54,14 +54,14 @@ def test_deterministic_bytes_and_eval_independent_of_train_size(demo, tmp_path):
 def test_counts_and_return_value(demo):
     out, info = demo
     assert info["counts"] == {s: dict.fromkeys(md.MODALITIES, N_TRAIN if s == "train" else N_EVAL) for s in md.SPLITS}
-    assert info["media"] == {"images": 48, "videos": 48, "audios": 48}
+    assert info["media"] == dict.fromkeys(("images", "videos", "audios"), N_TRAIN + N_EVAL)
     for split, n in (("train", N_TRAIN), ("eval", N_EVAL)):
         mods = [m for m, *_ in _items(out, split)]
         assert collections.Counter(mods) == dict.fromkeys(md.MODALITIES, n)
         assert mods[:4] == list(md.MODALITIES)  # interleaved
     for name in ("train", "eval", "grpo_train", "grpo_eval", "meta"):
         assert Path(info["files"][name]).is_file()
-    assert len(list((out / "media/videos").glob("*.mp4"))) == 48
+    assert len(list((out / "media/videos").glob("*.mp4"))) == N_TRAIN + N_EVAL
 
 
 def test_balanced_so_a_media_blind_judge_scores_one_half(demo):
@@ -167,7 +167,7 @@ def test_blank_media_control_same_records_constant_media(demo, tmp_path):
     for name in ("train", "eval", "grpo_train", "grpo_eval"):
         assert (blank / f"{name}.jsonl").read_bytes() == (out / f"{name}.jsonl").read_bytes()
     assert json.loads((blank / "meta.json").read_text())["blank_media"] is True
-    assert info["media"] == {"images": 48, "videos": 48, "audios": 48}
+    assert info["media"] == dict.fromkeys(("images", "videos", "audios"), N_TRAIN + N_EVAL)
     images = {np.asarray(Image.open(p)).tobytes() for p in (blank / "media/images").glob("*.png")}
     assert len(images) == 1 and set(np.frombuffer(images.pop(), np.uint8)) == {md.BLANK_GREY}
     wavs = {p.read_bytes() for p in (blank / "media/audios").glob("*.wav")}
