@@ -330,7 +330,7 @@ def train(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None = No
     from omnirrm_jax.training import sharding as S
     from omnirrm_jax.training import sft
     from omnirrm_jax.training.metrics import MetricWriter
-    from omnirrm_jax.training.state import build_model, create_train_state
+    from omnirrm_jax.training.state import create_run_state
 
     run, spec = cfg.run, cfg.grpo
     os.makedirs(run.workdir, exist_ok=True)
@@ -350,13 +350,7 @@ def train(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None = No
     dataset = pipeline.make_dataset(train_paths, tok, thinker_cfg, dataclasses.replace(pcfg, num_epochs=None))
     # ---- model, shardings, jitted programs --------------------------------------------------------
     tx = optim.make_optimizer(cfg.optim, total_updates)
-    lora_cfg = None if cfg.model.full_finetune else cfg.model.lora
-
-    def model_fn():
-        return build_model(thinker_cfg, hf_path=cfg.model.hf_path, lora_cfg=lora_cfg,
-                           lora_path=cfg.model.lora_path, seed=run.seed)
-
-    state, shardings = create_train_state(model_fn, tx, mesh, full_finetune=cfg.model.full_finetune)
+    state, shardings = create_run_state(cfg.model, thinker_cfg, tx, mesh, run.seed)
     constraint = None
     if spec.constrained:
         from omnirrm_jax.decoding.constrained import judgement_constraint

@@ -207,7 +207,7 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
     from omnirrm_jax.training import sharding as S
     from omnirrm_jax.training.evaluation import make_held_out_eval
     from omnirrm_jax.training.metrics import MetricWriter
-    from omnirrm_jax.training.state import build_model, create_train_state
+    from omnirrm_jax.training.state import create_run_state
 
     run = cfg.run
     os.makedirs(run.workdir, exist_ok=True)
@@ -228,13 +228,7 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
                                     dataclasses.replace(pcfg, num_epochs=None))
     # ---- model, shardings, jitted init and step ---------------------------------------------------
     tx = optim.make_optimizer(cfg.optim, total_updates)
-    lora_cfg = None if cfg.model.full_finetune else cfg.model.lora
-
-    def model_fn():
-        return build_model(thinker_cfg, hf_path=cfg.model.hf_path, lora_cfg=lora_cfg,
-                           lora_path=cfg.model.lora_path, seed=run.seed)
-
-    state, shardings = create_train_state(model_fn, tx, mesh, full_finetune=cfg.model.full_finetune)
+    state, shardings = create_run_state(cfg.model, thinker_cfg, tx, mesh, run.seed)
     step_fn = jit_sft_step(state, tx, shardings)
     evaluator = make_held_out_eval(cfg, tok, thinker_cfg, pcfg, mesh, state.graphdef)
     # ---- resume -----------------------------------------------------------------------------------

@@ -54,6 +54,19 @@ def build_model(cfg: ThinkerConfig, *, hf_path: str | None, lora_cfg: lora_lib.L
     return model
 
 
+def create_run_state(model_spec, thinker_cfg: ThinkerConfig, tx: optax.GradientTransformation, mesh: Mesh,
+                     seed: int) -> tuple[TrainState, Any]:
+    """The sharded state of a run from its `ModelSpec` (HF or preset base, LoRA or full fine-tuning): what
+    `omnirrm sft` and `omnirrm grpo` both start from."""
+    lora_cfg = None if model_spec.full_finetune else model_spec.lora
+
+    def model_fn():
+        return build_model(thinker_cfg, hf_path=model_spec.hf_path, lora_cfg=lora_cfg,
+                           lora_path=model_spec.lora_path, seed=seed)
+
+    return create_train_state(model_fn, tx, mesh, full_finetune=model_spec.full_finetune)
+
+
 def create_train_state(model_fn: Callable[[], Thinker], tx: optax.GradientTransformation, mesh: Mesh, *,
                        full_finetune: bool) -> tuple[TrainState, Any]:
     """Builds the state sharded on `mesh`; returns it with the state shardings (for jit and restore)."""
