@@ -81,6 +81,8 @@ def bench_ours(cfg, prompts: int, G: int, prompt_len: int, completion: int, step
     for i in range(steps + 2):  # the first two steps compile (the second sees the step's output shardings)
         trainable, opt_state, step, rec, _ = cycle(trainable, opt_state, step, batch, jax.random.key(i))
         records.append(rec)
+        print(f"ours step {i}: {rec['time/step_s']:.2f} s (rollout {rec['time/rollout_s']:.2f}, reference "
+              f"{rec['time/reference_s']:.2f}, update {rec['time/update_s']:.2f})", flush=True)
     timed = records[2:]
     keys = ("time/step_s", "time/rollout_s", "time/rewards_s", "time/reference_s", "time/update_s")
     out = {k.split("/")[1]: float(np.median([r[k] for r in timed])) for k in keys}
@@ -168,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows-per-chunk", type=int, default=8, help="our update's rows per rematerialised chunk")
     p.add_argument("--hf-micro", type=int, default=8, help="HF update micro-batch (rows)")
     p.add_argument("--no-hf", action="store_true")
+    p.add_argument("--no-ours", action="store_true", help="only the HF baseline (run ours in its own process)")
     p.add_argument("--small", action="store_true", help="tiny dimensions (a CPU smoke test)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -187,8 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     import jax
 
     device = jax.devices()[0].device_kind
-    result = {"device": device, "preset": "tiny" if args.small else args.preset, **shape,
-              "ours": bench_ours(cfg, **shape, rows_per_chunk=args.rows_per_chunk)}
+    result = {"device": device, "preset": "tiny" if args.small else args.preset, **shape}
+    if args.no_ours:
+        result["hf"] = hf
+        print(json.dumps(result))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=2)
+        return 0
+    result["ours"] = bench_ours(cfg, **shape, rows_per_chunk=args.rows_per_chunk)
     line = f"[{device}] GRPO step {args.prompts} prompts x G={args.generations}, prompt {args.prompt}, " \
            f"completion {args.completion}: ours {result['ours']['step_s']:.2f} s " \
            f"(rollout {result['ours']['rollout_s']:.2f}, rewards {result['ours']['rewards_s']:.2f}, " \
