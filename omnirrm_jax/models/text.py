@@ -151,17 +151,18 @@ def _take_rows(x_BT_: jax.Array, index_BT: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x_BT_, index_BT.reshape(index_BT.shape + (1,) * (x_BT_.ndim - 2)), axis=1)
 
 
-def _rematerialised(layer: DecoderLayer, policy: str, x, cos, sin, mask_BS) -> jax.Array:
+def _rematerialised(layer: DecoderLayer, policy: str, x, cos, sin, mask_BS, layer_cache=None, cache_index=None):
     """One decoder layer under `jax.checkpoint`: its activations are recomputed in the backward pass instead
-    of kept ("full"), or all but the projection matmuls are ("dots"). Training only: a cached decode step
-    has no backward pass. The layer's state is an explicit argument so gradients flow to it (LoRA too)."""
+    of kept ("full"), or all but the projection matmuls are ("dots"). Training only (GRPO's teacher-forced
+    pass differentiates through a cache too). The layer's state is an explicit argument so gradients flow to
+    it (LoRA too). Returns (x, layer_cache)."""
     graphdef, state = nnx.split(layer)
 
-    def run(state, x, cos, sin, mask_BS):
-        return nnx.merge(graphdef, state)(x, cos, sin, mask_BS)[0]
+    def run(state, x, cos, sin, mask_BS, layer_cache, cache_index):
+        return nnx.merge(graphdef, state)(x, cos, sin, mask_BS, layer_cache, cache_index)
 
     saveable = None if policy == "full" else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
-    return jax.checkpoint(run, policy=saveable)(state, x, cos, sin, mask_BS)
+    return jax.checkpoint(run, policy=saveable)(state, x, cos, sin, mask_BS, layer_cache, cache_index)
 
 
 class TextModel(nnx.Module):
@@ -213,8 +214,8 @@ class TextModel(nnx.Module):
             if output_hidden_states:
                 hidden.append(x if back_BT is None else _take_rows(x, back_BT))
             layer_cache = None if cache is None else (cache.k[i], cache.v[i])
-            if cache is None and self.remat != "none":
-                x = _rematerialised(layer, self.remat, x, cos, sin, mask_BS)
+            if self.remat != "none" and T > 1:  # a one-token decode step is never differentiated
+                x, layer_cache = _rematerialised(layer, self.remat, x, cos, sin, mask_BS, layer_cache, cache_index)
             else:
                 x, layer_cache = layer(x, cos, sin, mask_BS, layer_cache, cache_index)
             if layer_cache is not None:

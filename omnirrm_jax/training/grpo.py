@@ -11,8 +11,8 @@ One rollout batch, in order (each a separate jitted program with static shapes):
                weights with every LoRA B factor zeroed (no second model is held); for full fine-tuning a frozen
                copy of the starting weights. Skipped when beta = 0.
   4. update    `num_iterations` optimizer micro-steps on the rollout: the policy's log-probabilities come
-               from one teacher-forced forward over prompt + completion, where the prompt (and its media) is
-               embedded once per prompt and repeated G times. The importance ratio is taken against the
+               from one teacher-forced forward: the prompt (and its media) once per prompt into a KV cache,
+               then the G completions over that cache. The importance ratio is taken against the
                policy's own log-probabilities at rollout time (computed by the training forward, so it is
                exactly 1 at the first update, as in TRL). The sampler's own log-probabilities are those of the
                top-k/top-p-filtered distribution it drew from; their token mean is logged as
@@ -40,6 +40,7 @@ import optax
 from flax import nnx
 
 from omnirrm_jax.decoding.sampler import SamplingConfig, _last_positions, generate
+from omnirrm_jax.models import text as text_lib
 from omnirrm_jax.training import grpo_loss, losses
 from omnirrm_jax.training.grpo_config import GRPOConfig, GRPOSpec
 from omnirrm_jax.training.sft import model_inputs
@@ -60,27 +61,47 @@ def completion_logprobs(model, inputs: dict, completions_RN: jax.Array, completi
     """log p(completion token j | prompt, completion[:j]) for R = B * num_samples rows (sample g of prompt b
     in row b * G + g, as `generate` orders them), logits divided by `temperature` as the sampler does.
 
-    The prompt is embedded once per prompt (vision/audio towers run B times, not B * G) and repeated; the
-    completion continues the prompt's positions (+1 per token on all three mRoPE axes), exactly the
-    positions the sampler decoded them at. `rows_per_chunk` runs the decoder over that many rows at a time
-    (each chunk rematerialised in the backward pass), so a 64-row, 1.5k-token update keeps one chunk's
-    activations; `logit_tokens` bounds the fp32 logits alive at once (rows x sequence chunk).
+    The prompt is computed once per prompt, not G times: its media towers and its decoder pass run over the B
+    prompts, writing a KV cache that the G completions of the prompt attend to (the cache is repeated, so
+    gradients from all G completions flow back into the one prompt pass). With a 1k-token prompt and 512-token
+    completions at G = 8 that is 2.4x fewer tokens through the decoder than teacher-forcing B * G full rows.
+    Completion positions continue the prompt's (+1 per token on all three mRoPE axes), exactly the positions
+    the sampler decoded them at. `rows_per_chunk` (a multiple of G) runs that many rows' prompts and
+    completions at a time, each chunk rematerialised in the backward pass; `logit_tokens` bounds the fp32
+    logits alive at once (rows x sequence chunk). `completion_mask_RN` is not needed: tokens after a row's end
+    are only seen by later (ignored) tokens of that row.
     """
+    del completion_mask_RN
     G = num_samples
     mask_BS = jnp.asarray(inputs["attention_mask"])
-    S = mask_BS.shape[1]
+    B, S = mask_BS.shape
     R, N = completions_RN.shape
-    x_RSD = jnp.repeat(model.embed(inputs), G, axis=0)
-    last_3R = jnp.repeat(_last_positions(jnp.asarray(inputs["position_ids"]), mask_BS).astype(jnp.int32), G, axis=1)
-    comp_pos_3RN = last_3R[..., None] + 1 + jnp.arange(N, dtype=jnp.int32)
-    pos_3RT = jnp.concatenate([jnp.repeat(jnp.asarray(inputs["position_ids"]).astype(jnp.int32), G, axis=1),
-                               comp_pos_3RN], axis=2)
-    mask_RT = jnp.concatenate([jnp.repeat(mask_BS, G, axis=0), completion_mask_RN.astype(mask_BS.dtype)], axis=1)
+    if R != B * G:
+        raise ValueError(f"{R} completion rows for {B} prompts x G={G}")
+    pos_3BS = jnp.asarray(inputs["position_ids"]).astype(jnp.int32)
+    last_3B = _last_positions(pos_3BS, mask_BS).astype(jnp.int32)
+    comp_pos_3BGN = last_3B[..., None, None] + 1 + jnp.arange(N, dtype=jnp.int32)
+    x_BSD = model.embed(inputs)
+    comp_BGN = completions_RN.reshape(B, G, N)
+    comp_pos_3BGN = jnp.broadcast_to(comp_pos_3BGN, (3, B, G, N))
 
-    def rows(x_rSD, comp_rN, pos_3rT, mask_rT):
-        c_rND = model.model.embed_tokens(comp_rN).astype(x_rSD.dtype)
-        hidden, _, _ = model.model(jnp.concatenate([x_rSD, c_rND], axis=1), pos_3rT, mask_rT)
-        h_rND = hidden[:, S - 1:S - 1 + N]  # position S-1+j predicts completion token j
+    def prompts(x_bSD, pos_3bS, mask_bS, comp_bGN, comp_pos_3bGN):
+        b = x_bSD.shape[0]
+        # cuDNN's differentiable attention with a mask wants even query and key lengths: the completion pass
+        # takes all N tokens (+1 pad when N is odd; only the first N - 1 outputs are used) into S + N2 slots
+        N2 = N + N % 2
+        cache = text_lib.init_cache(model.config, b, S + N2, prompt_mask_BT=mask_bS, dtype=x_bSD.dtype)
+        h_bSD, cache, _ = model.model(x_bSD, pos_3bS, cache=cache, cache_index=0)
+        h_rND = jnp.repeat(h_bSD[:, S - 1:], G, axis=0)  # the prompt's last position predicts token 0
+        comp_rN = comp_bGN.reshape(b * G, N)
+        if N > 1:  # token j > 0 is predicted at completion position j - 1
+            cache = jax.tree.map(lambda a: jnp.repeat(a, G, axis=0), cache)
+            pos_3rN = comp_pos_3bGN.reshape(3, b * G, N)
+            if N2 > N:
+                pos_3rN = jnp.concatenate([pos_3rN, pos_3rN[..., -1:] + 1], axis=2)
+            c_rND = model.model.embed_tokens(jnp.pad(comp_rN, ((0, 0), (0, N2 - N)))).astype(x_bSD.dtype)
+            h_c, _, _ = model.model(c_rND, pos_3rN, cache=cache, cache_index=S)
+            h_rND = jnp.concatenate([h_rND, h_c[:, :N - 1]], axis=1)
 
         def logits_fn(h):
             return model.logits(h).astype(jnp.float32) / temperature
@@ -88,15 +109,18 @@ def completion_logprobs(model, inputs: dict, completions_RN: jax.Array, completi
         chunk = max(1, min(N, logit_tokens // comp_rN.shape[0]))
         return losses.token_logprobs(h_rND, comp_rN, logits_fn, chunk=chunk)
 
-    r = R if not rows_per_chunk else min(rows_per_chunk, R)
-    if r == R:
-        return rows(x_RSD, completions_RN, pos_3RT, mask_RT)
-    if R % r:
-        raise ValueError(f"rows_per_chunk {r} must divide the {R} rollout rows")
-    k = R // r
-    split = (x_RSD.reshape(k, r, *x_RSD.shape[1:]), completions_RN.reshape(k, r, N),
-             pos_3RT.reshape(3, k, r, -1).swapaxes(0, 1), mask_RT.reshape(k, r, -1))
-    out = jax.lax.map(lambda a: jax.checkpoint(rows)(*a), split)
+    args = (x_BSD, pos_3BS, mask_BS, comp_BGN, comp_pos_3BGN)
+    if not rows_per_chunk or rows_per_chunk >= R:
+        return prompts(*args)
+    if rows_per_chunk % G or B % (rows_per_chunk // G):
+        raise ValueError(f"rows_per_chunk {rows_per_chunk} must be a multiple of G={G} whose prompt count "
+                         f"divides the {B} prompts of a rollout")
+    p = rows_per_chunk // G
+    k = B // p
+    split = (x_BSD.reshape(k, p, *x_BSD.shape[1:]), pos_3BS.reshape(3, k, p, S).swapaxes(0, 1),
+             mask_BS.reshape(k, p, S), comp_BGN.reshape(k, p, G, N),
+             comp_pos_3BGN.reshape(3, k, p, G, N).swapaxes(0, 1))
+    out = jax.lax.map(lambda a: jax.checkpoint(prompts)(*a), split)
     return out.reshape(R, N)
 
 

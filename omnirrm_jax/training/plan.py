@@ -6,8 +6,9 @@ allocated), each variable gets the sharding the trainer would give it (`training
 `jax.eval_shape(tx.init)` of the trainable state, each leaf sharded like the parameter it mirrors.
 
 Activations and the KV cache are a model (what the decoder keeps for the backward pass), per device:
-  T = rows_dev * S tokens (rows_dev = rows / (data * fsdp), S = the longest sequence bucket, or for GRPO the
-  prompt bucket + max_completion_length); b = bytes of the compute dtype; head and MLP widths divided by tensor.
+  T = rows_dev * S tokens (rows_dev = rows / (data * fsdp), S = the longest sequence bucket; for GRPO rows are
+  the prompts of one update chunk and S = prompt bucket + G * max_completion_length, since each prompt runs
+  once and its G completions attend to its cache); b = bytes of the compute dtype; head and MLP widths divided by tensor.
   Per decoder layer and token, in elements:
     none  4D + 3(N+K)H/tp + 4F/tp (+ 2*N/tp*S attention probabilities with XLA attention; the cuDNN / splash
           kernels keep only a log-sum-exp) (+ r per LoRA target)
@@ -123,9 +124,13 @@ def workload(cfg) -> Workload:
     grpo = getattr(cfg, "grpo", None)
     if grpo is None:
         return Workload("sft", pcfg.batch_size, seq)
-    rows = pcfg.batch_size * grpo.num_generations
+    G = grpo.num_generations
+    rows = pcfg.batch_size * G
     total = seq + grpo.max_completion_length
-    return Workload("grpo", grpo.rows_per_chunk or rows, total, kv_rows=rows, kv_seq=total)
+    # the update's teacher-forced pass: each prompt once, then its G completions over the prompt's cache;
+    # a chunk of `rows_per_chunk // G` prompts is alive at once (grpo.completion_logprobs)
+    prompts = max(1, grpo.rows_per_chunk // G) if grpo.rows_per_chunk else pcfg.batch_size
+    return Workload("grpo", prompts, seq + G * grpo.max_completion_length, kv_rows=rows, kv_seq=total)
 
 
 def parse_mesh(text: str | None, devices: int, default) -> dict:

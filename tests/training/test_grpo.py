@@ -123,10 +123,11 @@ def _sampled(model, inputs, G=3, N=6, greedy=False):
     return generate(model, inputs, sampling, jax.random.key(3)), sampling
 
 
-def test_teacher_forced_logprobs_equal_greedy_sampler(tiny):
+@pytest.mark.parametrize("N", [6, 5])  # an odd completion length takes the padded completion pass
+def test_teacher_forced_logprobs_equal_greedy_sampler(tiny, N):
     cfg, model_fn, inputs = tiny
     model = model_fn()
-    res, _ = _sampled(model, inputs, G=2, greedy=True)
+    res, _ = _sampled(model, inputs, G=2, N=N, greedy=True)
     B, G, N = res.tokens.shape
     mask = (np.arange(N)[None, None] < np.asarray(res.lengths)[..., None]).reshape(B * G, N)
     lp = grpo.completion_logprobs(model, inputs, jnp.asarray(res.tokens).reshape(B * G, N), jnp.asarray(mask), G)

@@ -82,7 +82,10 @@ def test_workloads_from_the_reference_configs():
     assert (sft.mode, sft.rows, sft.seq, sft.kv_rows) == ("sft", 8, 3072, 0)
     grpo_cfg = PL.load_run_config("configs/grpo_7b_lora.yaml")
     g = PL.workload(grpo_cfg)
-    assert (g.mode, g.rows, g.seq, g.kv_rows) == ("grpo", 4 * 2, 6144 + 1024, 8)
+    # the update runs the 4 prompts once each, followed by their 2 completions
+    assert (g.mode, g.rows, g.seq, g.kv_rows, g.kv_seq) == ("grpo", 4, 6144 + 2 * 1024, 8, 6144 + 1024)
+    chunked = PL.workload(PL.load_run_config("configs/grpo_7b_lora.yaml", ["grpo.rows_per_chunk=2"]))
+    assert (chunked.rows, chunked.seq) == (1, 6144 + 2 * 1024)
     tcfg, note = PL.thinker_config(grpo_cfg)
     assert tcfg.text.num_layers == 28 and "guessed" in note and tcfg.remat == "full"
 
