@@ -61,8 +61,10 @@ def _batch(cfg, batch: int, seq: int) -> dict:
     return host
 
 
-def bench_ours(cfg, *, batch: int, seq: int, steps: int, warmup: int, remat: str, lora_rank: int) -> dict:
-    """Our jitted `sft_step` (donated state, LoRA-only AdamW) on all local devices, data-parallel."""
+def bench_ours(cfg, *, batch: int, seq: int, steps: int, warmup: int, remat: str, lora_rank: int,
+               mesh_axes: dict | None = None, devices: int | None = None) -> dict:
+    """Our jitted `sft_step` (donated state, LoRA-only AdamW) on the first `devices` local devices (all by
+    default), over a mesh of `mesh_axes` (default data-parallel: {"data": -1})."""
     import jax
 
     from omnirrm_jax.training import lora as lora_lib
@@ -71,7 +73,8 @@ def bench_ours(cfg, *, batch: int, seq: int, steps: int, warmup: int, remat: str
     from omnirrm_jax.training.state import build_model, create_train_state
 
     cfg = dataclasses.replace(cfg, remat=remat)
-    mesh = S.make_mesh(S.MeshConfig(data=-1))
+    devs = jax.devices()[:devices] if devices else jax.devices()
+    mesh = S.make_mesh(S.MeshConfig(**(mesh_axes or {"data": -1})), devices=devs)
     lora_cfg = lora_lib.LoraConfig(rank=lora_rank, alpha=4.0 * lora_rank, dtype="float32")  # PEFT keeps fp32 factors
     tx = optim.make_optimizer(optim.OptimConfig(learning_rate=1e-5, warmup_ratio=0.0), steps + warmup)
     t0 = time.perf_counter()
@@ -80,7 +83,7 @@ def bench_ours(cfg, *, batch: int, seq: int, steps: int, warmup: int, remat: str
         full_finetune=False)
     init_s = time.perf_counter() - t0
     step_fn = sft.jit_sft_step(state, tx, shardings)
-    host = _batch(cfg, batch * jax.device_count(), seq)
+    host = _batch(cfg, batch * len(devs), seq)
     data = {k: jax.device_put(v, S.batch_sharding(mesh, v.ndim, batch_axis=1 if k == "position_ids" else 0))
             for k, v in host.items()}
     trainable, opt_state, step = state.trainable, state.opt_state, state.step
@@ -101,7 +104,7 @@ def bench_ours(cfg, *, batch: int, seq: int, steps: int, warmup: int, remat: str
         peak = jax.devices()[0].memory_stats().get("peak_bytes_in_use")
     except Exception:  # noqa: BLE001 - CPU devices have no memory stats
         pass
-    out = {"remat": remat, "step_s": seconds, "tokens_per_s": batch * jax.device_count() * seq / seconds,
+    out = {"remat": remat, "step_s": seconds, "tokens_per_s": batch * len(devs) * seq / seconds,
            "loss": float(m["loss"]), "init_s": init_s, "first_step_s": compile_s,
            "trainable_params": lora_lib.count_params(trainable), "peak_gib": peak and peak / 2**30}
     del state, trainable, opt_state, data, step_fn
@@ -193,8 +196,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--no-hf", action="store_true", help="skip the transformers + PEFT baseline")
     p.add_argument("--small", action="store_true", help="tiny dims, fp32, short sequence: a CPU smoke test")
+    p.add_argument("--mesh", default="data=-1", help="our mesh, e.g. data=2 or fsdp=2 or data=1,fsdp=-1")
+    p.add_argument("--devices", type=int, default=None, help="use only the first N local devices")
     p.add_argument("--json", default=None, help="also write the result here")
     args = p.parse_args(argv)
+    mesh_axes = {}
+    for part in args.mesh.split(","):
+        k, _, v = part.partition("=")
+        if k.strip() not in ("data", "fsdp", "tensor") or not v.strip().lstrip("-").isdigit():
+            p.error(f"--mesh {args.mesh!r}: {part!r} is not data|fsdp|tensor=INT")
+        mesh_axes[k.strip()] = int(v)
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # HF shares the card; JAX allocates on demand
 
     from omnirrm_jax.models import config as C
@@ -219,10 +230,10 @@ def main(argv: list[str] | None = None) -> int:
 
     ours = []
     for r in args.remat.split(","):
-        ours.append(bench_ours(cfg, remat=r, **run))
+        ours.append(bench_ours(cfg, remat=r, mesh_axes=mesh_axes, devices=args.devices, **run))
         print(f"ours: {json.dumps(ours[-1])}", flush=True)
     fpt, peak = flops_per_token(cfg, seq), peak_flops_per_device()
-    n_dev = jax.device_count()
+    n_dev = args.devices or jax.device_count()
     for row in hf + ours:
         per_device = row["tokens_per_s"] / (n_dev if "remat" in row else 1)
         row["mfu"] = per_device * fpt / peak if peak else None
@@ -235,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             pass
     result = {"bench": "sft", "device": jax.devices()[0].device_kind, "devices": n_dev,
-              "preset": "small" if args.small else args.preset, "seq": seq, "batch_per_device": args.batch,
+              "mesh": mesh_axes, "preset": "small" if args.small else args.preset, "seq": seq, "batch_per_device": args.batch,
               "lora_rank": args.lora_rank, "flops_per_token": fpt, "peak_flops_per_device": peak,
               "versions": versions, "ours": ours, "hf": hf, "hf_error": hf_error,
               "ours_best_tokens_per_s": best_ours["tokens_per_s"],
