@@ -62,7 +62,7 @@ class RunSpec:
     keep_checkpoints: int = 4
     save_frozen: bool = False  # also store the frozen base: a self-contained checkpoint (LoRA runs: far larger)
     max_consecutive_nonfinite: int = 5
-    eval_every: int = 0  # micro-steps between held-out evaluations on data.eval (and at the end); 0 = none
+    eval_every: int = 0  # steps between held-out evals on data.eval (+ at the end; GRPO: rollouts); 0 = none
     eval_batches: int | None = None  # batches per evaluation; None = the whole eval set
     eval_max_new_tokens: int = 1024  # greedy judgement length cap for the pairwise accuracy
 

@@ -128,3 +128,17 @@ def allgather_json(obj: Any) -> list:
     padded[:raw.size] = raw
     rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(lengths), -1)
     return [json.loads(bytes(row[:n]).decode("utf-8")) for row, n in zip(rows, lengths)]
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process when `flag` is True on any (e.g. a stop request that reached one host only).
+
+    Every process must call it at the same point. One tiny all-gather; it waits for the devices' queued work, which
+    a multi-process step boundary already does (the hosts agree on the next batch's shapes there)."""
+    import jax
+
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(np.asarray(multihost_utils.process_allgather(np.asarray([flag], np.int32))).any())

@@ -345,14 +345,17 @@ def reference_trainable(trainable, full_finetune: bool, initial=None):
 def train(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None = None) -> dict:
     """Runs GRPO as configured; returns final metrics, state and tokenizer.
 
-    `stop_after` behaves like a preemption after that many rollout batches (save, return)."""
-    from omnirrm_jax.checkpoint.manager import CheckpointManager, abstract_like
+    `stop_after` behaves like a preemption after that many rollout batches (save, return). Checkpoints,
+    preemption and held-out evaluation (`run.eval_every`, counted in rollout batches) follow SFT's rules
+    (`training.loop`). Resume precedence as in SFT: the newest checkpoint in `run.workdir`, else `model.hf_path`
+    (e.g. the SFT model exported by `omnirrm export`) or a preset."""
     from omnirrm_jax.data import pipeline
     from omnirrm_jax.models import config as model_config
     from omnirrm_jax.training import config as config_lib
     from omnirrm_jax.training import optim
     from omnirrm_jax.training import sharding as S
     from omnirrm_jax.training import sft
+    from omnirrm_jax.training.loop import NonFiniteGuard, PeriodicEval, Preemption, RunCheckpoints
     from omnirrm_jax.training.metrics import MetricWriter
     from omnirrm_jax.training.state import create_run_state
 
@@ -383,31 +386,31 @@ def train(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None = No
     cycle = RolloutUpdate.build(state, tx, spec, shardings, tok=tok, mesh=mesh,
                                 full_finetune=cfg.model.full_finetune, constraint=constraint)
     base_key = jax.random.key(run.seed)
+    writer = MetricWriter(run.workdir)  # writes on process 0 only
+    evaluate = PeriodicEval(cfg, tok, thinker_cfg, pcfg, mesh, state.graphdef, writer, progress=progress)
     # ---- resume -----------------------------------------------------------------------------------
-    ckpt = CheckpointManager(os.path.join(run.workdir, "checkpoints"), keep=run.keep_checkpoints)
+    ckpt = RunCheckpoints(run, shardings)
     iterator = iter(dataset)
-    rollout_i, trainable, opt_state, step = 0, state.trainable, state.opt_state, state.step
-    if ckpt.latest_step() is not None:
-        target = {"trainable": abstract_like(trainable, shardings[0]), "opt_state": abstract_like(opt_state),
-                  "step": abstract_like(step)}
-        restored, data_state, meta = ckpt.restore(None, abstract_state=target)
-        trainable, opt_state, step = restored["trainable"], restored["opt_state"], restored["step"]
+    rollout_i = 0
+    resumed = ckpt.restore(state, iterator)
+    if resumed is not None:
+        state, meta = resumed
+        cycle.frozen = state.frozen  # run.save_frozen: the stored base
         rollout_i = int(meta["rollout"])
-        iterator.set_state(sft._from_jsonable(data_state))
         log.info("resumed after rollout %d", rollout_i)
+    trainable, opt_state, step = state.trainable, state.opt_state, state.step
     meta_base = {"config": config_lib.to_dict(cfg), "thinker": model_config.to_hf_dict(thinker_cfg),
                  "trainer": "grpo"}
     # ---- loop -------------------------------------------------------------------------------------
     is_main = jax.process_index() == 0
-    writer = MetricWriter(run.workdir) if is_main else None
-    guard, preempt, compiles = sft.NonFiniteGuard(run.max_consecutive_nonfinite), sft.Preemption(), CompileCounter()
+    guard, preempt, compiles = NonFiniteGuard(run.max_consecutive_nonfinite), Preemption(), CompileCounter()
     lr_fn = optim.learning_rate_schedule(cfg.optim, total_updates)
     history: list[dict] = []
+    last_eval: dict = {}
 
     def save(n):
-        ckpt.save(n, state={"trainable": trainable, "opt_state": opt_state, "step": step},
-                  data_state=sft._jsonable_state(iterator.get_state()),
-                  meta={**meta_base, "rollout": n, "micro_step": n * mu}, force=True)
+        ckpt.save(n, TrainState(state.graphdef, trainable, state.frozen, opt_state, step), iterator,
+                  {**meta_base, "rollout": n, "micro_step": n * mu})
 
     try:
         while rollout_i < total_rollouts:
@@ -421,14 +424,15 @@ def train(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None = No
             record.update({"train/lr": float(lr_fn(max(int(step) - 1, 0))), "train/skipped_nonfinite": guard.total,
                            "compiles": compiles.count})
             history.append(record)
-            if is_main and (rollout_i % run.log_every == 0 or rollout_i == total_rollouts):
+            if rollout_i % run.log_every == 0 or rollout_i == total_rollouts:
                 writer.write(rollout_i, record)
-                if progress:
+                if progress and is_main:
                     print(f"grpo {rollout_i}/{total_rollouts} reward {record['reward/total_mean']:+.3f} "
                           f"acc {record['rollout/verdict_accuracy']:.2f} kl {record['train/kl']:.4f} "
                           f"len {record['rollout/completion_length']:.0f} "
                           f"({record['time/step_s']:.1f} s: rollout {record['time/rollout_s']:.1f})", flush=True)
-            stop = preempt.requested or (stop_after is not None and rollout_i >= stop_after)
+            last_eval = evaluate(rollout_i, total_rollouts, trainable, state.frozen)
+            stop = preempt.should_stop(rollout_i, stop_after)
             if rollout_i % run.save_every == 0 or stop:
                 save(rollout_i)
             if stop:
@@ -437,10 +441,9 @@ def train(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None = No
             save(rollout_i)
     finally:
         ckpt.close()
-        if writer is not None:
-            writer.close()
+        writer.close()
         preempt.restore()
         compiles.close()
     final_state = TrainState(state.graphdef, trainable, state.frozen, opt_state, step)
     return {"rollouts": rollout_i, "preempted": rollout_i < total_rollouts, "history": history,
-            "state": final_state, "tokenizer": tok, "thinker_config": thinker_cfg}
+            "eval": last_eval, "state": final_state, "tokenizer": tok, "thinker_config": thinker_cfg}

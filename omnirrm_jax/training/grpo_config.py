@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from omnirrm_jax.training.config import DataSpec, ModelSpec, RunSpec
+from omnirrm_jax.training.config import ConfigError, DataSpec, ModelSpec, RunSpec
 from omnirrm_jax.training.grpo_loss import ADVANTAGE_SCALES, KL_ESTIMATORS, LOSS_TYPES
 from omnirrm_jax.training.optim import OptimConfig
 from omnirrm_jax.training.sharding import MeshConfig
@@ -62,3 +62,7 @@ class GRPOConfig:
     mesh: MeshConfig = MeshConfig()
     run: RunSpec = RunSpec(workdir="runs/grpo", num_epochs=1.0)
     grpo: GRPOSpec = GRPOSpec()
+
+    def __post_init__(self):
+        if self.run.eval_every and not self.data.eval:
+            raise ConfigError(f"run.eval_every={self.run.eval_every} needs data.eval shards (none given)")

@@ -15,7 +15,6 @@ import functools
 import logging
 import math
 import os
-import signal
 import time
 from typing import Any, Callable, Iterator
 
@@ -83,50 +82,6 @@ def eval_loss_step(graphdef, trainable, frozen, batch):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Non-finite guard and preemption
-# ----------------------------------------------------------------------------------------------------
-
-class NonFiniteGuard:
-    """Counts skipped updates; aborts after `limit` in a row, naming the step and the batch's examples."""
-
-    def __init__(self, limit: int):
-        self.limit, self.in_a_row, self.total = limit, 0, 0
-
-    def update(self, finite: bool, step: int, batch: dict) -> None:
-        if finite:
-            self.in_a_row = 0
-            return
-        self.in_a_row += 1
-        self.total += 1
-        ids = np.asarray(batch.get("example_index", [])).tolist()
-        log.warning("non-finite loss/gradient at step %d (examples %s): update skipped", step, ids)
-        if self.in_a_row >= self.limit:
-            raise FloatingPointError(f"{self.in_a_row} consecutive non-finite updates; last at step {step}, "
-                                     f"batch examples {ids}")
-
-
-class Preemption:
-    """SIGTERM/SIGINT set a flag; the loop finishes the current step, saves and exits 0."""
-
-    def __init__(self):
-        self.requested = False
-        self._old = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[sig] = signal.signal(sig, self._handler)
-            except ValueError:  # not the main thread
-                pass
-
-    def _handler(self, signum, frame):
-        log.warning("signal %d: finishing the step, saving, exiting", signum)
-        self.requested = True
-
-    def restore(self):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-# ----------------------------------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------------------------------
 
@@ -185,27 +140,16 @@ def resolve_thinker_config(spec, tok) -> model_config.ThinkerConfig:
     return dataclasses.replace(cfg, text=text, **thinker_token_ids(tok))
 
 
-def _jsonable_state(state) -> dict:
-    if isinstance(state, bytes):
-        return {"bytes": state.decode("utf-8")}
-    return {"state": state}
-
-
-def _from_jsonable(d: dict):
-    return d["bytes"].encode("utf-8") if "bytes" in d else d.get("state")
-
-
 def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
     """Runs SFT as configured (an `SFTConfig`); returns final metrics, state and tokenizer.
 
     `stop_after` behaves like a preemption after that many micro-steps (save, return): resume tests and
     time-sliced schedulers use it."""
-    from omnirrm_jax.checkpoint.manager import CheckpointManager, abstract_like
     from omnirrm_jax.data import pipeline
     from omnirrm_jax.training import config as config_lib
     from omnirrm_jax.training import optim
     from omnirrm_jax.training import sharding as S
-    from omnirrm_jax.training.evaluation import make_held_out_eval
+    from omnirrm_jax.training.loop import NonFiniteGuard, PeriodicEval, Preemption, RunCheckpoints
     from omnirrm_jax.training.metrics import MetricWriter
     from omnirrm_jax.training.state import create_run_state
 
@@ -230,25 +174,20 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
     tx = optim.make_optimizer(cfg.optim, total_updates)
     state, shardings = create_run_state(cfg.model, thinker_cfg, tx, mesh, run.seed)
     step_fn = jit_sft_step(state, tx, shardings)
-    evaluator = make_held_out_eval(cfg, tok, thinker_cfg, pcfg, mesh, state.graphdef)
+    writer = MetricWriter(run.workdir)
+    evaluate = PeriodicEval(cfg, tok, thinker_cfg, pcfg, mesh, state.graphdef, writer, progress=progress)
     # ---- resume -----------------------------------------------------------------------------------
-    ckpt = CheckpointManager(os.path.join(run.workdir, "checkpoints"), keep=run.keep_checkpoints)
+    ckpt = RunCheckpoints(run, shardings)
     iterator = iter(dataset)
-    micro, trainable, opt_state, step = 0, state.trainable, state.opt_state, state.step
-    if ckpt.latest_step() is not None:
-        target = {"trainable": abstract_like(trainable, shardings[0]), "opt_state": abstract_like(opt_state),
-                  "step": abstract_like(step)}
-        if run.save_frozen:
-            target["frozen"] = abstract_like(state.frozen, shardings[1])
-        restored, data_state, meta = ckpt.restore(None, abstract_state=target)
-        trainable, opt_state, step = restored["trainable"], restored["opt_state"], restored["step"]
-        state.frozen = restored.get("frozen", state.frozen)
+    micro = 0
+    resumed = ckpt.restore(state, iterator)
+    if resumed is not None:
+        state, meta = resumed
         micro = int(meta["micro_step"])
-        iterator.set_state(_from_jsonable(data_state))
         log.info("resumed from micro-step %d", micro)
+    trainable, opt_state, step = state.trainable, state.opt_state, state.step
     meta_base = {"config": config_lib.to_dict(cfg), "thinker": model_config.to_hf_dict(thinker_cfg)}
     # ---- loop -------------------------------------------------------------------------------------
-    writer = MetricWriter(run.workdir)
     guard, preempt = NonFiniteGuard(run.max_consecutive_nonfinite), Preemption()
     peak = peak_flops_per_device()
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves((trainable, state.frozen)))
@@ -257,12 +196,8 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
     last, last_eval = {}, {}
 
     def save(micro_now):
-        items = {"trainable": trainable, "opt_state": opt_state, "step": step}
-        if run.save_frozen:
-            items["frozen"] = state.frozen
-        ckpt.save(micro_now, state=items,
-                  data_state=_jsonable_state(iterator.get_state()),
-                  meta={**meta_base, "micro_step": micro_now}, force=True)
+        ckpt.save(micro_now, TrainState(state.graphdef, trainable, state.frozen, opt_state, step), iterator,
+                  {**meta_base, "micro_step": micro_now})
 
     def record(micro_p, host_p, m_p, step_p):
         """Host-side bookkeeping of a finished step. Called one step late, so reading its metrics never
@@ -284,14 +219,6 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
                       f"lr {last['train/lr']:.2e} {tps:.0f} tok/s", flush=True)
             window = {"loss": [], "tokens": 0, "t": time.perf_counter()}
 
-    def evaluate(micro_now):
-        nonlocal last_eval
-        last_eval = evaluator(trainable, state.frozen)
-        writer.write(micro_now, last_eval)
-        if progress:
-            print(f"eval {micro_now}/{total_micro} " + " ".join(f"{k[5:]} {v:.4g}" for k, v in last_eval.items()),
-                  flush=True)
-
     pending = None
     try:
         while micro < total_micro:
@@ -302,9 +229,8 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
             if pending is not None:
                 record(*pending)
             pending = (micro, host, m, step)
-            if evaluator is not None and (micro % run.eval_every == 0 or micro == total_micro):
-                evaluate(micro)
-            stop = preempt.requested or (stop_after is not None and micro >= stop_after)
+            last_eval = evaluate(micro, total_micro, trainable, state.frozen)
+            stop = preempt.should_stop(micro, stop_after)
             if micro % run.save_every == 0 or stop:
                 save(micro)
             if stop:

@@ -1,5 +1,6 @@
 """The GRPO run loop on the demo data (text, image, video and audio prompts mixed in every batch): it
-trains, logs every metric, does not recompile after warm-up, and resumes bitwise exactly."""
+trains, logs every metric, does not recompile after warm-up, resumes bitwise exactly, and follows SFT's run rules
+(LoRA-only checkpoints unless run.save_frozen, held-out evaluation every run.eval_every rollouts)."""
 import dataclasses
 import json
 import os
@@ -30,16 +31,18 @@ def prepared(tmp_path_factory):
     return data, tok_path
 
 
-def grpo_config(prepared, workdir, steps=4, **grpo_kw) -> GRPOConfig:
+def grpo_config(prepared, workdir, steps=4, run_kw=None, **grpo_kw) -> GRPOConfig:
     data, tok_path = prepared
     return GRPOConfig(
         model=C.ModelSpec(preset="tiny", dtype="float32", param_dtype="float32"),
         data=C.DataSpec(train=(os.path.join(data["shards"], "grpotrain-*.array_record"),), tokenizer=tok_path,
+                        eval=tuple(os.path.join(data["shards"], f"{s}-*.array_record") for s in ("eval", "eval_sft")),
                         pipeline={"batch_size": 4, "shuffle_seed": 0, "seq_buckets": (384,),
                                   "media_buckets": demo.media_buckets(4)}),
         optim=OptimConfig(learning_rate=1e-3, warmup_ratio=0.0, weight_decay=0.0),
         mesh=MeshConfig(data=2, fsdp=2, tensor=2),
-        run=C.RunSpec(workdir=str(workdir), seed=0, max_steps=steps, log_every=1, save_every=10 ** 9),
+        run=C.RunSpec(**{"workdir": str(workdir), "seed": 0, "max_steps": steps, "log_every": 1,
+                         "save_every": 10 ** 9, **(run_kw or {})}),
         grpo=GRPOSpec(**{"num_generations": 2, "max_completion_length": 12, **grpo_kw}))
 
 
@@ -66,6 +69,58 @@ def test_grpo_runs_without_recompiles_and_resumes_exactly(prepared, tmp_path):
         assert a["reward/total_mean"] == b["reward/total_mean"]
         assert a["train/loss"] == b["train/loss"]
     for x, y in zip(jax.tree.leaves(full["state"].trainable), jax.tree.leaves(second["state"].trainable)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _stored(workdir, step) -> dict[str, set[str]]:
+    """{checkpoint item: leaf paths} of the state a training checkpoint stores (read from Orbax's metadata)."""
+    import orbax.checkpoint as ocp
+
+    mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
+                                 item_handlers={"state": ocp.StandardCheckpointHandler()})
+    try:
+        tree = mngr.item_metadata(step)["state"]
+    finally:
+        mngr.close()
+    return {item: {jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(sub)}
+            for item, sub in tree.items()}
+
+
+def _size(directory) -> int:
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(directory) for f in fs)
+
+
+@pytest.mark.slow  # three short LoRA runs of the tiny model (compiling dominates): ~2-3 min on 2 busy cores
+def test_lora_only_checkpoints_held_out_eval_and_save_frozen(prepared, tmp_path):
+    evald = grpo.train(grpo_config(prepared, tmp_path / "eval", steps=3, run_kw=dict(
+        eval_every=2, eval_batches=1, eval_max_new_tokens=8, save_every=1)), progress=False)
+    # held-out evaluation at run.eval_every (rollout 2) and at the end (rollout 3), in the run's metric stream
+    rows = [json.loads(line) for line in open(tmp_path / "eval" / "metrics.jsonl")]
+    assert [r["step"] for r in rows if "eval/loss" in r] == [2, 3]
+    assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3]
+    ev = evald["eval"]
+    assert np.isfinite(ev["eval/loss"]) and ev["eval/target_tokens"] > 0 and ev["eval/examples"] > 0, ev
+    assert 0.0 <= ev["eval/accuracy"] <= 1.0
+    # the default checkpoint holds LoRA factors, their optimizer state and the step: no base weights
+    stored = _stored(tmp_path / "eval", 3)
+    assert set(stored) == {"trainable", "opt_state", "step"}, set(stored)
+    assert stored["trainable"] and all("lora_a" in k or "lora_b" in k for k in stored["trainable"]), stored["trainable"]
+
+    # run.save_frozen: the base is stored too; a resume takes it back and continues exactly
+    def frozen_cfg():
+        return grpo_config(prepared, tmp_path / "frozen", steps=3, run_kw=dict(save_frozen=True))
+
+    first = grpo.train(frozen_cfg(), progress=False, stop_after=2)
+    assert first["preempted"] and first["rollouts"] == 2
+    stored = _stored(tmp_path / "frozen", 2)
+    assert set(stored) == {"trainable", "opt_state", "step", "frozen"}
+    assert any("embed_tokens" in k for k in stored["frozen"]) and not any("lora" in k for k in stored["frozen"])
+    ck = {"lora": _size(tmp_path / "eval" / "checkpoints" / "2"), "frozen": _size(tmp_path / "frozen" / "checkpoints" / "2")}
+    assert ck["frozen"] > 1.5 * ck["lora"], ck  # tiny model: LoRA + Adam state is not small next to the base
+    second = grpo.train(frozen_cfg(), progress=False)
+    assert second["rollouts"] == 3 and not second["preempted"] and second["eval"] == {}
+    # evaluation changes nothing in training: the evaluated run and the save_frozen resumed run end equal
+    for x, y in zip(jax.tree.leaves(evald["state"].trainable), jax.tree.leaves(second["state"].trainable)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
@@ -109,3 +164,5 @@ def test_config_errors_name_the_key():
         GRPOSpec(loss_type="ppo")
     with pytest.raises(C.ConfigError, match="did you mean grpo.beta"):
         C.load_config(None, ["grpo.betta=0.1"], cls=GRPOConfig)
+    with pytest.raises(C.ConfigError, match="run.eval_every=2 needs data.eval"):
+        C.load_config(None, ["run.eval_every=2"], cls=GRPOConfig)

@@ -7,7 +7,7 @@ from flax import nnx
 
 from omnirrm_jax.models import config as C
 from omnirrm_jax.models.thinker import Thinker, prepare_inputs
-from omnirrm_jax.training import lora, optim, sft
+from omnirrm_jax.training import lora, loop, optim, sft
 from omnirrm_jax.training import sharding as S
 from omnirrm_jax.training.state import create_train_state
 
@@ -83,7 +83,7 @@ def test_non_finite_update_is_skipped_and_counted():
     trainable, opt_state, step, m = step_fn(state.trainable, frozen, state.opt_state, state.step, batch)
     assert not bool(m["finite"]) and int(step) == 0
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), trainable, before)
-    guard = sft.NonFiniteGuard(limit=2)
+    guard = loop.NonFiniteGuard(limit=2)
     guard.update(False, 7, batch)
     with pytest.raises(FloatingPointError, match=r"2 consecutive non-finite updates; last at step 8, batch "
                                                  r"examples \[0, 1, 2, 3\]"):
