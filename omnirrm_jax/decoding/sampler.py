@@ -264,8 +264,12 @@ def decode(model, pre: Prefill, sampling: SamplingConfig, rng: jax.Array, constr
 
 
 def _check_left_padded(mask) -> None:
-    if not isinstance(mask, jax.core.Tracer):
-        m = np.asarray(mask).astype(bool)
+    if isinstance(mask, jax.core.Tracer):
+        return
+    # Several processes: each checks the rows it holds (every row is held by one), no gather needed.
+    multi = isinstance(mask, jax.Array) and not mask.is_fully_addressable
+    for part in [s.data for s in mask.addressable_shards] if multi else [mask]:
+        m = np.asarray(part).astype(bool)
         if (m.any(1) & ~m[:, -1]).any():  # all-padding rows (a final partial batch) are allowed
             raise ValueError("generate needs left-padded prompts: every row's last attention_mask entry must be 1")
 

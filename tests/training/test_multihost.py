@@ -1,5 +1,7 @@
 """Multi-host correctness on one machine: two processes (4 fake CPU devices each) joined by jax.distributed on
-localhost train on one 8-device mesh, checkpoint, stop, resume, and match the single-process 8-device run.
+localhost run SFT on one 8-device mesh, are stopped by a SIGTERM that reaches process 1 only (both must agree on the
+step, save together and exit 0), resume, then run GRPO from the exported SFT model; losses, rewards and parameters
+match the single-process 8-device runs.
 
 The workers (`multihost_worker.py`) are started the way a launcher starts them: environment variables read by
 `training/distributed.py`, the run config as YAML. A new trainer joins the comparison as another leg (an entry
@@ -8,9 +10,11 @@ of the worker's LEGS and one more `_launch` call below).
 import dataclasses
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -18,10 +22,13 @@ import pytest
 import yaml
 
 from omnirrm_jax import demo
+from omnirrm_jax.checkpoint import export
 from omnirrm_jax.checkpoint.manager import CheckpointManager
 from omnirrm_jax.training import config as config_lib
-from omnirrm_jax.training import distributed
-from omnirrm_jax.training import sft
+from omnirrm_jax.training import distributed, grpo, sft
+from omnirrm_jax.training.grpo_config import GRPOConfig, GRPOSpec
+from omnirrm_jax.training.optim import OptimConfig
+from omnirrm_jax.training.sharding import MeshConfig
 
 WORKER = os.path.join(os.path.dirname(__file__), "multihost_worker.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -82,9 +89,14 @@ def test_resume_with_another_process_count_is_an_error(tmp_path):
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
+    from data_prep.prep import prep
+    from omnirrm_jax.data.media import MediaConfig, VideoConfig
+
     root = tmp_path_factory.mktemp("demo")
     cfg = demo.DemoConfig(workdir=str(root), n_train_per_modality=12, n_eval_per_modality=4, batch_size=8)
     data = demo._prepare(cfg, "data", blank=False)
+    prep([os.path.join(data["root"], "grpo_train.jsonl")], data["root"], data["shards"],
+         media_cfg=MediaConfig(video=VideoConfig(**demo.DEMO_VIDEO)), split="grpotrain", records_per_shard=10_000)
     _, tok_path = demo._tokenizer(cfg, data["root"])
     return cfg, data, tok_path
 
@@ -95,6 +107,23 @@ def _sft_cfg(prepared, workdir, steps=6):
     return dataclasses.replace(c, run=dataclasses.replace(c.run, log_every=1, keep_checkpoints=2))
 
 
+def _grpo_cfg(prepared, hf_path: str, workdir) -> GRPOConfig:
+    """Two rollout batches of 4 prompts x G=2 from the SFT model, LoRA on it, on a data x fsdp x tensor mesh.
+    Constrained sampling: every completion parses, so the sampled scores make rewards differ within a group (a
+    6-step SFT model writes no valid JSON alone: equal rewards, zero advantages, an update of pure noise)."""
+    _, data, tok_path = prepared
+    return GRPOConfig(
+        model=config_lib.ModelSpec(preset=None, hf_path=hf_path, dtype="float32", param_dtype="float32"),
+        data=config_lib.DataSpec(train=(os.path.join(data["shards"], "grpotrain-*.array_record"),),
+                                 tokenizer=tok_path,
+                                 pipeline={"batch_size": 4, "shuffle_seed": 0, "seq_buckets": (384,),
+                                           "media_buckets": demo.media_buckets(4)}),
+        optim=OptimConfig(learning_rate=1e-3, warmup_ratio=0.0, weight_decay=0.0),
+        mesh=MeshConfig(data=2, fsdp=2, tensor=2),
+        run=config_lib.RunSpec(workdir=str(workdir), seed=0, max_steps=2, log_every=1, save_every=10 ** 9),
+        grpo=GRPOSpec(num_generations=2, max_completion_length=48, constrained=True))  # the schema needs >= 44
+
+
 def _plain(x):
     if isinstance(x, dict):
         return {k: _plain(v) for k, v in x.items()}
@@ -103,72 +132,141 @@ def _plain(x):
     return x
 
 
+def _yaml(path, cfg) -> str:
+    """The config as `omnirrm sft|grpo CONFIG.yaml` reads it."""
+    with open(path, "w") as f:
+        yaml.safe_dump(_plain(config_lib.to_dict(cfg)), f)
+    return str(path)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
         return s.getsockname()[1]
 
 
-def _launch(n: int, config: str, leg: str, out: str, stop_after: int | None = None, timeout: int = 600) -> dict:
-    """Starts n worker processes with 4 CPU devices each, waits for all, returns process 0's summary."""
+def _start(n: int, config: str, leg: str, out: str, stop_after: int | None = None) -> list:
+    """Starts n worker processes with 4 CPU devices each (logs in OUT/LEG.I.log)."""
     port = _free_port()
+    os.makedirs(out, exist_ok=True)
     procs = []
     for i in range(n):
         env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
                "OMNIRRM_COORDINATOR": f"localhost:{port}", "OMNIRRM_NUM_PROCESSES": str(n),
                "OMNIRRM_PROCESS_ID": str(i), "PYTHONPATH": ROOT}
         cmd = [sys.executable, WORKER, config, leg, out] + ([f"--stop-after={stop_after}"] if stop_after else [])
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    logs = []
+        log = open(os.path.join(out, f"{leg}.{i}.log"), "w")
+        procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True))
+        log.close()
+    return procs
+
+
+def _tail(out: str, leg: str, i: int) -> str:
+    with open(os.path.join(out, f"{leg}.{i}.log")) as f:
+        return f.read()[-4000:]
+
+
+def _finish(procs: list, leg: str, out: str, timeout: int = 600) -> dict:
+    """Waits for every worker; all must exit 0. Returns process 0's summary."""
     try:
         for p in procs:
-            logs.append(p.communicate(timeout=timeout)[0])
+            p.wait(timeout=timeout)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for i, (p, log) in enumerate(zip(procs, logs)):
-        assert p.returncode == 0, f"worker {i} of {n} ({leg}) exited {p.returncode}:\n{log[-4000:]}"
+    for i, p in enumerate(procs):
+        assert p.returncode == 0, f"worker {i} of {len(procs)} ({leg}) exited {p.returncode}:\n{_tail(out, leg, i)}"
     with open(os.path.join(out, f"{leg}.json")) as f:
-        return json.load(f)
+        summary = json.load(f)
+    assert summary["package"] == os.path.join(ROOT, "omnirrm_jax"), f"workers imported {summary['package']}"
+    assert summary["process_count"] == len(procs) and summary["device_count"] == 8, summary
+    return summary
 
 
-def _losses(workdir) -> dict[int, float]:
+def _launch(n: int, config: str, leg: str, out: str, stop_after: int | None = None) -> dict:
+    return _finish(_start(n, config, leg, out, stop_after), leg, out)
+
+
+def _wait_for_logged_step(metrics: str, step: int, procs: list, out: str, leg: str, timeout: float = 600) -> None:
+    """Returns once process 0 has logged `step` (so every process is inside the training loop)."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        for i, p in enumerate(procs):
+            assert p.poll() is None, f"worker {i} ended early ({p.returncode}):\n{_tail(out, leg, i)}"
+        if os.path.exists(metrics):
+            with open(metrics) as f:
+                if any(json.loads(line)["step"] >= step for line in f if line.endswith("\n")):
+                    return
+        time.sleep(0.05)
+    raise TimeoutError(f"{metrics}: step {step} not logged in {timeout} s")
+
+
+def _metrics(workdir) -> dict[int, dict]:
     steps = {}
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         for line in f:
             row = json.loads(line)
             assert row["step"] not in steps, f"step {row['step']} logged twice: a process other than 0 wrote logs"
-            steps[row["step"]] = row["train/loss"]
+            steps[row["step"]] = row
     return steps
 
 
+def _trainable(state) -> dict:
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(state.trainable)}
+
+
+def _assert_params_close(npz, state, rtol, atol):
+    got, want = np.load(npz), _trainable(state)
+    assert sorted(got.files) == sorted(want)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=rtol, atol=atol, err_msg=k)
+
+
 @pytest.mark.slow
-def test_two_processes_train_stop_resume_like_one(prepared, tmp_path):
+def test_two_processes_sft_sigterm_resume_then_grpo_like_one(prepared, tmp_path):
+    # ---- SFT, one process: the reference ----------------------------------------------------------------------
     ref = sft.train(_sft_cfg(prepared, tmp_path / "one"), progress=False)
     assert ref["micro_steps"] == 6 and jax.device_count() == 8
 
-    config = str(tmp_path / "two.yaml")
-    with open(config, "w") as f:
-        yaml.safe_dump(_plain(config_lib.to_dict(_sft_cfg(prepared, tmp_path / "two"))), f)
-    first = _launch(2, config, "sft", str(tmp_path / "out1"), stop_after=3)
-    assert first == {"micro_steps": 3, "preempted": True, "process_count": 2, "device_count": 8}
-    data_file = tmp_path / "two" / "checkpoints" / "3" / "data" / "metadata"
-    per_process = json.loads(data_file.read_text())
-    # 3 steps of a global batch of 8: each process read its own 4 rows per step, 12 records, not 24.
+    # ---- SFT, two processes: SIGTERM reaches process 1 only, once training is under way ------------------------
+    config = _yaml(tmp_path / "two.yaml", _sft_cfg(prepared, tmp_path / "two"))
+    out1 = str(tmp_path / "out1")
+    procs = _start(2, config, "sft", out1)
+    _wait_for_logged_step(str(tmp_path / "two" / "metrics.jsonl"), 1, procs, out1, "sft")
+    procs[1].send_signal(signal.SIGTERM)
+    first = _finish(procs, "sft", out1)
+    k = first["steps"]
+    # both stopped after the same step (process 0 was never signalled), saved it together and exited 0
+    assert first["preempted"] and first["steps_per_process"] == [k, k] and 2 <= k < 6, first
+    per_process = json.loads((tmp_path / "two" / "checkpoints" / str(k) / "data" / "metadata").read_text())
+    # k steps of a global batch of 8: each process read its own 4 rows per step
     assert per_process["process_count"] == 2
-    assert [st["state"]["counts"]["seen"] for st in per_process["processes"]] == [12, 12], per_process
+    assert [st["state"]["counts"]["seen"] for st in per_process["processes"]] == [4 * k, 4 * k], per_process
 
     second = _launch(2, config, "sft", str(tmp_path / "out2"))
-    assert second["micro_steps"] == 6 and not second["preempted"]
-
-    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert second["steps"] == 6 and not second["preempted"]
+    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
     assert sorted(one) == sorted(two) == list(range(1, 7))
-    np.testing.assert_allclose([two[s] for s in range(1, 7)], [one[s] for s in range(1, 7)], rtol=1e-5,
-                               err_msg="2-process losses differ from the 1-process run")
-    got = np.load(tmp_path / "out2" / "sft.npz")
-    want = {jax.tree_util.keystr(k): np.asarray(v)
-            for k, v in jax.tree_util.tree_leaves_with_path(ref["state"].trainable)}
-    assert sorted(got.files) == sorted(want)
-    for k in want:
-        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    np.testing.assert_allclose([two[s]["train/loss"] for s in range(1, 7)], [one[s]["train/loss"] for s in range(1, 7)],
+                               rtol=1e-5, err_msg="2-process SFT losses differ from the 1-process run")
+    # Adam divides by the gradient's RMS, so summation-order noise in tiny gradient entries grows to ~1e-6 absolute
+    _assert_params_close(tmp_path / "out2" / "sft.npz", ref["state"], rtol=1e-4, atol=1e-6)
+
+    # ---- GRPO from the exported SFT model: one process vs two --------------------------------------------------
+    hf = export.export(str(tmp_path / "two"), str(tmp_path / "export"), formats=["hf"])["hf"]
+    g_ref = grpo.train(_grpo_cfg(prepared, hf, tmp_path / "grpo_one"), progress=False)
+    assert g_ref["rollouts"] == 2
+    g_config = _yaml(tmp_path / "grpo.yaml", _grpo_cfg(prepared, hf, tmp_path / "grpo_two"))
+    g_two = _launch(2, g_config, "grpo", str(tmp_path / "out3"))
+    assert g_two["steps"] == 2 and g_two["steps_per_process"] == [2, 2]
+    one, two = _metrics(tmp_path / "grpo_one"), _metrics(tmp_path / "grpo_two")
+    assert sorted(one) == sorted(two) == [1, 2]
+    for s in (1, 2):
+        # the same completions scored against the same gold labels in the same rows: rewards are equal exactly
+        for key in ("reward/format_mean", "reward/content_mean", "reward/rubric_mean", "reward/total_std",
+                    "rollout/completion_length", "rollout/verdict_accuracy"):
+            assert two[s][key] == one[s][key], (s, key, two[s][key], one[s][key])
+        for key in ("train/loss", "train/kl", "train/grad_norm"):
+            np.testing.assert_allclose(two[s][key], one[s][key], rtol=1e-5, atol=1e-7, err_msg=f"step {s} {key}")
+    _assert_params_close(tmp_path / "out3" / "grpo.npz", g_ref["state"], rtol=1e-4, atol=1e-6)
