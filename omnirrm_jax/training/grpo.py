@@ -42,7 +42,7 @@ from flax import nnx
 from omnirrm_jax.decoding.sampler import SamplingConfig, _last_positions, generate
 from omnirrm_jax.models import text as text_lib
 from omnirrm_jax.training import grpo_loss, losses
-from omnirrm_jax.training.grpo_config import GRPOConfig, GRPOSpec
+from omnirrm_jax.training.grpo_config import LOGIT_TOKENS, GRPOConfig, GRPOSpec
 from omnirrm_jax.training.sft import model_inputs
 from omnirrm_jax.training.state import TrainState, tree_where
 
@@ -57,7 +57,7 @@ VERDICT_NAMES = ("A", "B", "equal")  # data.examples VERDICT_CODES order
 
 def completion_logprobs(model, inputs: dict, completions_RN: jax.Array, completion_mask_RN: jax.Array,
                         num_samples: int, temperature: float = 1.0, rows_per_chunk: int | None = None,
-                        logit_tokens: int = 16384) -> jax.Array:
+                        logit_tokens: int = LOGIT_TOKENS) -> jax.Array:
     """log p(completion token j | prompt, completion[:j]) for R = B * num_samples rows (sample g of prompt b
     in row b * G + g, as `generate` orders them), logits divided by `temperature` as the sampler does.
 

@@ -15,6 +15,9 @@ from omnirrm_jax.training.grpo_loss import ADVANTAGE_SCALES, KL_ESTIMATORS, LOSS
 from omnirrm_jax.training.optim import OptimConfig
 from omnirrm_jax.training.sharding import MeshConfig
 
+# fp32 logits alive at once in the teacher-forced pass (rows x sequence chunk); omnirrm plan counts them
+LOGIT_TOKENS = 16384
+
 
 @dataclasses.dataclass(frozen=True)
 class GRPOSpec:

@@ -14,7 +14,8 @@ Activations and the KV cache are a model (what the decoder keeps for the backwar
           kernels keep only a log-sum-exp) (+ r per LoRA target)
     dots  3D + (N+2K)H/tp + 2F/tp   (the projection outputs and the layer input)
     full  D (the layer input) + one layer's `none` activations while it is recomputed
-  plus the loss: one 1024-token chunk of float32 logits and their gradient (vocab / tp), and two (T, D) buffers
+  plus the loss: one 1024-token chunk per row of float32 logits and their gradient (vocab / tp; GRPO: the
+  teacher-forced pass's window of `grpo_config.LOGIT_TOKENS` completion positions), and two (T, D) buffers
   (embeddings, final hidden). The vision / audio towers are not counted: their tokens are part of T, and with
   the ViT frozen their activations are not kept. GRPO rollouts add the KV cache:
     rows_dev(batch * G) * (prompt + completion) * layers * 2 (K, V) * K/tp * H * b.
@@ -51,6 +52,7 @@ class Workload:
     seq: int  # their length
     kv_rows: int = 0  # GRPO rollout sequences held in the KV cache
     kv_seq: int = 0
+    loss_tokens: int = 0  # positions whose fp32 logits are alive at once (0: rows x one LOSS_CHUNK)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +132,11 @@ def workload(cfg) -> Workload:
     # the update's teacher-forced pass: each prompt once, then its G completions over the prompt's cache;
     # a chunk of `rows_per_chunk // G` prompts is alive at once (grpo.completion_logprobs)
     prompts = max(1, grpo.rows_per_chunk // G) if grpo.rows_per_chunk else pcfg.batch_size
-    return Workload("grpo", prompts, seq + G * grpo.max_completion_length, kv_rows=rows, kv_seq=total)
+    from omnirrm_jax.training.grpo_config import LOGIT_TOKENS
+
+    r, N = prompts * G, grpo.max_completion_length
+    return Workload("grpo", prompts, seq + G * N, kv_rows=rows, kv_seq=total,
+                    loss_tokens=r * max(1, min(N, LOGIT_TOKENS // r)))
 
 
 def parse_mesh(text: str | None, devices: int, default) -> dict:
@@ -197,7 +203,8 @@ def activation_bytes(tcfg, work: Workload, mesh: dict, *, remat: str, lora_rank:
         full_layer += 2 * split(t.num_heads) * S
     per_layer = {"none": full_layer, "dots": 3 * D + qh + 2 * kh + 2 * f, "full": D}[remat]
     layers = t.num_layers * per_layer + (full_layer if remat != "none" else 0)
-    loss = 2 * rows * min(LOSS_CHUNK, S) * split(t.vocab_size) * 4
+    loss_tokens = -(-work.loss_tokens // dp) if work.loss_tokens else rows * min(LOSS_CHUNK, S)
+    loss = 2 * loss_tokens * split(t.vocab_size) * 4
     return T * b * layers + loss + 2 * T * D * b
 
 
@@ -279,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mesh", default=None, help="data=..,fsdp=..,tensor=.. (default: the config's mesh)")
     p.add_argument("--platform", default="gpu", choices=sorted(HBM_GIB), help="sets the HBM per device")
     p.add_argument("--preset", default=None, help="model preset when model.hf_path is not readable here")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides may follow the options
     cfg = load_run_config(args.config, args.overrides)
     tcfg, note = thinker_config(cfg, args.preset)
     work = workload(cfg)

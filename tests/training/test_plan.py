@@ -86,6 +86,10 @@ def test_workloads_from_the_reference_configs():
     assert (g.mode, g.rows, g.seq, g.kv_rows, g.kv_seq) == ("grpo", 4, 6144 + 2 * 1024, 8, 6144 + 1024)
     chunked = PL.workload(PL.load_run_config("configs/grpo_7b_lora.yaml", ["grpo.rows_per_chunk=2"]))
     assert (chunked.rows, chunked.seq) == (1, 6144 + 2 * 1024)
+    # fp32 logits alive in the teacher-forced pass: every completion row, a window of LOGIT_TOKENS // rows positions
+    assert g.loss_tokens == 8 * 1024 and chunked.loss_tokens == 2 * 1024
+    wide = PL.workload(PL.load_run_config("configs/grpo_7b_lora.yaml", ["grpo.num_generations=32"]))
+    assert wide.loss_tokens == 128 * (16384 // 128)
     tcfg, note = PL.thinker_config(grpo_cfg)
     assert tcfg.text.num_layers == 28 and "guessed" in note and tcfg.remat == "full"
 
