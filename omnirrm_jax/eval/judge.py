@@ -137,3 +137,44 @@ def pairwise_accuracy(model, tok, batches: Iterable[dict], *, max_new_tokens: in
     return {m: {"accuracy": c["correct"] / c["n"], "valid_json": c["valid_json"] / c["n"], "n": c["n"],
                 **({"mean_reward": c["reward"] / c["n"]} if "reward" in c else {})}
             for m, c in stats.items() if c["n"]}
+
+
+def sampled_parse_rates(model, tok, batches: Iterable[dict], *, samples: int, per_prompt: int, max_new_tokens: int,
+                        seed: int = 0, temperature: float = 1.0) -> dict[str, dict[str, int]]:
+    """How often *sampled* judgements (temperature 1, no top-k/top-p: the most adventurous setting) parse and
+    are self-consistent, with the schema constraint and without: {"constrained"|"unconstrained": {"n", "parsed",
+    "consistent"}}. `per_prompt` samples are drawn per prompt from successive batches until `samples` is reached.
+
+    Greedy judgements of a trained judge hide failures that sampling (GRPO's rollouts) exposes; the constraint
+    must hold for every sample. Parsed = `parse_judgement(...).ok` (which already requires the scores, `better`
+    and `final_verdict` to agree); consistent = also the reference plugin's full format reward (1.0).
+    """
+    from omnirrm_jax.decoding.constrained import decode_outputs, generate_judgements
+    from omnirrm_jax.rubric.rewards import format_reward
+    from omnirrm_jax.training.sft import model_inputs
+
+    stop = (tok.special_ids["im_end"],)
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=0, top_p=1.0,
+                              num_samples=per_prompt, stop_token_ids=stop, pad_token_id=tok.special_ids["pad"])
+    counts = {k: collections.Counter() for k in ("constrained", "unconstrained")}
+    key = jax.random.key(seed)
+    for i, batch in enumerate(batches):
+        if counts["constrained"]["n"] >= samples:
+            break
+        inputs = model_inputs(batch)
+        valid = np.asarray(batch.get("valid", np.ones(np.asarray(inputs["attention_mask"]).shape[0], bool)))
+        k = jax.random.fold_in(key, i)
+        _, c_texts = generate_judgements(model, tok, inputs, sampling, k)
+        free = generate(model, inputs, sampling, k)
+        for name, texts in (("constrained", c_texts), ("unconstrained", decode_outputs(tok, free))):
+            for row, v in zip(texts, valid):
+                for text in row if v else ():
+                    if counts[name]["n"] >= samples:
+                        break
+                    parsed = parse_judgement(text)
+                    counts[name]["n"] += 1
+                    counts[name]["parsed"] += int(parsed.ok)
+                    counts[name]["consistent"] += int(parsed.ok and parsed.verdict == parsed.better
+                                                      and format_reward([text]) == [1.0])
+    return {name: {k: c[k] for k in ("n", "parsed", "consistent")} for name, c in counts.items()}
+

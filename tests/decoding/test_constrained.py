@@ -340,3 +340,18 @@ def test_constrained_generate_does_not_recompile_and_checks_arguments(sp, tiny_s
     with pytest.raises(ValueError, match="vocab"):
         SM.generate(model, inputs, sampling, jax.random.key(0),
                     constraint=C.judgement_constraint(sp, cfg.text.vocab_size + 8))
+
+
+def test_sampled_parse_rates_counts_both_modes(sp, tiny_setup):
+    """eval.judge.sampled_parse_rates (the demo model's 1,000-sample check, docs/RESULTS.md): an untrained model
+    parses only under the constraint; a batch marked invalid is skipped; the count stops at `samples`."""
+    from omnirrm_jax.eval.judge import sampled_parse_rates
+
+    model, cfg, inputs = tiny_setup
+    valid = np.array([True] * 7 + [False])
+    N = C.judgement_constraint(sp, cfg.text.vocab_size).min_new_tokens + 40
+    out = sampled_parse_rates(model, sp, [dict(inputs, valid=valid)] * 2, samples=100, per_prompt=2, max_new_tokens=N)
+    assert out["constrained"] == {"n": 28, "parsed": 28, "consistent": 28}  # 2 batches x 7 valid prompts x 2
+    assert out["unconstrained"]["n"] == 28 and out["unconstrained"]["parsed"] == 0
+    out = sampled_parse_rates(model, sp, [inputs] * 2, samples=10, per_prompt=2, max_new_tokens=N)
+    assert out["constrained"]["n"] == out["unconstrained"]["n"] == 10
