@@ -33,7 +33,9 @@ class GRPOSpec:
     top_p: float = 0.95
     top_k: int = 50
     max_completion_length: int = 1024
-    rows_per_chunk: int | None = None  # update the decoder over this many rollout rows at a time (memory)
+    # the teacher-forced pass over this many rollout rows at a time (a multiple of G: whole prompts with their G
+    # completions), each chunk rematerialised in the backward pass; None = all rows at once (memory)
+    rows_per_chunk: int | None = None
     constrained: bool = False  # sample rollouts through the judgement-schema automaton
     reward_weights: tuple[float, float, float] = (0.4, 0.4, 0.2)
     reward_mode: str = "reference"
@@ -49,6 +51,9 @@ class GRPOSpec:
             raise ValueError(f"grpo.scale_rewards must be one of {ADVANTAGE_SCALES}, got {self.scale_rewards!r}")
         if self.num_iterations < 1 or self.max_completion_length < 1:
             raise ValueError("grpo.num_iterations and grpo.max_completion_length must be >= 1")
+        if self.rows_per_chunk is not None and (self.rows_per_chunk < 1 or self.rows_per_chunk % self.num_generations):
+            raise ValueError(f"grpo.rows_per_chunk must be a multiple of grpo.num_generations={self.num_generations} "
+                             f"(whole prompts with their completions), got {self.rows_per_chunk}")
         if len(self.reward_weights) != 3:
             raise ValueError(f"grpo.reward_weights needs 3 numbers (format, content, rubric), got {self.reward_weights}")
 

@@ -51,3 +51,11 @@ def test_overrides_and_unknown_keys(tmp_path):
 def test_wrong_types_name_the_key():
     with pytest.raises(C.ConfigError, match="run.max_steps: 'many' is not a valid"):
         C.load_config(None, ["run.max_steps=many"])
+
+
+def test_grpo_rows_per_chunk_must_hold_whole_prompts():
+    from omnirrm_jax.training.grpo_config import GRPOSpec
+
+    assert GRPOSpec(num_generations=4, rows_per_chunk=8).rows_per_chunk == 8
+    with pytest.raises(ValueError, match="rows_per_chunk must be a multiple of grpo.num_generations=4"):
+        GRPOSpec(num_generations=4, rows_per_chunk=6)
