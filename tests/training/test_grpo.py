@@ -149,6 +149,25 @@ def test_teacher_forced_logprobs_equal_greedy_sampler(tiny, N):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=5e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("which", ["audio_in_video", "separate_streams"])
+def test_teacher_forced_logprobs_on_media_prompts(tmp_path, which):
+    """Image + audio, video with its own interleaved audio (TMRoPE audio-in-video), video + images of two sizes:
+    the prompt-once-then-completions pass continues each row's mRoPE positions exactly as the sampler did."""
+    from omnirrm_jax.models import params as P
+    from tests.hf_tiny import saved_tiny_thinker
+    from tests.models import test_thinker as T
+
+    model, cfg = P.load_hf(saved_tiny_thinker(str(tmp_path), seed=5))
+    make = {"audio_in_video": T.batch_audio_in_video, "separate_streams": T.batch_separate_streams}[which]
+    inputs = prepare_inputs(cfg, **make(np.random.default_rng(0), cfg))
+    G, N = 2, 7
+    res = generate(model, inputs, SamplingConfig(max_new_tokens=N, num_samples=G, greedy=True), jax.random.key(0))
+    B = res.tokens.shape[0]
+    toks = jnp.asarray(res.tokens).reshape(B * G, N)
+    lp = grpo.completion_logprobs(model, inputs, toks, jnp.ones_like(toks, bool), G)
+    np.testing.assert_allclose(np.asarray(lp), np.asarray(res.logprobs).reshape(B * G, N), atol=5e-5)
+
+
 def _roll_and_state(tiny, mesh, beta=0.04, mu=1, scores=None):
     cfg, model_fn, inputs = tiny
     tx = optim.make_optimizer(optim.OptimConfig(learning_rate=1e-2, warmup_ratio=0.0, weight_decay=0.0), 10)
