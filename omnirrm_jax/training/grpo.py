@@ -44,7 +44,7 @@ from omnirrm_jax.models import text as text_lib
 from omnirrm_jax.training import grpo_loss, losses
 from omnirrm_jax.training.grpo_config import LOGIT_TOKENS, GRPOConfig, GRPOSpec
 from omnirrm_jax.training.sft import model_inputs
-from omnirrm_jax.training.state import TrainState, tree_where
+from omnirrm_jax.training.state import TrainState, step_out_shardings, tree_where
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def grpo_step(graphdef, tx: optax.GradientTransformation, spec: GRPOSpec, traina
 
 def jit_grpo_step(state: TrainState, tx, spec: GRPOSpec, shardings=None) -> Callable:
     fn = functools.partial(grpo_step, state.graphdef, tx, spec)
-    out = None if shardings is None else (shardings[0], None, None, None)
+    out = None if shardings is None else step_out_shardings(state, shardings[0])
     return jax.jit(fn, donate_argnums=(0, 2), out_shardings=out)
 
 
@@ -317,24 +317,6 @@ class RolloutUpdate:
         return trainable, opt_state, step, record, updates
 
 
-class CompileCounter:
-    """XLA compilations since start (logged: after warm-up the count must stay flat)."""
-
-    def __init__(self):
-        self.count = 0
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-
-    def _listen(self, event, duration, **kw):
-        if event == "/jax/core/compile/backend_compile_duration":
-            self.count += 1
-
-    def close(self):
-        try:
-            jax.monitoring.unregister_event_duration_listener(self._listen)
-        except (AttributeError, ValueError):
-            pass
-
-
 def reference_trainable(trainable, full_finetune: bool, initial=None):
     """What the KL term compares against: LoRA runs switch LoRA off; full fine-tuning keeps `initial`."""
     from omnirrm_jax.training.lora import without_lora
@@ -356,7 +338,7 @@ def train(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None = No
     from omnirrm_jax.training import sharding as S
     from omnirrm_jax.training import sft
     from omnirrm_jax.training.loop import NonFiniteGuard, PeriodicEval, Preemption, RunCheckpoints
-    from omnirrm_jax.training.metrics import MetricWriter
+    from omnirrm_jax.training.metrics import CompileCounter, MetricWriter
     from omnirrm_jax.training.state import create_run_state
 
     run, spec = cfg.run, cfg.grpo

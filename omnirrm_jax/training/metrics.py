@@ -105,3 +105,21 @@ class MetricWriter:
         if self.active:
             self._jsonl.close()
             self._tb.close()
+
+
+class CompileCounter:
+    """XLA compilations since start (logged: after warm-up the count must stay flat)."""
+
+    def __init__(self):
+        self.count = 0
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+    def _listen(self, event, duration, **kw):
+        if event == "/jax/core/compile/backend_compile_duration":
+            self.count += 1
+
+    def close(self):
+        try:
+            jax.monitoring.unregister_event_duration_listener(self._listen)
+        except (AttributeError, ValueError):
+            pass

@@ -26,7 +26,7 @@ from flax import nnx
 
 from omnirrm_jax.models import config as model_config
 from omnirrm_jax.training import losses
-from omnirrm_jax.training.state import TrainState, tree_where
+from omnirrm_jax.training.state import TrainState, step_out_shardings, tree_where
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,7 @@ def jit_sft_step(state: TrainState, tx, shardings=None) -> Callable:
     fn = functools.partial(sft_step, state.graphdef, tx)
     if shardings is None:
         return jax.jit(fn, donate_argnums=(0, 2))
-    sh_trainable, sh_frozen = shardings
-    return jax.jit(fn, donate_argnums=(0, 2), out_shardings=(sh_trainable, None, None, None))
+    return jax.jit(fn, donate_argnums=(0, 2), out_shardings=step_out_shardings(state, shardings[0]))
 
 
 def eval_loss_step(graphdef, trainable, frozen, batch):
@@ -150,7 +149,7 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
     from omnirrm_jax.training import optim
     from omnirrm_jax.training import sharding as S
     from omnirrm_jax.training.loop import NonFiniteGuard, PeriodicEval, Preemption, RunCheckpoints
-    from omnirrm_jax.training.metrics import MetricWriter
+    from omnirrm_jax.training.metrics import CompileCounter, MetricWriter
     from omnirrm_jax.training.state import create_run_state
 
     run = cfg.run
@@ -189,6 +188,7 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
     meta_base = {"config": config_lib.to_dict(cfg), "thinker": model_config.to_hf_dict(thinker_cfg)}
     # ---- loop -------------------------------------------------------------------------------------
     guard, preempt = NonFiniteGuard(run.max_consecutive_nonfinite), Preemption()
+    compiles = CompileCounter()  # logged: flat after each sequence bucket's first step
     peak = peak_flops_per_device()
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves((trainable, state.frozen)))
     lr_fn = optim.learning_rate_schedule(cfg.optim, total_updates)
@@ -210,7 +210,7 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
             tps = window["tokens"] / (time.perf_counter() - window["t"])
             last = {"train/loss": float(np.mean(window["loss"])), "train/grad_norm": float(m_p["grad_norm"]),
                     "train/lr": float(lr_fn(int(step_p))), "train/tokens_per_s": tps,
-                    "train/skipped_nonfinite": guard.total}
+                    "train/skipped_nonfinite": guard.total, "compiles": compiles.count}
             if peak:
                 last["train/mfu"] = 6 * n_params * tps / (peak * jax.device_count())
             writer.write(micro_p, last)
@@ -243,6 +243,7 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
         ckpt.close()
         writer.close()
         preempt.restore()
+        compiles.close()
     final_state = TrainState(state.graphdef, trainable, state.frozen, opt_state, step)
     return {"micro_steps": micro, "preempted": micro < total_micro, "metrics": last, "eval": last_eval,
             "state": final_state,

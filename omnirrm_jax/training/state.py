@@ -86,6 +86,14 @@ def create_train_state(model_fn: Callable[[], Thinker], tx: optax.GradientTransf
     return state, (sh_trainable, sh_frozen)
 
 
+def step_out_shardings(state: TrainState, sh_trainable) -> tuple:
+    """out_shardings of a (trainable, opt_state, step, metrics) step: the state leaves where they came from. Left
+    to the compiler, the optimizer state and step come back placed differently and the second step compiles the
+    whole program again."""
+    placed = lambda x: x.sharding  # noqa: E731
+    return sh_trainable, jax.tree.map(placed, state.opt_state), placed(state.step), None
+
+
 def _on_mesh(mesh: Mesh, x: jax.Array) -> jax.Array:
     """Optimizer scalars (step counts) come out of `tx.init` on one device; put them on the mesh, replicated,
     so a restored state never mixes single-device and mesh arrays."""

@@ -56,7 +56,7 @@ def test_grpo_runs_without_recompiles_and_resumes_exactly(prepared, tmp_path):
                 "rollout/verdict_accuracy", "time/rollout_s", "time/rewards_s", "time/reference_s", "time/update_s"):
         assert all(np.isfinite(h[key]) for h in hist), key
     # mixed-modality batches of one shape: everything compiles in the first rollout, nothing after
-    assert hist[1]["compiles"] == hist[-1]["compiles"], [h["compiles"] for h in hist]
+    assert hist[0]["compiles"] == hist[-1]["compiles"], [h["compiles"] for h in hist]
     assert hist[0]["train/kl"] == 0.0  # LoRA B = 0 at the start: the policy is the reference
     lines = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 4 and "reward/total_mean" in json.loads(lines[-1])

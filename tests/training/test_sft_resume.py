@@ -38,3 +38,9 @@ def test_resume_is_bitwise_exact(prepared, tmp_path):
     for x, y in zip(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert os.path.exists(tmp_path / "split" / "metrics.jsonl")
+    # one sequence bucket: everything compiles in the first step (and the first log line), nothing after
+    import json
+
+    with open(tmp_path / "full" / "metrics.jsonl") as f:
+        counts = [r["compiles"] for r in map(json.loads, f) if "compiles" in r]
+    assert len(counts) == 3 and counts[0] == counts[-1] > 0, counts
