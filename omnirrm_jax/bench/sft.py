@@ -28,24 +28,7 @@ import time
 
 import numpy as np
 
-
-# ----------------------------------------------------------------------------------------------------
-# Model FLOPs
-# ----------------------------------------------------------------------------------------------------
-
-def matmul_params(cfg) -> int:
-    """N: weights of the text decoder's matmuls and the output head (embedding lookups are not matmuls)."""
-    t = cfg.text
-    per_layer = (t.hidden_size * (t.num_heads + 2 * t.num_kv_heads) * t.head_dim
-                 + t.num_heads * t.head_dim * t.hidden_size + 3 * t.hidden_size * t.intermediate_size)
-    return t.num_layers * per_layer + t.vocab_size * t.hidden_size
-
-
-def flops_per_token(cfg, seq: int) -> float:
-    """Frozen-base LoRA step FLOPs per token: 4·N plus causal attention, forward + backward (module docstring)."""
-    t = cfg.text
-    attn_fwd = 2 * seq * t.num_heads * t.head_dim  # QKᵀ and PV: 2·2·T·d, halved by the causal mask
-    return 4 * matmul_params(cfg) + 3 * t.num_layers * attn_fwd
+from omnirrm_jax.training.metrics import flops_per_token, matmul_params  # noqa: F401 - the MFU definition
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -123,3 +123,25 @@ class CompileCounter:
             jax.monitoring.unregister_event_duration_listener(self._listen)
         except (AttributeError, ValueError):
             pass
+
+
+# ----------------------------------------------------------------------------------------------------
+# Model FLOPs (MFU)
+# ----------------------------------------------------------------------------------------------------
+
+def matmul_params(cfg) -> int:
+    """N: weights of the text decoder's matmuls and the output head (embedding lookups are not matmuls)."""
+    t = cfg.text
+    per_layer = (t.hidden_size * (t.num_heads + 2 * t.num_kv_heads) * t.head_dim
+                 + t.num_heads * t.head_dim * t.hidden_size + 3 * t.hidden_size * t.intermediate_size)
+    return t.num_layers * per_layer + t.vocab_size * t.hidden_size
+
+
+def flops_per_token(cfg, seq: int, *, full_finetune: bool = False) -> float:
+    """Model FLOPs of one training step per token, what MFU counts: forward 2·N, backward 2·N for the activation
+    gradients (+2·N weight gradients when the base trains; a frozen weight gets none), plus causal attention
+    (forward 2·T·d per layer, backward twice that). Recompute and the LoRA factors' own FLOPs are not counted,
+    so a step scores the same MFU whatever it rematerialises (`omnirrm bench sft`, docs/PERFORMANCE.md)."""
+    t = cfg.text
+    attn_fwd = 2 * seq * t.num_heads * t.head_dim  # QKᵀ and PV: 2·2·T·d, halved by the causal mask
+    return (6 if full_finetune else 4) * matmul_params(cfg) + 3 * t.num_layers * attn_fwd

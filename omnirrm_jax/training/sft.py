@@ -149,7 +149,7 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
     from omnirrm_jax.training import optim
     from omnirrm_jax.training import sharding as S
     from omnirrm_jax.training.loop import NonFiniteGuard, PeriodicEval, Preemption, RunCheckpoints
-    from omnirrm_jax.training.metrics import CompileCounter, MetricWriter
+    from omnirrm_jax.training.metrics import CompileCounter, MetricWriter, flops_per_token
     from omnirrm_jax.training.state import create_run_state
 
     run = cfg.run
@@ -190,7 +190,6 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
     guard, preempt = NonFiniteGuard(run.max_consecutive_nonfinite), Preemption()
     compiles = CompileCounter()  # logged: flat after each sequence bucket's first step
     peak = peak_flops_per_device()
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves((trainable, state.frozen)))
     lr_fn = optim.learning_rate_schedule(cfg.optim, total_updates)
     window = {"loss": [], "tokens": 0, "t": time.perf_counter()}
     last, last_eval = {}, {}
@@ -212,7 +211,9 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
                     "train/lr": float(lr_fn(int(step_p))), "train/tokens_per_s": tps,
                     "train/skipped_nonfinite": guard.total, "compiles": compiles.count}
             if peak:
-                last["train/mfu"] = 6 * n_params * tps / (peak * jax.device_count())
+                fpt = flops_per_token(thinker_cfg, int(np.shape(host_p["input_ids"])[1]),
+                                      full_finetune=cfg.model.full_finetune)
+                last["train/mfu"] = fpt * tps / (peak * jax.device_count())
             writer.write(micro_p, last)
             if progress and jax.process_index() == 0:
                 print(f"step {micro_p}/{total_micro} loss {last['train/loss']:.4f} "

@@ -23,3 +23,12 @@ def test_events_readable_by_tensorboard(tmp_path):
     assert abs(events[1].value - 0.5) < 1e-7
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert rows[2]["step"] == 3 and abs(rows[2]["train/loss"] - 1 / 3) < 1e-12
+
+
+def test_flops_per_token_counts_weight_gradients_only_when_the_base_trains():
+    from omnirrm_jax.models import config as C
+    from omnirrm_jax.training.metrics import flops_per_token, matmul_params
+
+    cfg = C.PRESETS["omni_3b"]()
+    lora, full = flops_per_token(cfg, 3072), flops_per_token(cfg, 3072, full_finetune=True)
+    assert full - lora == 2 * matmul_params(cfg)
