@@ -12,24 +12,31 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import time
 
 import numpy as np
 
 
-def _copy_bandwidth_gbs() -> float:
-    """Device-to-device copy bandwidth (bytes read + written) of a 1 GiB buffer."""
+def _copy_bandwidth_gbs(repeats: int = 3, iters: int = 10) -> float:
+    """Device-to-device copy bandwidth (bytes read + written) of a 1 GiB buffer, best of `repeats`. The buffer is
+    donated, so no timed iteration allocates (with on-demand allocation, two fresh 1 GiB buffers per run once
+    made this read 5x low)."""
     import jax
     import jax.numpy as jnp
 
     x = jnp.ones((256, 1024, 1024), jnp.float32)
-    f = jax.jit(lambda a: a + 1.0)
-    f(x).block_until_ready()
-    t = time.perf_counter()
-    for _ in range(10):
-        y = f(x)
-    y.block_until_ready()
-    return 2 * x.nbytes * 10 / (time.perf_counter() - t) / 1e9
+    nbytes = x.nbytes
+    f = jax.jit(lambda a: a + 1.0, donate_argnums=0)
+    x = f(x).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(iters):
+            x = f(x)
+        x.block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * nbytes * iters / best / 1e9
 
 
 def _init_model(cfg, make=None):
@@ -52,9 +59,11 @@ def _init_model(cfg, make=None):
     return nnx.merge(graphdef, jax.tree.unflatten(treedef, values))
 
 
-def bench_ours(cfg, batch: int, prompt: int, new: int, repeats: int = 2, samples: int = 1, model=None) -> dict:
+def bench_ours(cfg, batch: int, prompt: int, new: int, repeats: int = 2, samples: int = 1, model=None,
+               profile_dir: str | None = None) -> dict:
     """End to end (`generate`) and its two programs alone: `prefill` (towers + prompts) and `decode` (the
-    sampling loop, what the bandwidth floor bounds). Each is compiled once, then timed best of `repeats`."""
+    sampling loop, what the bandwidth floor bounds). Each is compiled once, then timed best of `repeats`.
+    With `profile_dir`, one more `decode` runs under the profiler; its kernel summary is returned as "profile"."""
     import jax
 
     from omnirrm_jax.decoding.sampler import SamplingConfig, decode, generate, prefill
@@ -81,8 +90,16 @@ def bench_ours(cfg, batch: int, prompt: int, new: int, repeats: int = 2, samples
     prefill_s, pre = best(lambda r: prefill(model, inputs))
     decode_s, _ = best(lambda r: decode(model, pre, sampling, jax.random.key(r + 1)).tokens)
     total_s, out = best(lambda r: generate(model, inputs, sampling, jax.random.key(r + 1)))
+    prof = None
+    if profile_dir:
+        from omnirrm_jax.bench import profile
+
+        with profile.trace(profile_dir):
+            jax.block_until_ready(decode(model, pre, sampling, jax.random.key(repeats + 1)).tokens)
+        prof = profile.summarize(profile_dir)
+        profile.print_summary(prof)
     rows = batch * samples
-    return {"seconds": total_s, "tokens_per_s": rows * new / total_s, "first_call_s": compile_s,
+    return {**({"profile": prof} if prof else {}), "seconds": total_s, "tokens_per_s": rows * new / total_s, "first_call_s": compile_s,
             "prefill_s": prefill_s, "decode_s": decode_s, "decode_tokens_per_s": rows * (new - 1) / decode_s,
             "generated": int(np.asarray(out.lengths).sum())}
 
@@ -147,7 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per measurement (best is reported)")
     p.add_argument("--json", default=None, help="also write results here")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="trace one more decode per batch into DIR/<batch> and print the top kernels")
     args = p.parse_args(argv)
+    # transformers shares the card: JAX allocates on demand instead of taking 75 % of it up front (the batch-64
+    # HF baseline ran out of memory next to a preallocated JAX pool on an 80 GB H100)
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
     import jax
 
@@ -161,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.batch.split(","):
         b, g = (int(x) for x in spec.split("x")) if "x" in spec else (int(spec), 1)
         row = {"batch": b, "samples": g, "prompt": args.prompt, "new": args.new,
-               "ours": bench_ours(cfg, b, args.prompt, args.new, args.repeats, samples=g, model=model)}
+               "ours": bench_ours(cfg, b, args.prompt, args.new, args.repeats, samples=g, model=model,
+                                  profile_dir=args.profile and os.path.join(args.profile, spec))}
         if not args.no_hf and g == 1:
             row["hf"] = bench_hf(cfg, b, args.prompt, args.new, args.repeats)
         row["floor_tokens_per_s"] = floor_tokens_per_s(cfg, b, args.prompt, args.new, bw, samples=g)

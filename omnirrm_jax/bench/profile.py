@@ -1,0 +1,134 @@
+"""Where a benchmark's device time goes: a `jax.profiler` trace of the timed steps, summarised by kernel.
+
+Benchmarks take `--profile DIR`: the timed steps run inside `trace(DIR)`, and `summarize(DIR)` reads the Perfetto
+trace JSON the profiler writes next to its XPlane files and totals the device-side events (GPU/TPU streams) by
+name and by kind (matmul, attention, collective, copy, other fusions). The raw trace stays in DIR for Perfetto
+or TensorBoard; the summary is what a device call can bring back as text.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import glob
+import gzip
+import json
+import os
+
+# kernel-name fragments -> kind; first match wins (attention before gemm: cuDNN flash kernels contain "gemm")
+KINDS = (
+    ("attention", ("flash", "fmha", "cudnn", "attention", "sdpa")),
+    ("collective", ("nccl", "all-reduce", "allreduce", "all-gather", "allgather", "reduce-scatter",
+                    "reducescatter", "collective", "all-to-all")),
+    ("matmul", ("gemm", "xmma", "cutlass", "cublas", "nvjet", "matmul", "dot", "wgmma", "triton_gemm")),
+    ("copy", ("memcpy", "memset", "copy", "transpose")),
+)
+
+
+def kind_of(name: str) -> str:
+    low = name.lower()
+    for kind, fragments in KINDS:
+        if any(f in low for f in fragments):
+            return kind
+    return "other"
+
+
+@contextlib.contextmanager
+def trace(log_dir: str | None):
+    """`jax.profiler.trace` with a Perfetto JSON beside it; a no-op when `log_dir` is None."""
+    if not log_dir:
+        yield
+        return
+    import jax
+
+    os.makedirs(log_dir, exist_ok=True)
+    with jax.profiler.trace(log_dir, create_perfetto_trace=True):
+        yield
+
+
+def _trace_file(log_dir: str) -> str:
+    found = sorted(glob.glob(os.path.join(log_dir, "**", "perfetto_trace.json.gz"), recursive=True),
+                   key=os.path.getmtime)
+    if not found:
+        raise FileNotFoundError(f"{log_dir}: no perfetto_trace.json.gz under it (was the trace written?)")
+    return found[-1]
+
+
+def summarize(log_dir: str, top: int = 40) -> dict:
+    """Totals the newest trace under `log_dir`: the first device's events (process "/device:...:0") by kernel
+    name and by kind. A CPU-only trace has no device processes; its XLA worker threads stand in for them.
+
+    Returns {"source", "busy_ms", "span_ms", "kinds": {kind: ms}, "top": [{name, kind, ms, count, share}]}.
+    `busy_ms` sums event durations (overlapping streams count twice); `span_ms` is first start to last end.
+    """
+    path = _trace_file(log_dir)
+    with gzip.open(path, "rt") as f:
+        data = json.load(f)
+    events = data["traceEvents"] if isinstance(data, dict) else data
+    procs, threads = {}, {}
+    for e in events:
+        if e.get("ph") == "M" and e.get("name") == "process_name":
+            procs[e["pid"]] = e.get("args", {}).get("name", "")
+        elif e.get("ph") == "M" and e.get("name") == "thread_name":
+            threads[(e["pid"], e.get("tid"))] = e.get("args", {}).get("name", "")
+    devices = sorted((n, p) for p, n in procs.items() if n.startswith("/device:"))
+    # one device's events: on a mesh every device runs the same program, and summing them would double it
+    device = {devices[0][1]} if devices else set()
+    thread = lambda e: threads.get((e["pid"], e.get("tid")), "")  # noqa: E731
+    if device:
+        # GPU: kernels on "Stream #..." threads; the "XLA Ops" thread names the HLO op of each; "XLA Modules"
+        # spans whole programs (left out: it would count every step twice)
+        source = "device"
+        streams = {(e["pid"], e.get("tid")) for e in events if e.get("pid") in device and e.get("ph") == "X"
+                   and thread(e).startswith("Stream")}
+        if streams:
+            keep = lambda e: (e["pid"], e.get("tid")) in streams  # noqa: E731
+        else:
+            keep = lambda e: e["pid"] in device and thread(e) not in ("XLA Modules", "XLA Ops", "Steps")  # noqa
+        keep_ops = lambda e: e["pid"] in device and thread(e) == "XLA Ops"  # noqa: E731
+    else:
+        source = "host XLA threads"
+        keep = lambda e: thread(e).startswith("tf_XLA") and not e["name"].startswith("ThunkExecutor")  # noqa
+        keep_ops = lambda e: False  # noqa: E731
+    kernels, span = _totals(events, keep)
+    ops, _ = _totals(events, keep_ops)
+    busy = sum(t for t, _ in kernels.values())
+    kinds = collections.Counter()
+    for name, (t, _) in kernels.items():
+        kinds[kind_of(name)] += t
+    return {"source": source + (f" {devices[0][0]} of {len(devices)}" if devices else ""), "file": path, "busy_ms": round(busy, 3), "span_ms": round(span, 3),
+            "kinds": {k: round(v, 3) for k, v in kinds.most_common()},
+            "top": _rows(kernels, busy, top), "top_ops": _rows(ops, sum(t for t, _ in ops.values()), top)}
+
+
+def _totals(events: list, keep) -> tuple[dict, float]:
+    """{name: (ms, count)} of the kept complete events, and the ms from the first start to the last end."""
+    ms, count = collections.Counter(), collections.Counter()
+    start, end = float("inf"), float("-inf")
+    for e in events:
+        if e.get("ph") != "X" or "dur" not in e or not keep(e):
+            continue
+        ms[e["name"]] += e["dur"] / 1e3
+        count[e["name"]] += 1
+        start, end = min(start, e["ts"]), max(end, e["ts"] + e["dur"])
+    return {n: (ms[n], count[n]) for n in ms}, ((end - start) / 1e3 if ms else 0.0)
+
+
+def _rows(totals: dict, busy: float, top: int) -> list[dict]:
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1][0])[:top]
+    return [{"name": n[:160], "kind": kind_of(n), "ms": round(t, 3), "count": c,
+             "share": round(t / busy, 4) if busy else 0.0} for n, (t, c) in ranked]
+
+
+def print_summary(summary: dict, steps: int = 1) -> None:
+    """A readable table: per step when `steps` > 1."""
+    per = max(steps, 1)
+    print(f"profile ({summary['source']}): busy {summary['busy_ms'] / per:.2f} ms/step, "
+          f"span {summary['span_ms'] / per:.2f} ms/step", flush=True)
+    print("  by kind: " + ", ".join(f"{k} {v / per:.2f} ms" for k, v in summary["kinds"].items()), flush=True)
+    for title, key in (("kernels", "top"), ("HLO ops", "top_ops")):
+        if summary.get(key):
+            print(f"  top {title}:", flush=True)
+        for r in summary.get(key, []):
+            print(f"  {r['ms'] / per:9.3f} ms  {r['share']:6.1%}  x{r['count'] // per:<5d} {r['kind']:10s} "
+                  f"{r['name']}", flush=True)

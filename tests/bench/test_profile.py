@@ -1,0 +1,47 @@
+"""The trace summary: device kernels only (one device of a mesh), by name and by kind."""
+import gzip
+import json
+
+import pytest
+
+from omnirrm_jax.bench import profile
+
+
+def _write(tmp_path, events):
+    d = tmp_path / "plugins" / "profile" / "run1"
+    d.mkdir(parents=True)
+    with gzip.open(d / "perfetto_trace.json.gz", "wt") as f:
+        json.dump({"traceEvents": events}, f)
+
+
+def test_summary_keeps_one_device_streams(tmp_path):
+    meta = [{"ph": "M", "pid": p, "name": "process_name", "args": {"name": n}}
+            for p, n in ((1, "/host:CPU"), (7, "/device:GPU:0"), (8, "/device:GPU:1"))]
+    meta += [{"ph": "M", "pid": p, "tid": t, "name": "thread_name", "args": {"name": n}}
+             for p, t, n in ((7, 1, "Stream #13(Compute)"), (7, 2, "XLA Modules"), (7, 3, "XLA Ops"),
+                             (8, 1, "Stream #13(Compute)"))]
+
+    def ev(pid, tid, name, ts, dur):
+        return {"ph": "X", "pid": pid, "tid": tid, "name": name, "ts": ts, "dur": dur}
+
+    events = meta + [
+        ev(7, 1, "nvjet_sm90_tst_256x128", 0, 3000), ev(7, 1, "nvjet_sm90_tst_256x128", 3000, 3000),
+        ev(7, 1, "cudnn_generated_fort_native_sdpa_sm90_flash_bprop", 6000, 2000),
+        ev(7, 1, "ncclDevKernel_AllReduce_Sum_f32", 8000, 1000), ev(7, 1, "loop_add_fusion", 9000, 1000),
+        ev(7, 2, "jit_sft_step", 0, 10000),  # the whole program: not a kernel
+        ev(7, 3, "fusion.12", 0, 500),  # an HLO op name
+        ev(8, 1, "nvjet_sm90_tst_256x128", 0, 99000),  # the other device: left out
+        ev(1, 5, "PjitFunction", 0, 10000),  # host
+    ]
+    _write(tmp_path, events)
+    s = profile.summarize(str(tmp_path))
+    assert s["source"] == "device /device:GPU:0 of 2"
+    assert s["busy_ms"] == pytest.approx(10.0) and s["span_ms"] == pytest.approx(10.0)
+    assert s["kinds"] == {"matmul": 6.0, "attention": 2.0, "collective": 1.0, "other": 1.0}
+    assert s["top"][0] == {"name": "nvjet_sm90_tst_256x128", "kind": "matmul", "ms": 6.0, "count": 2, "share": 0.6}
+    assert [r["name"] for r in s["top_ops"]] == ["fusion.12"]
+
+
+def test_missing_trace_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no perfetto_trace.json.gz"):
+        profile.summarize(str(tmp_path))
