@@ -11,6 +11,8 @@ training code maps them to mesh axes through one table (`training/sharding.py`).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Callable
 
 import jax
@@ -26,6 +28,7 @@ VOCAB = "vocab"
 NORM = "norm"  # 1-D scales/biases: kept replicated
 CONV = "conv"  # conv window / patch input rows: replicated
 LORA_RANK = "lora_rank"
+BATCH = "batch"  # batch dim of activations (the training code's table maps it, e.g. to data x fsdp)
 
 
 def param(value: jax.Array, axes: tuple[str | None, ...], kind: type[nnx.Variable] = nnx.Param) -> nnx.Variable:
@@ -191,9 +194,52 @@ def resolve_backend(name: str, dtype) -> str:
     return "xla"
 
 
+# ----------------------------------------------------------------------------------------------------
+# Activation sharding: the model names the axes of a few activations; whoever traces it under a mesh decides
+# where they live (`training/sharding.py` installs its table with `activation_sharding`). Outside that
+# context `constrain` is the identity, so the model itself never needs a mesh.
+# ----------------------------------------------------------------------------------------------------
+
+_ACTIVATION_SHARDING: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("activation_sharding",
+                                                                                      default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(resolve: Callable | None):
+    """While a function is traced under this, `constrain(x, axes)` pins x to `resolve(axes, x.shape)` (a
+    `jax.sharding.Sharding`)."""
+    token = _ACTIVATION_SHARDING.set(resolve)
+    try:
+        yield
+    finally:
+        _ACTIVATION_SHARDING.reset(token)
+
+
+def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
+    resolve = _ACTIVATION_SHARDING.get()
+    return x if resolve is None else jax.lax.with_sharding_constraint(x, resolve(axes, x.shape))
+
+
+def _constrain_qkv(q, k, v):
+    """Queries, keys and values on one sharding: batch over the data axes, heads over tensor when both the query
+    and the kv heads divide it. cuDNN's partitioner rejects differing ones (FSDP left q and k/v on different
+    shardings: "Query, key and value should have same sharding")."""
+    resolve = _ACTIVATION_SHARDING.get()
+    if resolve is None:
+        return q, k, v
+    kv = resolve((BATCH, None, KV_HEADS, None), k.shape)
+    heads = HEADS if kv.spec[2:3] not in ((), (None,)) else None
+    if heads is not None and resolve((BATCH, None, HEADS, None), q.shape).spec[2:3] != kv.spec[2:3]:
+        heads = None
+    q = constrain(q, (BATCH, None, heads, None))
+    axes = (BATCH, None, KV_HEADS if heads else None, None)
+    return q, constrain(k, axes), constrain(v, axes)
+
+
 def attention(q_BTNH: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array, *, mask_BTS: jax.Array | None = None,
               is_causal: bool = False, scale: float, backend: str = "auto") -> jax.Array:
     """Multi-head attention with grouped kv heads. `mask_BTS` is True where a query may see a key;
     `is_causal` aligns the causal diagonal to the end of the keys (cached decoding)."""
     name = resolve_backend(backend, q_BTNH.dtype)
+    q_BTNH, k_BSKH, v_BSKH = _constrain_qkv(q_BTNH, k_BSKH, v_BSKH)
     return _BACKENDS[name](q_BTNH, k_BSKH, v_BSKH, mask=mask_BTS, is_causal=is_causal, scale=scale)

@@ -42,6 +42,7 @@ from flax import nnx
 from omnirrm_jax.decoding.sampler import SamplingConfig, _last_positions, generate
 from omnirrm_jax.models import text as text_lib
 from omnirrm_jax.training import grpo_loss, losses
+from omnirrm_jax.training import sharding as S
 from omnirrm_jax.training.grpo_config import LOGIT_TOKENS, GRPOConfig, GRPOSpec
 from omnirrm_jax.training.sft import model_inputs
 from omnirrm_jax.training.state import TrainState, step_out_shardings, tree_where
@@ -130,9 +131,9 @@ def _logprobs_fn(graphdef, spec: GRPOSpec, trainable, frozen, batch, roll):
                                spec.num_generations, spec.temperature, rows_per_chunk=spec.rows_per_chunk)
 
 
-def jit_logprobs(graphdef, spec: GRPOSpec) -> Callable:
+def jit_logprobs(graphdef, spec: GRPOSpec, mesh=None) -> Callable:
     """(trainable, frozen, batch, roll) -> (R, N) log-probs; serves the reference and the old policy."""
-    return jax.jit(functools.partial(_logprobs_fn, graphdef, spec))
+    return jax.jit(S.traced_on(mesh, functools.partial(_logprobs_fn, graphdef, spec)))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -167,6 +168,8 @@ def grpo_step(graphdef, tx: optax.GradientTransformation, spec: GRPOSpec, traina
 def jit_grpo_step(state: TrainState, tx, spec: GRPOSpec, shardings=None) -> Callable:
     fn = functools.partial(grpo_step, state.graphdef, tx, spec)
     out = None if shardings is None else step_out_shardings(state, shardings[0])
+    if shardings is not None:
+        fn = S.traced_on(S.mesh_of(shardings[0]), fn)  # activations pinned on the state's mesh
     return jax.jit(fn, donate_argnums=(0, 2), out_shardings=out)
 
 
@@ -276,9 +279,10 @@ class RolloutUpdate:
     def build(cls, state: TrainState, tx, spec: GRPOSpec, shardings, *, tok, mesh, sampling=None,
               full_finetune=False, constraint=None) -> "RolloutUpdate":
         initial = jax.tree.map(jnp.copy, state.trainable) if full_finetune and spec.beta != 0 else None
+        step_mesh = S.mesh_of(shardings[0]) if shardings else None
         return cls(state.graphdef, state.frozen, jit_grpo_step(state, tx, spec, shardings),
-                   jit_logprobs(state.graphdef, spec), spec, sampling or sampling_config(spec, tok), tok, mesh,
-                   full_finetune, initial, constraint)
+                   jit_logprobs(state.graphdef, spec, step_mesh), spec, sampling or sampling_config(spec, tok), tok,
+                   mesh, full_finetune, initial, constraint)
 
     def __call__(self, trainable, opt_state, step, batch: dict, key):
         """Returns (trainable, opt_state, step, record, per-update metrics) for one rollout batch (a GRPO-mode
@@ -286,7 +290,8 @@ class RolloutUpdate:
         spec, frozen = self.spec, self.frozen
         t0 = time.perf_counter()
         model = nnx.merge(self.graphdef, trainable, frozen)
-        result = generate(model, model_inputs(batch), self.sampling, key, constraint=self.constraint)
+        with S.activations_on(self.mesh):  # attention inputs on one sharding (cuDNN under FSDP needs it)
+            result = generate(model, model_inputs(batch), self.sampling, key, constraint=self.constraint)
         tokens, lengths = to_host(result.tokens), to_host(result.lengths)
         t1 = time.perf_counter()
         # gold labels of the global batch, in the global row order of `tokens` (several processes: all rows)
@@ -335,7 +340,6 @@ def train(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None = No
     from omnirrm_jax.models import config as model_config
     from omnirrm_jax.training import config as config_lib
     from omnirrm_jax.training import optim
-    from omnirrm_jax.training import sharding as S
     from omnirrm_jax.training import sft
     from omnirrm_jax.training.loop import NonFiniteGuard, PeriodicEval, Preemption, RunCheckpoints
     from omnirrm_jax.training.metrics import CompileCounter, MetricWriter

@@ -26,6 +26,7 @@ from flax import nnx
 
 from omnirrm_jax.models import config as model_config
 from omnirrm_jax.training import losses
+from omnirrm_jax.training import sharding as S
 from omnirrm_jax.training.state import TrainState, step_out_shardings, tree_where
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ def jit_sft_step(state: TrainState, tx, shardings=None) -> Callable:
     fn = functools.partial(sft_step, state.graphdef, tx)
     if shardings is None:
         return jax.jit(fn, donate_argnums=(0, 2))
+    fn = S.traced_on(S.mesh_of(shardings[0]), fn)  # activations pinned on the state's mesh
     return jax.jit(fn, donate_argnums=(0, 2), out_shardings=step_out_shardings(state, shardings[0]))
 
 
@@ -147,7 +149,6 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
     from omnirrm_jax.data import pipeline
     from omnirrm_jax.training import config as config_lib
     from omnirrm_jax.training import optim
-    from omnirrm_jax.training import sharding as S
     from omnirrm_jax.training.loop import NonFiniteGuard, PeriodicEval, Preemption, RunCheckpoints
     from omnirrm_jax.training.metrics import CompileCounter, MetricWriter, flops_per_token
     from omnirrm_jax.training.state import create_run_state

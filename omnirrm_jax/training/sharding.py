@@ -7,7 +7,9 @@ TPU pod slice, or anything between, by changing a config line rather than the mo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import logging
 import math
 from typing import Any, Mapping, Sequence
@@ -22,7 +24,7 @@ from omnirrm_jax.models import layers as L
 log = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "tensor")
-BATCH = "batch"  # logical name of the batch dim of activations / data
+BATCH = L.BATCH  # logical name of the batch dim of activations / data
 
 # logical axis -> mesh axis (or a tuple of mesh axes, or None = replicated).
 DEFAULT_RULES: dict[str, Any] = {
@@ -131,3 +133,40 @@ def optimizer_shardings(abstract_opt_state: Any, trainable_shardings: Any, mesh:
         return replicated
 
     return jax.tree_util.tree_map_with_path(one, abstract_opt_state)
+
+
+@contextlib.contextmanager
+def activations_on(mesh: Mesh, rules: Mapping[str, Any] = DEFAULT_RULES):
+    """Functions traced inside pin the model's named activations (`layers.constrain`) through `rules` on `mesh`
+    (no mesh: nothing pinned)."""
+    if mesh is None:
+        yield
+        return
+
+    def resolve(axes, shape):
+        return NamedSharding(mesh, logical_to_spec(axes, shape, mesh=mesh, rules=rules))
+
+    with L.activation_sharding(resolve):
+        yield
+
+
+def traced_on(mesh: Mesh | None, fn, rules: Mapping[str, Any] = DEFAULT_RULES):
+    """`fn` that traces under `activations_on(mesh)` (for `jax.jit`: the trace happens inside the call). A new
+    function each time: jax caches traces per function and the context is not part of that key."""
+    if mesh is None:
+        return fn
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with activations_on(mesh, rules):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def mesh_of(shardings: Any) -> Mesh | None:
+    """The mesh of the first NamedSharding in a pytree of shardings (None if there is none)."""
+    for leaf in jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding)):
+        if isinstance(leaf, NamedSharding):
+            return leaf.mesh
+    return None

@@ -54,3 +54,31 @@ def test_sharded_init_and_forward_equal_single_device():
                           attention_mask=jax.device_put(inputs["attention_mask"], data_sh))
     out = nnx.jit(lambda m, x: m.forward(x))(model, inputs_sharded)
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref.forward(inputs)), atol=1e-5)
+
+
+@pytest.mark.parametrize("mesh_cfg, kv_heads, want", [
+    (S.MeshConfig(data=1, fsdp=8), 2, '[{"fsdp"}, {}, {}, {}]'),  # FSDP: batch over fsdp, heads whole
+    (S.MeshConfig(data=2, fsdp=2, tensor=2), 2, '[{"data", "fsdp"}, {}, {"tensor"}, {}]'),  # heads on tensor too
+    (S.MeshConfig(data=2, fsdp=1, tensor=4), 2, '[{"data"}, {}, {}, {}]'),  # 2 kv heads do not divide 4: none
+])
+def test_attention_inputs_share_one_sharding(mesh_cfg, kv_heads, want):
+    """cuDNN's partitioner needs q, k and v on one sharding (under FSDP they differed and compile failed); the
+    attention entry pins all three, heads over tensor only when both head counts divide it."""
+    from omnirrm_jax.models import layers as L
+
+    L.register_attention_backend("record", lambda q, k, v, **_: q * (k.sum() + v.sum()))
+    mesh = S.make_mesh(mesh_cfg)
+    q, k, v = jnp.zeros((8, 4, 8, 16)), jnp.zeros((8, 4, kv_heads, 16)), jnp.ones((8, 4, kv_heads, 16))
+
+    def fn(q, k, v):
+        return L.attention(q, k, v, scale=1.0, backend="record")
+
+    with S.activations_on(mesh):
+        text = jax.jit(fn).lower(q, k, v).as_text()
+    pinned = [line.split("<@mesh, ")[1].split("]>")[0] + "]" for line in text.splitlines()
+              if "sdy.sharding_constraint" in line]
+    assert pinned == [want] * 3, text
+    def fresh(q, k, v):  # a new function: jax caches traces per function, and the context is not in its key
+        return L.attention(q, k, v, scale=1.0, backend="record")
+
+    assert "sharding_constraint" not in jax.jit(fresh).lower(q, k, v).as_text()  # outside the context: untouched
