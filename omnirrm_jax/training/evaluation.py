@@ -16,6 +16,8 @@ import logging
 import jax
 from flax import nnx
 
+from omnirrm_jax.training import sharding as S
+
 log = logging.getLogger(__name__)
 
 
@@ -41,7 +43,7 @@ class HeldOutEval:
         # Finite, unshuffled, every row kept, and skips allowed: the other kind's records are skipped on purpose.
         self.pcfg = dataclasses.replace(pcfg, num_epochs=1, shuffle_seed=None, drop_remainder=False,
                                         max_skip_ratio=1.0, worker_count=0)
-        self._loss = jax.jit(functools.partial(_loss_sums, graphdef))
+        self._loss = jax.jit(S.traced_on(mesh, functools.partial(_loss_sums, graphdef)))
 
     def _batches(self, mode: str):
         from omnirrm_jax.data import pipeline
@@ -64,7 +66,9 @@ class HeldOutEval:
         if tokens:
             out["eval/loss"], out["eval/target_tokens"] = total / tokens, tokens
         model = nnx.merge(self.graphdef, trainable, frozen)
-        per_mod = pairwise_accuracy(model, self.tok, self._batches("grpo"), max_new_tokens=self.spec.max_new_tokens)
+        with S.activations_on(self.mesh):  # as the training steps: one sharding for the attention inputs
+            per_mod = pairwise_accuracy(model, self.tok, self._batches("grpo"),
+                                        max_new_tokens=self.spec.max_new_tokens)
         n_all = sum(r["n"] for r in per_mod.values())
         if n_all:
             out["eval/accuracy"] = sum(r["accuracy"] * r["n"] for r in per_mod.values()) / n_all
