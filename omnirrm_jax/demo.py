@@ -2,8 +2,9 @@
 
   generate demo data (images, mp4, wav, arithmetic) -> `prep` (PyAV, librosa, ArrayRecord) -> SentencePiece
   tokenizer -> tiny thinker trained with SFT (full fine-tuning from random weights) -> held-out pairwise
-  accuracy per modality from greedy judgements -> checkpoint saved and reloaded -> one judgement per
-  modality; and a control run on blanked media, which must stay near chance.
+  accuracy per modality from greedy judgements -> checkpoint saved and reloaded -> a short GRPO stage (LoRA on
+  the SFT judge, rubric rewards; `demo_grpo`) -> merged export reloaded and evaluated again -> one judgement
+  per modality; and a control run on blanked media, which must stay near chance.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import os
 import time
 
 import numpy as np
+
+from omnirrm_jax.demo_grpo import DemoGRPOConfig
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,7 @@ class DemoConfig:
     preset: str = "demo"  # models.config preset (tiny + a text decoder sized for the task)
     max_new_tokens: int = 200
     control: bool = True
+    grpo: DemoGRPOConfig | None = DemoGRPOConfig()  # None: stop after SFT
     seed: int = 0
 
 
@@ -143,18 +147,18 @@ def _reload(out: dict, workdir: str):
 
 def _table(results: dict) -> str:
     mods = ("text", "image", "video", "audio")
-    lines = [f"{'run':<10}" + "".join(f"{m:>16}" for m in mods),
-             " " * 10 + "".join(f"{'acc / json':>16}" for _ in mods)]
+    lines = [f"{'run':<10}" + "".join(f"{m:>20}" for m in mods),
+             " " * 10 + "".join(f"{'acc / json / reward':>20}" for _ in mods)]
     for run, res in results.items():
-        cells = "".join(f"{res[m]['accuracy']:>9.2f} / {res[m]['valid_json']:.2f}" if m in res else f"{'-':>16}"
-                        for m in mods)
+        cells = "".join(f"{res[m]['accuracy']:>6.2f} / {res[m]['valid_json']:.2f} / {res[m].get('mean_reward', np.nan):+.3f}"
+                        if m in res else f"{'-':>20}" for m in mods)
         lines.append(f"{run:<10}{cells}")
     return "\n".join(lines)
 
 
-def _sft_rows(real: dict, control: dict | None) -> dict:
+def _rows(real: dict, control: dict | None) -> dict:
     """demo_report.json's per-modality rows: held-out accuracy, valid-JSON rate and mean GRPO reward
-    (`combined_reward`) of the greedy judgements, and the control run's accuracy on blanked media."""
+    (`combined_reward`) of the greedy judgements, and the accuracy on blanked media (`control`)."""
     return {m: {"accuracy": r["accuracy"], "valid_json": r["valid_json"],
                 "blank_media_accuracy": control[m]["accuracy"] if control and m in control else None,
                 "mean_reward": r.get("mean_reward"), "n": r["n"]} for m, r in real.items()}
@@ -163,33 +167,40 @@ def _sft_rows(real: dict, control: dict | None) -> dict:
 def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
     t0 = time.time()
     seconds = {}  # per stage, in the report: the whole demo has a CPU time budget
+    load = {"start": os.getloadavg()}  # the demo's time depends on what else the (shared) machine runs
+    n = 6 if cfg.grpo else 5
 
     def lap(name):
         seconds[name] = round(time.time() - t0 - sum(seconds.values()), 1)
 
     os.makedirs(cfg.workdir, exist_ok=True)
-    print("[1/5] generating and preparing demo data (images, mp4 videos, wav audio, arithmetic)", flush=True)
+    print(f"[1/{n}] generating and preparing demo data (images, mp4 videos, wav audio, arithmetic)", flush=True)
     real = _prepare(cfg, "data", blank=False)
     tok, tok_path = _tokenizer(cfg, real["root"])
     lap("data")
-    print(f"[2/5] SFT of a tiny thinker from random weights ({cfg.steps} steps)", flush=True)
+    print(f"[2/{n}] SFT of a tiny thinker from random weights ({cfg.steps} steps)", flush=True)
     out, workdir, _ = _train(cfg, real, tok_path, "sft")
     thinker_cfg = out["thinker_config"]
     lap("sft")
-    print("[3/5] checkpoint reload and held-out evaluation (greedy judgements)", flush=True)
+    print(f"[3/{n}] checkpoint reload and held-out evaluation (greedy judgements)", flush=True)
     model, reload_ok, step = _reload(out, workdir)
     results = {"sft": _evaluate(model, tok, thinker_cfg, real["shards"], cfg)}
     report = {"checkpoint": {"reloaded_equal": reload_ok, "step": step}}
     lap("sft_eval")
+    blank = None
     if cfg.control:
-        print("[4/5] control: the same training on blanked media", flush=True)
+        print(f"[4/{n}] control: the same training on blanked media", flush=True)
         blank = _prepare(cfg, "data_blank", blank=True)
         out_c, _, _ = _train(cfg, blank, tok_path, "sft_control")
         results["control"] = _evaluate(out_c["state"].model(), tok, thinker_cfg, blank["shards"], cfg)
         report["control"] = results["control"]
         lap("control")
-    report = {"sft": _sft_rows(results["sft"], results.get("control")), **report}
-    print("[5/5] results (held-out pairwise accuracy / valid-JSON rate)\n" + _table(results), flush=True)
+    report = {"sft": _rows(results["sft"], results.get("control")), **report}
+    if cfg.grpo:
+        model = _grpo(cfg, model, tok, tok_path, thinker_cfg, real, blank, results, report, n)
+        lap("grpo")
+    print(f"[{n}/{n}] results (held-out pairwise accuracy / valid-JSON rate / mean combined reward)\n"
+          + _table(results), flush=True)
     examples = _one_judgement_per_modality(model, tok, thinker_cfg, real["shards"], cfg)
     for modality, text in examples.items():
         print(f"\n--- {modality} ---\n{text}")
@@ -197,10 +208,35 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
     lap("examples")
     report["seconds"] = time.time() - t0
     report["seconds_by_stage"] = seconds
+    report["load_average"] = {**load, "end": os.getloadavg()}
     with open(os.path.join(cfg.workdir, "demo_report.json"), "w") as f:
         json.dump(report, f, indent=2)
-    print(f"\nreport: {os.path.join(cfg.workdir, 'demo_report.json')} ({report['seconds']:.0f} s)")
+    print(f"\nreport: {os.path.join(cfg.workdir, 'demo_report.json')} ({report['seconds']:.0f} s, "
+          f"load average {load['start'][0]:.1f} -> {report['load_average']['end'][0]:.1f})")
     return report
+
+
+def _grpo(cfg: DemoConfig, sft_model, tok, tok_path: str, thinker_cfg, real: dict, blank: dict | None,
+          results: dict, report: dict, n: int):
+    """The GRPO stage (`demo_grpo`); adds report["grpo"] (rows like "sft", from the reloaded export; its
+    blank_media_accuracy is this judge's accuracy on the blanked held-out set, not a second control run),
+    report["grpo_checkpoint"] and report["grpo_training"]. Returns the reloaded GRPO judge."""
+    from omnirrm_jax import demo_grpo
+
+    g = cfg.grpo
+    print(f"[5/{n}] GRPO: LoRA on the SFT judge, rubric rewards ({g.rollouts} rollouts of {g.prompts_per_rollout} "
+          f"prompts x {g.num_generations} samples), merged export reloaded, held-out evaluation", flush=True)
+    stage = demo_grpo.run_grpo_stage(cfg, sft_model, tok_path, real, g)
+    model = stage["model"]
+    results["grpo"] = _evaluate(model, tok, thinker_cfg, real["shards"], cfg)
+    on_blank = _evaluate(model, tok, thinker_cfg, blank["shards"], cfg) if blank else None
+    report["grpo"] = _rows(results["grpo"], on_blank)
+    report["grpo_checkpoint"] = {"reloaded_equal": stage["reloaded_equal"], "rollouts": stage["rollouts"],
+                                 "export_dir": stage["export_dir"]}
+    report["grpo_training"] = demo_grpo.history_summary(stage["history"])
+    print(f"GRPO export {stage['export_dir']} reloaded: parameters equal the trained merged model: "
+          f"{stage['reloaded_equal']}", flush=True)
+    return model
 
 
 def _one_judgement_per_modality(model, tok, thinker_cfg, shards: str, cfg: DemoConfig) -> dict:
