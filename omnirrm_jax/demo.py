@@ -31,10 +31,10 @@ def media_buckets(batch: int) -> tuple:
     return ((16 * batch, 32 * batch, batch, 25 * batch),)
 
 
-def pipeline_config(mode: str, batch: int, **kw):
+def pipeline_config(mode: str, batch: int, seq_buckets: tuple = SEQ_BUCKETS, **kw):
     from omnirrm_jax.data import pipeline
 
-    return pipeline.PipelineConfig(mode=mode, batch_size=batch, seq_buckets=SEQ_BUCKETS,
+    return pipeline.PipelineConfig(mode=mode, batch_size=batch, seq_buckets=seq_buckets,
                                    media_buckets=media_buckets(batch), **kw)
 
 
@@ -226,14 +226,14 @@ def _grpo(cfg: DemoConfig, sft_model, tok, tok_path: str, thinker_cfg, real: dic
     g = cfg.grpo
     print(f"[5/{n}] GRPO: LoRA on the SFT judge, rubric rewards ({g.rollouts} rollouts of {g.prompts_per_rollout} "
           f"prompts x {g.num_generations} samples), merged export reloaded, held-out evaluation", flush=True)
-    stage = demo_grpo.run_grpo_stage(cfg, sft_model, tok_path, real, g)
+    stage = demo_grpo.run_grpo_stage(cfg, sft_model, tok, tok_path, real, g)
     model = stage["model"]
     results["grpo"] = _evaluate(model, tok, thinker_cfg, real["shards"], cfg)
     on_blank = _evaluate(model, tok, thinker_cfg, blank["shards"], cfg) if blank else None
     report["grpo"] = _rows(results["grpo"], on_blank)
     report["grpo_checkpoint"] = {"reloaded_equal": stage["reloaded_equal"], "rollouts": stage["rollouts"],
                                  "export_dir": stage["export_dir"]}
-    report["grpo_training"] = demo_grpo.history_summary(stage["history"])
+    report["grpo_training"] = {**demo_grpo.history_summary(stage["history"]), "prompts": stage["prompts"], "seconds": stage["seconds"]}
     print(f"GRPO export {stage['export_dir']} reloaded: parameters equal the trained merged model: "
           f"{stage['reloaded_equal']}", flush=True)
     return model
