@@ -153,6 +153,13 @@ def _table(results: dict) -> str:
         cells = "".join(f"{res[m]['accuracy']:>6.2f} / {res[m]['valid_json']:.2f} / {res[m].get('mean_reward', np.nan):+.3f}"
                         if m in res else f"{'-':>20}" for m in mods)
         lines.append(f"{run:<10}{cells}")
+    if "sft" in results and "grpo" in results:  # what the GRPO stage changed
+        before, after = results["sft"], results["grpo"]
+        cells = "".join(f"{after[m]['accuracy'] - before[m]['accuracy']:>+6.2f} / "
+                        f"{after[m]['valid_json'] - before[m]['valid_json']:+.2f} / "
+                        f"{after[m].get('mean_reward', np.nan) - before[m].get('mean_reward', np.nan):+.3f}"
+                        if m in before and m in after else f"{'-':>20}" for m in mods)
+        lines.append(f"{'grpo-sft':<10}{cells}")
     return "\n".join(lines)
 
 
@@ -167,11 +174,13 @@ def _rows(real: dict, control: dict | None) -> dict:
 def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
     t0 = time.time()
     seconds = {}  # per stage, in the report: the whole demo has a CPU time budget
-    load = {"start": os.getloadavg()}  # the demo's time depends on what else the (shared) machine runs
+    # the demo's time depends on what else the (shared) machine runs: 1-minute load average after each stage
+    load = {"start": os.getloadavg()}
     n = 6 if cfg.grpo else 5
 
     def lap(name):
         seconds[name] = round(time.time() - t0 - sum(seconds.values()), 1)
+        load[name] = round(os.getloadavg()[0], 2)
 
     os.makedirs(cfg.workdir, exist_ok=True)
     print(f"[1/{n}] generating and preparing demo data (images, mp4 videos, wav audio, arithmetic)", flush=True)
@@ -233,9 +242,11 @@ def _grpo(cfg: DemoConfig, sft_model, tok, tok_path: str, thinker_cfg, real: dic
     report["grpo"] = _rows(results["grpo"], on_blank)
     report["grpo_checkpoint"] = {"reloaded_equal": stage["reloaded_equal"], "rollouts": stage["rollouts"],
                                  "export_dir": stage["export_dir"]}
-    report["grpo_training"] = {**demo_grpo.history_summary(stage["history"]), "prompts": stage["prompts"], "seconds": stage["seconds"]}
+    report["grpo_training"] = {**demo_grpo.history_summary(stage["history"]), "prompts": stage["prompts"],
+                               "seconds": stage["seconds"]}
     print(f"GRPO export {stage['export_dir']} reloaded: parameters equal the trained merged model: "
-          f"{stage['reloaded_equal']}", flush=True)
+          f"{stage['reloaded_equal']} (probe {stage['seconds']['probe']:.0f} s, training "
+          f"{stage['seconds']['train']:.0f} s)", flush=True)
     return model
 
 
