@@ -147,18 +147,18 @@ def _reload(out: dict, workdir: str):
 
 def _table(results: dict) -> str:
     mods = ("text", "image", "video", "audio")
-    lines = [f"{'run':<10}" + "".join(f"{m:>20}" for m in mods),
-             " " * 10 + "".join(f"{'acc / json / reward':>20}" for _ in mods)]
+    lines = [f"{'run':<10}" + "".join(f"{m:>24}" for m in mods),
+             " " * 10 + "".join(f"{'acc / json / reward':>24}" for _ in mods)]
     for run, res in results.items():
-        cells = "".join(f"{res[m]['accuracy']:>6.2f} / {res[m]['valid_json']:.2f} / {res[m].get('mean_reward', np.nan):+.3f}"
-                        if m in res else f"{'-':>20}" for m in mods)
+        cells = "".join(f"{res[m]['accuracy']:>8.2f} / {res[m]['valid_json']:.2f} / "
+                        f"{res[m].get('mean_reward', np.nan):+.3f}" if m in res else f"{'-':>24}" for m in mods)
         lines.append(f"{run:<10}{cells}")
     if "sft" in results and "grpo" in results:  # what the GRPO stage changed
         before, after = results["sft"], results["grpo"]
-        cells = "".join(f"{after[m]['accuracy'] - before[m]['accuracy']:>+6.2f} / "
+        cells = "".join(f"{after[m]['accuracy'] - before[m]['accuracy']:>+7.2f} / "
                         f"{after[m]['valid_json'] - before[m]['valid_json']:+.2f} / "
                         f"{after[m].get('mean_reward', np.nan) - before[m].get('mean_reward', np.nan):+.3f}"
-                        if m in before and m in after else f"{'-':>20}" for m in mods)
+                        if m in before and m in after else f"{'-':>24}" for m in mods)
         lines.append(f"{'grpo-sft':<10}{cells}")
     return "\n".join(lines)
 
