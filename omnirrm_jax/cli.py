@@ -25,6 +25,8 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default="runs/demo", help="where data, checkpoints and demo_report.json go")
     demo.add_argument("--steps", type=int, default=None, help="SFT steps (default from DemoConfig)")
     demo.add_argument("--no-control", action="store_true", help="skip the blanked-media control run")
+    demo.add_argument("--no-grpo", action="store_true", help="stop after SFT (skip the GRPO stage)")
+    demo.add_argument("--grpo-seed", type=int, default=None, help="seed of the GRPO stage (default: the demo's)")
     demo.set_defaults(func=_cmd_demo)
     sft = sub.add_parser("sft", help="supervised fine-tuning: omnirrm sft CONFIG [key.sub=value ...]")
     sft.add_argument("config", help="YAML run config (see configs/)")
@@ -57,6 +59,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from omnirrm_jax import demo
 
     cfg = demo.DemoConfig(workdir=args.workdir, control=not args.no_control)
+    if args.no_grpo:
+        cfg = dataclasses.replace(cfg, grpo=None)
+    elif args.grpo_seed is not None:
+        cfg = dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, seed=args.grpo_seed))
     if args.steps:
         cfg = dataclasses.replace(cfg, steps=args.steps)
     demo.run_demo(cfg)

@@ -176,7 +176,7 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
     seconds = {}  # per stage, in the report: the whole demo has a CPU time budget
     # the demo's time depends on what else the (shared) machine runs: 1-minute load average after each stage
     load = {"start": os.getloadavg()}
-    n = 6 if cfg.grpo else 5
+    n = 4 + int(cfg.control) + int(cfg.grpo is not None)  # stages printed as [i/n]
 
     def lap(name):
         seconds[name] = round(time.time() - t0 - sum(seconds.values()), 1)
@@ -205,7 +205,7 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
         report["control"] = results["control"]
         lap("control")
     report = {"sft": _rows(results["sft"], results.get("control")), **report}
-    if cfg.grpo:
+    if cfg.grpo is not None:
         model = _grpo(cfg, model, tok, tok_path, thinker_cfg, real, blank, results, report, n)
         lap("grpo")
     print(f"[{n}/{n}] results (held-out pairwise accuracy / valid-JSON rate / mean combined reward)\n"
@@ -233,7 +233,7 @@ def _grpo(cfg: DemoConfig, sft_model, tok, tok_path: str, thinker_cfg, real: dic
     from omnirrm_jax import demo_grpo
 
     g = cfg.grpo
-    print(f"[5/{n}] GRPO: LoRA on the SFT judge, rubric rewards ({g.rollouts} rollouts of {g.prompts_per_rollout} "
+    print(f"[{n - 1}/{n}] GRPO: LoRA on the SFT judge, rubric rewards ({g.rollouts} rollouts of {g.prompts_per_rollout} "
           f"prompts x {g.num_generations} samples), merged export reloaded, held-out evaluation", flush=True)
     stage = demo_grpo.run_grpo_stage(cfg, sft_model, tok, tok_path, real, g)
     model = stage["model"]
