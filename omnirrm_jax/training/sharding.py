@@ -135,16 +135,35 @@ def optimizer_shardings(abstract_opt_state: Any, trainable_shardings: Any, mesh:
     return jax.tree_util.tree_map_with_path(one, abstract_opt_state)
 
 
+def weight_compute_rules(rules: Mapping[str, Any] = DEFAULT_RULES) -> dict[str, Any]:
+    """The table a weight is computed with: its stored table less the mesh axes the batch is split over (FSDP
+    stores weights split over them; each device gathers the whole weight for its own share of the batch).
+    Tensor-parallel axes stay."""
+    batch = rules.get(BATCH) or ()
+    batch = {batch} if isinstance(batch, str) else set(batch)
+
+    def strip(target):
+        if target is None:
+            return None
+        kept = tuple(a for a in ((target,) if isinstance(target, str) else target) if a not in batch)
+        return None if not kept else (kept[0] if len(kept) == 1 else kept)
+
+    return {name: strip(target) for name, target in rules.items()}
+
+
 @contextlib.contextmanager
 def activations_on(mesh: Mesh, rules: Mapping[str, Any] = DEFAULT_RULES):
-    """Functions traced inside pin the model's named activations (`layers.constrain`) through `rules` on `mesh`
-    (no mesh: nothing pinned)."""
+    """Functions traced inside pin the model's named activations (`layers.constrain`) through `rules` on `mesh`,
+    and its weights where they are used (`layers.weight`) through `weight_compute_rules(rules)` (no mesh:
+    nothing pinned)."""
     if mesh is None:
         yield
         return
 
-    def resolve(axes, shape):
-        return NamedSharding(mesh, logical_to_spec(axes, shape, mesh=mesh, rules=rules))
+    compute = weight_compute_rules(rules)
+
+    def resolve(axes, shape, weight=False):
+        return NamedSharding(mesh, logical_to_spec(axes, shape, mesh=mesh, rules=compute if weight else rules))
 
     with L.activation_sharding(resolve):
         yield

@@ -82,3 +82,33 @@ def test_attention_inputs_share_one_sharding(mesh_cfg, kv_heads, want):
         return L.attention(q, k, v, scale=1.0, backend="record")
 
     assert "sharding_constraint" not in jax.jit(fresh).lower(q, k, v).as_text()  # outside the context: untouched
+
+
+def test_weight_compute_rules_drop_the_batch_axes():
+    rules = S.weight_compute_rules()
+    assert rules["embed"] is None and rules["mlp"] == "tensor" and rules["batch"] is None
+    custom = S.weight_compute_rules({"batch": "data", "embed": ("data", "tensor"), "mlp": None})
+    assert custom == {"batch": None, "embed": "tensor", "mlp": None}
+
+
+@pytest.mark.parametrize("mesh_cfg, want", [
+    (S.MeshConfig(data=1, fsdp=8), "[{}, {}]"),  # FSDP: gathered whole where it is used
+    (S.MeshConfig(data=2, fsdp=2, tensor=2), '[{}, {"tensor"}]'),  # tensor parallel split stays
+])
+def test_weights_are_gathered_where_used(mesh_cfg, want):
+    """Under FSDP a layer computes with the whole weight (ZeRO-3): pinned to the table less the batch axes, so XLA
+    all-gathers the stored shard instead of splitting the matmul and reduce-scattering partial activations."""
+    from omnirrm_jax.models import layers as L
+
+    lin = L.Linear(16, 32, use_bias=False, axes=(L.EMBED, L.MLP), dtype="float32", param_dtype="float32",
+                   rngs=nnx.Rngs(0))
+    mesh = S.make_mesh(mesh_cfg)
+
+    def fn(m, x):
+        return m(x)
+
+    with S.activations_on(mesh):
+        text = nnx.jit(fn).lower(lin, jnp.ones((8, 16))).as_text()
+    pinned = [line.split("<@mesh, ")[1].split("]>")[0] + "]" for line in text.splitlines()
+              if "sdy.sharding_constraint" in line]
+    assert pinned == [want], text
