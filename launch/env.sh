@@ -9,7 +9,8 @@
 #   XLA_PYTHON_CLIENT_MEM_FRACTION=0.92   let JAX's allocator take 92% of each card up front (less fragmentation
 #                               than on-demand growth; the rest is left to NCCL and cuDNN workspaces).
 #   --xla_gpu_enable_latency_hiding_scheduler=true   overlap FSDP all-gathers / reduce-scatters with compute.
-#   --xla_gpu_enable_triton_gemm=false               cuBLAS GEMMs: faster for these bf16 shapes.
+#   (Triton GEMMs stay on: turning them off made the 3B LoRA step slower on one H100 and under FSDP on two,
+#   docs/PERFORMANCE.md.)
 # TPU
 #   async collective fusion and compute/collective overlap (the FSDP settings large JAX TPU trainers use).
 # Both
@@ -22,7 +23,7 @@ omnirrm_env() {
     gpu)
       export NCCL_NVLS_ENABLE=0
       export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}"
-      export XLA_FLAGS="--xla_gpu_enable_latency_hiding_scheduler=true --xla_gpu_enable_triton_gemm=false${XLA_FLAGS:+ $XLA_FLAGS}"
+      export XLA_FLAGS="--xla_gpu_enable_latency_hiding_scheduler=true${XLA_FLAGS:+ $XLA_FLAGS}"
       ;;
     tpu)
       export LIBTPU_INIT_ARGS="--xla_tpu_enable_async_collective_fusion=true --xla_tpu_enable_async_collective_fusion_fuse_all_gather=true --xla_tpu_enable_async_collective_fusion_multiple_steps=true --xla_tpu_overlap_compute_collective_tc=true --xla_enable_async_all_gather=true${LIBTPU_INIT_ARGS:+ $LIBTPU_INIT_ARGS}"
