@@ -19,7 +19,12 @@ Activations and the KV cache are a model (what the decoder keeps for the backwar
   (embeddings, final hidden). The vision / audio towers are not counted: their tokens are part of T, and with
   the ViT frozen their activations are not kept. GRPO rollouts add the KV cache:
     rows_dev(batch * G) * (prompt + completion) * layers * 2 (K, V) * K/tp * H * b.
-Peak = params + optimizer + max(gradients + activations, KV cache): the cache is dropped before the update.
+Under FSDP every layer computes with whole weights gathered from the stored shards (`layers.weight`); with remat
+`none` XLA keeps all decoder layers' gathered copies from the forward to the backward pass ("gathered": whole
+new buffers, the stored shards stay beside them), with any other policy about one layer's
+(`regather` keeps every activation but gathers each weight again in the backward).
+Peak = params + optimizer + gathered + max(gradients + activations, KV cache): the cache is dropped before the
+update.
 Compiler temporaries and fragmentation are not modelled; leave ~10-15% headroom.
 """
 
@@ -65,6 +70,7 @@ class Row:
     act_none: int
     act_remat: int
     kv_cache: int
+    gathered: int  # FSDP: decoder weights gathered for compute and held beside the stored shards
     remat: str
     hbm: float  # GiB per device
     rows_dev: float  # training rows per device (not a whole number: the batch does not split evenly)
@@ -73,8 +79,8 @@ class Row:
     def total(self) -> int:
         """Peak: parameters and optimizer state live throughout; the step's gradients and activations and the
         rollout's KV cache are not alive at the same time (the cache is dropped before the update)."""
-        act = self.act_none if self.remat == "none" else self.act_remat
-        return self.params + self.optimizer + max(self.grads + act, self.kv_cache)
+        act = self.act_none if self.remat in ("none", "regather") else self.act_remat
+        return self.params + self.optimizer + self.gathered + max(self.grads + act, self.kv_cache)
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -164,11 +170,12 @@ def _nbytes(shape, dtype) -> int:
     return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
 
 
-def sharded_state_bytes(state, mesh: AbstractMesh) -> tuple[int, dict]:
-    """(bytes per device, {path: shard shape}) of an abstract NNX state under the trainer's sharding rules."""
+def sharded_state_bytes(state, mesh: AbstractMesh, rules=None) -> tuple[int, dict]:
+    """(bytes per device, {path: shard shape}) of an abstract NNX state under the trainer's sharding rules (or
+    `rules`)."""
     from omnirrm_jax.training import sharding as S
 
-    shardings = S.state_shardings(state, mesh)
+    shardings = S.state_shardings(state, mesh, rules or S.DEFAULT_RULES)
     total, shapes = 0, {}
     for (path, var), (_, sh) in zip(nnx.to_flat_state(state), nnx.to_flat_state(shardings)):
         sh = sh.get_value() if isinstance(sh, nnx.Variable) else sh
@@ -206,6 +213,25 @@ def activation_bytes(tcfg, work: Workload, mesh: dict, *, remat: str, lora_rank:
     loss_tokens = -(-work.loss_tokens // dp) if work.loss_tokens else rows * min(LOSS_CHUNK, S)
     loss = 2 * loss_tokens * split(t.vocab_size) * 4
     return T * b * layers + loss + 2 * T * D * b
+
+
+def gathered_weight_bytes(states, mesh: AbstractMesh, *, remat: str, num_layers: int) -> int:
+    """Per-device bytes of decoder-layer weights gathered for compute (whole, in their compute layout) that are
+    held at once: every layer's with remat `none`, one layer's otherwise (module docstring)."""
+    from omnirrm_jax.training import sharding as S
+
+    def layers_only(state):
+        return nnx.filter_state(state, lambda path, _: tuple(path[:2]) == ("model", "layers"))
+
+    extra = 0
+    for state in states:
+        state = layers_only(state)
+        _, stored = sharded_state_bytes(state, mesh)
+        _, compute = sharded_state_bytes(state, mesh, S.weight_compute_rules())
+        dtypes = {path: var.dtype for path, var in nnx.to_flat_state(state)}
+        # an all-gather writes a whole new buffer; the stored shard stays alive beside it
+        extra += sum(_nbytes(shape, dtypes[path]) for path, shape in compute.items() if shape != stored[path])
+    return extra if remat == "none" else -(-extra // num_layers)
 
 
 def kv_cache_bytes(tcfg, work: Workload, mesh: dict) -> int:
@@ -254,24 +280,25 @@ def plan_row(cfg, tcfg, mesh: dict, *, layout: str, hbm: float, platform: str) -
     lora_rank = None if spec.full_finetune else spec.lora.rank
     remat = tcfg.remat
     act_none = activation_bytes(tcfg, work, mesh, remat="none", lora_rank=lora_rank, flash=flash)
-    act_remat = activation_bytes(tcfg, work, mesh, remat="full" if remat == "none" else remat, lora_rank=lora_rank,
-                                 flash=flash)
+    act_remat = activation_bytes(tcfg, work, mesh, remat="full" if remat in ("none", "regather") else remat,
+                                 lora_rank=lora_rank, flash=flash)
+    gathered = gathered_weight_bytes((trainable, frozen), amesh, remat=remat, num_layers=tcfg.text.num_layers)
     return Row(layout, mesh, params, train_b, opt_b, act_none, act_remat, kv_cache_bytes(tcfg, work, mesh),
-               remat, hbm, work.rows / (mesh["data"] * mesh["fsdp"]))
+               gathered, remat, hbm, work.rows / (mesh["data"] * mesh["fsdp"]))
 
 
 # ------------------------------------------------------------------------------------------------ output
 
 def format_table(rows: list[Row], remat_name: str) -> str:
     head = ["layout", "mesh d/f/t", "rows/dev", "params", "grads", "optimizer", "act", f"act {remat_name}", "kv cache",
-            "total", "HBM", "fits"]
+            "gathered", "total", "HBM", "fits"]
     lines = [head]
     for r in rows:
         g = lambda x: f"{x / GiB:.2f}"  # noqa: E731
         fits = "yes" if r.total <= 0.9 * r.hbm * GiB else "no"
         lines.append([r.layout, f"{r.mesh['data']}/{r.mesh['fsdp']}/{r.mesh['tensor']}", f"{r.rows_dev:g}",
                       g(r.params), g(r.grads), g(r.optimizer), g(r.act_none), g(r.act_remat), g(r.kv_cache),
-                      g(r.total), f"{r.hbm:.0f}", fits if r.rows_dev == int(r.rows_dev) else "batch!"])
+                      g(r.gathered), g(r.total), f"{r.hbm:.0f}", fits if r.rows_dev == int(r.rows_dev) else "batch!"])
     widths = [max(len(str(x[i])) for x in lines) for i in range(len(head))]
     return "\n".join("  ".join(str(c).rjust(w) for c, w in zip(line, widths)) for line in lines)
 
@@ -299,12 +326,13 @@ def main(argv: list[str] | None = None) -> int:
             meshes.append({"data": 1, "fsdp": n, "tensor": 1})  # the all-FSDP alternative
         for mesh in meshes:
             rows.append(plan_row(cfg, tcfg, mesh, layout=name, hbm=HBM_GIB[platform], platform=platform))
-    remat = tcfg.remat if tcfg.remat != "none" else "full"
+    remat = tcfg.remat if tcfg.remat not in ("none", "regather") else "full"
     print(f"model: {note}; {cfg.model.param_dtype} params, {cfg.model.dtype} compute, "
           f"{'full fine-tuning' if cfg.model.full_finetune else f'LoRA r={cfg.model.lora.rank}'}")
     print(f"step: {work.mode}, {work.rows} rows x {work.seq} tokens"
           + (f"; rollout KV cache {work.kv_rows} rows x {work.kv_seq} tokens" if work.kv_rows else ""))
-    print(f"per-device GiB; total = params + optimizer + max(grads + act, kv cache) with remat={tcfg.remat}; "
+    print(f"per-device GiB; total = params + optimizer + gathered + max(grads + act, kv cache) with "
+          f"remat={tcfg.remat}; "
           "'fits' leaves 10% of HBM for XLA temporaries; 'batch!': the batch does not split over data x fsdp")
     print(format_table(rows, remat))
     return 0

@@ -124,3 +124,25 @@ def test_cli_prints_the_standard_layouts(capsys):
     assert cli.main(["plan", "configs/sft_3b_lora.yaml", "--devices", "4", "--mesh", "fsdp=4",
                      "--platform", "tpu-v5e"]) == 0
     assert "4 x tpu-v5e" in capsys.readouterr().out
+
+
+def test_gathered_weights_under_fsdp():
+    """FSDP holds whole gathered copies of the decoder weights: all layers' with remat none, one layer's with
+    `regather`; nothing without FSDP."""
+    cfg = SFTConfig(model=ModelSpec(lora=LoraConfig(rank=4, alpha=8.0)))
+
+    def gathered(remat, mesh):
+        tcfg = model_config.tiny(param_dtype="float32", dtype="float32", remat=remat)
+        return PL.plan_row(cfg, tcfg, mesh, layout="t", hbm=80, platform="gpu").gathered
+
+    t = model_config.tiny().text
+    # the projection kernels (every tiny dim divides 8) at least, and no more than the layers hold in all
+    kernels = t.num_layers * 4 * t.hidden_size * (2 * t.num_heads * t.head_dim + 2 * t.num_kv_heads * t.head_dim
+                                                  + 3 * t.intermediate_size)
+    trainable, frozen = PL._abstract_state(model_config.tiny(param_dtype="float32", dtype="float32"), cfg.model)
+    layers = sum(v.size * 4 for st in (trainable, frozen) for p, v in nnx.to_flat_state(st) if p[:2] == ("model", "layers"))
+    fsdp = dict(data=1, fsdp=8, tensor=1)
+    assert gathered("none", dict(data=8, fsdp=1, tensor=1)) == 0
+    # everything FSDP splits is gathered whole (what 8 does not divide was never split: left out)
+    assert kernels <= gathered("none", fsdp) <= layers
+    assert gathered("regather", fsdp) == -(-gathered("none", fsdp) // t.num_layers)
