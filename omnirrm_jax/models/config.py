@@ -94,12 +94,8 @@ class AudioConfig:
 #   none  every activation is kept;
 #   full  only each layer's input is kept, the layer is recomputed (jax.checkpoint, nothing saveable);
 #   dots  matmul outputs without batch dims (the projections) are kept, attention and elementwise work is
-#         recomputed (jax.checkpoint_policies.dots_with_no_batch_dims_saveable);
-#   regather  every activation is kept, but weights gathered for compute under FSDP (`layers.weight`) are not:
-#         the backward all-gathers them again (ZeRO-3). Under `none` XLA keeps the gathered copies of all
-#         layers from the forward to the backward pass, so FSDP's weight memory ends above an unsharded
-#         model's (docs/PERFORMANCE.md); without FSDP `regather` is `none`.
-REMAT_POLICIES = ("none", "full", "dots", "regather")
+#         recomputed (jax.checkpoint_policies.dots_with_no_batch_dims_saveable).
+REMAT_POLICIES = ("none", "full", "dots")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.ad_checkpoint import checkpoint_name
 
 # Logical axis names. One vocabulary for all towers keeps the sharding table small.
 EMBED = "embed"  # model width of the tower (D)
@@ -222,9 +221,6 @@ def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
     return x if resolve is None else jax.lax.with_sharding_constraint(x, resolve(axes, x.shape))
 
 
-GATHERED_WEIGHT = "gathered_weight"  # the jax.ad_checkpoint name of a weight gathered by `weight`
-
-
 def weight(var: nnx.Variable) -> jax.Array:
     """A parameter's value in the layout its layer computes with. Under FSDP the stored weight is split over the
     data axes and the table gathers it whole here, once per use: without this XLA may instead split the matmul
@@ -234,9 +230,7 @@ def weight(var: nnx.Variable) -> jax.Array:
     axes = var.get_metadata().get("out_sharding")
     if resolve is None or axes is None or len(axes) != value.ndim:
         return value
-    gathered = jax.lax.with_sharding_constraint(value, resolve(tuple(axes), value.shape, weight=True))
-    # named so that remat policy `regather` can drop it from the saved residuals (models.config)
-    return checkpoint_name(gathered, GATHERED_WEIGHT)
+    return jax.lax.with_sharding_constraint(value, resolve(tuple(axes), value.shape, weight=True))
 
 
 def _constrain_qkv(q, k, v):

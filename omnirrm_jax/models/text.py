@@ -151,19 +151,9 @@ def _take_rows(x_BT_: jax.Array, index_BT: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x_BT_, index_BT.reshape(index_BT.shape + (1,) * (x_BT_.ndim - 2)), axis=1)
 
 
-def _save_all_but_gathered_weights(prim, *_, **params) -> bool:
-    """Remat policy `regather`: keep every value but the weights `layers.weight` gathered. Sharding constraints
-    are not kept either: a gathered weight is the constraint's output before it is named, and saving that would
-    keep the gathered copy; an activation's constraint is recomputed from its kept input at no cost."""
-    if prim.name == "sharding_constraint":
-        return False
-    return prim.name != "name" or params.get("name") != L.GATHERED_WEIGHT
-
-
 def _rematerialised(layer: DecoderLayer, policy: str, x, cos, sin, mask_BS, layer_cache=None, cache_index=None):
     """One decoder layer under `jax.checkpoint`: its activations are recomputed in the backward pass instead
-    of kept ("full"), or all but the projection matmuls are ("dots"), or only its FSDP-gathered weights are
-    ("regather"). Training only (GRPO's teacher-forced
+    of kept ("full"), or all but the projection matmuls are ("dots"). Training only (GRPO's teacher-forced
     pass differentiates through a cache too). The layer's state is an explicit argument so gradients flow to
     it (LoRA too). Returns (x, layer_cache)."""
     graphdef, state = nnx.split(layer)
@@ -171,8 +161,7 @@ def _rematerialised(layer: DecoderLayer, policy: str, x, cos, sin, mask_BS, laye
     def run(state, x, cos, sin, mask_BS, layer_cache, cache_index):
         return nnx.merge(graphdef, state)(x, cos, sin, mask_BS, layer_cache, cache_index)
 
-    saveable = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-                "regather": _save_all_but_gathered_weights}[policy]
+    saveable = None if policy == "full" else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
     return jax.checkpoint(run, policy=saveable)(state, x, cos, sin, mask_BS, layer_cache, cache_index)
 
 

@@ -28,7 +28,7 @@ class ModelSpec:
     dtype: str = "bfloat16"  # compute
     param_dtype: str = "float32"
     attention_backend: str = "auto"
-    remat: str | bool = "none"  # decoder-layer remat: none | full | dots | regather (models.config); true = full
+    remat: str | bool = "none"  # decoder-layer remat: none | full | dots (models.config); true = full
     full_finetune: bool = False  # True: every parameter trains (the demo: a tiny model from scratch)
     lora: LoraConfig = LoraConfig()
 

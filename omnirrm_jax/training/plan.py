@@ -21,8 +21,8 @@ Activations and the KV cache are a model (what the decoder keeps for the backwar
     rows_dev(batch * G) * (prompt + completion) * layers * 2 (K, V) * K/tp * H * b.
 Under FSDP every layer computes with whole weights gathered from the stored shards (`layers.weight`); with remat
 `none` XLA keeps all decoder layers' gathered copies from the forward to the backward pass ("gathered": whole
-new buffers, the stored shards stay beside them), with any other policy about one layer's
-(`regather` keeps every activation but gathers each weight again in the backward).
+new buffers, the stored shards stay beside them; measured on two H100s within 2.5 %, docs/PERFORMANCE.md); with
+`full` or `dots` the model assumes one layer's at a time (the layer's recomputation gathers again; not measured).
 Peak = params + optimizer + gathered + max(gradients + activations, KV cache): the cache is dropped before the
 update.
 Compiler temporaries and fragmentation are not modelled; leave ~10-15% headroom.
@@ -79,7 +79,7 @@ class Row:
     def total(self) -> int:
         """Peak: parameters and optimizer state live throughout; the step's gradients and activations and the
         rollout's KV cache are not alive at the same time (the cache is dropped before the update)."""
-        act = self.act_none if self.remat in ("none", "regather") else self.act_remat
+        act = self.act_none if self.remat == "none" else self.act_remat
         return self.params + self.optimizer + self.gathered + max(self.grads + act, self.kv_cache)
 
 
@@ -280,8 +280,8 @@ def plan_row(cfg, tcfg, mesh: dict, *, layout: str, hbm: float, platform: str) -
     lora_rank = None if spec.full_finetune else spec.lora.rank
     remat = tcfg.remat
     act_none = activation_bytes(tcfg, work, mesh, remat="none", lora_rank=lora_rank, flash=flash)
-    act_remat = activation_bytes(tcfg, work, mesh, remat="full" if remat in ("none", "regather") else remat,
-                                 lora_rank=lora_rank, flash=flash)
+    act_remat = activation_bytes(tcfg, work, mesh, remat="full" if remat == "none" else remat, lora_rank=lora_rank,
+                                 flash=flash)
     gathered = gathered_weight_bytes((trainable, frozen), amesh, remat=remat, num_layers=tcfg.text.num_layers)
     return Row(layout, mesh, params, train_b, opt_b, act_none, act_remat, kv_cache_bytes(tcfg, work, mesh),
                gathered, remat, hbm, work.rows / (mesh["data"] * mesh["fsdp"]))
@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             meshes.append({"data": 1, "fsdp": n, "tensor": 1})  # the all-FSDP alternative
         for mesh in meshes:
             rows.append(plan_row(cfg, tcfg, mesh, layout=name, hbm=HBM_GIB[platform], platform=platform))
-    remat = tcfg.remat if tcfg.remat not in ("none", "regather") else "full"
+    remat = tcfg.remat if tcfg.remat != "none" else "full"
     print(f"model: {note}; {cfg.model.param_dtype} params, {cfg.model.dtype} compute, "
           f"{'full fine-tuning' if cfg.model.full_finetune else f'LoRA r={cfg.model.lora.rank}'}")
     print(f"step: {work.mode}, {work.rows} rows x {work.seq} tokens"

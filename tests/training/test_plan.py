@@ -127,8 +127,8 @@ def test_cli_prints_the_standard_layouts(capsys):
 
 
 def test_gathered_weights_under_fsdp():
-    """FSDP holds whole gathered copies of the decoder weights: all layers' with remat none, one layer's with
-    `regather`; nothing without FSDP."""
+    """FSDP holds whole gathered copies of the decoder weights: all layers' with remat none, one layer's with a
+    rematerialising policy; nothing without FSDP."""
     cfg = SFTConfig(model=ModelSpec(lora=LoraConfig(rank=4, alpha=8.0)))
 
     def gathered(remat, mesh):
@@ -145,4 +145,4 @@ def test_gathered_weights_under_fsdp():
     assert gathered("none", dict(data=8, fsdp=1, tensor=1)) == 0
     # everything FSDP splits is gathered whole (what 8 does not divide was never split: left out)
     assert kernels <= gathered("none", fsdp) <= layers
-    assert gathered("regather", fsdp) == -(-gathered("none", fsdp) // t.num_layers)
+    assert gathered("full", fsdp) == -(-gathered("none", fsdp) // t.num_layers)

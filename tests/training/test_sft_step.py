@@ -88,29 +88,3 @@ def test_non_finite_update_is_skipped_and_counted():
     with pytest.raises(FloatingPointError, match=r"2 consecutive non-finite updates; last at step 8, batch "
                                                  r"examples \[0, 1, 2, 3\]"):
         guard.update(False, 8, batch)
-
-
-def _fsdp_step(remat):
-    """Three steps on a 4-device FSDP mesh and the compiled step's all-gather count."""
-    cfg = C.tiny(remat=remat)
-    mesh = S.make_mesh(S.MeshConfig(data=1, fsdp=4), devices=jax.devices()[:4])
-    state, shardings, tx = _state(cfg, mesh)
-    step_fn = sft.jit_sft_step(state, tx, shardings)
-    batch = _batch(cfg)
-    hlo = step_fn.lower(state.trainable, state.frozen, state.opt_state, state.step, batch).compile().as_text()
-    gathers = sum(line.count(" all-gather-start(") + line.count(" all-gather(") for line in hlo.splitlines())
-    losses, trainable = [], state.trainable
-    opt_state, step = state.opt_state, state.step
-    for _ in range(3):
-        trainable, opt_state, step, m = step_fn(trainable, state.frozen, opt_state, step, batch)
-        losses.append(float(m["loss"]))
-    return losses, gathers
-
-
-def test_regather_policy_gathers_weights_again_in_backward_with_the_same_losses():
-    """`regather` keeps every activation but not the weights FSDP gathered for compute: the compiled step
-    all-gathers more (the backward gathers each frozen weight again) and trains the same."""
-    none_losses, none_gathers = _fsdp_step("none")
-    re_losses, re_gathers = _fsdp_step("regather")
-    np.testing.assert_allclose(re_losses, none_losses, rtol=1e-5)
-    assert none_gathers > 0 and re_gathers > none_gathers, (none_gathers, re_gathers)
