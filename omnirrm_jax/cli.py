@@ -117,7 +117,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    """Runs a subcommand. A bad run config (unknown key, wrong type, missing file) is a one-line error naming the
+    key or file and exit status 2, not a traceback."""
+    try:
+        return _main(sys.argv[1:] if argv is None else list(argv))
+    except Exception as e:  # noqa: BLE001 - only config errors are caught below; the rest re-raise
+        from omnirrm_jax.training.config import ConfigError
+
+        if isinstance(e, ConfigError):
+            print(f"omnirrm: config error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _main(argv: list[str]) -> int:
     if argv[:1] == ["plan"]:
         from omnirrm_jax.training import plan
 

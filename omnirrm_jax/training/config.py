@@ -138,12 +138,23 @@ def _set(raw: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def read_yaml(path: str) -> dict:
+    """A run config file's mapping; a missing file or bad YAML is a ConfigError naming the file."""
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top, got {type(raw).__name__}")
+    return raw or {}
+
+
 def load_config(path: str | None, overrides: list[str] = (), cls=SFTConfig):
     """Reads YAML (or nothing) and applies `key.sub=value` overrides (values parsed as YAML scalars)."""
-    raw: dict = {}
-    if path:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
+    raw = read_yaml(path) if path else {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")

@@ -87,12 +87,9 @@ class Row:
 
 def load_run_config(path: str, overrides=()):
     """SFTConfig or GRPOConfig (a `grpo:` section decides)."""
-    import yaml
-
     from omnirrm_jax.training import config as config_lib
 
-    with open(path) as f:
-        raw = yaml.safe_load(f) or {}
+    raw = config_lib.read_yaml(path)
     if "grpo" in raw:
         from omnirrm_jax.training.grpo_config import GRPOConfig
 

@@ -59,3 +59,18 @@ def test_grpo_rows_per_chunk_must_hold_whole_prompts():
     assert GRPOSpec(num_generations=4, rows_per_chunk=8).rows_per_chunk == 8
     with pytest.raises(ValueError, match="rows_per_chunk must be a multiple of grpo.num_generations=4"):
         GRPOSpec(num_generations=4, rows_per_chunk=6)
+
+
+def test_cli_config_errors_are_one_line_with_status_2(tmp_path, capsys):
+    from omnirrm_jax import cli
+
+    assert cli.main(["sft", "configs/sft_3b_lora.yaml", "optim.learning_rte=1e-5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("omnirrm: config error: unknown config key optim.learning_rte; did you mean "
+                          "optim.learning_rate") and "Traceback" not in err
+    assert cli.main(["plan", str(tmp_path / "missing.yaml")]) == 2
+    assert f"cannot read config file {tmp_path / 'missing.yaml'}" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    assert cli.main(["grpo", str(bad)]) == 2
+    assert f"config file {bad} is not valid YAML" in capsys.readouterr().err
