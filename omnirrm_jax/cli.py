@@ -122,9 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(sys.argv[1:] if argv is None else list(argv))
     except Exception as e:  # noqa: BLE001 - only config errors are caught below; the rest re-raise
-        from omnirrm_jax.training.config import ConfigError
-
-        if isinstance(e, ConfigError):
+        config = sys.modules.get("omnirrm_jax.training.config")  # loaded by whatever raised one
+        if config is not None and isinstance(e, config.ConfigError):
             print(f"omnirrm: config error: {e}", file=sys.stderr)
             return 2
         raise

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
+from omnirrm_jax.models import layers as L
 from omnirrm_jax.models import text as text_lib
 from omnirrm_jax.models.config import IM_END_ID, PAD_ID
 
@@ -247,7 +248,8 @@ def _prefill_jit(graphdef, state, inputs):
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("sampling",))
 def _decode_jit(graphdef, state, pre, rng, *, sampling, constraint):
-    return _decode(nnx.merge(graphdef, state), pre, rng, sampling, constraint)
+    with L.weights_as_stored():  # one token per step: under FSDP move activations, not whole weights, per token
+        return _decode(nnx.merge(graphdef, state), pre, rng, sampling, constraint)
 
 
 def prefill(model, inputs: dict[str, Any]) -> Prefill:

@@ -141,9 +141,9 @@ class Conv1d(nnx.Module):
 
     def __call__(self, x_BWI: jax.Array) -> jax.Array:
         y = jax.lax.conv_general_dilated(
-            x_BWI.astype(self.dtype), layers.weight(self.kernel).astype(self.dtype), window_strides=(self.stride,),
+            x_BWI.astype(self.dtype), layers.weight(self.kernel, self.dtype), window_strides=(self.stride,),
             padding=[(1, 1)], dimension_numbers=("NWC", "WIO", "NWC"))
-        return y + layers.weight(self.bias).astype(self.dtype)
+        return y + layers.weight(self.bias, self.dtype)
 
 
 class AudioAttention(nnx.Module):

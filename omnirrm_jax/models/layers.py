@@ -73,11 +73,11 @@ class Linear(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)
-        y = x @ weight(self.kernel).astype(self.dtype)
+        y = x @ weight(self.kernel, self.dtype)
         if self.bias is not None:
-            y = y + weight(self.bias).astype(self.dtype)
+            y = y + weight(self.bias, self.dtype)
         if self.lora_a is not None:
-            lora = (x @ weight(self.lora_a).astype(self.dtype)) @ weight(self.lora_b).astype(self.dtype)
+            lora = (x @ weight(self.lora_a, self.dtype)) @ weight(self.lora_b, self.dtype)
             y = y + lora * jnp.asarray(self.lora_scale, self.dtype)
         return y
 
@@ -91,10 +91,11 @@ class Embed(nnx.Module):
         self.dtype = as_dtype(dtype)
 
     def __call__(self, ids: jax.Array) -> jax.Array:
-        return jnp.take(weight(self.embedding), ids, axis=0).astype(self.dtype)
+        # the stored table, not `weight`: a lookup under FSDP moves the looked-up rows, not the whole table
+        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
 
     def attend(self, x: jax.Array) -> jax.Array:
-        return x.astype(self.dtype) @ weight(self.embedding).astype(self.dtype).T
+        return x.astype(self.dtype) @ weight(self.embedding, self.dtype).T
 
 
 class RMSNorm(nnx.Module):
@@ -202,6 +203,7 @@ def resolve_backend(name: str, dtype) -> str:
 
 _ACTIVATION_SHARDING: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("activation_sharding",
                                                                                       default=None)
+_GATHER_WEIGHTS: contextvars.ContextVar[bool] = contextvars.ContextVar("gather_weights", default=True)
 
 
 @contextlib.contextmanager
@@ -221,14 +223,26 @@ def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
     return x if resolve is None else jax.lax.with_sharding_constraint(x, resolve(axes, x.shape))
 
 
-def weight(var: nnx.Variable) -> jax.Array:
-    """A parameter's value in the layout its layer computes with. Under FSDP the stored weight is split over the
-    data axes and the table gathers it whole here, once per use: without this XLA may instead split the matmul
-    over the sharded contraction and reduce-scatter partial activations, several times the traffic (ZeRO-3)."""
-    value = var[...]
+@contextlib.contextmanager
+def weights_as_stored():
+    """`weight` leaves parameters in their stored layout while a function is traced under this: for one-token
+    decode steps, where gathering every FSDP-split weight per token would move far more than the activations."""
+    token = _GATHER_WEIGHTS.set(False)
+    try:
+        yield
+    finally:
+        _GATHER_WEIGHTS.reset(token)
+
+
+def weight(var: nnx.Variable, dtype=None) -> jax.Array:
+    """A parameter's value (cast to `dtype` first, so a gather moves compute-dtype bytes) in the layout its layer
+    computes with. Under FSDP the stored weight is split over the data axes and the table gathers it whole here,
+    once per use: without this XLA may instead split the matmul over the sharded contraction and reduce-scatter
+    partial activations, several times the traffic (ZeRO-3)."""
+    value = var[...] if dtype is None else var[...].astype(dtype)
     resolve = _ACTIVATION_SHARDING.get()
     axes = var.get_metadata().get("out_sharding")
-    if resolve is None or axes is None or len(axes) != value.ndim:
+    if resolve is None or not _GATHER_WEIGHTS.get() or axes is None or len(axes) != value.ndim:
         return value
     return jax.lax.with_sharding_constraint(value, resolve(tuple(axes), value.shape, weight=True))
 

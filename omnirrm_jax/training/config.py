@@ -145,6 +145,8 @@ def read_yaml(path: str) -> dict:
             raw = yaml.safe_load(f)
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text: {e}") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
     if raw is not None and not isinstance(raw, dict):

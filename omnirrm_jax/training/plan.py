@@ -77,8 +77,9 @@ class Row:
 
     @property
     def total(self) -> int:
-        """Peak: parameters and optimizer state live throughout; the step's gradients and activations and the
-        rollout's KV cache are not alive at the same time (the cache is dropped before the update)."""
+        """Peak: parameters, optimizer state and (FSDP) the gathered weights live throughout the step; the step's
+        gradients and activations and the rollout's KV cache are not alive at the same time (the cache is dropped
+        before the update)."""
         act = self.act_none if self.remat == "none" else self.act_remat
         return self.params + self.optimizer + self.gathered + max(self.grads + act, self.kv_cache)
 
@@ -212,9 +213,10 @@ def activation_bytes(tcfg, work: Workload, mesh: dict, *, remat: str, lora_rank:
     return T * b * layers + loss + 2 * T * D * b
 
 
-def gathered_weight_bytes(states, mesh: AbstractMesh, *, remat: str, num_layers: int) -> int:
-    """Per-device bytes of decoder-layer weights gathered for compute (whole, in their compute layout) that are
-    held at once: every layer's with remat `none`, one layer's otherwise (module docstring)."""
+def gathered_weight_bytes(states, mesh: AbstractMesh, *, remat: str, num_layers: int, dtype) -> int:
+    """Per-device bytes of decoder-layer weights gathered for compute (whole, in their compute layout and `dtype`:
+    `layers.weight` casts before it gathers) that are held at once: every layer's with remat `none`, one layer's
+    otherwise (module docstring). The output head's gathered table is not counted."""
     from omnirrm_jax.training import sharding as S
 
     def layers_only(state):
@@ -225,9 +227,8 @@ def gathered_weight_bytes(states, mesh: AbstractMesh, *, remat: str, num_layers:
         state = layers_only(state)
         _, stored = sharded_state_bytes(state, mesh)
         _, compute = sharded_state_bytes(state, mesh, S.weight_compute_rules())
-        dtypes = {path: var.dtype for path, var in nnx.to_flat_state(state)}
         # an all-gather writes a whole new buffer; the stored shard stays alive beside it
-        extra += sum(_nbytes(shape, dtypes[path]) for path, shape in compute.items() if shape != stored[path])
+        extra += sum(_nbytes(shape, dtype) for path, shape in compute.items() if shape != stored[path])
     return extra if remat == "none" else -(-extra // num_layers)
 
 
@@ -279,7 +280,8 @@ def plan_row(cfg, tcfg, mesh: dict, *, layout: str, hbm: float, platform: str) -
     act_none = activation_bytes(tcfg, work, mesh, remat="none", lora_rank=lora_rank, flash=flash)
     act_remat = activation_bytes(tcfg, work, mesh, remat="full" if remat == "none" else remat, lora_rank=lora_rank,
                                  flash=flash)
-    gathered = gathered_weight_bytes((trainable, frozen), amesh, remat=remat, num_layers=tcfg.text.num_layers)
+    gathered = gathered_weight_bytes((trainable, frozen), amesh, remat=remat, num_layers=tcfg.text.num_layers,
+                                     dtype=tcfg.dtype)
     return Row(layout, mesh, params, train_b, opt_b, act_none, act_remat, kv_cache_bytes(tcfg, work, mesh),
                gathered, remat, hbm, work.rows / (mesh["data"] * mesh["fsdp"]))
 

@@ -1,7 +1,6 @@
 """LoRA-only checkpoints by default; `run.save_frozen` also stores the frozen base (a self-contained checkpoint),
 and a resumed run takes it back."""
 import dataclasses
-import os
 
 import jax
 import numpy as np
@@ -33,15 +32,15 @@ def _lora_cfg(prepared, workdir, save_frozen, steps=2):
 def test_save_frozen_stores_and_restores_the_base(prepared, tmp_path):
     lora_only = sft.train(_lora_cfg(prepared, tmp_path / "lora", False), progress=False)
     full = sft.train(_lora_cfg(prepared, tmp_path / "full", True), progress=False, stop_after=1)
-    sizes = {}
-    for name in ("lora", "full"):
-        d = tmp_path / name / "checkpoints"
-        sizes[name] = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(d) for f in fs)
-    assert sizes["full"] > 1.5 * sizes["lora"]  # the base is stored too (tiny model: LoRA + Adam are not small)
-    mngr = CheckpointManager(str(tmp_path / "full" / "checkpoints"))
     st = full["state"]
     target = {"trainable": abstract_like(st.trainable), "opt_state": abstract_like(st.opt_state),
               "step": abstract_like(st.step), "frozen": abstract_like(st.frozen)}
+    # the LoRA-only checkpoint holds no base (file sizes would say little: OCDBT's files vary from run to run)
+    mngr = CheckpointManager(str(tmp_path / "lora" / "checkpoints"))
+    with pytest.raises(Exception, match="frozen"):
+        mngr.restore(None, abstract_state=target)
+    mngr.close()
+    mngr = CheckpointManager(str(tmp_path / "full" / "checkpoints"))
     restored, _, _ = mngr.restore(None, abstract_state=target)
     mngr.close()
     for a, b in zip(jax.tree.leaves(restored["frozen"]), jax.tree.leaves(st.frozen)):

@@ -112,3 +112,26 @@ def test_weights_are_gathered_where_used(mesh_cfg, want):
     pinned = [line.split("<@mesh, ")[1].split("]>")[0] + "]" for line in text.splitlines()
               if "sdy.sharding_constraint" in line]
     assert pinned == [want], text
+
+
+def test_decode_steps_and_lookups_leave_weights_stored():
+    """One-token decode steps (`weights_as_stored`) and embedding lookups move activations, not whole weights; the
+    output head (`attend`) gathers its table, cast to the compute dtype first (half the bytes of fp32)."""
+    from omnirrm_jax.models import layers as L
+
+    mesh = S.make_mesh(S.MeshConfig(data=1, fsdp=8))
+    lin = L.Linear(16, 32, use_bias=False, axes=(L.EMBED, L.MLP), dtype="bfloat16", param_dtype="float32",
+                   rngs=nnx.Rngs(0))
+    emb = L.Embed(64, 16, dtype="bfloat16", param_dtype="float32", rngs=nnx.Rngs(0))
+
+    def constraints(fn, *args):
+        text = nnx.jit(fn).lower(*args).as_text()
+        return [line for line in text.splitlines() if "sdy.sharding_constraint" in line]
+
+    with S.activations_on(mesh):
+        pinned = constraints(lambda m, x: m(x), lin, jnp.ones((8, 16)))
+        assert len(pinned) == 1 and "bf16" in pinned[0]  # cast, then gathered
+        with L.weights_as_stored():
+            assert constraints(lambda m, x: m(x), lin, jnp.ones((8, 16))) == []
+        assert constraints(lambda e, ids: e(ids), emb, jnp.ones((8, 4), jnp.int32)) == []
+        assert len(constraints(lambda e, x: e.attend(x), emb, jnp.ones((8, 16)))) == 1
