@@ -7,6 +7,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as PS
 
 from omnirrm_jax.models import config as C
+from omnirrm_jax.models import layers as L
 from omnirrm_jax.models.thinker import Thinker, prepare_inputs
 from omnirrm_jax.training import sharding as S
 
@@ -64,8 +65,6 @@ def test_sharded_init_and_forward_equal_single_device():
 def test_attention_inputs_share_one_sharding(mesh_cfg, kv_heads, want):
     """cuDNN's partitioner needs q, k and v on one sharding (under FSDP they differed and compile failed); the
     attention entry pins all three, heads over tensor only when both head counts divide it."""
-    from omnirrm_jax.models import layers as L
-
     L.register_attention_backend("record", lambda q, k, v, **_: q * (k.sum() + v.sum()))
     mesh = S.make_mesh(mesh_cfg)
     q, k, v = jnp.zeros((8, 4, 8, 16)), jnp.zeros((8, 4, kv_heads, 16)), jnp.ones((8, 4, kv_heads, 16))
@@ -84,6 +83,11 @@ def test_attention_inputs_share_one_sharding(mesh_cfg, kv_heads, want):
     assert "sharding_constraint" not in jax.jit(fresh).lower(q, k, v).as_text()  # outside the context: untouched
 
 
+def _constraint_lines(fn, *args) -> list[str]:
+    """The sharding constraints in `nnx.jit(fn)`'s lowering of `args`."""
+    return [line for line in nnx.jit(fn).lower(*args).as_text().splitlines() if "sdy.sharding_constraint" in line]
+
+
 def test_weight_compute_rules_drop_the_batch_axes():
     rules = S.weight_compute_rules()
     assert rules["embed"] is None and rules["mlp"] == "tensor" and rules["batch"] is None
@@ -98,40 +102,28 @@ def test_weight_compute_rules_drop_the_batch_axes():
 def test_weights_are_gathered_where_used(mesh_cfg, want):
     """Under FSDP a layer computes with the whole weight (ZeRO-3): pinned to the table less the batch axes, so XLA
     all-gathers the stored shard instead of splitting the matmul and reduce-scattering partial activations."""
-    from omnirrm_jax.models import layers as L
-
     lin = L.Linear(16, 32, use_bias=False, axes=(L.EMBED, L.MLP), dtype="float32", param_dtype="float32",
                    rngs=nnx.Rngs(0))
     mesh = S.make_mesh(mesh_cfg)
 
-    def fn(m, x):
-        return m(x)
-
     with S.activations_on(mesh):
-        text = nnx.jit(fn).lower(lin, jnp.ones((8, 16))).as_text()
-    pinned = [line.split("<@mesh, ")[1].split("]>")[0] + "]" for line in text.splitlines()
-              if "sdy.sharding_constraint" in line]
-    assert pinned == [want], text
+        lines = _constraint_lines(lambda m, x: m(x), lin, jnp.ones((8, 16)))
+    pinned = [line.split("<@mesh, ")[1].split("]>")[0] + "]" for line in lines]
+    assert pinned == [want], lines
 
 
 def test_decode_steps_and_lookups_leave_weights_stored():
     """One-token decode steps (`weights_as_stored`) and embedding lookups move activations, not whole weights; the
     output head (`attend`) gathers its table, cast to the compute dtype first (half the bytes of fp32)."""
-    from omnirrm_jax.models import layers as L
-
     mesh = S.make_mesh(S.MeshConfig(data=1, fsdp=8))
     lin = L.Linear(16, 32, use_bias=False, axes=(L.EMBED, L.MLP), dtype="bfloat16", param_dtype="float32",
                    rngs=nnx.Rngs(0))
     emb = L.Embed(64, 16, dtype="bfloat16", param_dtype="float32", rngs=nnx.Rngs(0))
 
-    def constraints(fn, *args):
-        text = nnx.jit(fn).lower(*args).as_text()
-        return [line for line in text.splitlines() if "sdy.sharding_constraint" in line]
-
     with S.activations_on(mesh):
-        pinned = constraints(lambda m, x: m(x), lin, jnp.ones((8, 16)))
+        pinned = _constraint_lines(lambda m, x: m(x), lin, jnp.ones((8, 16)))
         assert len(pinned) == 1 and "bf16" in pinned[0]  # cast, then gathered
         with L.weights_as_stored():
-            assert constraints(lambda m, x: m(x), lin, jnp.ones((8, 16))) == []
-        assert constraints(lambda e, ids: e(ids), emb, jnp.ones((8, 4), jnp.int32)) == []
-        assert len(constraints(lambda e, x: e.attend(x), emb, jnp.ones((8, 16)))) == 1
+            assert _constraint_lines(lambda m, x: m(x), lin, jnp.ones((8, 16))) == []
+        assert _constraint_lines(lambda e, ids: e(ids), emb, jnp.ones((8, 4), jnp.int32)) == []
+        assert len(_constraint_lines(lambda e, x: e.attend(x), emb, jnp.ones((8, 16)))) == 1
