@@ -188,15 +188,24 @@ def bench_hf(cfg, *, batch: int, seq: int, steps: int, warmup: int, checkpointin
         loss = step()
     sync()
     seconds = (time.perf_counter() - t0) / steps
-    out = {"checkpointing": checkpointing, "step_s": seconds, "tokens_per_s": batch * seq / seconds,
+    out = {"checkpointing": checkpointing, "batch": batch, "step_s": seconds, "tokens_per_s": batch * seq / seconds,
            "loss": float(loss), "init_s": init_s, "trainable_params": sum(p.numel() for p in params),
            "attn": model.config._attn_implementation,
            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else None}
     del model, opt, params, ids
-    gc.collect()
-    if dev == "cuda":
-        torch.cuda.empty_cache()
+    _release_torch_memory()
     return out
+
+
+def _release_torch_memory() -> None:
+    """Frees what a finished (or failed: out of memory) HF run held, before the next run needs the card."""
+    gc.collect()
+    try:
+        import torch
+    except ImportError:
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -239,15 +248,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cfg, seq = C.PRESETS[args.preset](dtype="bfloat16", param_dtype="bfloat16"), args.seq
     run = dict(batch=args.batch, seq=seq, steps=args.steps, warmup=args.warmup, lora_rank=args.lora_rank)
-    hf, hf_error = [], None
-    if not args.no_hf:
+    hf, hf_errors = [], []
+    for c in () if args.no_hf else (False, True):
+        # each setting on its own: one that runs out of memory (no checkpointing at a large batch) leaves the other
         try:
-            for c in (False, True):
-                hf.append(bench_hf(cfg, checkpointing=c, **run))
-                print(f"hf: {json.dumps(hf[-1])}", flush=True)  # rows as they finish: a cut-off run keeps them
+            hf.append(bench_hf(cfg, checkpointing=c, **run))
+            print(f"hf: {json.dumps(hf[-1])}", flush=True)  # rows as they finish: a cut-off run keeps them
         except Exception as e:  # noqa: BLE001 - a missing/broken baseline must not hide our numbers
-            hf, hf_error = [], f"{type(e).__name__}: {e}"
-            print(f"HF baseline failed: {hf_error}", flush=True)
+            hf_errors.append(f"checkpointing={c}: {type(e).__name__}: {str(e)[:300]}")
+            print(f"HF baseline failed: {hf_errors[-1]}", flush=True)
+        _release_torch_memory()
+    hf_error = "; ".join(hf_errors) or None
 
     import jax
 

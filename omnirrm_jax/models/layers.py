@@ -77,8 +77,10 @@ class Linear(nnx.Module):
         if self.bias is not None:
             y = y + weight(self.bias, self.dtype)
         if self.lora_a is not None:
-            lora = (x @ weight(self.lora_a, self.dtype)) @ weight(self.lora_b, self.dtype)
-            y = y + lora * jnp.asarray(self.lora_scale, self.dtype)
+            # scaled on the rank-r side, not on the (T, out) product: one small multiply instead of a full-width
+            # one each way; for a power-of-two scale (PEFT's default alpha 32 / r 8) bitwise `(x @ A @ B) * s`
+            u = (x @ weight(self.lora_a, self.dtype)) * jnp.asarray(self.lora_scale, self.dtype)
+            y = y + u @ weight(self.lora_b, self.dtype)
         return y
 
 

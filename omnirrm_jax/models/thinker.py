@@ -125,6 +125,17 @@ class Thinker(nnx.Module):
             return self.model.embed_tokens.attend(hidden_BTD)
         return self.lm_head(hidden_BTD)
 
+    def output_weight(self) -> jax.Array | None:
+        """The output head as one (D, V) matrix in the compute dtype, when `logits` is exactly `h @ it` (a tied
+        table, or an untied head without bias or LoRA); None otherwise. Losses use it to fuse the head with
+        the log-softmax and its gradient (`training.losses.linear_token_logprobs`)."""
+        if self.lm_head is None:
+            return L.weight(self.model.embed_tokens.embedding, self.model.embed_tokens.dtype).T
+        head = self.lm_head
+        if head.bias is not None or head.lora_a is not None:
+            return None
+        return L.weight(head.kernel, head.dtype)
+
     def forward(self, inputs: Inputs, cache: text_lib.KVCache | None = None, cache_index=None,
                 return_hidden: bool = False):
         """Jittable forward over prepared inputs.

@@ -104,11 +104,8 @@ def completion_logprobs(model, inputs: dict, completions_RN: jax.Array, completi
             h_c, _, _ = model.model(c_rND, pos_3rN, cache=cache, cache_index=S)
             h_rND = jnp.concatenate([h_rND, h_c[:, :N - 1]], axis=1)
 
-        def logits_fn(h):
-            return model.logits(h).astype(jnp.float32) / temperature
-
         chunk = max(1, min(N, logit_tokens // comp_rN.shape[0]))
-        return losses.token_logprobs(h_rND, comp_rN, logits_fn, chunk=chunk)
+        return losses.head_token_logprobs(h_rND, comp_rN, model, chunk=chunk, temperature=temperature)
 
     args = (x_BSD, pos_3BS, mask_BS, comp_BGN, comp_pos_3BGN)
     if not rows_per_chunk or rows_per_chunk >= R:

@@ -25,6 +25,66 @@ def test_chunked_cross_entropy_equals_direct():
     assert int(n) == m.sum()
 
 
+def _logprob_grads(fn, h, W, g):
+    return jax.value_and_grad(lambda h, W: jnp.sum(g * fn(h, W)), (0, 1))(h, W)
+
+
+def test_fused_head_logprobs_equal_chunked_with_gradients():
+    """The fused head (gradient w.r.t. the hidden state computed in the forward pass) gives the same log-probs
+    and the same gradients for the hidden states and the head as the checkpointed chunks, with a temperature."""
+    rng = np.random.default_rng(1)
+    B, T, D, V = 2, 13, 8, 50
+    h = jnp.asarray(rng.normal(size=(B, T, D)), jnp.float32)
+    W = jnp.asarray(rng.normal(size=(D, V)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, V, (B, T)))
+    g = jnp.asarray(rng.normal(size=(B, T)), jnp.float32)
+    for temperature in (1.0, 0.7):
+        want = _logprob_grads(lambda h, W: losses.token_logprobs(h, y, lambda x: (x @ W) / temperature, chunk=4),
+                              h, W, g)
+        got = _logprob_grads(lambda h, W: losses.linear_token_logprobs(h, y, W, chunk=4, temperature=temperature),
+                             h, W, g)
+        np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=1e-6)
+        for a, b in zip(got[1], want[1]):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_head_ignores_non_finite_positions_outside_the_loss():
+    """A padding row whose hidden state is NaN gets a zero gradient when the loss does not use it."""
+    rng = np.random.default_rng(2)
+    h = jnp.asarray(rng.normal(size=(1, 6, 4)), jnp.float32).at[0, 4:].set(jnp.nan)
+    W = jnp.asarray(rng.normal(size=(4, 9)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 9, (1, 6)))
+    keep = jnp.arange(6)[None] < 4
+    dh = jax.grad(lambda h: jnp.sum(jnp.where(keep, losses.linear_token_logprobs(h, y, W, chunk=4), 0.0)))(h)
+    assert np.isfinite(np.asarray(dh)).all() and not np.asarray(dh[0, :4] == 0).all()
+    np.testing.assert_array_equal(np.asarray(dh[0, 4:]), 0.0)
+
+
+def test_frozen_head_gradient_is_not_computed():
+    """Differentiating only the hidden states drops the head's own gradient (a second pass over the logits)."""
+    h, W = jnp.zeros((1, 256, 32)), jnp.zeros((32, 512))
+    y = jnp.zeros((1, 256), jnp.int32)
+
+    def flops(argnums):
+        fn = jax.grad(lambda h, W: jnp.sum(losses.linear_token_logprobs(h, y, W, chunk=64)), argnums)
+        return jax.jit(fn).lower(h, W).compile().cost_analysis()["flops"]
+    assert flops((0,)) < 0.6 * flops((0, 1))
+
+
+def test_model_head_is_fused_only_when_it_is_one_matrix():
+    cfg = C.tiny()
+    model = Thinker(cfg, rngs=nnx.Rngs(0))
+    h = jnp.asarray(np.random.default_rng(3).normal(size=(1, 5, cfg.text.hidden_size)), jnp.float32)
+    y = jnp.asarray([[1, 2, 3, 4, 5]])
+    np.testing.assert_allclose(np.asarray(h @ model.output_weight()), np.asarray(model.logits(h)), rtol=1e-6)
+    assert lora.apply_lora(model, lora.LoraConfig(targets=r"^lm_head$"), nnx.Rngs(1)) == ["lm_head"]
+    model.lm_head.lora_b[...] = jnp.ones_like(model.lm_head.lora_b[...])  # the branch now changes the logits
+    assert model.output_weight() is None  # a LoRA head goes through model.logits
+    np.testing.assert_array_equal(
+        np.asarray(losses.head_token_logprobs(h, y, model, chunk=2)),
+        np.asarray(losses.token_logprobs(h, y, lambda x: model.logits(x).astype(jnp.float32), chunk=2)))
+
+
 def test_schedule_warmup_then_cosine_to_zero():
     sched = optim.learning_rate_schedule(optim.OptimConfig(learning_rate=1e-3, warmup_ratio=0.1), 100)
     assert float(sched(0)) == 0.0 and abs(float(sched(10)) - 1e-3) < 1e-9
