@@ -81,6 +81,7 @@ def _fused_bwd(temperature, res, g_CBc):
 
     def one(acc_DV, args):  # the head's own gradient (full fine-tuning); dead code, removed by XLA, when frozen
         h_c, y_c, g_c, live_c = args
+        h_c = jnp.where(live_c[..., None], h_c, 0.0)  # a non-finite row outside the loss must not reach dW either
         p, _ = _softmax_and_logp(_head_logits(h_c, w_DV, temperature), y_c)
         d = jnp.where(live_c[..., None], g_c[..., None] * _dlogp_dlogits(p, y_c), 0.0) / temperature
         return acc_DV + jnp.einsum("bcd,bcv->dv", h_c.astype(w_DV.dtype), d.astype(w_DV.dtype),
@@ -98,9 +99,12 @@ def linear_token_logprobs(hidden_BTD: jax.Array, targets_BT: jax.Array, w_DV: ja
     that is one matrix, without recomputing the logits in the backward pass.
 
     The forward pass, chunk by chunk, also computes each position's gradient with respect to its hidden state
-    ((onehot - p) @ W^T / temperature: D numbers per position instead of V logits), so the backward pass for the
-    hidden states is one multiply; the head's own gradient, needed only when it is trained, recomputes the
-    chunk's logits. Same values as `token_logprobs` with `logits_fn = h @ W`; a 1/3 smaller head cost per step.
+    ((onehot - p) @ W^T / temperature: D numbers per position instead of V logits, kept in fp32 until the
+    backward pass), so the backward pass for the hidden states is one multiply. Same values as `token_logprobs`
+    with `logits_fn = h @ W`. What it saves: with a frozen head and no rematerialisation around it (SFT), two
+    head matmuls per step instead of three; inside a rematerialised region (GRPO's update chunks) the recomputed
+    forward computes the gradient again, three as before; a trained head (full fine-tuning) recomputes the
+    chunk's logits for its own gradient, four as before. `temperature` must be a Python number (static).
     """
     T = hidden_BTD.shape[1]
     h, y = _chunked(hidden_BTD, targets_BT, min(chunk, T))
@@ -119,19 +123,21 @@ def head_token_logprobs(hidden_BTD: jax.Array, targets_BT: jax.Array, model, *, 
                           lambda h: model.logits(h).astype(jnp.float32) / temperature, chunk=chunk)
 
 
-def masked_cross_entropy(hidden_BTD: jax.Array, input_ids_BT: jax.Array, loss_mask_BT: jax.Array, head,
-                         *, chunk: int = 1024) -> tuple[jax.Array, jax.Array]:
+def masked_cross_entropy(hidden_BTD: jax.Array, input_ids_BT: jax.Array, loss_mask_BT: jax.Array, *, model=None,
+                         logits_fn=None, chunk: int = 1024) -> tuple[jax.Array, jax.Array]:
     """Mean next-token cross-entropy over positions whose *target* has loss_mask 1.
 
     Returns (loss, number of target tokens). Position t predicts token t+1; `loss_mask_BT[:, t]` marks
-    whether token t is a target (the assistant's judgement), so the prompt and padding never count. `head` is
-    the model (its output head, fused with the loss where it is one matrix) or a logits function.
+    whether token t is a target (the assistant's judgement), so the prompt and padding never count. The logits
+    come from `model`'s output head (fused with the loss where it is one matrix) or from `logits_fn`.
     """
+    if (model is None) == (logits_fn is None):
+        raise ValueError("masked_cross_entropy needs exactly one of model= and logits_fn=")
     h, y = hidden_BTD[:, :-1], input_ids_BT[:, 1:]
-    if hasattr(head, "output_weight"):
-        logp = head_token_logprobs(h, y, head, chunk=chunk)
+    if model is not None:
+        logp = head_token_logprobs(h, y, model, chunk=chunk)
     else:
-        logp = token_logprobs(h, y, head, chunk=chunk)
+        logp = token_logprobs(h, y, logits_fn, chunk=chunk)
     mask = loss_mask_BT[:, 1:].astype(bool)
     n = jnp.sum(mask.astype(jnp.float32))
     # where, not multiply: padding rows attend to no key and may carry NaN (NaN * 0 = NaN)

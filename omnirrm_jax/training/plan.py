@@ -15,8 +15,9 @@ Activations and the KV cache are a model (what the decoder keeps for the backwar
     dots  3D + (N+2K)H/tp + 2F/tp   (the projection outputs and the layer input)
     full  D (the layer input) + one layer's `none` activations while it is recomputed
   plus the loss: one 1024-token chunk per row of float32 logits and their gradient (vocab / tp; GRPO: the
-  teacher-forced pass's window of `grpo_config.LOGIT_TOKENS` completion positions), and two (T, D) buffers
-  (embeddings, final hidden). The vision / audio towers are not counted: their tokens are part of T, and with
+  teacher-forced pass's window of `grpo_config.LOGIT_TOKENS` completion positions), two (T, D) buffers
+  (embeddings, final hidden) and one fp32 (T, D) buffer (the fused head's per-position gradient,
+  `losses.linear_token_logprobs`). The vision / audio towers are not counted: their tokens are part of T, and with
   the ViT frozen their activations are not kept. GRPO rollouts add the KV cache:
     rows_dev(batch * G) * (prompt + completion) * layers * 2 (K, V) * K/tp * H * b.
 Under FSDP every layer computes with whole weights gathered from the stored shards (`layers.weight`); with remat
@@ -210,7 +211,7 @@ def activation_bytes(tcfg, work: Workload, mesh: dict, *, remat: str, lora_rank:
     layers = t.num_layers * per_layer + (full_layer if remat != "none" else 0)
     loss_tokens = -(-work.loss_tokens // dp) if work.loss_tokens else rows * min(LOSS_CHUNK, S)
     loss = 2 * loss_tokens * split(t.vocab_size) * 4
-    return T * b * layers + loss + 2 * T * D * b
+    return T * b * layers + loss + 2 * T * D * b + T * D * 4
 
 
 def gathered_weight_bytes(states, mesh: AbstractMesh, *, remat: str, num_layers: int, dtype) -> int:

@@ -46,7 +46,7 @@ def model_inputs(batch: dict) -> dict:
 def loss_fn(trainable, frozen, graphdef, batch) -> tuple[jax.Array, dict]:
     model = nnx.merge(graphdef, trainable, frozen)
     hidden = model.forward(model_inputs(batch), return_hidden=True)
-    loss, n_tokens = losses.masked_cross_entropy(hidden, batch["input_ids"], batch["loss_mask"], model)
+    loss, n_tokens = losses.masked_cross_entropy(hidden, batch["input_ids"], batch["loss_mask"], model=model)
     return loss, {"target_tokens": n_tokens}
 
 

@@ -1,4 +1,6 @@
 """Chunked token log-probs equal the direct computation; schedules and LoRA wiring behave."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +19,7 @@ def test_chunked_cross_entropy_equals_direct():
     W = jnp.asarray(rng.normal(size=(D, V)), jnp.float32)
     ids = jnp.asarray(rng.integers(0, V, (B, T)))
     mask = jnp.asarray(rng.integers(0, 2, (B, T)))
-    loss, n = losses.masked_cross_entropy(h, ids, mask, lambda x: x @ W, chunk=4)
+    loss, n = losses.masked_cross_entropy(h, ids, mask, logits_fn=lambda x: x @ W, chunk=4)
     logp = jax.nn.log_softmax(h @ W, -1)[:, :-1]
     picked = np.take_along_axis(np.asarray(logp), np.asarray(ids)[:, 1:, None], -1)[..., 0]
     m = np.asarray(mask)[:, 1:]
@@ -49,15 +51,20 @@ def test_fused_head_logprobs_equal_chunked_with_gradients():
 
 
 def test_fused_head_ignores_non_finite_positions_outside_the_loss():
-    """A padding row whose hidden state is NaN gets a zero gradient when the loss does not use it."""
+    """A padding row whose hidden state is NaN reaches neither gradient when the loss does not use it: the hidden
+    states' is zero there, the head's equals the gradient without that row."""
     rng = np.random.default_rng(2)
-    h = jnp.asarray(rng.normal(size=(1, 6, 4)), jnp.float32).at[0, 4:].set(jnp.nan)
+    h = jnp.asarray(rng.normal(size=(1, 6, 4)), jnp.float32)
     W = jnp.asarray(rng.normal(size=(4, 9)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 9, (1, 6)))
     keep = jnp.arange(6)[None] < 4
-    dh = jax.grad(lambda h: jnp.sum(jnp.where(keep, losses.linear_token_logprobs(h, y, W, chunk=4), 0.0)))(h)
-    assert np.isfinite(np.asarray(dh)).all() and not np.asarray(dh[0, :4] == 0).all()
+
+    def loss(h, W):
+        return jnp.sum(jnp.where(keep, losses.linear_token_logprobs(h, y, W, chunk=4), 0.0))
+    dh, dW = jax.grad(loss, (0, 1))(h.at[0, 4:].set(jnp.nan), W)
+    assert not np.asarray(dh[0, :4] == 0).all()
     np.testing.assert_array_equal(np.asarray(dh[0, 4:]), 0.0)
+    np.testing.assert_allclose(np.asarray(dW), np.asarray(jax.grad(loss, 1)(h, W)), rtol=1e-6, atol=1e-7)
 
 
 def test_frozen_head_gradient_is_not_computed():
@@ -71,18 +78,32 @@ def test_frozen_head_gradient_is_not_computed():
     assert flops((0,)) < 0.6 * flops((0, 1))
 
 
+def _direct_logprobs(logits, y):
+    return np.take_along_axis(np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32), -1)), np.asarray(y)[..., None],
+                              -1)[..., 0]
+
+
 def test_model_head_is_fused_only_when_it_is_one_matrix():
-    cfg = C.tiny()
-    model = Thinker(cfg, rngs=nnx.Rngs(0))
-    h = jnp.asarray(np.random.default_rng(3).normal(size=(1, 5, cfg.text.hidden_size)), jnp.float32)
+    """Untied and tied heads are one matrix (the fused path); a head with a LoRA branch falls back to
+    `model.logits`, LoRA included. Each gives the log-probs computed directly from `model.logits`."""
+    h = jnp.asarray(np.random.default_rng(3).normal(size=(1, 5, C.tiny().text.hidden_size)), jnp.float32)
     y = jnp.asarray([[1, 2, 3, 4, 5]])
-    np.testing.assert_allclose(np.asarray(h @ model.output_weight()), np.asarray(model.logits(h)), rtol=1e-6)
+    for tied in (False, True):
+        cfg = C.tiny()
+        cfg = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, tie_word_embeddings=tied))
+        model = Thinker(cfg, rngs=nnx.Rngs(0))
+        assert (model.lm_head is None) == tied
+        np.testing.assert_allclose(np.asarray(h @ model.output_weight()), np.asarray(model.logits(h)), rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(losses.head_token_logprobs(h, y, model, chunk=2)),
+                                   _direct_logprobs(model.logits(h), y), rtol=1e-5, atol=1e-6)
+    model = Thinker(C.tiny(), rngs=nnx.Rngs(0))
     assert lora.apply_lora(model, lora.LoraConfig(targets=r"^lm_head$"), nnx.Rngs(1)) == ["lm_head"]
+    before = np.asarray(model.logits(h))
     model.lm_head.lora_b[...] = jnp.ones_like(model.lm_head.lora_b[...])  # the branch now changes the logits
-    assert model.output_weight() is None  # a LoRA head goes through model.logits
-    np.testing.assert_array_equal(
-        np.asarray(losses.head_token_logprobs(h, y, model, chunk=2)),
-        np.asarray(losses.token_logprobs(h, y, lambda x: model.logits(x).astype(jnp.float32), chunk=2)))
+    assert np.abs(np.asarray(model.logits(h)) - before).max() > 1e-3
+    assert model.output_weight() is None
+    np.testing.assert_allclose(np.asarray(losses.head_token_logprobs(h, y, model, chunk=2)),
+                               _direct_logprobs(model.logits(h), y), rtol=1e-5, atol=1e-6)
 
 
 def test_schedule_warmup_then_cosine_to_zero():

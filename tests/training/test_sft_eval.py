@@ -44,7 +44,7 @@ def test_eval_every_logs_loss_and_accuracy(prepared, tmp_path):
     (batch,) = list(pipeline.make_dataset(paths, tok, out["thinker_config"], pcfg))
     model = state.model()
     hidden = model.forward(sft.model_inputs(batch), return_hidden=True)
-    want, n = losses.masked_cross_entropy(hidden, batch["input_ids"], batch["loss_mask"], model.logits)
+    want, n = losses.masked_cross_entropy(hidden, batch["input_ids"], batch["loss_mask"], logits_fn=model.logits)
     np.testing.assert_allclose(ev["eval/loss"], float(want), rtol=1e-5)
     assert ev["eval/target_tokens"] == float(n) > 0
     # evaluated at step 3 (eval_every) and at the end (step 4), in the same metric stream as training
