@@ -86,10 +86,6 @@ def _stored(workdir, step) -> dict[str, set[str]]:
             for item, sub in tree.items()}
 
 
-def _size(directory) -> int:
-    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(directory) for f in fs)
-
-
 @pytest.mark.slow  # three short LoRA runs of the tiny model (compiling dominates): ~2-3 min on 2 busy cores
 def test_lora_only_checkpoints_held_out_eval_and_save_frozen(prepared, tmp_path):
     evald = grpo.train(grpo_config(prepared, tmp_path / "eval", steps=3, run_kw=dict(
@@ -115,8 +111,8 @@ def test_lora_only_checkpoints_held_out_eval_and_save_frozen(prepared, tmp_path)
     stored = _stored(tmp_path / "frozen", 2)
     assert set(stored) == {"trainable", "opt_state", "step", "frozen"}
     assert any("embed_tokens" in k for k in stored["frozen"]) and not any("lora" in k for k in stored["frozen"])
-    ck = {"lora": _size(tmp_path / "eval" / "checkpoints" / "2"), "frozen": _size(tmp_path / "frozen" / "checkpoints" / "2")}
-    assert ck["frozen"] > 1.5 * ck["lora"], ck  # tiny model: LoRA + Adam state is not small next to the base
+    # the whole base, leaf for leaf (not OCDBT file sizes: their ratio varied from run to run and failed CI once)
+    assert len(stored["frozen"]) == len(jax.tree.leaves(first["state"].frozen)), len(stored["frozen"])
     second = grpo.train(frozen_cfg(), progress=False)
     assert second["rollouts"] == 3 and not second["preempted"] and second["eval"] == {}
     # evaluation changes nothing in training: the evaluated run and the save_frozen resumed run end equal
