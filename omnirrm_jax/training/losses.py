@@ -22,10 +22,7 @@ def token_logprobs(hidden_BTD: jax.Array, targets_BT: jax.Array, logits_fn, *, c
 
     @jax.checkpoint
     def one(h_BtD, y_Bt):
-        logits = logits_fn(h_BtD).astype(jnp.float32)
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        picked = jnp.take_along_axis(logits, y_Bt[..., None], axis=-1)[..., 0]
-        return picked - lse
+        return _logp_and_lse(logits_fn(h_BtD).astype(jnp.float32), y_Bt)[0]
 
     out = jax.lax.map(lambda args: one(*args), (h, y))  # (n_chunks, B, chunk)
     return out.swapaxes(0, 1).reshape(B, -1)[:, :T]
@@ -46,10 +43,14 @@ def _head_logits(h_BcD, w_DV, temperature):
     return logits if temperature == 1.0 else logits / temperature
 
 
-def _softmax_and_logp(logits_BcV, y_Bc):
+def _logp_and_lse(logits_BcV, y_Bc):
     lse = jax.nn.logsumexp(logits_BcV, axis=-1)
-    picked = jnp.take_along_axis(logits_BcV, y_Bc[..., None], axis=-1)[..., 0]
-    return jnp.exp(logits_BcV - lse[..., None]), picked - lse
+    return jnp.take_along_axis(logits_BcV, y_Bc[..., None], axis=-1)[..., 0] - lse, lse
+
+
+def _softmax_and_logp(logits_BcV, y_Bc):
+    logp, lse = _logp_and_lse(logits_BcV, y_Bc)
+    return jnp.exp(logits_BcV - lse[..., None]), logp
 
 
 def _dlogp_dlogits(p_BcV, y_Bc):
@@ -83,7 +84,7 @@ def _fused_bwd(temperature, res, g_CBc):
         h_c, y_c, g_c, live_c = args
         h_c = jnp.where(live_c[..., None], h_c, 0.0)  # a non-finite row outside the loss must not reach dW either
         p, _ = _softmax_and_logp(_head_logits(h_c, w_DV, temperature), y_c)
-        d = jnp.where(live_c[..., None], g_c[..., None] * _dlogp_dlogits(p, y_c), 0.0) / temperature
+        d = g_c[..., None] * _dlogp_dlogits(p, y_c) / temperature  # zero outside the loss: g is, p is finite
         return acc_DV + jnp.einsum("bcd,bcv->dv", h_c.astype(w_DV.dtype), d.astype(w_DV.dtype),
                                    preferred_element_type=jnp.float32), None
     dw, _ = jax.lax.scan(one, jnp.zeros(w_DV.shape, jnp.float32), (h, y, g_CBc, live))
