@@ -52,17 +52,20 @@ def compiled_memory(compiled) -> dict | None:
     return {f.replace("_size_in_bytes", ""): round(getattr(m, f, 0) / 2**30, 3) for f in fields}
 
 
-def _batch(cfg, batch: int, seq: int) -> dict:
+def _batch(cfg, batch: int, seq: int, loss_window: int | None = None) -> dict:
+    """Random token rows; every token is a target, or with `loss_window` only each row's last that many (as a
+    judgement at the end of a prompt)."""
     from omnirrm_jax.models.thinker import prepare_inputs
 
     ids = np.random.default_rng(0).integers(1, min(cfg.text.vocab_size - 20, 20000), (batch, seq))
     host = prepare_inputs(cfg, ids)
-    host["loss_mask"] = np.ones((batch, seq), np.int32)
+    host["loss_mask"] = (np.arange(seq) >= seq - (loss_window or seq)).astype(np.int32)[None].repeat(batch, 0)
     return host
 
 
 def bench_ours(cfg, *, batch: int, seq: int, steps: int, warmup: int, remat: str, lora_rank: int,
-               mesh_axes: dict | None = None, devices: int | None = None, profile_dir: str | None = None) -> dict:
+               mesh_axes: dict | None = None, devices: int | None = None, profile_dir: str | None = None,
+               loss_window: int | None = None) -> dict:
     """Our jitted `sft_step` (donated state, LoRA-only AdamW) on the first `devices` local devices (all by
     default), over a mesh of `mesh_axes` (default data-parallel: {"data": -1}). With `profile_dir`, two more
     steps after the timed ones run under the profiler and their kernel summary is returned as "profile"."""
@@ -83,8 +86,8 @@ def bench_ours(cfg, *, batch: int, seq: int, steps: int, warmup: int, remat: str
         lambda: build_model(cfg, hf_path=None, lora_cfg=lora_cfg, lora_path=None, seed=0), tx, mesh,
         full_finetune=False)
     init_s = time.perf_counter() - t0
-    step_fn = sft.jit_sft_step(state, tx, shardings)
-    host = _batch(cfg, batch * len(devs), seq)
+    step_fn = sft.jit_sft_step(state, tx, shardings, loss_window=loss_window)
+    host = _batch(cfg, batch * len(devs), seq, loss_window)
     data = {k: jax.device_put(v, S.batch_sharding(mesh, v.ndim, batch_axis=1 if k == "position_ids" else 0))
             for k, v in host.items()}
     trainable, opt_state, step = state.trainable, state.opt_state, state.step
@@ -142,7 +145,8 @@ def hf_lora_targets() -> str:
             r"|(?:.*\.)?visual\.merger\.mlp\.[02]|(?:.*\.)?audio_tower\.proj")
 
 
-def bench_hf(cfg, *, batch: int, seq: int, steps: int, warmup: int, checkpointing: bool, lora_rank: int) -> dict:
+def bench_hf(cfg, *, batch: int, seq: int, steps: int, warmup: int, checkpointing: bool, lora_rank: int,
+             loss_window: int | None = None) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
@@ -168,12 +172,15 @@ def bench_hf(cfg, *, batch: int, seq: int, steps: int, warmup: int, checkpointin
     opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.1, fused=dev == "cuda")
     ids = torch.tensor(np.random.default_rng(0).integers(1, min(cfg.text.vocab_size - 20, 20000), (batch, seq)),
                        device=dev)
+    labels = ids.clone()
+    if loss_window:
+        labels[:, :seq - loss_window] = -100  # ignored, as the prompt is in the reference's SFT (logits still computed)
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     if dev == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
     def step():
-        loss = model(input_ids=ids, labels=ids).loss
+        loss = model(input_ids=ids, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -192,7 +199,7 @@ def bench_hf(cfg, *, batch: int, seq: int, steps: int, warmup: int, checkpointin
            "loss": float(loss), "init_s": init_s, "trainable_params": sum(p.numel() for p in params),
            "attn": model.config._attn_implementation,
            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else None}
-    del model, opt, params, ids
+    del model, opt, params, ids, labels
     return out
 
 
@@ -220,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps (the first compiles)")
     p.add_argument("--remat", default="none,dots", help="our remat policies to time (comma-separated)")
     p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--loss-window", type=int, default=None, metavar="N",
+                   help="only each row's last N tokens are targets (a judgement after a prompt); ours runs the head "
+                        "on those alone (data.pipeline.max_target_length), HF masks the rest of its labels")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers + PEFT baseline")
     p.add_argument("--small", action="store_true", help="tiny dims, fp32, short sequence: a CPU smoke test")
     p.add_argument("--mesh", default="data=-1", help="our mesh, e.g. data=2 or fsdp=2 or data=1,fsdp=-1")
@@ -246,7 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg, seq = C.tiny(dtype="float32", param_dtype="float32"), min(args.seq, 64)
     else:
         cfg, seq = C.PRESETS[args.preset](dtype="bfloat16", param_dtype="bfloat16"), args.seq
-    run = dict(batch=args.batch, seq=seq, steps=args.steps, warmup=args.warmup, lora_rank=args.lora_rank)
+    if args.loss_window is not None and not 0 < args.loss_window < seq:
+        p.error(f"--loss-window {args.loss_window} must lie in [1, {seq - 1}] (sequence {seq})")
+    run = dict(batch=args.batch, seq=seq, steps=args.steps, warmup=args.warmup, lora_rank=args.lora_rank,
+               loss_window=args.loss_window)
     hf, hf_errors = [], []
     for c in () if args.no_hf else (False, True):
         # each setting on its own: one that runs out of memory (no checkpointing at a large batch) leaves the other
@@ -266,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         ours.append(bench_ours(cfg, remat=r, mesh_axes=mesh_axes, devices=args.devices,
                                profile_dir=args.profile and os.path.join(args.profile, r), **run))
         print(f"ours: {json.dumps({k: v for k, v in ours[-1].items() if k != 'profile'})}", flush=True)
-    fpt, peak = flops_per_token(cfg, seq), peak_flops_per_device()
+    fpt, peak = flops_per_token(cfg, seq, loss_window=args.loss_window), peak_flops_per_device()
     n_dev = args.devices or jax.device_count()
     for row in hf + ours:
         per_device = row["tokens_per_s"] / (n_dev if "remat" in row else 1)
@@ -280,8 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             pass
     result = {"bench": "sft", "device": jax.devices()[0].device_kind, "devices": n_dev,
-              "mesh": mesh_axes, "preset": "small" if args.small else args.preset, "seq": seq, "batch_per_device": args.batch,
-              "lora_rank": args.lora_rank, "flops_per_token": fpt, "peak_flops_per_device": peak,
+              "mesh": mesh_axes, "preset": "small" if args.small else args.preset, "seq": seq,
+              "batch_per_device": args.batch, "lora_rank": args.lora_rank, "loss_window": args.loss_window,
+              "flops_per_token": fpt, "peak_flops_per_device": peak,
               "versions": versions, "ours": ours, "hf": hf, "hf_error": hf_error,
               "ours_best_tokens_per_s": best_ours["tokens_per_s"],
               "ours_best_mfu": best_ours["mfu"],

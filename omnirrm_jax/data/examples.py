@@ -88,7 +88,8 @@ def _check_ids(tok: Tokenizer, cfg: ThinkerConfig) -> None:
 
 
 def build_example(rec: dict, index: int, tok: Tokenizer, cfg: ThinkerConfig, *, mode: str, max_length: int,
-                  max_media: Sequence[int], system: str | None = None) -> dict[str, Any]:
+                  max_media: Sequence[int], system: str | None = None,
+                  max_target_length: int | None = None) -> dict[str, Any]:
     """One decoded record -> one example (unpadded numpy arrays); raises `Skip` for records to drop.
 
     Args:
@@ -97,6 +98,7 @@ def build_example(rec: dict, index: int, tok: Tokenizer, cfg: ThinkerConfig, *, 
       max_length: longer examples are skipped as "too_long" (ms-swift's default truncation_strategy "delete").
       max_media: the largest (image patches, video patches, audio chunks, audio tokens) budget of a batch.
       system: an optional system prompt (the reference GRPO run passed one); SFT used the template default.
+      max_target_length: SFT judgements (with the end token) longer than this are skipped as "target_too_long".
     Returns:
       {"index", "modality", "input_ids" (n,) int32, "position_ids" (3, n) int32, "rope_delta", "loss_mask" (n,)
        int32 | None, "gold" (better, score_A, score_B) | None, "pixel_values" (P, 1176) f32 | None, "image_grid"
@@ -140,6 +142,8 @@ def build_example(rec: dict, index: int, tok: Tokenizer, cfg: ThinkerConfig, *, 
     n = len(ids)
     if n > max_length:
         raise Skip("too_long", f"{n} tokens > max_length {max_length}")
+    if mode == "sft" and max_target_length is not None and n - n_prompt > max_target_length:
+        raise Skip("target_too_long", f"{n - n_prompt} judgement tokens > max_target_length {max_target_length}")
     chunk = 2 * cfg.audio.n_window
     cost = (n, int(image_grid.prod(-1).sum()), int(video_grid.prod(-1).sum()),
             int(sum(-(-int(L) // chunk) for L in audio_lens)), int(audio_token_count(audio_lens).sum()))

@@ -20,7 +20,8 @@ emits at most len(seq_buckets) * len(media_buckets) shapes (`batch_shapes`). Eve
 (fully padded when it has none), so the pytree structure is fixed per mode.
 
 Skips: a record that fails (undecodable, placeholder/media mismatch, over max_length - ms-swift's default
-truncation_strategy "delete" drops such rows too -, media over the largest bucket, missing response/gold) is
+truncation_strategy "delete" drops such rows too -, media over the largest bucket, missing response/gold, an SFT
+judgement over `max_target_length`) is
 dropped and counted by reason; the counts are part of the iterator state, and past `max_skip_ratio` (after
 `min_records_for_skip_check` records) the iterator raises `SkipRatioError` naming the reasons.
 
@@ -62,12 +63,16 @@ class PipelineConfig:
     prompt_style: "reference" (the reference judge prompts) and "compact" (demo data) both mean "the messages as
     stored in the record" - prep keeps the user prompt verbatim; the value is recorded for provenance.
     drop_remainder drops the short batches of the last window of a finite run.
+    max_target_length (SFT): judgements (with their end token) longer than this are skipped as "target_too_long",
+    and the SFT step scores only each row's last max_target_length positions, so its output head (152k columns)
+    runs on those alone instead of on the whole prompt. None: the whole row.
     """
 
     mode: str = "sft"
     batch_size: int = 8
     seq_buckets: tuple[int, ...] = (256, 512, 1024, 2048, 3072)
     max_length: int | None = None
+    max_target_length: int | None = None
     media_buckets: tuple[tuple[int, int, int, int], ...] = DEFAULT_MEDIA_BUCKETS
     shuffle_seed: int | None = 0
     num_epochs: int | None = None
@@ -97,6 +102,9 @@ class PipelineConfig:
                 or any(any(x > y for x, y in zip(a, b)) for a, b in zip(mb, mb[1:])):
             problems.append(f"media_buckets {self.media_buckets} must be (image patches, video patches, audio chunks, "
                             "audio tokens) >= 1, patches multiples of 4, each bucket >= the previous one")
+        limit = self.max_length or max(self.seq_buckets, default=0)
+        if self.max_target_length is not None and not 0 < self.max_target_length <= limit:
+            problems.append(f"max_target_length {self.max_target_length} must be in (0, {limit}]")
         if self.batch_size < 1 or self.group_window < 1 or self.worker_count < 0 or self.read_threads < 1:
             problems.append("batch_size, group_window, read_threads must be >= 1 and worker_count >= 0")
         if not 0 <= self.max_skip_ratio <= 1:
@@ -153,7 +161,7 @@ class BuildExample(grain.transforms.Map):
             rec = R.decode_record(raw["record"] if isinstance(raw, dict) else raw)
             return E.build_example(rec, index, self.tokenizer, self.thinker, mode=self.cfg.mode,
                                    max_length=self.cfg.length_limit, max_media=self.cfg.max_media,
-                                   system=self.cfg.system)
+                                   system=self.cfg.system, max_target_length=self.cfg.max_target_length)
         except E.Skip as s:
             reason, detail = s.reason, s.detail
         except R.RecordError as e:

@@ -28,10 +28,10 @@ class EvalSpec:
     max_new_tokens: int
 
 
-def _loss_sums(graphdef, trainable, frozen, batch):
+def _loss_sums(graphdef, trainable, frozen, batch, window=None):
     from omnirrm_jax.training.sft import loss_fn
 
-    loss, aux = loss_fn(trainable, frozen, graphdef, batch)
+    loss, aux = loss_fn(trainable, frozen, graphdef, batch, window)
     return loss * aux["target_tokens"], aux["target_tokens"]
 
 
@@ -43,7 +43,8 @@ class HeldOutEval:
         # Finite, unshuffled, every row kept, and skips allowed: the other kind's records are skipped on purpose.
         self.pcfg = dataclasses.replace(pcfg, num_epochs=1, shuffle_seed=None, drop_remainder=False,
                                         max_skip_ratio=1.0, worker_count=0)
-        self._loss = jax.jit(S.traced_on(mesh, functools.partial(_loss_sums, graphdef)))
+        self._loss = jax.jit(S.traced_on(mesh, functools.partial(_loss_sums, graphdef,
+                                                                   window=pcfg.max_target_length)))
 
     def _batches(self, mode: str):
         from omnirrm_jax.data import pipeline

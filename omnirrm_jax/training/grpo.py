@@ -338,7 +338,7 @@ def train(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None = No
     from omnirrm_jax.training import config as config_lib
     from omnirrm_jax.training import optim
     from omnirrm_jax.training import sft
-    from omnirrm_jax.training.loop import NonFiniteGuard, PeriodicEval, Preemption, RunCheckpoints
+    from omnirrm_jax.training.loop import NonFiniteGuard, PeriodicEval, Preemption, RunCheckpoints, data_counts
     from omnirrm_jax.training.metrics import CompileCounter, MetricWriter
     from omnirrm_jax.training.state import create_run_state
 
@@ -405,7 +405,7 @@ def train(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None = No
             for m in updates:
                 guard.update(bool(m["finite"]), rollout_i, host)
             record.update({"train/lr": float(lr_fn(max(int(step) - 1, 0))), "train/skipped_nonfinite": guard.total,
-                           "compiles": compiles.count})
+                           "compiles": compiles.count, **data_counts(iterator)})
             history.append(record)
             if rollout_i % run.log_every == 0 or rollout_i == total_rollouts:
                 writer.write(rollout_i, record)

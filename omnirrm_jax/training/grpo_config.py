@@ -74,3 +74,6 @@ class GRPOConfig:
     def __post_init__(self):
         if self.run.eval_every and not self.data.eval:
             raise ConfigError(f"run.eval_every={self.run.eval_every} needs data.eval shards (none given)")
+        if self.data.pipeline.get("max_target_length") is not None:
+            raise ConfigError("data.pipeline.max_target_length limits SFT judgements; GRPO bounds its completions with "
+                              "grpo.max_completion_length")

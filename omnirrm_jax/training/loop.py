@@ -5,6 +5,7 @@
   RunCheckpoints  the checkpoint policy: trainable (LoRA-only for LoRA runs) + optimizer + step + data-iterator
                   positions, the frozen base only with `run.save_frozen`; resume restores onto the run's shardings
   PeriodicEval    held-out evaluation every `run.eval_every` steps and at the end, logged with the train metrics
+  data_counts     the pipeline's records read and skipped (by reason), logged with the train metrics
 """
 
 from __future__ import annotations
@@ -79,6 +80,16 @@ class NonFiniteGuard:
         if self.in_a_row >= self.limit:
             raise FloatingPointError(f"{self.in_a_row} consecutive non-finite updates; last at step {step}, "
                                      f"batch examples {ids}")
+
+
+def data_counts(iterator) -> dict[str, int]:
+    """Records this process's pipeline has read and skipped, by reason ("data/skipped_too_long", ...): how much of
+    the data a run is not training on (past `max_skip_ratio` the pipeline stops the run itself)."""
+    from omnirrm_jax.data.pipeline import skip_counts
+
+    counts = skip_counts(iterator.get_state())
+    return {"data/records_seen": int(counts["seen"]),
+            **{f"data/skipped_{reason}": int(n) for reason, n in sorted(counts["skipped"].items())}}
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ def token_logprobs(hidden_BTD: jax.Array, targets_BT: jax.Array, logits_fn, *, c
       logits_fn: hidden (B, t, D) -> logits (B, t, V), e.g. `model.logits`.
     """
     B, T, _ = hidden_BTD.shape
-    h, y = _chunked(hidden_BTD, targets_BT, min(chunk, T))
+    h, y = _chunked(hidden_BTD, targets_BT, chunk)
 
     @jax.checkpoint
     def one(h_BtD, y_Bt):
@@ -29,8 +29,11 @@ def token_logprobs(hidden_BTD: jax.Array, targets_BT: jax.Array, logits_fn, *, c
 
 
 def _chunked(hidden_BTD, targets_BT, chunk):
-    """(n_chunks, B, chunk, D) hidden states and (n_chunks, B, chunk) targets, the sequence padded to whole chunks."""
+    """(n_chunks, B, c, D) hidden states and (n_chunks, B, c) targets: as few chunks as chunks of at most `chunk`
+    positions need, of equal length c, the sequence padded to whole chunks (T = 1025 is two chunks of 513, not two
+    of 1024)."""
     B, T, D = hidden_BTD.shape
+    chunk = -(-T // -(-T // chunk))
     pad = (-T) % chunk
     h = jnp.pad(hidden_BTD, ((0, 0), (0, pad), (0, 0))).reshape(B, -1, chunk, D).swapaxes(0, 1)
     y = jnp.pad(targets_BT, ((0, 0), (0, pad))).reshape(B, -1, chunk).swapaxes(0, 1)
@@ -108,7 +111,7 @@ def linear_token_logprobs(hidden_BTD: jax.Array, targets_BT: jax.Array, w_DV: ja
     chunk's logits for its own gradient, four as before. `temperature` must be a Python number (static).
     """
     T = hidden_BTD.shape[1]
-    h, y = _chunked(hidden_BTD, targets_BT, min(chunk, T))
+    h, y = _chunked(hidden_BTD, targets_BT, chunk)
     logp = _fused_logprobs(h, y, w_DV, float(temperature))
     return logp.swapaxes(0, 1).reshape(hidden_BTD.shape[0], -1)[:, :T]
 
@@ -125,21 +128,29 @@ def head_token_logprobs(hidden_BTD: jax.Array, targets_BT: jax.Array, model, *, 
 
 
 def masked_cross_entropy(hidden_BTD: jax.Array, input_ids_BT: jax.Array, loss_mask_BT: jax.Array, *, model=None,
-                         logits_fn=None, chunk: int = 1024) -> tuple[jax.Array, jax.Array]:
+                         logits_fn=None, chunk: int = 1024, window: int | None = None) -> tuple[jax.Array, jax.Array]:
     """Mean next-token cross-entropy over positions whose *target* has loss_mask 1.
 
     Returns (loss, number of target tokens). Position t predicts token t+1; `loss_mask_BT[:, t]` marks
     whether token t is a target (the assistant's judgement), so the prompt and padding never count. The logits
     come from `model`'s output head (fused with the loss where it is one matrix) or from `logits_fn`.
+
+    `window`: only the targets among each row's last `window` tokens are scored (the head and its gradient run on
+    those positions alone). Rows are left-padded with the judgement at the end (`data.examples.collate`), so
+    nothing is lost when no judgement is longer: the pipeline's `max_target_length` skips those that are, and the
+    SFT step checks each batch (`sft.sft_step`).
     """
     if (model is None) == (logits_fn is None):
         raise ValueError("masked_cross_entropy needs exactly one of model= and logits_fn=")
-    h, y = hidden_BTD[:, :-1], input_ids_BT[:, 1:]
+    h, y, mask = hidden_BTD[:, :-1], input_ids_BT[:, 1:], loss_mask_BT[:, 1:]
+    if window is not None and window < y.shape[1]:
+        h, y, mask = h[:, -window:], y[:, -window:], mask[:, -window:]
     if model is not None:
         logp = head_token_logprobs(h, y, model, chunk=chunk)
     else:
         logp = token_logprobs(h, y, logits_fn, chunk=chunk)
-    mask = loss_mask_BT[:, 1:].astype(bool)
+    mask = mask.astype(bool)
     n = jnp.sum(mask.astype(jnp.float32))
     # where, not multiply: padding rows attend to no key and may carry NaN (NaN * 0 = NaN)
     return -jnp.sum(jnp.where(mask, logp, 0.0)) / jnp.maximum(n, 1.0), n
+

@@ -137,11 +137,15 @@ def matmul_params(cfg) -> int:
     return t.num_layers * per_layer + t.vocab_size * t.hidden_size
 
 
-def flops_per_token(cfg, seq: int, *, full_finetune: bool = False) -> float:
+def flops_per_token(cfg, seq: int, *, full_finetune: bool = False, loss_window: int | None = None) -> float:
     """Model FLOPs of one training step per token, what MFU counts: forward 2·N, backward 2·N for the activation
     gradients (+2·N weight gradients when the base trains; a frozen weight gets none), plus causal attention
     (forward 2·T·d per layer, backward twice that). Recompute and the LoRA factors' own FLOPs are not counted,
-    so a step scores the same MFU whatever it rematerialises (`omnirrm bench sft`, docs/PERFORMANCE.md)."""
+    so a step scores the same MFU whatever it rematerialises (`omnirrm bench sft`, docs/PERFORMANCE.md). With a
+    `loss_window` the output head runs on that many of the `seq` positions only, and only those are counted."""
     t = cfg.text
     attn_fwd = 2 * seq * t.num_heads * t.head_dim  # QKᵀ and PV: 2·2·T·d, halved by the causal mask
-    return (6 if full_finetune else 4) * matmul_params(cfg) + 3 * t.num_layers * attn_fwd
+    n = matmul_params(cfg)
+    if loss_window is not None and loss_window < seq:
+        n -= t.vocab_size * t.hidden_size * (seq - loss_window) / seq
+    return (6 if full_finetune else 4) * n + 3 * t.num_layers * attn_fwd

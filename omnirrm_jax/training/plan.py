@@ -14,11 +14,13 @@ Activations and the KV cache are a model (what the decoder keeps for the backwar
           kernels keep only a log-sum-exp) (+ r per LoRA target)
     dots  3D + (N+2K)H/tp + 2F/tp   (the projection outputs and the layer input)
     full  D (the layer input) + one layer's `none` activations while it is recomputed
-  plus the loss: one 1024-token chunk per row of float32 logits and their gradient (vocab / tp; GRPO: the
-  teacher-forced pass's window of `grpo_config.LOGIT_TOKENS` completion positions), two (T, D) buffers
-  (embeddings, final hidden) and one fp32 (T, D) buffer (the fused head's per-position gradient,
-  `losses.linear_token_logprobs`). The vision / audio towers are not counted: their tokens are part of T, and with
-  the ViT frozen their activations are not kept. GRPO rollouts add the KV cache:
+  plus the loss: one chunk of at most 1024 positions per row of float32 logits and their gradient (vocab / tp;
+  SFT with `max_target_length`: at most that many; GRPO: the teacher-forced pass's window of
+  `grpo_config.LOGIT_TOKENS` completion positions), two (T, D) buffers (embeddings, final hidden) and one fp32
+  D-vector per position under the output head (the fused head's per-position gradient,
+  `losses.linear_token_logprobs`: S per row, or SFT's `max_target_length`). The vision / audio towers are not
+  counted: their tokens are part of T, and with the ViT frozen their activations are not kept.
+  GRPO rollouts add the KV cache:
     rows_dev(batch * G) * (prompt + completion) * layers * 2 (K, V) * K/tp * H * b.
 Under FSDP every layer computes with whole weights gathered from the stored shards (`layers.weight`); with remat
 `none` XLA keeps all decoder layers' gathered copies from the forward to the backward pass ("gathered": whole
@@ -59,6 +61,7 @@ class Workload:
     kv_rows: int = 0  # GRPO rollout sequences held in the KV cache
     kv_seq: int = 0
     loss_tokens: int = 0  # positions whose fp32 logits are alive at once (0: rows x one LOSS_CHUNK)
+    head_positions: int = 0  # positions of a row the output head runs on (SFT's max_target_length; 0: all)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +133,7 @@ def workload(cfg) -> Workload:
     seq = min(b for b in pcfg.seq_buckets if b >= seq)
     grpo = getattr(cfg, "grpo", None)
     if grpo is None:
-        return Workload("sft", pcfg.batch_size, seq)
+        return Workload("sft", pcfg.batch_size, seq, head_positions=min(pcfg.max_target_length or seq, seq))
     G = grpo.num_generations
     rows = pcfg.batch_size * G
     total = seq + grpo.max_completion_length
@@ -209,9 +212,10 @@ def activation_bytes(tcfg, work: Workload, mesh: dict, *, remat: str, lora_rank:
         full_layer += 2 * split(t.num_heads) * S
     per_layer = {"none": full_layer, "dots": 3 * D + qh + 2 * kh + 2 * f, "full": D}[remat]
     layers = t.num_layers * per_layer + (full_layer if remat != "none" else 0)
-    loss_tokens = -(-work.loss_tokens // dp) if work.loss_tokens else rows * min(LOSS_CHUNK, S)
+    head = rows * (work.head_positions or S)  # positions under the output head
+    loss_tokens = -(-work.loss_tokens // dp) if work.loss_tokens else rows * min(LOSS_CHUNK, work.head_positions or S)
     loss = 2 * loss_tokens * split(t.vocab_size) * 4
-    return T * b * layers + loss + 2 * T * D * b + T * D * 4
+    return T * b * layers + loss + 2 * T * D * b + head * D * 4
 
 
 def gathered_weight_bytes(states, mesh: AbstractMesh, *, remat: str, num_layers: int, dtype) -> int:

@@ -43,43 +43,48 @@ def model_inputs(batch: dict) -> dict:
 # The step
 # ----------------------------------------------------------------------------------------------------
 
-def loss_fn(trainable, frozen, graphdef, batch) -> tuple[jax.Array, dict]:
+def loss_fn(trainable, frozen, graphdef, batch, window: int | None = None) -> tuple[jax.Array, dict]:
+    """Masked cross-entropy of a batch; with `window` only the targets among each row's last `window` tokens count
+    (the pipeline's `max_target_length`: the output head then runs on those positions alone)."""
     model = nnx.merge(graphdef, trainable, frozen)
     hidden = model.forward(model_inputs(batch), return_hidden=True)
-    loss, n_tokens = losses.masked_cross_entropy(hidden, batch["input_ids"], batch["loss_mask"], model=model)
+    loss, n_tokens = losses.masked_cross_entropy(hidden, batch["input_ids"], batch["loss_mask"], model=model,
+                                                 window=window)
     return loss, {"target_tokens": n_tokens}
 
 
-def sft_step(graphdef, tx: optax.GradientTransformation, trainable, frozen, opt_state, step, batch):
+def sft_step(graphdef, tx: optax.GradientTransformation, trainable, frozen, opt_state, step, batch, *,
+             loss_window: int | None = None):
     """One micro-step: gradients of the masked loss w.r.t. the trainable state, an optimizer update (a
     no-op accumulation inside optax.MultiSteps until the boundary), and a skipped update when the loss or
-    the gradient norm is not finite."""
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, frozen, graphdef, batch)
+    the gradient norm is not finite, or when a target lies before the `loss_window` (the pipeline's
+    max_target_length skips such examples, so one here is a bug upstream: the metric `targets_outside_window`,
+    global like every metric, lets each process's run loop stop on it)."""
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, frozen, graphdef, batch, loss_window)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
+    apply = finite
+    if loss_window is not None and loss_window < batch["loss_mask"].shape[1] - 1:
+        aux["targets_outside_window"] = jnp.sum(batch["loss_mask"][:, 1:-loss_window])
+        apply = finite & (aux["targets_outside_window"] == 0)
+    grads = jax.tree.map(lambda g: jnp.where(apply, g, jnp.zeros_like(g)), grads)
     updates, new_opt = tx.update(grads, opt_state, trainable)
     new_trainable = optax.apply_updates(trainable, updates)
-    trainable = tree_where(finite, new_trainable, trainable)
-    opt_state = tree_where(finite, new_opt, opt_state)
+    trainable = tree_where(apply, new_trainable, trainable)
+    opt_state = tree_where(apply, new_opt, opt_state)
     # tokens: of the global batch (every process's rows), so throughput needs no host-side reduction.
     metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite,
                "tokens": jnp.sum(batch["attention_mask"]), **aux}
-    return trainable, opt_state, step + finite.astype(jnp.int32), metrics
+    return trainable, opt_state, step + apply.astype(jnp.int32), metrics
 
 
-def jit_sft_step(state: TrainState, tx, shardings=None) -> Callable:
+def jit_sft_step(state: TrainState, tx, shardings=None, *, loss_window: int | None = None) -> Callable:
     """The step jitted once: graphdef and optimizer closed over, state donated, outputs keep shardings."""
-    fn = functools.partial(sft_step, state.graphdef, tx)
+    fn = functools.partial(sft_step, state.graphdef, tx, loss_window=loss_window)
     if shardings is None:
         return jax.jit(fn, donate_argnums=(0, 2))
     fn = S.traced_on(S.mesh_of(shardings[0]), fn)  # activations pinned on the state's mesh
     return jax.jit(fn, donate_argnums=(0, 2), out_shardings=step_out_shardings(state, shardings[0]))
-
-
-def eval_loss_step(graphdef, trainable, frozen, batch):
-    loss, aux = loss_fn(trainable, frozen, graphdef, batch)
-    return loss * aux["target_tokens"], aux["target_tokens"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -141,6 +146,16 @@ def resolve_thinker_config(spec, tok) -> model_config.ThinkerConfig:
     return dataclasses.replace(cfg, text=text, **thinker_token_ids(tok))
 
 
+def loss_window_error(host: dict, window: int, micro: int, n: int) -> ValueError:
+    """The run's stop when a step saw `n` targets before its loss window (its update was skipped): the pipeline skips
+    judgements longer than the window, so training on such a batch would drop part of one without a word. Names
+    the examples among this process's rows."""
+    rows = np.nonzero(np.asarray(host["loss_mask"])[:, 1:-window].any(1))[0]
+    examples = np.asarray(host["example_index"])[rows].tolist()
+    return ValueError(f"micro-step {micro}: {n} target tokens lie before the last {window} positions "
+                      f"(data.pipeline.max_target_length); this process's examples among them: {examples}")
+
+
 def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
     """Runs SFT as configured (an `SFTConfig`); returns final metrics, state and tokenizer.
 
@@ -149,7 +164,7 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
     from omnirrm_jax.data import pipeline
     from omnirrm_jax.training import config as config_lib
     from omnirrm_jax.training import optim
-    from omnirrm_jax.training.loop import NonFiniteGuard, PeriodicEval, Preemption, RunCheckpoints
+    from omnirrm_jax.training.loop import NonFiniteGuard, PeriodicEval, Preemption, RunCheckpoints, data_counts
     from omnirrm_jax.training.metrics import CompileCounter, MetricWriter, flops_per_token
     from omnirrm_jax.training.state import create_run_state
 
@@ -173,7 +188,7 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
     # ---- model, shardings, jitted init and step ---------------------------------------------------
     tx = optim.make_optimizer(cfg.optim, total_updates)
     state, shardings = create_run_state(cfg.model, thinker_cfg, tx, mesh, run.seed)
-    step_fn = jit_sft_step(state, tx, shardings)
+    step_fn = jit_sft_step(state, tx, shardings, loss_window=pcfg.max_target_length)
     writer = MetricWriter(run.workdir)
     evaluate = PeriodicEval(cfg, tok, thinker_cfg, pcfg, mesh, state.graphdef, writer, progress=progress)
     # ---- resume -----------------------------------------------------------------------------------
@@ -204,16 +219,18 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
         stalls the device: step n+1 is already dispatched when step n's values are fetched."""
         nonlocal window, last
         guard.update(bool(m_p["finite"]), micro_p, host_p)
+        if int(m_p.get("targets_outside_window", 0)):
+            raise loss_window_error(host_p, pcfg.max_target_length, micro_p, int(m_p["targets_outside_window"]))
         window["loss"].append(float(m_p["loss"]))
         window["tokens"] += int(m_p["tokens"])  # global metrics are replicated: every process can read them
         if micro_p % run.log_every == 0 or micro_p == total_micro:
             tps = window["tokens"] / (time.perf_counter() - window["t"])
             last = {"train/loss": float(np.mean(window["loss"])), "train/grad_norm": float(m_p["grad_norm"]),
                     "train/lr": float(lr_fn(int(step_p))), "train/tokens_per_s": tps,
-                    "train/skipped_nonfinite": guard.total, "compiles": compiles.count}
+                    "train/skipped_nonfinite": guard.total, "compiles": compiles.count, **data_counts(iterator)}
             if peak:
                 fpt = flops_per_token(thinker_cfg, int(np.shape(host_p["input_ids"])[1]),
-                                      full_finetune=cfg.model.full_finetune)
+                                      full_finetune=cfg.model.full_finetune, loss_window=pcfg.max_target_length)
                 last["train/mfu"] = fpt * tps / (peak * jax.device_count())
             writer.write(micro_p, last)
             if progress and jax.process_index() == 0:

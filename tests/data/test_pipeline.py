@@ -264,6 +264,25 @@ def test_bad_records_are_skipped_and_counted(demo):
     assert "is not an omnirrm record" in counts["first"]["decode_error"]
 
 
+def test_long_judgements_are_skipped_under_max_target_length(demo):
+    """max_target_length drops (and counts) the examples whose judgement + <|im_end|> is longer; every kept row's
+    targets lie in its last max_target_length positions, where the SFT step scores them."""
+    lengths = sorted(int(b["loss_mask"][i].sum()) for b in _batches(demo, _cfg(drop_remainder=False))
+                     for i in range(4) if b["valid"][i])
+    limit = lengths[len(lengths) // 2]
+    cfg = _cfg(drop_remainder=False, max_skip_ratio=1.0, max_target_length=limit)
+    it = iter(PL.make_dataset(demo["root"] / "sft", demo["tok"], demo["cfg"], cfg, process_index=0, process_count=1))
+    got = list(it)
+    counts = PL.skip_counts(it.get_state())
+    it.close()
+    kept = sorted(int(b["loss_mask"][i].sum()) for b in got for i in range(4) if b["valid"][i])
+    assert kept == [n for n in lengths if n <= limit] and 0 < len(kept) < len(lengths)
+    assert counts["skipped"] == {"target_too_long": len(lengths) - len(kept)}
+    assert all(b["loss_mask"][:, 1:-limit].sum() == 0 for b in got) and got[0]["loss_mask"][:, 1:-1].sum() > 0
+    with pytest.raises(ValueError, match="max_target_length 2000 must be in"):
+        _cfg(max_target_length=2000)
+
+
 def test_skip_ratio_stops_the_run_with_the_reasons(demo):
     cfg = _cfg(num_epochs=None, max_skip_ratio=0.2, min_records_for_skip_check=10)
     it = iter(PL.make_dataset(_skip_source(demo, 16), demo["tok"], demo["cfg"], cfg, process_index=0,

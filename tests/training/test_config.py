@@ -61,6 +61,15 @@ def test_grpo_rows_per_chunk_must_hold_whole_prompts():
         GRPOSpec(num_generations=4, rows_per_chunk=6)
 
 
+def test_max_target_length_is_an_sft_setting():
+    from omnirrm_jax.training.grpo_config import GRPOConfig
+
+    assert C.load_config(None, ["data.pipeline.max_target_length=1024"]).data.pipeline == \
+        {"max_target_length": 1024}
+    with pytest.raises(C.ConfigError, match="GRPO bounds its completions with grpo.max_completion_length"):
+        C.load_config(None, ["data.pipeline.max_target_length=1024"], cls=GRPOConfig)
+
+
 def test_cli_config_errors_are_one_line_with_status_2(tmp_path, capsys):
     from omnirrm_jax import cli
 

@@ -27,6 +27,32 @@ def test_chunked_cross_entropy_equals_direct():
     assert int(n) == m.sum()
 
 
+def test_loss_window_scores_the_last_targets_only():
+    """With every target inside the window the loss, the count and the gradients equal the whole-row loss; targets
+    before the window are not scored."""
+    rng = np.random.default_rng(3)
+    B, T, D, V, K = 2, 13, 8, 50, 5
+    h = jnp.asarray(rng.normal(size=(B, T, D)), jnp.float32)
+    W = jnp.asarray(rng.normal(size=(D, V)), jnp.float32)
+    ids = jnp.asarray(rng.integers(0, V, (B, T)))
+    tail = np.zeros((B, T), np.int32)
+    tail[0, T - 3:], tail[1, T - K:] = 1, 1  # judgements of 3 and K tokens at the ends of left-padded rows
+
+    def loss(h, W, mask, window):
+        return losses.masked_cross_entropy(h, ids, jnp.asarray(mask), logits_fn=lambda x: x @ W, chunk=4,
+                                           window=window)
+    for window in (K, K + 2, T - 1, None):
+        (got, n), g_got = jax.value_and_grad(loss, (0, 1), has_aux=True)(h, W, tail, window)
+        (want, n0), g_want = jax.value_and_grad(loss, (0, 1), has_aux=True)(h, W, tail, None)
+        np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+        assert int(n) == int(n0) == 3 + K
+        for a, b in zip(g_got, g_want):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    inside = tail * (np.arange(T) >= T - 3)
+    np.testing.assert_allclose(float(loss(h, W, tail, 3)[0]), float(loss(h, W, inside, None)[0]), rtol=1e-6)
+    assert int(loss(h, W, tail, 3)[1]) == 6
+
+
 def _logprob_grads(fn, h, W, g):
     return jax.value_and_grad(lambda h, W: jnp.sum(g * fn(h, W)), (0, 1))(h, W)
 

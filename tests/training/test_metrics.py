@@ -32,3 +32,5 @@ def test_flops_per_token_counts_weight_gradients_only_when_the_base_trains():
     cfg = C.PRESETS["omni_3b"]()
     lora, full = flops_per_token(cfg, 3072), flops_per_token(cfg, 3072, full_finetune=True)
     assert full - lora == 2 * matmul_params(cfg)
+    head = cfg.text.vocab_size * cfg.text.hidden_size  # run on 1024 of 3072 positions (max_target_length)
+    assert abs(flops_per_token(cfg, 3072, loss_window=1024) - (lora - 4 * head * 2 / 3)) < 1e-6 * lora

@@ -65,6 +65,10 @@ def test_activation_model_by_hand():
     assert got("dots") == T * 2 * (2 * (3 * 64 + 32 + 2 * 16 + 2 * 64) + full_layer) + loss + emb
     xla = PL.activation_bytes(tcfg, work, mesh, remat="none", lora_rank=8, flash=False)
     assert xla - got("none") == T * 2 * 2 * (7 * 8 + 2 * 2 * 256)  # LoRA r per target + attention probabilities
+    # SFT with max_target_length 64: the head, its fp32 logits and its per-position gradient on 64 positions a row
+    tail = PL.activation_bytes(tcfg, PL.Workload("sft", rows=8, seq=256, head_positions=64), mesh, remat="none",
+                               lora_rank=None, flash=True)
+    assert tail == T * 2 * (2 * full_layer) + 2 * 2 * 64 * (V // 2) * 4 + 2 * T * 64 * 2 + 2 * 64 * 64 * 4
 
 
 def test_kv_cache_equals_the_decoder_cache():
@@ -79,7 +83,9 @@ def test_kv_cache_equals_the_decoder_cache():
 
 def test_workloads_from_the_reference_configs():
     sft = PL.workload(PL.load_run_config("configs/sft_7b_lora.yaml"))
-    assert (sft.mode, sft.rows, sft.seq, sft.kv_rows) == ("sft", 8, 3072, 0)
+    assert (sft.mode, sft.rows, sft.seq, sft.kv_rows, sft.head_positions) == ("sft", 8, 3072, 0, 3072)
+    tail = PL.workload(PL.load_run_config("configs/sft_7b_lora.yaml", ["data.pipeline.max_target_length=1024"]))
+    assert tail.head_positions == 1024
     grpo_cfg = PL.load_run_config("configs/grpo_7b_lora.yaml")
     g = PL.workload(grpo_cfg)
     # the update runs the 4 prompts once each, followed by their 2 completions

@@ -60,3 +60,35 @@ def test_eval_keys_in_run_config():
         config_lib.load_config(None, ["run.eval_evry=5"])
     with pytest.raises(config_lib.ConfigError, match="run.eval_every=2 needs data.eval"):
         config_lib.load_config(None, ["run.eval_every=2"])
+
+
+@pytest.mark.slow  # two short runs of the demo model: ~40 s on 2 cores
+def test_max_target_length_reaches_the_step_and_the_logs(prepared, tmp_path, monkeypatch):
+    """`data.pipeline.max_target_length` goes to the jitted step as its loss window, the judgements it skips are
+    logged by reason, and a step that reports targets before its window stops the run, naming the step."""
+    base = _cfg(prepared, tmp_path / "base")
+    pcfg = pipeline.PipelineConfig(**{**base.data.pipeline, "mode": "sft", "num_epochs": 1, "shuffle_seed": None,
+                                      "drop_remainder": False})
+    tok = sft.load_tokenizer(prepared[2])
+    batches = pipeline.make_dataset(sft.expand_paths(base.data.train), tok, sft.resolve_thinker_config(base.model, tok),
+                                    pcfg)
+    lengths = sorted(int(b["loss_mask"][i].sum()) for b in batches for i in range(len(b["valid"])) if b["valid"][i])
+    limit = lengths[len(lengths) // 2]
+    assert lengths[0] <= limit < lengths[-1]  # some judgements fit, some do not
+
+    def with_limit(workdir):
+        c = _cfg(prepared, workdir)
+        return dataclasses.replace(c, data=dataclasses.replace(c.data, pipeline={**c.data.pipeline,
+                                                                                 "max_target_length": limit}))
+    windows, real = [], sft.jit_sft_step
+
+    def spy(*args, loss_window=None, **kw):
+        windows.append(loss_window)
+        return real(*args, loss_window=loss_window, **kw)
+    monkeypatch.setattr(sft, "jit_sft_step", spy)
+    out = sft.train(with_limit(tmp_path / "a"), progress=False)
+    assert windows == [limit]
+    assert out["metrics"]["data/skipped_target_too_long"] > 0 and out["metrics"]["data/records_seen"] > 0
+    monkeypatch.setattr(sft, "jit_sft_step", lambda *args, loss_window=None, **kw: real(*args, loss_window=2, **kw))
+    with pytest.raises(ValueError, match=rf"micro-step 1: \d+ target tokens lie before the last {limit} positions"):
+        sft.train(with_limit(tmp_path / "b"), progress=False)

@@ -36,9 +36,9 @@ def _state(cfg, mesh, full=False, lr=1e-2):
     return state, shardings, tx
 
 
-def _run(cfg, mesh, steps=3, batch=None):
+def _run(cfg, mesh, steps=3, batch=None, loss_window=None):
     state, shardings, tx = _state(cfg, mesh)
-    step_fn = sft.jit_sft_step(state, tx, shardings)
+    step_fn = sft.jit_sft_step(state, tx, shardings, loss_window=loss_window)
     batch = batch or _batch(cfg)
     losses = []
     trainable, opt_state, step = state.trainable, state.opt_state, state.step
@@ -88,3 +88,28 @@ def test_non_finite_update_is_skipped_and_counted():
     with pytest.raises(FloatingPointError, match=r"2 consecutive non-finite updates; last at step 8, batch "
                                                  r"examples \[0, 1, 2, 3\]"):
         guard.update(False, 8, batch)
+
+
+def test_loss_window_step_equals_the_whole_row_step():
+    """data.pipeline.max_target_length: the step that runs the head on the last 12 positions only trains exactly as
+    the whole-row step when every target is among them; a batch with targets before the window makes no update and
+    reports them, and the run loop's error names the examples."""
+    cfg = C.tiny()
+    mesh = S.make_mesh(S.MeshConfig(data=1), devices=jax.devices()[:1])
+    whole, _, t_whole, _ = _run(cfg, mesh)
+    windowed, _, t_windowed, _ = _run(cfg, mesh, loss_window=12)
+    np.testing.assert_allclose(windowed, whole, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6),
+                 t_windowed, t_whole)
+    state, shardings, tx = _state(cfg, mesh)
+    before = jax.tree.map(np.asarray, state.trainable)
+    step_fn = sft.jit_sft_step(state, tx, shardings, loss_window=6)
+    batch = _batch(cfg)  # 12 targets a row
+    trainable, _, step, m = step_fn(state.trainable, state.frozen, state.opt_state, state.step, batch)
+    assert int(m["targets_outside_window"]) == 4 * 6 and int(m["target_tokens"]) == 4 * 6 and int(step) == 0
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), trainable, before)
+    batch["loss_mask"][:, :] = 0
+    batch["loss_mask"][2, 5:] = 1
+    with pytest.raises(ValueError, match=r"micro-step 7: 13 target tokens lie before the last 6 positions .* "
+                                         r"examples among them: \[2\]"):
+        raise sft.loss_window_error(batch, 6, 7, 13)
