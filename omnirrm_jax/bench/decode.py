@@ -60,7 +60,7 @@ def _init_model(cfg, make=None):
 
 
 def bench_ours(cfg, batch: int, prompt: int, new: int, repeats: int = 2, samples: int = 1, model=None,
-               profile_dir: str | None = None) -> dict:
+               profile_dir: str | None = None, sample: bool = False) -> dict:
     """End to end (`generate`) and its two programs alone: `prefill` (towers + prompts) and `decode` (the
     sampling loop, what the bandwidth floor bounds). Each is compiled once, then timed best of `repeats`.
     With `profile_dir`, one more `decode` runs under the profiler; its kernel summary is returned as "profile"."""
@@ -72,7 +72,8 @@ def bench_ours(cfg, batch: int, prompt: int, new: int, repeats: int = 2, samples
     model = _init_model(cfg) if model is None else model
     ids = np.random.default_rng(0).integers(1, min(cfg.text.vocab_size - 20, 20000), (batch, prompt))
     inputs = prepare_inputs(cfg, ids)
-    sampling = SamplingConfig(max_new_tokens=new, greedy=True, stop_token_ids=(), num_samples=samples)
+    # greedy, or GRPO's rollout draw (SamplingConfig's defaults: temperature 1, top-k 50, top-p 0.95)
+    sampling = SamplingConfig(max_new_tokens=new, greedy=not sample, stop_token_ids=(), num_samples=samples)
 
     def best(fn):
         times = []
@@ -162,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt", type=int, default=1024)
     p.add_argument("--new", type=int, default=256)
     p.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
+    p.add_argument("--sample", action="store_true", help="ours only: sample as GRPO's rollouts do (temperature 1, "
+                   "top-k 50, top-p 0.95) instead of greedy decoding")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per measurement (best is reported)")
     p.add_argument("--json", default=None, help="also write results here")
     p.add_argument("--profile", default=None, metavar="DIR",
@@ -182,10 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for spec in args.batch.split(","):
         b, g = (int(x) for x in spec.split("x")) if "x" in spec else (int(spec), 1)
-        row = {"batch": b, "samples": g, "prompt": args.prompt, "new": args.new,
+        row = {"batch": b, "samples": g, "prompt": args.prompt, "new": args.new, "sampled": args.sample,
                "ours": bench_ours(cfg, b, args.prompt, args.new, args.repeats, samples=g, model=model,
-                                  profile_dir=args.profile and os.path.join(args.profile, spec))}
-        if not args.no_hf and g == 1:
+                                  profile_dir=args.profile and os.path.join(args.profile, spec), sample=args.sample)}
+        if not args.no_hf and not args.sample and g == 1:
             row["hf"] = bench_hf(cfg, b, args.prompt, args.new, args.repeats)
         row["floor_tokens_per_s"] = floor_tokens_per_s(cfg, b, args.prompt, args.new, bw, samples=g)
         rows.append(row)

@@ -31,3 +31,11 @@ def test_bench_decode_tiny_runs(tmp_path, capsys):
         assert ours["generated"] == r["batch"] * r["samples"] * 4
         assert 0 < ours["decode_s"] and 0 < ours["prefill_s"] and ours["decode_tokens_per_s"] > 0
     assert "batch 2x3 samples" in capsys.readouterr().out
+
+
+def test_bench_decode_samples_like_grpo(tmp_path):
+    out = tmp_path / "decode.json"
+    bench_decode.main(["--preset", "tiny", "--batch", "2x3", "--prompt", "8", "--new", "4", "--sample",
+                       "--json", str(out)])
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["sampled"] and "hf" not in row and row["ours"]["generated"] == 2 * 3 * 4
