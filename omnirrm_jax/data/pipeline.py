@@ -102,9 +102,8 @@ class PipelineConfig:
                 or any(any(x > y for x, y in zip(a, b)) for a, b in zip(mb, mb[1:])):
             problems.append(f"media_buckets {self.media_buckets} must be (image patches, video patches, audio chunks, "
                             "audio tokens) >= 1, patches multiples of 4, each bucket >= the previous one")
-        limit = self.max_length or max(self.seq_buckets, default=0)
-        if self.max_target_length is not None and not 0 < self.max_target_length <= limit:
-            problems.append(f"max_target_length {self.max_target_length} must be in (0, {limit}]")
+        if self.max_target_length is not None and not 0 < self.max_target_length <= self.length_limit:
+            problems.append(f"max_target_length {self.max_target_length} must be in (0, {self.length_limit}]")
         if self.batch_size < 1 or self.group_window < 1 or self.worker_count < 0 or self.read_threads < 1:
             problems.append("batch_size, group_window, read_threads must be >= 1 and worker_count >= 0")
         if not 0 <= self.max_skip_ratio <= 1:
@@ -114,7 +113,7 @@ class PipelineConfig:
 
     @property
     def length_limit(self) -> int:
-        return self.max_length or max(self.seq_buckets)
+        return self.max_length or max(self.seq_buckets, default=0)
 
     @property
     def max_media(self) -> tuple[int, int, int, int]:

@@ -405,9 +405,10 @@ def train(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None = No
             for m in updates:
                 guard.update(bool(m["finite"]), rollout_i, host)
             record.update({"train/lr": float(lr_fn(max(int(step) - 1, 0))), "train/skipped_nonfinite": guard.total,
-                           "compiles": compiles.count, **data_counts(iterator)})
+                           "compiles": compiles.count})
             history.append(record)
             if rollout_i % run.log_every == 0 or rollout_i == total_rollouts:
+                record.update(data_counts(iterator))  # the iterator's state: read when logged, not every rollout
                 writer.write(rollout_i, record)
                 if progress and is_main:
                     print(f"grpo {rollout_i}/{total_rollouts} reward {record['reward/total_mean']:+.3f} "

@@ -153,4 +153,3 @@ def masked_cross_entropy(hidden_BTD: jax.Array, input_ids_BT: jax.Array, loss_ma
     n = jnp.sum(mask.astype(jnp.float32))
     # where, not multiply: padding rows attend to no key and may carry NaN (NaN * 0 = NaN)
     return -jnp.sum(jnp.where(mask, logp, 0.0)) / jnp.maximum(n, 1.0), n
-

@@ -159,6 +159,8 @@ def test_bad_images_raise_media_error(tmp_path):
 
 
 def test_media_error_pickles():
+    """Grain worker processes hand a record's MediaError back pickled: it must keep its path and reason (a round
+    trip of an object made here, not the loading of outside data)."""
     e = pickle.loads(pickle.dumps(M.MediaError("/x.mp4", "no video stream")))
     assert (e.path, e.reason, str(e)) == ("/x.mp4", "no video stream", "/x.mp4: no video stream")
 
