@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt", type=int, default=1024)
     p.add_argument("--completion", type=int, default=512)
     p.add_argument("--steps", type=int, default=1, help="timed steps (after warm-up)")
-    p.add_argument("--rows-per-chunk", type=int, default=8, help="our update's rows per rematerialised chunk")
+    p.add_argument("--rows-per-chunk", type=int, default=8, help="our update's rows per chunk (gradient accumulation)")
     p.add_argument("--remat", default="none", help="our decoder-layer remat policy: none | full | dots")
     p.add_argument("--hf-micro", type=int, default=8, help="HF update micro-batch (rows)")
     p.add_argument("--no-hf", action="store_true")

@@ -34,7 +34,8 @@ class GRPOSpec:
     top_k: int = 50
     max_completion_length: int = 1024
     # the teacher-forced pass over this many rollout rows at a time (a multiple of G: whole prompts with their G
-    # completions), each chunk rematerialised in the backward pass; None = all rows at once (memory)
+    # completions): the update runs each chunk's forward and backward and adds up the gradients (gradient
+    # accumulation, one chunk's activations alive at a time); None = all rows at once (memory)
     rows_per_chunk: int | None = None
     constrained: bool = False  # sample rollouts through the judgement-schema automaton
     reward_weights: tuple[float, float, float] = (0.4, 0.4, 0.2)

@@ -52,16 +52,12 @@ def per_token_kl(logp: jax.Array, ref_logp: jax.Array, estimator: str) -> jax.Ar
     raise ValueError(f"kl estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
 
 
-def grpo_loss(logp_RN: jax.Array, old_logp_RN: jax.Array, ref_logp_RN: jax.Array | None, adv_R: jax.Array,
-              mask_RN: jax.Array, row_valid_R: jax.Array, *, beta: float, epsilon: float,
-              epsilon_high: float | None = None, kl_estimator: str = "k3", loss_type: str = "grpo",
-              max_completion_length: int | None = None) -> tuple[jax.Array, dict]:
-    """The loss and its diagnostics (token means over the completion mask of valid rows)."""
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+def per_token_terms(logp_RN: jax.Array, old_logp_RN: jax.Array, ref_logp_RN: jax.Array | None, adv_R: jax.Array,
+                    *, beta: float, epsilon: float, epsilon_high: float | None = None,
+                    kl_estimator: str = "k3") -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """Each completion token's loss term (clipped surrogate + beta * KL) before masking and reduction, with the
+    importance ratio and the KL (None when beta = 0) behind it."""
     eps_low, eps_high = epsilon, epsilon if epsilon_high is None else epsilon_high
-    m = mask_RN.astype(bool) & row_valid_R.astype(bool)[:, None]
-    mf = m.astype(jnp.float32)
     adv = adv_R[:, None].astype(jnp.float32)
     ratio = jnp.exp(logp_RN - old_logp_RN)
     clipped = jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high)
@@ -70,18 +66,39 @@ def grpo_loss(logp_RN: jax.Array, old_logp_RN: jax.Array, ref_logp_RN: jax.Array
     if beta != 0.0:
         kl = per_token_kl(logp_RN, ref_logp_RN, kl_estimator)
         per_tok = per_tok + beta * kl
-    per_tok = jnp.where(m, per_tok, 0.0)  # where: padding rows may hold NaN
-    n_tok = jnp.maximum(mf.sum(), 1.0)
+    return per_tok, ratio, kl
+
+
+def token_weights(mask_RN: jax.Array, row_valid_R: jax.Array, loss_type: str,
+                  max_completion_length: int | None = None) -> jax.Array:
+    """Each token's weight in the loss, so that loss = sum(weights * per-token terms) for every `loss_type`: the
+    normalisers are fixed by the masks alone, which lets the update sum the gradients of row chunks
+    (`grpo._accumulated_grads`) and still get the gradient of the whole batch's loss."""
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    mf = (mask_RN.astype(bool) & row_valid_R.astype(bool)[:, None]).astype(jnp.float32)
+    n_rows = jnp.maximum(row_valid_R.astype(jnp.float32).sum(), 1.0)
     if loss_type == "grpo":
-        seq = per_tok.sum(-1) / jnp.maximum(mf.sum(-1), 1.0)
-        n_rows = jnp.maximum(row_valid_R.astype(jnp.float32).sum(), 1.0)
-        loss = seq.sum() / n_rows
-    elif loss_type == "dr_grpo":
-        N = max_completion_length or logp_RN.shape[1]
-        n_rows = jnp.maximum(row_valid_R.astype(jnp.float32).sum(), 1.0)
-        loss = per_tok.sum() / (n_rows * N)
-    else:
-        loss = per_tok.sum() / n_tok
+        return mf / (jnp.maximum(mf.sum(-1, keepdims=True), 1.0) * n_rows)
+    if loss_type == "dr_grpo":
+        return mf / (n_rows * (max_completion_length or mask_RN.shape[1]))
+    return mf / jnp.maximum(mf.sum(), 1.0)
+
+
+def grpo_loss(logp_RN: jax.Array, old_logp_RN: jax.Array, ref_logp_RN: jax.Array | None, adv_R: jax.Array,
+              mask_RN: jax.Array, row_valid_R: jax.Array, *, beta: float, epsilon: float,
+              epsilon_high: float | None = None, kl_estimator: str = "k3", loss_type: str = "grpo",
+              max_completion_length: int | None = None) -> tuple[jax.Array, dict]:
+    """The loss and its diagnostics (token means over the completion mask of valid rows)."""
+    eps_low, eps_high = epsilon, epsilon if epsilon_high is None else epsilon_high
+    m = mask_RN.astype(bool) & row_valid_R.astype(bool)[:, None]
+    mf = m.astype(jnp.float32)
+    adv = adv_R[:, None].astype(jnp.float32)
+    per_tok, ratio, kl = per_token_terms(logp_RN, old_logp_RN, ref_logp_RN, adv_R, beta=beta, epsilon=epsilon,
+                                         epsilon_high=epsilon_high, kl_estimator=kl_estimator)
+    w = token_weights(mask_RN, row_valid_R, loss_type, max_completion_length)
+    loss = jnp.sum(jnp.where(m, per_tok * w, 0.0))  # where: padding rows may hold NaN
+    n_tok = jnp.maximum(mf.sum(), 1.0)
 
     def token_mean(x):
         return jnp.sum(jnp.where(m, x, 0.0)) / n_tok

@@ -5,6 +5,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -215,6 +216,76 @@ def test_second_iteration_uses_old_logprobs(tiny):
     _, _, _, m2 = step_fn(t, state.frozen, o, s, inputs, roll)
     assert abs(float(m1["ratio_mean"]) - 1.0) < 1e-6
     assert abs(float(m2["ratio_mean"]) - 1.0) > 1e-6
+
+
+def _perturbed(trainable, seed):
+    """LoRA B factors start at zero (so A gets no gradient): random values make every factor's gradient count."""
+    leaves, treedef = jax.tree.flatten(trainable)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return jax.tree.unflatten(treedef, [a + 0.05 * jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)])
+
+
+def _sgd_delta(graphdef, spec, trainable, frozen, inputs, roll):
+    """The update a learning-rate-1 SGD step makes (= minus the gradient) and the step's metrics."""
+    tx = optax.sgd(1.0)
+    new, _, _, m = grpo.grpo_step(graphdef, tx, spec, trainable, frozen, tx.init(trainable), jnp.int32(0),
+                                  inputs, roll)
+    return jax.tree.map(lambda a, b: np.asarray(a - b), new, trainable), m
+
+
+def _assert_chunked_equals_whole(graphdef, spec, trainable, frozen, inputs, roll, rows_per_chunk):
+    whole, m1 = _sgd_delta(graphdef, spec, trainable, frozen, inputs, roll)
+    chunked, m2 = _sgd_delta(graphdef, dataclasses.replace(spec, rows_per_chunk=rows_per_chunk), trainable, frozen,
+                             inputs, roll)
+    assert max(float(np.abs(x).max()) for x in jax.tree.leaves(whole)) > 0
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(chunked)):
+        np.testing.assert_allclose(b, a, atol=2e-6, rtol=2e-4)
+    for key in ("loss", "kl", "ratio_mean", "clip_frac", "grad_norm"):
+        np.testing.assert_allclose(float(m2[key]), float(m1[key]), rtol=2e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("loss_type,mu", [("grpo", 1), ("dr_grpo", 2), ("dapo", 2)])
+def test_chunked_update_accumulates_the_whole_batch_gradient(tiny, loss_type, mu):
+    """rows_per_chunk: each prompt chunk's forward and backward run back to back and the gradients add up; the
+    update equals the one taken on the whole batch at once, for every loss normalisation, with and without the
+    old policy's log-probs, with the KL term, with a padding prompt."""
+    cfg, model_fn, inputs = tiny
+    mesh = S.make_mesh(S.MeshConfig(data=1), devices=jax.devices()[:1])
+    state, _, _, spec, roll = _roll_and_state(tiny, mesh, mu=mu)
+    spec = dataclasses.replace(spec, loss_type=loss_type)
+    trainable = _perturbed(state.trainable, 1)
+    roll["ref_logp"] = grpo.jit_logprobs(state.graphdef, spec)(state.trainable, state.frozen, inputs, roll)
+    if mu > 1:  # an old policy that differs from the current one: ratios move away from 1 and some clip
+        old = _perturbed(state.trainable, 2)
+        roll["old_logp"] = grpo.jit_logprobs(state.graphdef, spec)(old, state.frozen, inputs, roll)
+    if loss_type == "dapo":  # the second prompt is padding (a final partial batch)
+        roll["row_valid"] = jnp.asarray(np.repeat([True, False], spec.num_generations))
+    _assert_chunked_equals_whole(state.graphdef, spec, trainable, state.frozen, inputs, roll, spec.num_generations)
+
+
+@pytest.mark.slow
+def test_chunked_update_on_media_prompts(tmp_path):
+    """With images, video and audio the towers run once and the chunks' embedding gradients reach the vision
+    merger's and the audio projector's LoRA factors: the same update as the whole batch."""
+    from omnirrm_jax.models import params as P
+    from tests.hf_tiny import saved_tiny_thinker
+    from tests.models import test_thinker as T
+
+    model, cfg = P.load_hf(saved_tiny_thinker(str(tmp_path), seed=5))
+    lora.apply_lora(model, lora.LoraConfig(rank=2, alpha=4), nnx.Rngs(1))
+    inputs = prepare_inputs(cfg, **T.batch_audio_in_video(np.random.default_rng(0), cfg))
+    G, N = 2, 5
+    res = generate(model, inputs, SamplingConfig(max_new_tokens=N, num_samples=G, greedy=False), jax.random.key(0))
+    B = res.tokens.shape[0]
+    scored = {"advantages": grpo_loss.group_advantages(np.arange(B * G, dtype=float).reshape(B, G) % 3, "group"),
+              "valid": np.ones(B, bool)}
+    roll = grpo.build_roll(res.tokens, res.lengths, scored, S.make_mesh(S.MeshConfig(data=1), devices=jax.devices()[:1]))
+    graphdef, trainable, frozen = nnx.split(model, nnx.LoRAParam, ...)
+    trainable = _perturbed(trainable, 3)
+    names = {"/".join(map(str, p)) for p, _ in jax.tree_util.tree_flatten_with_path(trainable)[0]}
+    assert any("merger" in n for n in names) and any("audio" in n for n in names)
+    spec = GRPOSpec(num_generations=G, max_completion_length=N, beta=0.0)
+    _assert_chunked_equals_whole(graphdef, spec, trainable, frozen, inputs, roll, G)
 
 
 def test_rollout_rewards_equal_rubric_functions():
