@@ -3,7 +3,8 @@
 GRPO draws G judgements per prompt and needs, for each sampled token, its log-probability under the
 distribution it was drawn from. Running the vision/audio towers and the prompt G times would multiply
 the most expensive part of a rollout by G, so `prefill` runs the B prompts once and `decode` samples all
-B*G rows (each prompt's samples adjacent, the prompt's KV cache repeated G times) in one `lax.while_loop`.
+B*G rows (each prompt's samples adjacent) in one `lax.while_loop`. The G samples of a prompt either read one
+shared copy of its KV cache (`models.shared_prefix`: on one GPU, a Pallas kernel) or a copy each.
 Two jitted programs: the prefill's shapes depend on the media shapes, the decode loop's only on
 (B, S, G, N) and the `SamplingConfig`, so a rollout loop over bucketed shapes never recompiles; the
 model's parameters are jit arguments, not constants baked into a program.
@@ -29,6 +30,7 @@ import numpy as np
 from flax import nnx, struct
 
 from omnirrm_jax.models import layers as L
+from omnirrm_jax.models import shared_prefix as SP
 from omnirrm_jax.models import text as text_lib
 from omnirrm_jax.models.config import IM_END_ID, PAD_ID
 
@@ -49,9 +51,14 @@ class SamplingConfig:
     num_samples: int = 1
     stop_token_ids: tuple[int, ...] = (IM_END_ID,)
     pad_token_id: int = PAD_ID
+    # G > 1: "on" = the G samples read one copy of the prompt's keys/values (`models.shared_prefix`), "off" = a copy
+    # per sample, "auto" = on where its GPU kernel runs (one GPU, G a power of two), else off
+    shared_prefix: str = "auto"
 
     def __post_init__(self):
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+        if self.shared_prefix not in ("auto", "on", "off"):
+            raise ValueError(f"shared_prefix must be auto, on or off, got {self.shared_prefix!r}")
         if self.max_new_tokens < 1 or self.num_samples < 1:
             raise ValueError(f"max_new_tokens ({self.max_new_tokens}) and num_samples ({self.num_samples}) "
                              "must be >= 1")
@@ -193,15 +200,22 @@ def _decode(model, pre: Prefill, rng: jax.Array, sampling: SamplingConfig, const
         tok_R, lp_R = sample_tokens(jax.random.fold_in(rng, k), logits_RV, sampling)
         return tok_R, lp_R, constraint.advance(state_R, tok_R)
 
-    # Fan out to B*G rows (the G samples of a prompt adjacent) and make room for the N new tokens: one copy
-    # per call, outside the loop. (Sharing the prompt's keys/values across the G samples instead, with a
-    # log-sum-exp merge of two attentions, was measured slower: see docs/PERFORMANCE.md.)
+    # Fan out to B*G rows (the G samples of a prompt adjacent) and make room for the N new tokens, outside the
+    # loop: either one shared copy of each prompt's keys/values (generated token k at position k - 1 of the
+    # suffix) or a copy per row (token k at slot S + k - 1).
     S = pre.cache.max_len
     cache = pre.cache
-    cache = text_lib.KVCache(
-        k=[jnp.repeat(jnp.pad(a, ((0, 0), (0, N), (0, 0), (0, 0))), G, axis=0) for a in cache.k],
-        v=[jnp.repeat(jnp.pad(a, ((0, 0), (0, N), (0, 0), (0, 0))), G, axis=0) for a in cache.v],
-        kv_mask=jnp.repeat(jnp.pad(cache.kv_mask.astype(bool), ((0, 0), (0, N)), constant_values=True), G, axis=0))
+    t = model.config.text
+    kernel = SP.kernel_available(G, t.num_heads, t.num_kv_heads, t.head_dim)
+    if G > 1 and (sampling.shared_prefix == "on" or (sampling.shared_prefix == "auto" and kernel)):
+        cache = text_lib.shared_prefix_cache(cache, G, N, kernel)
+        S = 0
+    else:
+        cache = text_lib.KVCache(
+            k=[jnp.repeat(jnp.pad(a, ((0, 0), (0, N), (0, 0), (0, 0))), G, axis=0) for a in cache.k],
+            v=[jnp.repeat(jnp.pad(a, ((0, 0), (0, N), (0, 0), (0, 0))), G, axis=0) for a in cache.v],
+            kv_mask=jnp.repeat(jnp.pad(cache.kv_mask.astype(bool), ((0, 0), (0, N)), constant_values=True), G,
+                               axis=0))
     logits_RV = jnp.repeat(pre.logits, G, axis=0)
     last_3R = jnp.repeat(pre.last_positions, G, axis=1)
 
@@ -274,6 +288,8 @@ def _check_left_padded(mask) -> None:
         m = np.asarray(part).astype(bool)
         if (m.any(1) & ~m[:, -1]).any():  # all-padding rows (a final partial batch) are allowed
             raise ValueError("generate needs left-padded prompts: every row's last attention_mask entry must be 1")
+        if (np.diff(m.astype(np.int8), axis=1) < 0).any():
+            raise ValueError("generate needs left-padded prompts: a row's attention_mask has a gap (0 after 1)")
 
 
 def _check_constraint(model, sampling: SamplingConfig, constraint) -> None:

@@ -2,7 +2,9 @@
 
 One code path serves training (no cache), prefill (cache written from slot 0) and one-token decode
 steps (cache written at `cache_index`): keys always come from the tokens seen so far, and a boolean
-mask combines causality with the per-row padding mask, so left-padded batches decode correctly.
+mask combines causality with the per-row padding mask, so left-padded batches decode correctly. Decoding G
+samples per prompt may instead use a `SharedPrefixCache` (the prompt's keys/values once per prompt,
+`models.shared_prefix`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 from flax import nnx, struct
 
 from omnirrm_jax.models import layers as L
+from omnirrm_jax.models import shared_prefix as SP
 from omnirrm_jax.models.config import ThinkerConfig
 
 
@@ -77,6 +80,54 @@ def init_cache(cfg: ThinkerConfig, batch: int, max_len: int, prompt_mask_BT: jax
                    v=[jnp.zeros(shape, dtype) for _ in range(t.num_layers)], kv_mask=kv_mask)
 
 
+@struct.dataclass
+class SharedPrefixCache:
+    """Decode cache of B prompts x G samples (`models.shared_prefix`): per layer the prompt's keys/values once per
+    prompt (B, K, S, H), valid from slot `prefix_start` (B,), and the generated tokens' (B, K, N * G, H), sample
+    g's n-th token at row n * G + g. `cache_index` of a decode step is the generated token's position n."""
+
+    prefix_k: list[jax.Array]
+    prefix_v: list[jax.Array]
+    k: list[jax.Array]
+    v: list[jax.Array]
+    prefix_start: jax.Array
+    num_samples: int = struct.field(pytree_node=False)
+    kernel: bool = struct.field(pytree_node=False)  # the Pallas kernel (one GPU) or the XLA einsums
+
+    def layer(self, i: int) -> "SharedPrefixLayer":
+        return SharedPrefixLayer(self.prefix_k[i], self.prefix_v[i], self.k[i], self.v[i], self.prefix_start,
+                                 self.num_samples, self.kernel)
+
+
+@struct.dataclass
+class SharedPrefixLayer:
+    """One layer's share of a `SharedPrefixCache` (what `Attention` reads and updates)."""
+
+    prefix_k: jax.Array
+    prefix_v: jax.Array
+    k: jax.Array
+    v: jax.Array
+    prefix_start: jax.Array
+    num_samples: int = struct.field(pytree_node=False)
+    kernel: bool = struct.field(pytree_node=False)
+
+
+def shared_prefix_cache(cache: KVCache, num_samples: int, new_tokens: int, kernel: bool) -> SharedPrefixCache:
+    """The prefill's cache (B, S, K, H per layer, prompts left-padded) laid out for G samples of `new_tokens` each;
+    the kernel's block sizes pad the prefix on the left and the suffix at its end (`shared_prefix.padded_sizes`)."""
+    B, S, K, H = cache.k[0].shape
+    S_pad, N_pad = SP.padded_sizes(S, new_tokens, num_samples, kernel)
+
+    def prefix(a):
+        return jnp.pad(a, ((0, 0), (S_pad - S, 0), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+
+    start = (S_pad - cache.kv_mask[:, :S].astype(jnp.int32).sum(axis=1)).astype(jnp.int32)
+    empty = [jnp.zeros((B, K, N_pad * num_samples, H), a.dtype) for a in cache.k]
+    return SharedPrefixCache(prefix_k=[prefix(a) for a in cache.k], prefix_v=[prefix(a) for a in cache.v],
+                             k=empty, v=[jnp.zeros_like(a) for a in empty], prefix_start=start,
+                             num_samples=num_samples, kernel=kernel)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Decoder
 # ----------------------------------------------------------------------------------------------------
@@ -100,6 +151,8 @@ class Attention(nnx.Module):
         k = self.k_proj(x_BTD).reshape(B, T, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x_BTD).reshape(B, T, self.num_kv_heads, self.head_dim)
         q, k = apply_rotary(q, cos_BTH, sin_BTH), apply_rotary(k, cos_BTH, sin_BTH)
+        if isinstance(layer_cache, SharedPrefixLayer):
+            return self._shared_prefix_step(q, k, v, layer_cache, cache_index)
         is_causal = False
         if layer_cache is None and mask_BS is None:  # rows compacted by TextModel: causality is the whole mask
             mask_BTS, is_causal = None, True
@@ -117,6 +170,25 @@ class Attention(nnx.Module):
         out = L.attention(q, k.astype(q.dtype), v.astype(q.dtype), mask_BTS=mask_BTS, is_causal=is_causal,
                           scale=self.head_dim ** -0.5, backend=self.backend)
         return self.o_proj(out.reshape(B, T, -1)), layer_cache
+
+    def _shared_prefix_step(self, q, k, v, lc: SharedPrefixLayer, n):
+        """One token per row (R = B * G rows) at generated position `n`: its key/value joins the suffix, its query
+        attends to the prompt's prefix and to its own sample's suffix."""
+        R, T, _, H = q.shape
+        if T != 1:
+            raise ValueError(f"a SharedPrefixCache takes one token per decode step, got {T}")
+        G = lc.num_samples
+        K = self.num_kv_heads
+
+        def write(buf, x):  # (R, 1, K, H) -> rows n * G + g of (B, K, N * G, H)
+            x = x[:, 0].astype(buf.dtype).reshape(R // G, G, K, H).transpose(0, 2, 1, 3)
+            return jax.lax.dynamic_update_slice(buf, x, (0, 0, n * G, 0))
+
+        lc = dataclasses.replace(lc, k=write(lc.k, k), v=write(lc.v, v))
+        out = SP.attention(q[:, 0], lc.prefix_k.astype(q.dtype), lc.prefix_v.astype(q.dtype), lc.k.astype(q.dtype),
+                           lc.v.astype(q.dtype), lc.prefix_start, n + 1, num_samples=G, scale=H ** -0.5,
+                           kernel=lc.kernel)
+        return self.o_proj(out.reshape(R, 1, -1)), lc
 
 
 class MLP(nnx.Module):
@@ -179,7 +251,7 @@ class TextModel(nnx.Module):
         self.remat = cfg.remat
 
     def __call__(self, inputs_embeds_BTD: jax.Array, positions_3BT: jax.Array, attention_mask_BT: jax.Array | None = None,
-                 cache: KVCache | None = None, cache_index: jax.Array | int | None = None,
+                 cache: KVCache | SharedPrefixCache | None = None, cache_index: jax.Array | int | None = None,
                  output_hidden_states: bool = False):
         """Runs the decoder.
 
@@ -188,7 +260,8 @@ class TextModel(nnx.Module):
           positions_3BT: mRoPE position ids (temporal, height, width).
           attention_mask_BT: 1 for real tokens, 0 for padding (no cache); ignored with a cache, whose
             `kv_mask` already says which slots are padding.
-          cache: a `KVCache`; the T new tokens are written at slots [cache_index, cache_index + T).
+          cache: a `KVCache`; the T new tokens are written at slots [cache_index, cache_index + T). Or a
+            `SharedPrefixCache` (one token per row, at generated position `cache_index`).
         Returns:
           (final-norm hidden states (B,T,D), updated cache or None, per-layer inputs + final pre-norm if asked).
         """
@@ -207,20 +280,21 @@ class TextModel(nnx.Module):
                 back_BT = jnp.argsort(order_BT, axis=-1)
                 x, cos, sin = (_take_rows(a, order_BT) for a in (x, cos, sin))
         else:
-            mask_BS = cache.kv_mask
+            mask_BS = getattr(cache, "kv_mask", None)
             cache_index = jnp.asarray(cache_index, jnp.int32)
+        shared = isinstance(cache, SharedPrefixCache)
         hidden, new_k, new_v = [], [], []
         for i, layer in enumerate(self.layers):
             if output_hidden_states:
                 hidden.append(x if back_BT is None else _take_rows(x, back_BT))
-            layer_cache = None if cache is None else (cache.k[i], cache.v[i])
+            layer_cache = None if cache is None else cache.layer(i) if shared else (cache.k[i], cache.v[i])
             if self.remat != "none" and T > 1:  # a one-token decode step is never differentiated
                 x, layer_cache = _rematerialised(layer, self.remat, x, cos, sin, mask_BS, layer_cache, cache_index)
             else:
                 x, layer_cache = layer(x, cos, sin, mask_BS, layer_cache, cache_index)
             if layer_cache is not None:
-                new_k.append(layer_cache[0])
-                new_v.append(layer_cache[1])
+                new_k.append(layer_cache.k if shared else layer_cache[0])
+                new_v.append(layer_cache.v if shared else layer_cache[1])
         if back_BT is not None:
             x = _take_rows(x, back_BT)
         if output_hidden_states:

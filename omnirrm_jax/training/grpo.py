@@ -185,10 +185,11 @@ def _accumulated_grads(graphdef, spec: GRPOSpec, trainable, frozen, batch, roll)
         logp = _prompt_logprobs(model, G, spec.temperature, LOGIT_TOKENS, x, *args)
         flat = {n: a.reshape(logp.shape[0], *a.shape[2:]) for n, a in rw.items()}
         old = flat["old_logp"] if "old_logp" in flat else jax.lax.stop_gradient(logp)
+        valid = flat["w"] > 0
         per_tok, _, _ = grpo_loss.per_token_terms(
-            logp, old, flat.get("ref_logp"), flat["adv"], beta=spec.beta, epsilon=spec.epsilon,
+            logp, old, flat.get("ref_logp"), flat["adv"], valid, beta=spec.beta, epsilon=spec.epsilon,
             epsilon_high=spec.epsilon_high, kl_estimator=spec.kl_estimator)
-        return jnp.sum(jnp.where(flat["w"] > 0, per_tok * flat["w"], 0.0)), logp
+        return jnp.sum(jnp.where(valid, per_tok * flat["w"], 0.0)), logp
 
     def body(acc, chunk):
         x, args, rw = chunk
@@ -265,7 +266,8 @@ def jit_grpo_step(state: TrainState, tx, spec: GRPOSpec, shardings=None) -> Call
 def sampling_config(spec: GRPOSpec, tok) -> SamplingConfig:
     return SamplingConfig(max_new_tokens=spec.max_completion_length, temperature=spec.temperature,
                           top_p=spec.top_p, top_k=spec.top_k, num_samples=spec.num_generations,
-                          stop_token_ids=(tok.special_ids["im_end"],), pad_token_id=tok.special_ids["pad"])
+                          stop_token_ids=(tok.special_ids["im_end"],), pad_token_id=tok.special_ids["pad"],
+                          shared_prefix=spec.shared_prefix)
 
 
 def to_host(x) -> np.ndarray:

@@ -36,7 +36,13 @@ class GRPOSpec:
     # the teacher-forced pass over this many rollout rows at a time (a multiple of G: whole prompts with their G
     # completions): the update runs each chunk's forward and backward and adds up the gradients (gradient
     # accumulation, one chunk's activations alive at a time); None = all rows at once (memory)
+    # (Under data parallelism each chunk's gradient is all-reduced inside the loop: cheap for LoRA factors, k
+    # times the traffic of one reduction for full fine-tuning. Chunks are strided over the prompts, so a chunk's
+    # prompt count that is a multiple of the data x fsdp size gives every device its share of every chunk.)
     rows_per_chunk: int | None = None
+    # rollouts: the G samples read one copy of the prompt's keys/values (on | off | auto = where the one-GPU
+    # kernel runs; `decoding.sampler.SamplingConfig.shared_prefix`)
+    shared_prefix: str = "auto"
     constrained: bool = False  # sample rollouts through the judgement-schema automaton
     reward_weights: tuple[float, float, float] = (0.4, 0.4, 0.2)
     reward_mode: str = "reference"
@@ -55,6 +61,8 @@ class GRPOSpec:
         if self.rows_per_chunk is not None and (self.rows_per_chunk < 1 or self.rows_per_chunk % self.num_generations):
             raise ValueError(f"grpo.rows_per_chunk must be a multiple of grpo.num_generations={self.num_generations} "
                              f"(whole prompts with their completions), got {self.rows_per_chunk}")
+        if self.shared_prefix not in ("auto", "on", "off"):
+            raise ValueError(f"grpo.shared_prefix must be auto, on or off, got {self.shared_prefix!r}")
         if len(self.reward_weights) != 3:
             raise ValueError(f"grpo.reward_weights needs 3 numbers (format, content, rubric), got {self.reward_weights}")
 

@@ -53,11 +53,15 @@ def per_token_kl(logp: jax.Array, ref_logp: jax.Array, estimator: str) -> jax.Ar
 
 
 def per_token_terms(logp_RN: jax.Array, old_logp_RN: jax.Array, ref_logp_RN: jax.Array | None, adv_R: jax.Array,
-                    *, beta: float, epsilon: float, epsilon_high: float | None = None,
+                    valid_RN: jax.Array, *, beta: float, epsilon: float, epsilon_high: float | None = None,
                     kl_estimator: str = "k3") -> tuple[jax.Array, jax.Array, jax.Array | None]:
-    """Each completion token's loss term (clipped surrogate + beta * KL) before masking and reduction, with the
-    importance ratio and the KL (None when beta = 0) behind it."""
+    """Each completion token's loss term (clipped surrogate + beta * KL), with the importance ratio and the KL
+    (None when beta = 0) behind it. Log-probs outside `valid_RN` are replaced by 0 first: a padding row's may be
+    NaN, and a NaN inside exp() poisons the gradient even where a later `where` drops its value."""
     eps_low, eps_high = epsilon, epsilon if epsilon_high is None else epsilon_high
+    logp_RN, old_logp_RN = jnp.where(valid_RN, logp_RN, 0.0), jnp.where(valid_RN, old_logp_RN, 0.0)
+    if ref_logp_RN is not None:
+        ref_logp_RN = jnp.where(valid_RN, ref_logp_RN, 0.0)
     adv = adv_R[:, None].astype(jnp.float32)
     ratio = jnp.exp(logp_RN - old_logp_RN)
     clipped = jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high)
@@ -94,10 +98,10 @@ def grpo_loss(logp_RN: jax.Array, old_logp_RN: jax.Array, ref_logp_RN: jax.Array
     m = mask_RN.astype(bool) & row_valid_R.astype(bool)[:, None]
     mf = m.astype(jnp.float32)
     adv = adv_R[:, None].astype(jnp.float32)
-    per_tok, ratio, kl = per_token_terms(logp_RN, old_logp_RN, ref_logp_RN, adv_R, beta=beta, epsilon=epsilon,
+    per_tok, ratio, kl = per_token_terms(logp_RN, old_logp_RN, ref_logp_RN, adv_R, m, beta=beta, epsilon=epsilon,
                                          epsilon_high=epsilon_high, kl_estimator=kl_estimator)
     w = token_weights(mask_RN, row_valid_R, loss_type, max_completion_length)
-    loss = jnp.sum(jnp.where(m, per_tok * w, 0.0))  # where: padding rows may hold NaN
+    loss = jnp.sum(jnp.where(m, per_tok * w, 0.0))
     n_tok = jnp.maximum(mf.sum(), 1.0)
 
     def token_mean(x):

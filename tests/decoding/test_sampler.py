@@ -321,3 +321,32 @@ def test_rejects_right_padding(models):
     inputs["attention_mask"] = inputs["attention_mask"][:, ::-1].copy()
     with pytest.raises(ValueError, match="left-padded"):
         SM.generate(ours, inputs, SM.SamplingConfig(2), jax.random.key(0))
+
+
+def test_rejects_a_gap_in_the_prompt_mask(models):
+    _, ours, cfg = models
+    inputs = thinker_lib.prepare_inputs(cfg, **batch_text(np.random.default_rng(0), cfg))
+    inputs["attention_mask"] = np.asarray(inputs["attention_mask"]).copy()
+    inputs["attention_mask"][1, -3] = 0
+    with pytest.raises(ValueError, match="gap"):
+        SM.generate(ours, inputs, SM.SamplingConfig(2), jax.random.key(0))
+
+
+@pytest.mark.parametrize("G,kernel", [(4, False), (3, False), (2, True)])
+def test_shared_prefix_cache_decodes_as_the_repeated_cache(models, monkeypatch, G, kernel):
+    """The G samples reading one copy of their prompt's keys/values (`shared_prefix="on"`: XLA einsums, or the
+    Pallas kernel, interpreted on CPU) draw the same tokens with the same log-probs as a cache copy per sample,
+    on left-padded image/video/audio prompts, sampled and greedy."""
+    from omnirrm_jax.models import shared_prefix as SP
+
+    _, ours, cfg = models
+    inputs = thinker_lib.prepare_inputs(cfg, **batch_one_per_modality(np.random.default_rng(8), cfg))
+    if kernel:
+        monkeypatch.setattr(SP, "kernel_available", lambda *a: True)
+    for greedy in (False, True):
+        kw = dict(temperature=0.8, top_k=30, top_p=0.9, num_samples=G, greedy=greedy, stop_token_ids=())
+        off = SM.generate(ours, inputs, SM.SamplingConfig(5, shared_prefix="off", **kw), jax.random.key(2))
+        on = SM.generate(ours, inputs, SM.SamplingConfig(5, shared_prefix="auto" if kernel else "on", **kw),
+                         jax.random.key(2))
+        np.testing.assert_array_equal(np.asarray(on.tokens), np.asarray(off.tokens))
+        np.testing.assert_allclose(np.asarray(on.logprobs), np.asarray(off.logprobs), atol=2e-5)

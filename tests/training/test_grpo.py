@@ -244,23 +244,50 @@ def _assert_chunked_equals_whole(graphdef, spec, trainable, frozen, inputs, roll
         np.testing.assert_allclose(float(m2[key]), float(m1[key]), rtol=2e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("loss_type,mu", [("grpo", 1), ("dr_grpo", 2), ("dapo", 2)])
-def test_chunked_update_accumulates_the_whole_batch_gradient(tiny, loss_type, mu):
+@pytest.mark.parametrize("loss_type,old,beta,full", [("grpo", False, 0.04, False), ("dr_grpo", True, 0.0, False),
+                                                      ("dapo", True, 0.04, True)])
+def test_chunked_update_accumulates_the_whole_batch_gradient(loss_type, old, beta, full):
     """rows_per_chunk: each prompt chunk's forward and backward run back to back and the gradients add up; the
     update equals the one taken on the whole batch at once, for every loss normalisation, with and without the
-    old policy's log-probs, with the KL term, with a padding prompt."""
-    cfg, model_fn, inputs = tiny
-    mesh = S.make_mesh(S.MeshConfig(data=1), devices=jax.devices()[:1])
-    state, _, _, spec, roll = _roll_and_state(tiny, mesh, mu=mu)
-    spec = dataclasses.replace(spec, loss_type=loss_type)
-    trainable = _perturbed(state.trainable, 1)
-    roll["ref_logp"] = grpo.jit_logprobs(state.graphdef, spec)(state.trainable, state.frozen, inputs, roll)
-    if mu > 1:  # an old policy that differs from the current one: ratios move away from 1 and some clip
-        old = _perturbed(state.trainable, 2)
-        roll["old_logp"] = grpo.jit_logprobs(state.graphdef, spec)(old, state.frozen, inputs, roll)
-    if loss_type == "dapo":  # the second prompt is padding (a final partial batch)
-        roll["row_valid"] = jnp.asarray(np.repeat([True, False], spec.num_generations))
-    _assert_chunked_equals_whole(state.graphdef, spec, trainable, state.frozen, inputs, roll, spec.num_generations)
+    old policy's log-probs and the KL term, LoRA and full fine-tuning (the embedding table gets gradient from the
+    prompts through the pulled-back embedding gradient and from the completions inside the chunks). Four prompts
+    in two chunks of two (chunk 0 holds prompts 0 and 2: a strided split), one left-padded, one all padding."""
+    cfg = C.tiny(dtype="float32", param_dtype="float32")
+    model = Thinker(cfg, rngs=nnx.Rngs(0))
+    if not full:
+        lora.apply_lora(model, lora.LoraConfig(rank=4, alpha=8), nnx.Rngs(1))
+    rng = np.random.default_rng(0)
+    B, G, N, Sq = 4, 2, 5, 12
+    ids = rng.integers(1, 400, (B, Sq))
+    mask = np.ones((B, Sq), np.int32)
+    mask[1, :4] = 0
+    ids[2], mask[2] = 0, 0  # a final partial batch's padding prompt
+    inputs = prepare_inputs(cfg, ids, mask)
+    graphdef, trainable, frozen = nnx.split(model, nnx.Param if full else nnx.LoRAParam, ...)
+    trainable = _perturbed(trainable, 1)
+    lengths = rng.integers(1, N + 1, B * G)
+    roll = {"completions": jnp.asarray(rng.integers(1, 400, (B * G, N)), jnp.int32),
+            "completion_mask": jnp.asarray(np.arange(N)[None] < lengths[:, None], jnp.int32),
+            "advantages": jnp.asarray(rng.normal(size=B * G), jnp.float32),
+            "row_valid": jnp.asarray(np.repeat([1, 1, 0, 1], G), jnp.int32)}
+    spec = GRPOSpec(num_generations=G, max_completion_length=N, beta=beta, loss_type=loss_type)
+    logp = grpo.jit_logprobs(graphdef, spec)(trainable, frozen, inputs, roll)
+    if beta:
+        roll["ref_logp"] = logp + 0.1 * jnp.asarray(rng.normal(size=logp.shape), jnp.float32)
+    if old:  # an old policy away from the current one: ratios move off 1 and some clip
+        roll["old_logp"] = logp + 0.3 * jnp.asarray(rng.normal(size=logp.shape), jnp.float32)
+    _assert_chunked_equals_whole(graphdef, spec, trainable, frozen, inputs, roll, 2 * G)
+
+
+def test_masked_nan_logprobs_leave_the_gradient_finite():
+    """A padding row's log-probs may be NaN; they must not reach the gradient through exp()."""
+    logp = jnp.array([[-1.0, -2.0], [jnp.nan, jnp.nan]])
+    for loss_type in ("grpo", "dr_grpo", "dapo"):
+        g = jax.grad(lambda lp: grpo_loss.grpo_loss(
+            lp, jax.lax.stop_gradient(lp), lp + 0.1, jnp.array([1.0, 0.0]), jnp.ones((2, 2)), jnp.array([1, 0]),
+            beta=0.04, epsilon=0.2, loss_type=loss_type)[0])(logp)
+        assert np.isfinite(np.asarray(g)).all(), loss_type
+        assert np.abs(np.asarray(g[0])).max() > 0
 
 
 @pytest.mark.slow

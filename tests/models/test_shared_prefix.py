@@ -1,0 +1,52 @@
+"""The shared-prefix decode attention: the Pallas kernel (interpreted on CPU) equals the XLA einsums, which
+equal plain attention over each row's repeated cache; the sampler's cache layout (padding for the kernel)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from omnirrm_jax.models import shared_prefix as SP
+
+
+def _repeated(q, pk, pv, sk, sv, start, t, G, scale):
+    """Each row's own cache [prompt; its sample's tokens], softmax attention in float64 numpy."""
+    q, pk, pv, sk, sv = (np.asarray(a, np.float64) for a in (q, pk, pv, sk, sv))
+    R, Hq, H = q.shape
+    B, K, S, _ = pk.shape
+    N = sk.shape[2] // G
+    out = np.zeros_like(q)
+    for r in range(R):
+        b, g = divmod(r, G)
+        for h in range(Hq):
+            kh = h // (Hq // K)
+            keys = np.concatenate([pk[b, kh, start[b]:], sk[b, kh].reshape(N, G, H)[:t, g]])
+            vals = np.concatenate([pv[b, kh, start[b]:], sv[b, kh].reshape(N, G, H)[:t, g]])
+            lg = keys @ q[r, h] * scale
+            p = np.exp(lg - lg.max())
+            out[r, h] = p @ vals / p.sum()
+    return out
+
+
+@pytest.mark.parametrize("B,G,Hq,K,H,S,N", [(2, 4, 4, 2, 16, 512, 256), (2, 2, 14, 2, 16, 512, 512)])
+def test_kernel_and_einsums_equal_attention_over_repeated_caches(B, G, Hq, K, H, S, N):
+    """Padding in the prompt (one prompt wholly padding), one to all suffix tokens filled, 7 query heads per kv
+    head (the 7B's grouping: the kernel pads the query block to a power of two)."""
+    ks = jax.random.split(jax.random.key(0), 5)
+    q = jax.random.normal(ks[0], (B * G, Hq, H))
+    pk, pv = (jax.random.normal(k, (B, K, S, H)) for k in ks[1:3])
+    sk, sv = (jax.random.normal(k, (B, K, N * G, H)) for k in ks[3:5])
+    start = np.array([5, S])  # prompt 1 is all padding (a final partial batch)
+    for t in (1, 37, N):
+        want = _repeated(q, pk, pv, sk, sv, start, t, G, H ** -0.5)
+        for kernel in (False, True):
+            got = SP.attention(q, pk, pv, sk, sv, jnp.asarray(start), t, num_samples=G, scale=H ** -0.5,
+                               kernel=kernel)
+            np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, err_msg=f"kernel={kernel} t={t}")
+
+
+def test_kernel_layout_padding():
+    assert SP.padded_sizes(1024, 512, 8, kernel=True) == (1024, 512)
+    assert SP.padded_sizes(1000, 160, 8, kernel=True) == (1024, 256)
+    assert SP.padded_sizes(100, 7, 2, kernel=True) == (512, 512)
+    assert SP.padded_sizes(1000, 160, 3, kernel=False) == (1000, 160)
+    assert not SP.kernel_available(8, 16, 2, 128) or jax.default_backend() == "gpu"
