@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from typing import Any
 
 import jax
@@ -33,6 +34,8 @@ from omnirrm_jax.models import layers as L
 from omnirrm_jax.models import shared_prefix as SP
 from omnirrm_jax.models import text as text_lib
 from omnirrm_jax.models.config import IM_END_ID, PAD_ID
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,7 +279,28 @@ def decode(model, pre: Prefill, sampling: SamplingConfig, rng: jax.Array, constr
     """Samples `sampling.num_samples` continuations of each prefilled prompt (one jitted while loop)."""
     if constraint is not None:
         _check_constraint(model, sampling, constraint)
-    return _decode_jit(*nnx.split(model), pre, rng, sampling=sampling, constraint=constraint)
+    return _run_decode(*nnx.split(model), pre, rng, sampling, constraint)
+
+
+_KERNEL_FAILED: list[str] = []  # set once the shared-prefix kernel failed to compile: auto means off from then on
+
+
+def _run_decode(graphdef, state, pre, rng, sampling: SamplingConfig, constraint):
+    """The jitted decode loop. With `shared_prefix="auto"`, a kernel that fails to compile on this card or shape
+    (it is measured on an H100 at the shapes `shared_prefix.kernel_available` admits) is reported once and the
+    loop decodes with a cache copy per sample instead; "on" raises."""
+    if sampling.shared_prefix == "auto" and _KERNEL_FAILED:
+        sampling = dataclasses.replace(sampling, shared_prefix="off")
+    try:
+        return _decode_jit(graphdef, state, pre, rng, sampling=sampling, constraint=constraint)
+    except Exception as e:  # noqa: BLE001 - a lowering/compile error of the optional kernel: fall back, say why
+        if sampling.shared_prefix != "auto" or sampling.num_samples == 1:
+            raise
+        _KERNEL_FAILED.append(repr(e)[:500])
+        log.warning("the shared-prefix decode kernel failed (%s); decoding with a cache copy per sample instead",
+                    _KERNEL_FAILED[-1])
+        return _decode_jit(graphdef, state, pre, rng, sampling=dataclasses.replace(sampling, shared_prefix="off"),
+                           constraint=constraint)
 
 
 def _check_left_padded(mask) -> None:
@@ -325,4 +349,4 @@ def generate(model, inputs: dict[str, Any], sampling: SamplingConfig, rng: jax.A
     _check_left_padded(inputs["attention_mask"])
     graphdef, state = nnx.split(model)
     pre = _prefill_jit(graphdef, state, inputs)
-    return _decode_jit(graphdef, state, pre, rng, sampling=sampling, constraint=constraint)
+    return _run_decode(graphdef, state, pre, rng, sampling, constraint)

@@ -36,22 +36,33 @@ def _pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
+MAX_QUERY_ROWS = 64  # G x (query heads per kv head), padded to a power of two: the block size measured on GPU
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
 def kernel_available(num_samples: int, num_heads: int, num_kv_heads: int, head_dim: int) -> bool:
     """Whether the Pallas kernel serves this shape here: one GPU (the kernel is not partitioned over a mesh), G a
-    power of two dividing a suffix block, head_dim a power of two the Triton dots accept."""
+    power of two, and the query block and head size it was compiled and measured with on an H100 (at most 64
+    query rows of head_dim 128; larger blocks would need tiling over the grid, untried)."""
+    if num_heads % num_kv_heads:
+        return False
+    rows = _next_pow2(max(16, num_samples * (num_heads // num_kv_heads)))
     return (jax.default_backend() == "gpu" and jax.device_count() == 1 and num_samples > 1
-            and _pow2(num_samples) and num_samples <= SUFFIX_BLOCK and _pow2(head_dim) and 16 <= head_dim <= 256
-            and num_heads % num_kv_heads == 0)
+            and _pow2(num_samples) and rows <= MAX_QUERY_ROWS and head_dim == 128)
 
 
 def padded_sizes(prompt_len: int, new_tokens: int, num_samples: int, kernel: bool) -> tuple[int, int]:
-    """(prefix slots, suffix positions) to allocate: the kernel needs the prefix in whole blocks per split (padding
-    goes on the left, where prompts are padded anyway) and every split's suffix rows in whole blocks."""
+    """(prefix slots, suffix positions) to allocate. The kernel wants every split's share a power of two of at
+    least one block: the prefix is padded on the left (where prompts are padded anyway; whole blocks of padding
+    are skipped, not read), the suffix at its end (positions past the filled length are skipped too)."""
     if not kernel:
         return prompt_len, new_tokens
-    s_unit = SPLITS * PREFIX_BLOCK
-    n_unit = SPLITS * SUFFIX_BLOCK // num_samples
-    return -(-prompt_len // s_unit) * s_unit, -(-new_tokens // n_unit) * n_unit
+    per_split = max(PREFIX_BLOCK, _next_pow2(-(-prompt_len // SPLITS)))
+    rows = max(SUFFIX_BLOCK, _next_pow2(-(-new_tokens * num_samples // SPLITS)))
+    return SPLITS * per_split, SPLITS * rows // num_samples
 
 
 def attention(q_RNH: jax.Array, prefix_k: jax.Array, prefix_v: jax.Array, k: jax.Array, v: jax.Array,
@@ -135,8 +146,9 @@ def _pallas_attention(q_RNH, pk, pv, sk, sv, start_B, t, *, G, scale):
     X = sk.shape[2]
     qpk = Hq // K
     M = G * qpk
-    Mp = max(16, 1 << (M - 1).bit_length())  # Triton blocks: powers of two, at least 16 rows
-    if S % (SPLITS * PREFIX_BLOCK) or X % (SPLITS * SUFFIX_BLOCK) or SUFFIX_BLOCK % G:
+    Mp = _next_pow2(max(16, M))  # Triton blocks: powers of two, at least 16 rows
+    if S % (SPLITS * PREFIX_BLOCK) or X % (SPLITS * SUFFIX_BLOCK) or SUFFIX_BLOCK % G or not _pow2(S // SPLITS) \
+            or not _pow2(X // SPLITS):
         raise ValueError(f"shared-prefix kernel: prefix {S} / suffix rows {X} / G={G} not laid out by "
                          "padded_sizes")
     qf = q_RNH.reshape(B, G, K, qpk, H).transpose(0, 2, 1, 3, 4).reshape(B, K, M, H)

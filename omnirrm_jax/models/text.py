@@ -113,8 +113,9 @@ class SharedPrefixLayer:
 
 
 def shared_prefix_cache(cache: KVCache, num_samples: int, new_tokens: int, kernel: bool) -> SharedPrefixCache:
-    """The prefill's cache (B, S, K, H per layer, prompts left-padded) laid out for G samples of `new_tokens` each;
-    the kernel's block sizes pad the prefix on the left and the suffix at its end (`shared_prefix.padded_sizes`)."""
+    """The prefill's cache (B, S, K, H per layer) laid out for G samples of `new_tokens` each; the kernel's block
+    sizes pad the prefix on the left and the suffix at its end (`shared_prefix.padded_sizes`). Prompts must be
+    left-padded without gaps (the valid slots are the last ones: `sampler.generate` checks)."""
     B, S, K, H = cache.k[0].shape
     S_pad, N_pad = SP.padded_sizes(S, new_tokens, num_samples, kernel)
 

@@ -27,15 +27,18 @@ def _repeated(q, pk, pv, sk, sv, start, t, G, scale):
     return out
 
 
-@pytest.mark.parametrize("B,G,Hq,K,H,S,N", [(2, 4, 4, 2, 16, 512, 256), (2, 2, 14, 2, 16, 512, 512)])
-def test_kernel_and_einsums_equal_attention_over_repeated_caches(B, G, Hq, K, H, S, N):
-    """Padding in the prompt (one prompt wholly padding), one to all suffix tokens filled, 7 query heads per kv
-    head (the 7B's grouping: the kernel pads the query block to a power of two)."""
+@pytest.mark.parametrize("B,G,Hq,K,H,S,N,start", [(2, 4, 4, 2, 16, 512, 256, (5, 512)),
+                                                   (2, 2, 14, 2, 16, 512, 512, (5, 512)),
+                                                   (2, 4, 4, 2, 16, 2048, 256, (1000, 130))])
+def test_kernel_and_einsums_equal_attention_over_repeated_caches(B, G, Hq, K, H, S, N, start):
+    """Padding in the prompt (a prompt wholly padding; several whole blocks of padding skipped inside a split),
+    one to all suffix tokens filled, 7 query heads per kv head (the 7B's grouping: the kernel pads the query block
+    to a power of two)."""
     ks = jax.random.split(jax.random.key(0), 5)
     q = jax.random.normal(ks[0], (B * G, Hq, H))
     pk, pv = (jax.random.normal(k, (B, K, S, H)) for k in ks[1:3])
     sk, sv = (jax.random.normal(k, (B, K, N * G, H)) for k in ks[3:5])
-    start = np.array([5, S])  # prompt 1 is all padding (a final partial batch)
+    start = np.array(start)
     for t in (1, 37, N):
         want = _repeated(q, pk, pv, sk, sv, start, t, G, H ** -0.5)
         for kernel in (False, True):
@@ -45,8 +48,25 @@ def test_kernel_and_einsums_equal_attention_over_repeated_caches(B, G, Hq, K, H,
 
 
 def test_kernel_layout_padding():
+    """Every split's share of prefix slots and suffix rows is a power of two of at least one block."""
     assert SP.padded_sizes(1024, 512, 8, kernel=True) == (1024, 512)
     assert SP.padded_sizes(1000, 160, 8, kernel=True) == (1024, 256)
+    assert SP.padded_sizes(1500, 300, 8, kernel=True) == (2048, 512)
     assert SP.padded_sizes(100, 7, 2, kernel=True) == (512, 512)
     assert SP.padded_sizes(1000, 160, 3, kernel=False) == (1000, 160)
+
+
+def test_kernel_only_where_measured(monkeypatch):
+    """auto takes the kernel on one GPU for the query blocks it was measured with (<= 64 rows, head_dim 128)."""
     assert not SP.kernel_available(8, 16, 2, 128) or jax.default_backend() == "gpu"
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax, "device_count", lambda: 1)
+    assert SP.kernel_available(8, 16, 2, 128)  # 3B, G = 8: 64 rows
+    assert SP.kernel_available(8, 28, 4, 128)  # 7B: 7 heads per kv head, 56 rows padded to 64
+    assert SP.kernel_available(2, 16, 2, 128)
+    assert not SP.kernel_available(16, 16, 2, 128)  # 128 rows: not measured
+    assert not SP.kernel_available(6, 16, 2, 128)  # G not a power of two
+    assert not SP.kernel_available(8, 16, 2, 64)
+    assert not SP.kernel_available(1, 16, 2, 128)
+    monkeypatch.setattr(jax, "device_count", lambda: 2)
+    assert not SP.kernel_available(8, 16, 2, 128)  # a mesh: the kernel is not partitioned

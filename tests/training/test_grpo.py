@@ -238,6 +238,8 @@ def _assert_chunked_equals_whole(graphdef, spec, trainable, frozen, inputs, roll
     chunked, m2 = _sgd_delta(graphdef, dataclasses.replace(spec, rows_per_chunk=rows_per_chunk), trainable, frozen,
                              inputs, roll)
     assert max(float(np.abs(x).max()) for x in jax.tree.leaves(whole)) > 0
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(whole) + jax.tree.leaves(chunked))
+    assert np.isfinite(float(m1["grad_norm"])) and np.isfinite(float(m2["grad_norm"]))
     for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(chunked)):
         np.testing.assert_allclose(b, a, atol=2e-6, rtol=2e-4)
     for key in ("loss", "kl", "ratio_mean", "clip_frac", "grad_norm"):
