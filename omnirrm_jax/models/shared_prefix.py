@@ -29,14 +29,12 @@ from jax import lax
 SPLITS = 8  # programs per (prompt, kv head): the grid is B x K x SPLITS
 PREFIX_BLOCK = 64  # prefix keys per inner step
 SUFFIX_BLOCK = 128  # suffix rows (positions x G) per inner step
+MAX_QUERY_ROWS = 64  # G x (query heads per kv head), padded to a power of two: the block size measured on GPU
 _NEG = float(jnp.finfo(jnp.float32).min)
 
 
 def _pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
-
-
-MAX_QUERY_ROWS = 64  # G x (query heads per kv head), padded to a power of two: the block size measured on GPU
 
 
 def _next_pow2(n: int) -> int:

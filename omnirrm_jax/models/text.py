@@ -84,32 +84,21 @@ def init_cache(cfg: ThinkerConfig, batch: int, max_len: int, prompt_mask_BT: jax
 class SharedPrefixCache:
     """Decode cache of B prompts x G samples (`models.shared_prefix`): per layer the prompt's keys/values once per
     prompt (B, K, S, H), valid from slot `prefix_start` (B,), and the generated tokens' (B, K, N * G, H), sample
-    g's n-th token at row n * G + g. `cache_index` of a decode step is the generated token's position n."""
+    g's n-th token at row n * G + g. `cache_index` of a decode step is the generated token's position n. The
+    model holds one list entry per layer; `layer(i)` is the same cache with layer i's arrays (what `Attention`
+    reads and updates)."""
 
-    prefix_k: list[jax.Array]
-    prefix_v: list[jax.Array]
-    k: list[jax.Array]
-    v: list[jax.Array]
+    prefix_k: list[jax.Array] | jax.Array
+    prefix_v: list[jax.Array] | jax.Array
+    k: list[jax.Array] | jax.Array
+    v: list[jax.Array] | jax.Array
     prefix_start: jax.Array
     num_samples: int = struct.field(pytree_node=False)
     kernel: bool = struct.field(pytree_node=False)  # the Pallas kernel (one GPU) or the XLA einsums
 
-    def layer(self, i: int) -> "SharedPrefixLayer":
-        return SharedPrefixLayer(self.prefix_k[i], self.prefix_v[i], self.k[i], self.v[i], self.prefix_start,
-                                 self.num_samples, self.kernel)
-
-
-@struct.dataclass
-class SharedPrefixLayer:
-    """One layer's share of a `SharedPrefixCache` (what `Attention` reads and updates)."""
-
-    prefix_k: jax.Array
-    prefix_v: jax.Array
-    k: jax.Array
-    v: jax.Array
-    prefix_start: jax.Array
-    num_samples: int = struct.field(pytree_node=False)
-    kernel: bool = struct.field(pytree_node=False)
+    def layer(self, i: int) -> "SharedPrefixCache":
+        return dataclasses.replace(self, prefix_k=self.prefix_k[i], prefix_v=self.prefix_v[i], k=self.k[i],
+                                   v=self.v[i])
 
 
 def shared_prefix_cache(cache: KVCache, num_samples: int, new_tokens: int, kernel: bool) -> SharedPrefixCache:
@@ -152,7 +141,7 @@ class Attention(nnx.Module):
         k = self.k_proj(x_BTD).reshape(B, T, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x_BTD).reshape(B, T, self.num_kv_heads, self.head_dim)
         q, k = apply_rotary(q, cos_BTH, sin_BTH), apply_rotary(k, cos_BTH, sin_BTH)
-        if isinstance(layer_cache, SharedPrefixLayer):
+        if isinstance(layer_cache, SharedPrefixCache):
             return self._shared_prefix_step(q, k, v, layer_cache, cache_index)
         is_causal = False
         if layer_cache is None and mask_BS is None:  # rows compacted by TextModel: causality is the whole mask
@@ -172,7 +161,7 @@ class Attention(nnx.Module):
                           scale=self.head_dim ** -0.5, backend=self.backend)
         return self.o_proj(out.reshape(B, T, -1)), layer_cache
 
-    def _shared_prefix_step(self, q, k, v, lc: SharedPrefixLayer, n):
+    def _shared_prefix_step(self, q, k, v, lc: SharedPrefixCache, n):
         """One token per row (R = B * G rows) at generated position `n`: its key/value joins the suffix, its query
         attends to the prompt's prefix and to its own sample's suffix."""
         R, T, _, H = q.shape
@@ -271,6 +260,7 @@ class TextModel(nnx.Module):
         head_dim, theta, section = self.rope
         cos, sin = mrope_cos_sin(positions_3BT, head_dim=head_dim, theta=theta, section=section, dtype=self.dtype)
         back_BT = None
+        shared = isinstance(cache, SharedPrefixCache)
         if cache is None:
             # Each row's real tokens move to the front (order kept) and padding to the end, so every real query
             # sees exactly the keys the padding mask allows under a plain causal mask: attention runs as a
@@ -281,9 +271,8 @@ class TextModel(nnx.Module):
                 back_BT = jnp.argsort(order_BT, axis=-1)
                 x, cos, sin = (_take_rows(a, order_BT) for a in (x, cos, sin))
         else:
-            mask_BS = getattr(cache, "kv_mask", None)
+            mask_BS = None if shared else cache.kv_mask
             cache_index = jnp.asarray(cache_index, jnp.int32)
-        shared = isinstance(cache, SharedPrefixCache)
         hidden, new_k, new_v = [], [], []
         for i, layer in enumerate(self.layers):
             if output_hidden_states:
