@@ -26,6 +26,9 @@ setup(
         "av>=12",
         "pillow>=10",
         "pyyaml>=6",
+        "pyarrow>=14",  # VL-RewardBench and Omni-RewardBench are released as parquet
+        "matplotlib>=3.7",  # the eval suite's chart
+        "tqdm>=4.60",
     ],
     extras_require={
         # CPU torch: transformers' model is the numerical reference of the parity tests.

@@ -18,7 +18,7 @@ def _build_parser() -> argparse.ArgumentParser:
     conv.set_defaults(func=_cmd_convert)
     bench = sub.add_parser("bench", help="benchmarks (decode, ...): `omnirrm bench NAME --help`",
                            add_help=False)
-    bench.add_argument("name", choices=["decode", "data", "grpo", "sft"], help="which benchmark")
+    bench.add_argument("name", choices=["decode", "data", "eval", "grpo", "sft"], help="which benchmark")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_cmd_bench)
     demo = sub.add_parser("demo", help="generate demo data, prep it, train a tiny judge, evaluate it (CPU: minutes)")
@@ -39,6 +39,9 @@ def _build_parser() -> argparse.ArgumentParser:
     from omnirrm_jax.eval.cli_judge import add_judge_parser  # light module: heavy imports run inside the command
 
     add_judge_parser(sub)
+    from omnirrm_jax.eval.cli_eval import add_eval_parser
+
+    add_eval_parser(sub)
     exp = sub.add_parser("export", help="training workdir -> merged Orbax / HF safetensors / PEFT adapter")
     exp.add_argument("workdir", help="run.workdir of an omnirrm sft or grpo run (with checkpoints/)")
     exp.add_argument("out", help="output directory (gets orbax/, hf/, adapter/)")

@@ -138,7 +138,7 @@ def probe(model, tok, rows: list[dict], glob_: str, gcfg: DemoGRPOConfig, max_ne
     from omnirrm_jax.demo import pipeline_config
     from omnirrm_jax.training import grpo
     from omnirrm_jax.training.grpo_config import GRPOSpec
-    from omnirrm_jax.training.sft import model_inputs
+    from omnirrm_jax.models.thinker import model_inputs
 
     spec = GRPOSpec(num_generations=gcfg.probe_generations, temperature=gcfg.temperature, top_p=gcfg.top_p,
                     top_k=gcfg.top_k, max_completion_length=max_new_tokens)

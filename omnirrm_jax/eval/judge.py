@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from omnirrm_jax.decoding.sampler import SamplingConfig, generate
+from omnirrm_jax.models.thinker import model_inputs
 from omnirrm_jax.rubric.parse import parse_judgement
 
 MODALITIES = ("text", "image", "video", "audio")
@@ -36,7 +37,6 @@ def decode_texts(tok, tokens_BGN: np.ndarray, lengths_BG: np.ndarray, stop_ids: 
 def judge_batch(model, tok, batch: dict, *, max_new_tokens: int, constrained: bool = False,
                 rng: jax.Array | None = None) -> list[dict]:
     """Greedy judgements for a prompt batch (GRPO-mode pipeline batch or `prepare_inputs` output)."""
-    from omnirrm_jax.training.sft import model_inputs
 
     stop = (tok.special_ids["im_end"],)
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, greedy=True, stop_token_ids=stop,
@@ -67,18 +67,21 @@ def _decodable(tok, ids) -> list[int]:
 
 
 def judge_with_verdicts(model, tok, batch: dict, *, max_new_tokens: int, constrained: bool = False,
-                        field: str = "better", rng: jax.Array | None = None) -> list[dict | None]:
+                        field: str = "better", rng: jax.Array | None = None,
+                        decoding: dict | None = None) -> list[dict | None]:
     """Greedy (optionally constrained) judgements plus their verdict probabilities (`verdict`), per row.
 
+    `decoding`: sample instead ({"temperature", "top_p"}, and "top_k" (default 0 = off, as the reference's
+    RequestConfig leaves it)), drawn with `rng`.
     Returns per row None for padding rows (batch["valid"] False), else {"text", "parsed" (`ParseResult`),
     "verdict" (`VerdictProbs` or None when the judgement never reached `field`)}.
     """
     from omnirrm_jax.eval import verdict
-    from omnirrm_jax.training.sft import model_inputs
 
     stop = tok.special_ids["im_end"]
-    sampling = SamplingConfig(max_new_tokens=max_new_tokens, greedy=True, stop_token_ids=(stop,),
-                              pad_token_id=tok.special_ids["pad"])
+    draw = dict(greedy=True) if decoding is None else dict(greedy=False, **{"top_k": 0, **decoding})
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, stop_token_ids=(stop,),
+                              pad_token_id=tok.special_ids["pad"], **draw)
     rng = jax.random.key(0) if rng is None else rng
     inputs = model_inputs(batch)
     if constrained:
@@ -151,7 +154,6 @@ def sampled_parse_rates(model, tok, batches: Iterable[dict], *, samples: int, pe
     """
     from omnirrm_jax.decoding.constrained import decode_outputs, generate_judgements
     from omnirrm_jax.rubric.rewards import format_reward
-    from omnirrm_jax.training.sft import model_inputs
 
     stop = (tok.special_ids["im_end"],)
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=0, top_p=1.0,

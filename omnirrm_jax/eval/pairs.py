@@ -104,23 +104,28 @@ def check_pair(row: Any, *, modality: str | None = None) -> dict:
 
 
 def user_message(pair: dict, swapped: bool = False) -> dict:
-    """The user message of the judge prompt; `swapped` shows answer_b as A and answer_a as B."""
+    """The user message of the judge prompt; `swapped` shows answer_b as A and answer_a as B. A template that states
+    the order (Multimodal RewardBench's "Order of answers in this task: A-B") says "B-A" when swapped, as the
+    reference's `prompt_string(ex, random_number=1)` does."""
     a, b = (pair["answer_b"], pair["answer_a"]) if swapped else (pair["answer_a"], pair["answer_b"])
     name = pair.get("template") or prompts.default_template(pair["modality"])
-    body = prompts.judge_prompt(pair["modality"], pair["question"], a, b, template=name)
+    extra = {"order": "B-A" if swapped else "A-B"} if "order" in prompts.template_info(name)["fields"].values() else {}
+    body = prompts.judge_prompt(pair["modality"], pair["question"], a, b, template=name, **extra)
     return {"role": "user", "content": prompts.user_content(name, body)}
 
 
-def prepare_pair(pair: dict, key: Any, tok: Tokenizer, cfg: ThinkerConfig, opts, *, swap: bool,
-                 max_length: int) -> PreparedPair:
+def prepare_pair(pair: dict, key: Any, tok: Tokenizer, cfg: ThinkerConfig, opts, *, swap: bool = False,
+                 max_length: int, orders: tuple[str, ...] | None = None) -> PreparedPair:
     """A checked pair -> its examples (media decoded once); raises `PairError`.
 
     Args:
       opts: `data_prep.rows.RowOptions` (media root and media settings).
       key: the pair's identity in the output (e.g. its input line number); an int key is also the examples' index.
-      swap: add the (B, A) example.
+      swap: add the (B, A) example (orders ("AB", "BA")).
       max_length: longer prompts are refused ("too_long").
+      orders: the shown orders to build, in this order ("AB" = as given, "BA" = exchanged); overrides `swap`.
     """
+    orders = orders or (("AB", "BA") if swap else ("AB",))
     from data_prep import rows
 
     row = {"messages": [user_message(pair)], "modality": pair["modality"],
@@ -132,9 +137,8 @@ def prepare_pair(pair: dict, key: Any, tok: Tokenizer, cfg: ThinkerConfig, opts,
         raise PairError(q.reason, q.detail) from None
     rec = R.decode_record(data)
     gold = rec["gold"]
-    orders = [rec["messages"]] + ([[user_message(pair, swapped=True)]] if swap else [])
     exs = []
-    for msgs in orders:
+    for msgs in (rec["messages"] if o == "AB" else [user_message(pair, swapped=True)] for o in orders):
         try:
             exs.append(E.build_example(dict(rec, messages=msgs, gold=gold or _NO_GOLD), key if isinstance(key, int)
                                        else 0, tok, cfg, mode="grpo",

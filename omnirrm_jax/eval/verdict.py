@@ -165,7 +165,7 @@ def candidate_logprobs(model, inputs: dict[str, Any], sites: Sequence[VerdictSit
       sites: per row, `locate`'s result.
       min_prefix, min_label: smallest chunk lengths; longer ones round up to powers of two (bounded compiles).
     """
-    from omnirrm_jax.training.sft import MODEL_KEYS
+    from omnirrm_jax.models.thinker import MODEL_KEYS
 
     inputs = {k: inputs[k] for k in MODEL_KEYS if k in inputs}  # batch bookkeeping keys would change the program
     B = np.asarray(inputs["input_ids"]).shape[0]

@@ -27,6 +27,17 @@ from omnirrm_jax.models.config import ThinkerConfig
 Inputs = dict[str, Any]  # arrays only; optional keys per modality
 
 
+# The keys of a batch the thinker's forward reads; a data batch also carries bookkeeping (labels, masks, gold),
+# which must not reach a jitted forward (a new key would change the program).
+MODEL_KEYS = ("input_ids", "attention_mask", "position_ids", "rope_deltas", "pixel_values", "image_aux",
+              "pixel_values_videos", "video_aux", "audio_chunks", "audio_aux")
+
+
+def model_inputs(batch: dict) -> dict:
+    """The model's inputs of a pipeline batch (`MODEL_KEYS` present in it)."""
+    return {k: batch[k] for k in MODEL_KEYS if k in batch}
+
+
 def _np(x, dtype=None):
     if x is None:
         return None

@@ -16,6 +16,7 @@ import logging
 import jax
 from flax import nnx
 
+from omnirrm_jax.training import losses
 from omnirrm_jax.training import sharding as S
 
 log = logging.getLogger(__name__)
@@ -29,9 +30,7 @@ class EvalSpec:
 
 
 def _loss_sums(graphdef, trainable, frozen, batch, window=None):
-    from omnirrm_jax.training.sft import loss_fn
-
-    loss, aux = loss_fn(trainable, frozen, graphdef, batch, window)
+    loss, aux = losses.sft_loss(trainable, frozen, graphdef, batch, window)
     return loss * aux["target_tokens"], aux["target_tokens"]
 
 
@@ -85,7 +84,7 @@ class HeldOutEval:
 
 def make_held_out_eval(cfg, tok, thinker_cfg, pcfg, mesh, graphdef) -> HeldOutEval | None:
     """The run's evaluator, or None when `run.eval_every` is 0. `data.eval` must be set when it is not."""
-    from omnirrm_jax.training.sft import expand_paths
+    from omnirrm_jax.data.shards import expand_paths
 
     run = cfg.run
     if not run.eval_every:

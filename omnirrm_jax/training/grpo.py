@@ -39,12 +39,13 @@ import numpy as np
 import optax
 from flax import nnx
 
+from omnirrm_jax.data import shards
 from omnirrm_jax.decoding.sampler import SamplingConfig, _last_positions, generate
 from omnirrm_jax.models import text as text_lib
 from omnirrm_jax.training import grpo_loss, losses
 from omnirrm_jax.training import sharding as S
 from omnirrm_jax.training.grpo_config import LOGIT_TOKENS, GRPOConfig, GRPOSpec
-from omnirrm_jax.training.sft import model_inputs
+from omnirrm_jax.models.thinker import model_inputs
 from omnirrm_jax.training.state import TrainState, step_out_shardings, tree_where
 
 log = logging.getLogger(__name__)
@@ -440,8 +441,8 @@ def train(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None = No
     tok = sft.load_tokenizer(cfg.data.tokenizer)
     thinker_cfg = sft.resolve_thinker_config(cfg.model, tok)
     pcfg = pipeline.PipelineConfig(**{**cfg.data.pipeline, "mode": "grpo"})
-    train_paths = sft.expand_paths(cfg.data.train)
-    n_records = sft.count_records(train_paths)
+    train_paths = shards.expand_paths(cfg.data.train)
+    n_records = shards.count_records(train_paths)
     rollouts_per_epoch = max(n_records // pcfg.batch_size, 1)
     mu, accum = spec.num_iterations, cfg.optim.grad_accum_steps
     total_rollouts = (int(math.ceil(run.max_steps * accum / mu)) if run.max_steps

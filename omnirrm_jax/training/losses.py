@@ -7,6 +7,9 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
+
+from omnirrm_jax.models.thinker import model_inputs
 
 
 def token_logprobs(hidden_BTD: jax.Array, targets_BT: jax.Array, logits_fn, *, chunk: int = 1024) -> jax.Array:
@@ -153,3 +156,12 @@ def masked_cross_entropy(hidden_BTD: jax.Array, input_ids_BT: jax.Array, loss_ma
     n = jnp.sum(mask.astype(jnp.float32))
     # where, not multiply: padding rows attend to no key and may carry NaN (NaN * 0 = NaN)
     return -jnp.sum(jnp.where(mask, logp, 0.0)) / jnp.maximum(n, 1.0), n
+
+
+def sft_loss(trainable, frozen, graphdef, batch, window: int | None = None) -> tuple[jax.Array, dict]:
+    """Masked cross-entropy of a batch; with `window` only the targets among each row's last `window` tokens count
+    (the pipeline's `max_target_length`: the output head then runs on those positions alone)."""
+    model = nnx.merge(graphdef, trainable, frozen)
+    hidden = model.forward(model_inputs(batch), return_hidden=True)
+    loss, n_tokens = masked_cross_entropy(hidden, batch["input_ids"], batch["loss_mask"], model=model, window=window)
+    return loss, {"target_tokens": n_tokens}

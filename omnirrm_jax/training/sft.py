@@ -24,33 +24,22 @@ import numpy as np
 import optax
 from flax import nnx
 
+from omnirrm_jax.data import shards
 from omnirrm_jax.models import config as model_config
+from omnirrm_jax.models.thinker import MODEL_KEYS, model_inputs  # noqa: F401 - MODEL_KEYS re-exported
 from omnirrm_jax.training import losses
 from omnirrm_jax.training import sharding as S
 from omnirrm_jax.training.state import TrainState, step_out_shardings, tree_where
 
 log = logging.getLogger(__name__)
 
-MODEL_KEYS = ("input_ids", "attention_mask", "position_ids", "rope_deltas", "pixel_values", "image_aux",
-              "pixel_values_videos", "video_aux", "audio_chunks", "audio_aux")
-
-
-def model_inputs(batch: dict) -> dict:
-    return {k: batch[k] for k in MODEL_KEYS if k in batch}
 
 
 # ----------------------------------------------------------------------------------------------------
 # The step
 # ----------------------------------------------------------------------------------------------------
 
-def loss_fn(trainable, frozen, graphdef, batch, window: int | None = None) -> tuple[jax.Array, dict]:
-    """Masked cross-entropy of a batch; with `window` only the targets among each row's last `window` tokens count
-    (the pipeline's `max_target_length`: the output head then runs on those positions alone)."""
-    model = nnx.merge(graphdef, trainable, frozen)
-    hidden = model.forward(model_inputs(batch), return_hidden=True)
-    loss, n_tokens = losses.masked_cross_entropy(hidden, batch["input_ids"], batch["loss_mask"], model=model,
-                                                 window=window)
-    return loss, {"target_tokens": n_tokens}
+loss_fn = losses.sft_loss  # the SFT loss; lives in losses so held-out evaluation needs no sft import
 
 
 def sft_step(graphdef, tx: optax.GradientTransformation, trainable, frozen, opt_state, step, batch, *,
@@ -101,24 +90,6 @@ def peak_flops_per_device() -> float | None:
         if name.lower() in kind.lower():
             return flops
     return None
-
-
-def expand_paths(patterns) -> list[str]:
-    import glob
-
-    out = []
-    for p in patterns:
-        hits = sorted(glob.glob(p))
-        if not hits:
-            raise FileNotFoundError(f"no data shards match {p!r}")
-        out.extend(hits)
-    return out
-
-
-def count_records(paths: list[str]) -> int:
-    import grain
-
-    return len(grain.sources.ArrayRecordDataSource(list(paths)))
 
 
 def load_tokenizer(path: str | None):
@@ -177,8 +148,8 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
     tok = load_tokenizer(cfg.data.tokenizer)
     thinker_cfg = resolve_thinker_config(cfg.model, tok)
     pcfg = pipeline.PipelineConfig(**{**cfg.data.pipeline, "mode": "sft"})
-    train_paths = expand_paths(cfg.data.train)
-    n_records = count_records(train_paths)
+    train_paths = shards.expand_paths(cfg.data.train)
+    n_records = shards.count_records(train_paths)
     micro_per_epoch = max(n_records // pcfg.batch_size, 1)
     total_micro = run.max_steps * cfg.optim.grad_accum_steps if run.max_steps else \
         int(math.ceil(run.num_epochs * micro_per_epoch))

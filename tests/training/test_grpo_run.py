@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from omnirrm_jax.data import shards
 from omnirrm_jax import demo
 from omnirrm_jax.training import config as C
 from omnirrm_jax.training import grpo
@@ -139,7 +140,7 @@ def test_media_prompts_teacher_forcing_equals_sampler(prepared):
     sampling = SamplingConfig(max_new_tokens=8, num_samples=2, greedy=True, stop_token_ids=(tok.special_ids["im_end"],),
                               pad_token_id=tok.special_ids["pad"])
     seen = set()
-    for batch in pipeline.make_dataset(sft.expand_paths(cfg.data.train), tok, tcfg, pcfg):
+    for batch in pipeline.make_dataset(shards.expand_paths(cfg.data.train), tok, tcfg, pcfg):
         inputs = sft.model_inputs(batch)
         res = generate(model, inputs, sampling, jax.random.key(0))
         B, G, N = res.tokens.shape

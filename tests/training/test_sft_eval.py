@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from omnirrm_jax.data import shards
 from omnirrm_jax import demo
 from omnirrm_jax.data import pipeline
 from omnirrm_jax.training import config as config_lib
@@ -40,7 +41,7 @@ def test_eval_every_logs_loss_and_accuracy(prepared, tmp_path):
     base = _cfg(prepared, tmp_path)
     pcfg = pipeline.PipelineConfig(**{**base.data.pipeline, "mode": "sft", "batch_size": 16, "num_epochs": 1,
                                       "shuffle_seed": None, "drop_remainder": False, "max_skip_ratio": 1.0})
-    paths = sft.expand_paths(base.data.eval)
+    paths = shards.expand_paths(base.data.eval)
     (batch,) = list(pipeline.make_dataset(paths, tok, out["thinker_config"], pcfg))
     model = state.model()
     hidden = model.forward(sft.model_inputs(batch), return_hidden=True)
@@ -70,7 +71,7 @@ def test_max_target_length_reaches_the_step_and_the_logs(prepared, tmp_path, mon
     pcfg = pipeline.PipelineConfig(**{**base.data.pipeline, "mode": "sft", "num_epochs": 1, "shuffle_seed": None,
                                       "drop_remainder": False})
     tok = sft.load_tokenizer(prepared[2])
-    batches = pipeline.make_dataset(sft.expand_paths(base.data.train), tok, sft.resolve_thinker_config(base.model, tok),
+    batches = pipeline.make_dataset(shards.expand_paths(base.data.train), tok, sft.resolve_thinker_config(base.model, tok),
                                     pcfg)
     lengths = sorted(int(b["loss_mask"][i].sum()) for b in batches for i in range(len(b["valid"])) if b["valid"][i])
     limit = lengths[len(lengths) // 2]

@@ -1,0 +1,153 @@
+"""`omnirrm eval`: measure a judge on the paper's benchmarks, by the reference's protocol and by ours.
+
+  omnirrm eval BENCH CHECKPOINT --data FILE --judgements OUT.jsonl [--media-root DIR] [--json REPORT.json]
+      judges every row of a released benchmark file (both A/B orders by default), resumable, then scores it
+  omnirrm eval score BENCH --data FILE --judgements OUT.jsonl [--json REPORT.json]
+      recomputes both metrics from saved judgements, no model
+  omnirrm eval suite CONFIG
+      all benchmarks of a config (configs/eval_paper.yaml), one model load: report.md, report.json, report.png
+
+BENCH: vl_rewardbench, mm_rewardbench, sharegpt_video, audio_hh_rlhf, ta2t, hh_rlhf. Each runs with the reference's
+prompt, decoding and inference media limits (`omnirrm_jax/eval/benchmarks.py`); flags override them. Metrics:
+`reference` = the number the reference's own scripts print on the same texts; `omnirrm` = every labelled row counted,
+both orders, swap consistency, the scalar reward's accuracy, parse failures, a bootstrap 95 % interval.
+Heavy imports happen inside the commands so `omnirrm --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+BENCHES = ("vl_rewardbench", "mm_rewardbench", "sharegpt_video", "audio_hh_rlhf", "ta2t", "hh_rlhf")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="HF thinker dir (config.json + *.safetensors) or Orbax dir from `omnirrm convert`")
+    p.add_argument("--lora", help="PEFT / ms-swift LoRA adapter dir merged into an HF checkpoint")
+    p.add_argument("--tokenizer", help="SentencePiece .model file or HF tokenizer dir (default: the checkpoint dir)")
+    p.add_argument("--dtype", default="bfloat16", help="parameter/compute dtype (bfloat16, float32)")
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--orders", choices=("both", "reference"), default="both",
+                   help="both: AB and BA for every row (needed by the omnirrm metric); reference: only the order the "
+                        "reference script shows")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed and VL-RewardBench's A/B order seed")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per batch (a row in both orders is two)")
+    p.add_argument("--max-new-tokens", type=int, help="override the protocol's judgement length cap")
+    p.add_argument("--greedy", action="store_true", default=None, help="greedy decoding for every benchmark")
+    p.add_argument("--temperature", type=float, help="override the protocol's sampling temperature")
+    p.add_argument("--top-p", type=float, help="override the protocol's top-p")
+    p.add_argument("--max-length", type=int, default=16384, help="longer prompts become error lines")
+    p.add_argument("--max-error-ratio", type=float, default=0.5, help="stop when more rows than this fail")
+
+
+def add_eval_parser(sub) -> None:
+    """Registers `omnirrm eval` on the CLI's subparsers."""
+    p = sub.add_parser("eval", help="benchmark a judge (reference and omnirrm metrics): `omnirrm eval --help`",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    verbs = p.add_subparsers(dest="eval_command", metavar="BENCH|score|suite")
+    for name in BENCHES:
+        b = verbs.add_parser(name, help=f"judge and score {name}")
+        _model_args(b)
+        b.add_argument("--data", required=True, help="the benchmark file as released")
+        b.add_argument("--judgements", required=True, help="JSONL written here (appended; resumable)")
+        b.add_argument("--media-root", help="media paths resolve under this dir (default: the data file's dir)")
+        b.add_argument("--limit", type=int, help="only the first N rows")
+        b.add_argument("--json", help="also write the scores here")
+        b.add_argument("--literal-labels", action="store_true", help="reference metric: read HH labels as stored")
+        _run_args(b)
+        b.set_defaults(func=_cmd_bench, bench=name)
+    s = verbs.add_parser("score", help="both metrics from saved judgements (no model)")
+    s.add_argument("bench", choices=BENCHES)
+    s.add_argument("--data", required=True, help="the benchmark file the judgements were made from")
+    s.add_argument("--judgements", required=True, help="the judgements JSONL of `omnirrm eval BENCH`")
+    s.add_argument("--media-root", help="as in the run (ShareGPT-Video resolves its videos through it)")
+    s.add_argument("--limit", type=int, help="only the first N rows (as the run's --limit)")
+    s.add_argument("--json", help="write the scores here")
+    s.add_argument("--literal-labels", action="store_true", help="reference metric: read HH labels as stored")
+    s.set_defaults(func=_cmd_score)
+    u = verbs.add_parser("suite", help="every benchmark of a config: report.md, report.json, report.png")
+    u.add_argument("config", help="YAML (see configs/eval_paper.yaml)")
+    u.add_argument("--no-progress", action="store_true", help="no progress bars")
+    u.set_defaults(func=_cmd_suite)
+    p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
+
+
+def _options(args: argparse.Namespace):
+    from omnirrm_jax.eval.runner import RunOptions
+
+    return RunOptions(orders=args.orders, seed=args.seed, batch_size=args.batch_size,
+                      max_new_tokens=args.max_new_tokens, greedy=args.greedy, temperature=args.temperature,
+                      top_p=args.top_p, max_length=args.max_length, max_error_ratio=args.max_error_ratio)
+
+
+def _fail(e: Exception) -> int:
+    print(f"omnirrm eval: error: {e}", file=sys.stderr)
+    return 2
+
+
+def _dump(report: dict, path: str | None) -> None:
+    text = json.dumps(report, indent=2, ensure_ascii=False)
+    print(text)
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from omnirrm_jax.eval import benchmarks as B
+    from omnirrm_jax.eval.cli_judge import Judge, UsageError, load_judge
+    from omnirrm_jax.eval.readers import BenchmarkFileError, read_benchmark
+    from omnirrm_jax.eval.runner import BenchmarkRun, EvalError
+    from omnirrm_jax.eval.score import score
+
+    proto = B.protocol(args.bench)
+    media_root = args.media_root or os.path.dirname(os.path.abspath(args.data))
+    try:
+        rows = read_benchmark(args.bench, args.data, media_root=media_root, limit=args.limit)
+        model, cfg, tok = load_judge(args.checkpoint, lora=args.lora, tokenizer=args.tokenizer, dtype=args.dtype)
+        judge = Judge(model, cfg, tok, batch_size=args.batch_size)
+        run = BenchmarkRun(judge, proto, _options(args), media_root=media_root, output=args.judgements)
+        summary = run.run(rows)
+        from omnirrm_jax.eval.runner import read_lines
+
+        report = score(proto, rows, read_lines(args.judgements), path=args.judgements,
+                       literal_labels=args.literal_labels)
+    except (BenchmarkFileError, EvalError, UsageError) as e:
+        return _fail(e)
+    _dump({**report, "run": summary}, args.json)
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from omnirrm_jax.eval import benchmarks as B
+    from omnirrm_jax.eval.readers import BenchmarkFileError
+    from omnirrm_jax.eval.runner import EvalError
+    from omnirrm_jax.eval.score import score_files
+
+    media_root = args.media_root or os.path.dirname(os.path.abspath(args.data))
+    try:
+        report = score_files(B.protocol(args.bench), args.data, args.judgements, media_root=media_root,
+                             literal_labels=args.literal_labels, limit=args.limit)
+    except (BenchmarkFileError, EvalError) as e:
+        return _fail(e)
+    _dump(report, args.json)
+    return 0
+
+
+def _cmd_suite(args: argparse.Namespace) -> int:
+    from omnirrm_jax.eval import suite
+    from omnirrm_jax.eval.cli_judge import UsageError
+    from omnirrm_jax.eval.readers import BenchmarkFileError
+    from omnirrm_jax.eval.runner import EvalError
+
+    try:
+        out = suite.run_suite(args.config, progress=not args.no_progress)
+    except (suite.SuiteConfigError, BenchmarkFileError, EvalError, UsageError) as e:
+        return _fail(e)
+    print(f"report: {out['report_md']}\n        {out['report_json']}\n        {out['report_png']}")
+    return 0

@@ -1,0 +1,329 @@
+"""Readers for the six benchmark files as published (no conversion step), each yielding `BenchRow`s.
+
+Why here: the released files differ in format (JSONL, a JSON list, parquet with media bytes inside) and in how they
+store the gold label; everything after a reader (runner, metrics, report) sees one row type. A row that cannot be
+judged becomes a `BenchRow` with `error` = (reason, detail naming file, line or row, and field), so one bad row never
+stops a run; only a whole-file problem raises `BenchmarkFileError`. Reasons: malformed_json, missing_field,
+bad_field, placeholder_path, missing_file.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+from typing import Any, Callable, Iterator
+
+from omnirrm_jax.eval.benchmarks import RESERVED, BenchRow, protocol
+
+PLACEHOLDER = "/path/to/resource"  # the release's anonymised media path
+VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
+
+
+class BenchmarkFileError(ValueError):
+    """The whole file is unusable (missing, not a JSON list, unreadable parquet, no rows)."""
+
+
+class _Bad(Exception):
+    """One row cannot be judged: (reason, detail); `row` keeps what was read (question, answers, label) when only
+    the media is missing, so the error record still shows them."""
+
+    def __init__(self, reason: str, detail: str, row: dict | None = None):
+        super().__init__(reason, detail)
+        self.error, self.row = (reason, detail), row or {}
+
+
+# ---------------------------------------------------------------- sources: (index, line, record | _Bad)
+
+def _check_file(path: str) -> None:
+    if not os.path.isfile(path):
+        raise BenchmarkFileError(f"{path}: no such file")
+
+
+def _jsonl(path: str) -> Iterator[tuple[int, int | None, Any]]:
+    """Lines read as bytes and decoded one by one, so a bad line (JSON or UTF-8) costs only that row."""
+    _check_file(path)
+    index = 0
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw.decode("utf-8-sig" if n == 1 else "utf-8"))
+                if not isinstance(rec, dict):
+                    raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
+            except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+                rec = _Bad("malformed_json", f"{path} line {n}: {e}")
+            yield index, n, rec
+            index += 1
+    if index == 0:
+        raise BenchmarkFileError(f"{path}: no rows")
+
+
+def _json_list(path: str) -> Iterator[tuple[int, int | None, Any]]:
+    _check_file(path)
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            data = json.load(f)
+    except ValueError as e:
+        raise BenchmarkFileError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, list):
+        raise BenchmarkFileError(f"{path}: expected a JSON list of rows, got a JSON {type(data).__name__}")
+    if not data:
+        raise BenchmarkFileError(f"{path}: no rows")
+    for i, rec in enumerate(data):
+        yield i, None, rec if isinstance(rec, dict) else _Bad(
+            "malformed_json", f"{path} row {i}: expected a JSON object, got {type(rec).__name__}")
+
+
+def _parquet(path: str) -> Iterator[tuple[int, int | None, Any]]:
+    """Batches of 64 rows as Python values (bytes, lists, dicts): a large release is never held whole."""
+    _check_file(path)
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+        batches = pf.iter_batches(batch_size=64)
+    except Exception as e:  # ArrowInvalid, OSError: not a parquet file
+        raise BenchmarkFileError(f"{path}: not a readable parquet file ({e})") from e
+    if pf.metadata.num_rows == 0:
+        raise BenchmarkFileError(f"{path}: no rows")
+    index = 0
+    while True:
+        try:  # a corrupt row group is a file problem, not a row's
+            batch = next(batches, None)
+        except Exception as e:
+            raise BenchmarkFileError(f"{path}: unreadable parquet after row {index} ({e})") from e
+        if batch is None:
+            return
+        for rec in batch.to_pylist():
+            yield index, None, rec
+            index += 1
+
+
+def _any_format(path: str) -> Iterator[tuple[int, int | None, Any]]:
+    """Parquet (by suffix or magic bytes), JSONL (.jsonl/.ndjson) or a JSON list."""
+    _check_file(path)
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if path.endswith(".parquet") or magic == b"PAR1":
+        return _parquet(path)
+    return _jsonl(path) if path.endswith((".jsonl", ".ndjson")) else _json_list(path)
+
+
+# ---------------------------------------------------------------- field helpers
+
+def _plain(v: Any) -> Any:
+    """JSON-serialisable Python: bytes become '<N bytes>', numpy/pyarrow scalars and arrays plain values."""
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return f"<{len(v)} bytes>"
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if v is None or isinstance(v, (str, bool, int, float)):
+        return v
+    if hasattr(v, "tolist"):  # numpy arrays and scalars
+        return _plain(v.tolist())
+    if hasattr(v, "as_py"):  # pyarrow scalars
+        return _plain(v.as_py())
+    return str(v)
+
+
+def _fields(rec: dict) -> dict:
+    """The row's own fields; one that clashes with a judgement line's key is renamed row_<key>."""
+    return {(f"row_{k}" if k in RESERVED else k): _plain(v) for k, v in rec.items()}
+
+
+def _get(rec: dict, key: str, where: str, types: type | tuple = str, *, optional: bool = False) -> Any:
+    if key not in rec or (rec[key] is None and not optional):
+        if optional:
+            return None
+        raise _Bad("missing_field", f"{where}: field {key!r} is missing" + (" (null)" if key in rec else ""))
+    v = rec[key]
+    if v is not None and (not isinstance(v, types) or isinstance(v, bool)):
+        names = "/".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+        raise _Bad("bad_field", f"{where}: field {key!r} must be {names}, got {type(v).__name__} {_short(v)}")
+    return v
+
+
+def _short(v: Any) -> str:
+    s = repr(_plain(v))
+    return s if len(s) <= 80 else s[:77] + "..."
+
+
+def _binary_label(rec: dict, where: str) -> str:
+    """HH-style label: 0 = answer A better, 1 = B; ints or the strings "0"/"1"."""
+    v = _get(rec, "label", where, (int, str))
+    key = v.strip() if isinstance(v, str) else v
+    if key in (0, "0"):
+        return "A"
+    if key in (1, "1"):
+        return "B"
+    raise _Bad("bad_field", f"{where}: field 'label' must be 0 or 1 (0 = answer A better), got {v!r}")
+
+
+def _media(v: Any) -> tuple[bytes | None, str | None]:
+    """(bytes, path) of an HF media cell: a {bytes, path} struct, raw bytes or a path string."""
+    if isinstance(v, dict):
+        b, p = v.get("bytes"), v.get("path")
+        b = bytes(b) if isinstance(b, (bytes, bytearray)) and b else None
+        return b, (p if isinstance(p, str) and p else None)
+    if isinstance(v, (bytes, bytearray)):
+        return bytes(v), None
+    return None, (v if isinstance(v, str) and v else None)
+
+
+def _rows(path: str, source: Iterator, parse: Callable[[dict, str], dict]) -> Iterator[BenchRow]:
+    """Turn each record into a BenchRow via parse(rec, where) -> BenchRow kwargs; a _Bad becomes an error row."""
+    for index, line, rec in source:
+        where = f"{path} line {line}" if line is not None else f"{path} row {index}"
+        if isinstance(rec, _Bad):
+            yield BenchRow(index=index, line=line, error=rec.error)
+            continue
+        try:
+            kw = parse(rec, where)
+        except _Bad as bad:
+            rid = rec.get("id", rec.get("ID"))
+            kw = {"id": None if rid is None else str(rid), "fields": _fields(rec), **bad.row}
+            yield BenchRow(index=index, line=line, error=bad.error, **kw)
+            continue
+        kw.setdefault("fields", _fields(rec))
+        yield BenchRow(index=index, line=line, **kw)
+
+
+def _str_id(rec: dict, key: str, where: str, optional: bool = True) -> str | None:
+    v = _get(rec, key, where, (str, int), optional=optional)
+    return None if v is None else str(v)
+
+
+# ---------------------------------------------------------------- per-benchmark parsing
+
+def _hh(rec: dict, where: str) -> dict:
+    return dict(question=_get(rec, "text_prompt", where), answer_a=_get(rec, "answer_a", where),
+                answer_b=_get(rec, "answer_b", where), label=_binary_label(rec, where),
+                id=_str_id(rec, "id", where))
+
+
+def _audio_hh(rec: dict, where: str) -> dict:
+    """question None unless the row has one: the template supplies the reference's fixed question."""
+    audio = _get(rec, "audio_prompt", where)
+    kw = dict(question=_get(rec, "question", where, optional=True), answer_a=_get(rec, "answer_a", where),
+              answer_b=_get(rec, "answer_b", where), label=_binary_label(rec, where), audios=[audio],
+              id=_str_id(rec, "id", where))
+    if audio.strip() == PLACEHOLDER:
+        raise _Bad("placeholder_path", f"{where}: audio_prompt is the release's anonymised placeholder "
+                   f"{PLACEHOLDER!r}, not a file; give each row its real audio path (the spoken text_prompt)", kw)
+    return kw
+
+
+def _sharegpt(media_root: str | None) -> Callable[[dict, str], dict]:
+    def parse(rec: dict, where: str) -> dict:
+        """The release's `video` is a placeholder: fall back to <media_root>/<id without _N>.<ext> (MSR-VTT)."""
+        rid = _get(rec, "id", where)
+        video = _get(rec, "video", where).replace("\\", "/").strip()  # as the reference script normalises it
+        kw = dict(id=rid, question=_get(rec, "query", where), answer_a=_get(rec, "answer_a", where),
+                  answer_b=_get(rec, "answer_b", where), label=_binary_label(rec, where))
+        placeholder = video == PLACEHOLDER
+        if media_root is None:
+            if placeholder:
+                raise _Bad("placeholder_path", f"{where} (id {rid!r}): video is the release's anonymised placeholder "
+                           f"{PLACEHOLDER!r}; give a media root holding <video id>.mp4 (e.g. video1026.mp4)", kw)
+            return dict(kw, videos=[video])
+        if not placeholder and os.path.isfile(os.path.join(media_root, video)):
+            return dict(kw, videos=[video])
+        vid = re.sub(r"_\d+$", "", rid)
+        tried = [vid + ext for ext in VIDEO_EXTS]
+        for name in tried:
+            if os.path.isfile(os.path.join(media_root, name)):
+                return dict(kw, videos=[name])
+        raise _Bad("missing_file", f"{where} (id {rid!r}): video {video!r} not found; tried "
+                   f"{', '.join(os.path.join(media_root, n) for n in tried)}", kw)
+    return parse
+
+
+def _mm_category(cat: str, rid: str) -> str:
+    """The reference eval's breakdown: safety -> bias/toxicity, reasoning -> math/coding, by ID prefix."""
+    if cat == "safety":
+        return "safety/bias" if rid.lower().startswith("pairs") else "safety/toxicity"
+    if cat == "reasoning":
+        return "reasoning/math" if rid.lower().startswith("math") else "reasoning/coding"
+    return cat
+
+
+def _mm_rewardbench(rec: dict, where: str) -> dict:
+    """Text is kept as stored, None included (the reference's f-string prints it as 'None'; the runner formats it).
+    Better other than Output1/Output2 gives label None, as the reference's Label (scored as wrong)."""
+    rid = _get(rec, "ID", where, (str, int))
+    rid = str(rid)
+    cat = _get(rec, "Category", where, optional=True) or "unknown"  # the reference's ex.get("Category", "unknown")
+    better = rec.get("Better")
+    return dict(id=rid, question=_get(rec, "Text", where, optional=True), images=[_get(rec, "Image", where)],
+                answer_a=_get(rec, "Output1", where), answer_b=_get(rec, "Output2", where),
+                label={"Output1": "A", "Output2": "B"}.get(better) if isinstance(better, str) else None,
+                category=_mm_category(cat, rid))
+
+
+def _vl_rewardbench(rec: dict, where: str) -> dict:
+    """label from human_ranking as the reference: bad = argmax (first maximum), good = 1 - bad; so [0, 1] -> A,
+    [1, 0] -> B and a tie [r, r] -> B (argmax picks 0 as the bad one)."""
+    resp = _get(rec, "response", where, (list, tuple))
+    if len(resp) != 2 or not all(isinstance(r, str) for r in resp):
+        raise _Bad("bad_field", f"{where}: field 'response' must be a list of two strings, got {_short(resp)}")
+    rank = _get(rec, "human_ranking", where, (list, tuple))
+    if len(rank) != 2 or not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in rank):
+        raise _Bad("bad_field", f"{where}: field 'human_ranking' must be a list of two numbers, got {_short(rank)}")
+    bad = max(range(2), key=lambda i: rank[i])  # max() keeps the first maximum, like np.argmax
+    data, path = _media(_get(rec, "image", where, (dict, bytes, str)))
+    if data is None and path is None:
+        raise _Bad("missing_field", f"{where}: field 'image' has neither bytes nor a path")
+    fields = _fields({k: v for k, v in rec.items() if k != "image"})
+    fields["image"] = {"path": path, "bytes": None if data is None else f"<{len(data)} bytes>"}
+    return dict(id=_str_id(rec, "id", where), question=_get(rec, "query", where), answer_a=resp[0],
+                answer_b=resp[1], label="A" if bad == 1 else "B", fields=fields,
+                images=[] if data is not None else [path], embedded={"images": [data]} if data is not None else {})
+
+
+_TA2T_LABELS = {"response1": "A", "response2": "B", "tie": "equal", "a": "A", "b": "B", "equal": "equal"}
+
+
+def _ta2t(rec: dict, where: str) -> dict:
+    """Audio bytes are embedded; else the path of `audio` (a string or the struct's path), then `audio_path`."""
+    pref = _get(rec, "criteria_preference", where)
+    label = _TA2T_LABELS.get(pref.strip().lower())
+    if label is None:
+        raise _Bad("bad_field", f"{where}: field 'criteria_preference' must be response1/response2/tie, got {pref!r}")
+    data, path = _media(_get(rec, "audio", where, (dict, bytes, str), optional=True))
+    path = path or _get(rec, "audio_path", where, optional=True) or None
+    if data is None and path is None:
+        raise _Bad("missing_field", f"{where}: neither 'audio' (bytes or path) nor 'audio_path' is given")
+    fields = _fields({k: v for k, v in rec.items() if k != "audio"})
+    if "audio" in rec:
+        fields["audio"] = {"path": _media(rec["audio"])[1], "bytes": None if data is None else f"<{len(data)} bytes>"}
+    return dict(id=_str_id(rec, "id", where), question=_get(rec, "prompt", where),
+                answer_a=_get(rec, "response1", where), answer_b=_get(rec, "response2", where), label=label,
+                fields=fields, audios=[] if data is not None else [path],
+                embedded={"audios": [data]} if data is not None else {})
+
+
+# ---------------------------------------------------------------- public API
+
+READERS: dict[str, Callable[[str, str | None], Iterator[BenchRow]]] = {
+    "hh_rlhf": lambda path, media_root=None: _rows(path, _jsonl(path), _hh),
+    "audio_hh_rlhf": lambda path, media_root=None: _rows(path, _jsonl(path), _audio_hh),
+    "sharegpt_video": lambda path, media_root=None: _rows(path, _jsonl(path), _sharegpt(media_root)),
+    "mm_rewardbench": lambda path, media_root=None: _rows(path, _json_list(path), _mm_rewardbench),
+    "vl_rewardbench": lambda path, media_root=None: _rows(path, _parquet(path), _vl_rewardbench),
+    "ta2t": lambda path, media_root=None: _rows(path, _any_format(path), _ta2t),
+}
+
+
+def read_benchmark(name: str, path: str, *, media_root: str | None = None, limit: int | None = None) -> list[BenchRow]:
+    """All rows of a released benchmark file (the first `limit` if given), in file order."""
+    protocol(name)  # KeyError naming the known benchmarks
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    path = os.fspath(path)
+    _check_file(path)
+    return list(itertools.islice(READERS[name](path, media_root), limit))

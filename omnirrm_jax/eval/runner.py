@@ -1,0 +1,315 @@
+"""Judging a benchmark: every row in the orders asked for, with the benchmark's reference protocol, written to a
+resumable judgements file.
+
+The file has one JSON line per (row, order): the row's own fields, plus "benchmark", "index" (0-based row position),
+"row_id" (the row's id as a string, checked on resume and re-scoring),
+"order" ("AB" as stored / "BA" exchanged), "seed", "template", "output" (the raw generated text, in the shown order)
+and "probs" (P(A), P(B), P(equal) at the verdict, in the shown labels; `eval.verdict`), or "error" ({"reason",
+"detail"}: the row could not be judged - a missing media file, a malformed line - and output is null). Metrics are
+computed from this file alone (`eval.score`), so a run can be re-scored without a model.
+
+Resumable: lines are appended batch by batch and flushed; a rerun keeps every complete line, cuts a partial last
+line, and judges only what is missing. Error lines are dropped (the file is rewritten atomically) and retried, so
+a fixed --media-root heals a run. A file holding another benchmark's or another data file's judgements (a row id at
+an index that differs), or another seed's, is refused rather than mixed in. A run stops when more than
+`max_error_ratio` of its rows fail (after `min_rows_for_ratio`), naming the commonest reasons.
+
+Sampled benchmarks (VL-RewardBench, Multimodal RewardBench) draw each batch with a key folded from the seed and the
+batch's first (row, order), so a run is reproducible for the same data, batch size and seed (a resumed run batches
+differently and may draw differently).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+from typing import Any, Iterator
+
+from omnirrm_jax.eval.benchmarks import BenchRow, Protocol, reference_order
+
+_SNIFF = ((b"\x89PNG", ".png"), (b"\xff\xd8", ".jpg"), (b"GIF8", ".gif"), (b"RIFF", ".wav"), (b"fLaC", ".flac"),
+          (b"ID3", ".mp3"), (b"OggS", ".ogg"))
+
+
+class EvalError(ValueError):
+    """A run that cannot start or must stop (unusable output file, too many bad rows): printed without a traceback."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """orders: "both" (AB and BA for every row: the omnirrm metric) or "reference" (only each row's reference order).
+    decoding overrides: None keeps the protocol's. batch_size counts prompts (a row in both orders is two)."""
+
+    orders: str = "both"
+    seed: int = 0
+    batch_size: int = 8
+    max_new_tokens: int | None = None
+    greedy: bool | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_length: int = 16384
+    max_error_ratio: float = 0.5
+    min_rows_for_ratio: int = 20
+    window_batches: int = 8
+
+
+def row_orders(proto: Protocol, row: BenchRow, opts: RunOptions) -> tuple[str, ...]:
+    if opts.orders == "both":
+        return ("AB", "BA")
+    if opts.orders == "reference":
+        return (reference_order(proto, row.index, opts.seed),)
+    raise EvalError(f"orders must be 'both' or 'reference', got {opts.orders!r}")
+
+
+def decoding(proto: Protocol, opts: RunOptions) -> tuple[int, dict | None]:
+    """(max_new_tokens, sampling dict or None for greedy) after the overrides."""
+    greedy = proto.greedy if opts.greedy is None else opts.greedy
+    new = opts.max_new_tokens or proto.max_new_tokens
+    if greedy:
+        return new, None
+    return new, {"temperature": opts.temperature or proto.temperature or 1.0,
+                 "top_p": proto.top_p if opts.top_p is None else opts.top_p}
+
+
+# ----------------------------------------------------------------------------------------------------
+# The judgements file
+# ----------------------------------------------------------------------------------------------------
+
+def read_lines(path: str) -> list[dict]:
+    """The complete judgement lines of `path` (a partial last line is ignored; a bad line before it is an error)."""
+    if not os.path.exists(path):
+        return []
+    with open(path, "rb") as f:
+        raw = f.read().split(b"\n")
+    out = []
+    for i, line in enumerate(raw):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line.decode("utf-8"))
+            if not isinstance(obj, dict) or "index" not in obj or obj.get("order") not in ("AB", "BA"):
+                raise ValueError("not a judgement line (needs 'index' and 'order')")
+        except (UnicodeDecodeError, ValueError) as e:
+            if i >= len(raw) - 2 and not raw[-1].strip() or i == len(raw) - 1:  # the last line: cut off and redone
+                break
+            raise EvalError(f"{path} line {i + 1} is not a judgement line ({e}); use a new output file") from None
+        out.append(obj)
+    return out
+
+
+def _check_owner(lines: list[dict], rows: list[BenchRow], proto: Protocol, seed: int, path: str) -> None:
+    ids = {r.index: r.id for r in rows}
+    for n, ln in enumerate(lines, 1):
+        if ln.get("benchmark") != proto.name:
+            raise EvalError(f"{path} holds {ln.get('benchmark')!r} judgements, not {proto.name!r}; use a new file")
+        if ln.get("seed") != seed:
+            raise EvalError(f"{path} was run with seed {ln.get('seed')}, this run uses {seed}; use a new file or "
+                            "the same --seed")
+        i = ln["index"]
+        if i in ids and ln.get("row_id") != (None if ids[i] is None else str(ids[i])):
+            raise EvalError(f"{path}: judgement {n} is for row {i} with id {ln.get('row_id')!r}, but the data file's row "
+                            f"{i} has id {ids[i]!r}: the output belongs to another data file; use a new file")
+
+
+def resume(path: str, rows: list[BenchRow], proto: Protocol, seed: int) -> set[tuple[int, str]]:
+    """(index, order) already judged in `path`. Rewrites the file without error lines and any partial last line."""
+    lines = read_lines(path)
+    _check_owner(lines, rows, proto, seed, path)
+    keep = [ln for ln in lines if not ln.get("error")]
+    seen: set[tuple[int, str]] = set()
+    unique = []
+    for ln in keep:
+        key = (int(ln["index"]), ln["order"])
+        if key not in seen:
+            seen.add(key)
+            unique.append(ln)
+    if os.path.exists(path) and (len(unique) != len(lines) or _has_partial_tail(path)):
+        _rewrite(path, unique)
+    return seen
+
+
+def _has_partial_tail(path: str) -> bool:
+    with open(path, "rb") as f:
+        data = f.read()
+    return bool(data) and not data.endswith(b"\n")
+
+
+def _rewrite(path: str, lines: list[dict]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".judgements.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        for ln in lines:
+            f.write(json.dumps(ln, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _line(proto: Protocol, row: BenchRow, order: str, seed: int, **result: Any) -> dict:
+    return {**row.fields, "benchmark": proto.name, "index": row.index, "row_id": None if row.id is None else str(row.id),
+            "order": order, "seed": seed,
+            "template": proto.template, "output": None, "error": None, "probs": None, **result}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Rows -> prepared pairs
+# ----------------------------------------------------------------------------------------------------
+
+def _materialise(row: BenchRow, media_dir: str) -> dict[str, list[str]]:
+    """Media bytes carried in the file -> files under `media_dir` (one per row and item, reused on resume)."""
+    out: dict[str, list[str]] = {}
+    for kind, blobs in row.embedded.items():
+        paths = []
+        for k, blob in enumerate(blobs):
+            ext = next((e for magic, e in _SNIFF if blob.startswith(magic)), ".bin")
+            name = f"{row.index}_{kind}_{k}{ext}"
+            full = os.path.join(media_dir, name)
+            if not os.path.exists(full):
+                with open(full + ".tmp", "wb") as f:
+                    f.write(blob)
+                os.replace(full + ".tmp", full)
+            paths.append(name)
+        out[kind] = paths
+    return out
+
+
+def to_pair(proto: Protocol, row: BenchRow, embedded_paths: dict[str, list[str]]) -> dict:
+    """A benchmark row -> a judge pair (`eval.pairs`) with the protocol's template."""
+    question = row.question
+    if question is None and proto.template == "mm_rewardbench":
+        question = "None"  # the reference's f-string formats a null Text as "None"
+    pair = {"question": question, "answer_a": row.answer_a, "answer_b": row.answer_b, "modality": proto.modality,
+            "template": proto.template, "images": list(row.images), "videos": list(row.videos),
+            "audios": list(row.audios)}
+    for kind, paths in embedded_paths.items():
+        pair[kind] = paths
+    if row.id is not None:
+        pair["id"] = str(row.id)
+    return pair
+
+
+class BenchmarkRun:
+    """One benchmark over one loaded judge (`cli_judge.Judge` supplies model, config, tokenizer)."""
+
+    def __init__(self, judge, proto: Protocol, opts: RunOptions, *, media_root: str, output: str):
+        self.judge, self.proto, self.opts = judge, proto, opts
+        self.media_root, self.output = os.path.abspath(media_root), output
+        self.media_dir = output + ".media"
+        self.max_new_tokens, self.sampling = decoding(proto, opts)
+        if opts.batch_size < (2 if opts.orders == "both" else 1):
+            raise EvalError(f"--batch-size {opts.batch_size} cannot hold a row in both orders")
+
+    def prepare(self, row: BenchRow, orders: tuple[str, ...], tok) -> Any:
+        """A `PreparedPair` (key = row index) or the row's error lines."""
+        from data_prep.rows import RowOptions
+        from omnirrm_jax.eval import pairs
+
+        try:
+            if row.error is not None:
+                raise pairs.PairError(*row.error)
+            embedded = {}
+            root = self.media_root
+            if row.embedded:
+                os.makedirs(self.media_dir, exist_ok=True)
+                embedded, root = _materialise(row, self.media_dir), self.media_dir
+            opts = RowOptions(media_root=root, media=self.proto.media_config())
+            pair = pairs.check_pair(to_pair(self.proto, row, embedded))
+            return pairs.prepare_pair(pair, row.index, tok, self.judge.cfg, opts, orders=orders,
+                                      max_length=self.opts.max_length)
+        except pairs.PairError as e:
+            err = {"reason": e.reason, "detail": e.detail}
+        except Exception as e:  # noqa: BLE001 - one broken row (or a decoder bug) must not stop a long run
+            err = {"reason": "internal_error", "detail": f"{type(e).__name__}: {e}"}
+        return [_line(self.proto, row, o, self.opts.seed, error=err) for o in orders]
+
+    def judge_group(self, group: list[tuple[BenchRow, tuple[str, ...], Any]]) -> list[dict]:
+        import jax
+
+        from omnirrm_jax.eval import pairs
+        from omnirrm_jax.eval.judge import judge_with_verdicts
+
+        exs = [ex for _, _, p in group for ex in p.examples]
+        batch = pairs.make_batch(exs, self.opts.batch_size, self.judge.tok, self.judge.cfg)
+        first = group[0]
+        rng = jax.random.fold_in(jax.random.key(self.opts.seed), 2 * first[0].index + (first[1][0] == "BA"))
+        results = judge_with_verdicts(self.judge.model, self.judge.tok, batch, max_new_tokens=self.max_new_tokens,
+                                      decoding=self.sampling, rng=rng)
+        out, i = [], 0
+        for row, orders, _ in group:
+            for o in orders:
+                r = results[i]
+                i += 1
+                out.append(_line(self.proto, row, o, self.opts.seed, output=r["text"],
+                                 probs=None if r["verdict"] is None else dict(r["verdict"].probs)))
+        return out
+
+    def _groups(self, prepared: list[tuple[BenchRow, tuple[str, ...], Any]]) -> Iterator[list]:
+        """Rows whose examples fill a batch, shortest prompts together (less padding)."""
+        group, n = [], 0
+        for item in sorted(prepared, key=lambda t: t[2].tokens):
+            k = len(item[2].examples)
+            if group and n + k > self.opts.batch_size:
+                yield group
+                group, n = [], 0
+            group.append(item)
+            n += k
+        if group:
+            yield group
+
+    def run(self, rows: list[BenchRow], *, progress: bool = True) -> dict[str, Any]:
+        """Judges what `output` lacks; returns counts of this run."""
+        from tqdm import tqdm
+
+        from omnirrm_jax.eval.cli_judge import _thread_copy
+
+        done = resume(self.output, rows, self.proto, self.opts.seed)
+        todo = []
+        for row in rows:
+            missing = tuple(o for o in row_orders(self.proto, row, self.opts) if (row.index, o) not in done)
+            if missing:
+                todo.append((row, missing))
+        per = max(1, self.opts.batch_size // (2 if self.opts.orders == "both" else 1))
+        window = per * self.opts.window_batches
+        chunks = [todo[i:i + window] for i in range(0, len(todo), window)]
+        counts: collections.Counter = collections.Counter()
+        errors: collections.Counter = collections.Counter()
+        prep_tok = _thread_copy(self.judge.tok)
+        prep = lambda chunk: [(r, o, self.prepare(r, o, prep_tok)) for r, o in chunk]  # noqa: E731
+        with open(self.output, "a", encoding="utf-8") as out, \
+                tqdm(total=len(rows), initial=len(rows) - len(todo), unit="row", file=sys.stderr,
+                     disable=not progress, desc=self.proto.name) as bar, cf.ThreadPoolExecutor(1) as pool:
+            nxt = pool.submit(prep, chunks[0]) if chunks else None
+            for c in range(len(chunks)):
+                prepared = nxt.result()
+                nxt = pool.submit(prep, chunks[c + 1]) if c + 1 < len(chunks) else None
+                bad = [t for t in prepared if isinstance(t[2], list)]
+                for _, _, lines in bad:
+                    _write(out, lines)
+                    errors[lines[0]["error"]["reason"]] += 1
+                counts["error_rows"] += len(bad)
+                bar.update(len(bad))
+                for group in self._groups([t for t in prepared if not isinstance(t[2], list)]):
+                    lines = self.judge_group(group)
+                    _write(out, lines)
+                    counts["judged_rows"] += len(group)
+                    counts["judgements"] += len(lines)
+                    bar.update(len(group))
+                seen = counts["error_rows"] + counts["judged_rows"]
+                if seen >= self.opts.min_rows_for_ratio and counts["error_rows"] > self.opts.max_error_ratio * seen:
+                    if nxt is not None:
+                        nxt.cancel()
+                    top = ", ".join(f"{k} x{v}" for k, v in errors.most_common(3))
+                    raise EvalError(f"{self.proto.name}: {counts['error_rows']} of {seen} rows could not be judged "
+                                    f"(> {self.opts.max_error_ratio:.0%}; {top}); see the error lines in "
+                                    f"{self.output} - check --media-root and the data file. Judged rows are kept.")
+        return {"rows": len(rows), "already_done_rows": len(rows) - len(todo), **counts, "errors": dict(errors)}
+
+
+def _write(out, lines: list[dict]) -> None:
+    for ln in lines:
+        out.write(json.dumps(ln, ensure_ascii=False) + "\n")
+    out.flush()
