@@ -58,9 +58,9 @@ class BenchRow:
     category: str | None = None
     error: tuple[str, str] | None = None
 
-    def where(self, path: str) -> str:
-        """'FILE line N' / 'FILE row N' for error messages."""
-        return f"{path} line {self.line}" if self.line is not None else f"{path} row {self.index}"
+
+# The ms-swift media env of every reference inference script (FPS left at qwen-omni-utils' 2).
+INFERENCE_MEDIA_ENV = (("MAX_PIXELS", "1003520"), ("VIDEO_MAX_PIXELS", "50176"), ("FPS_MAX_FRAMES", "20"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +70,7 @@ class Protocol:
     template: the `rubric.prompts` template. modality: the judge modality (media tag and pipeline path).
     greedy / temperature / top_p / max_new_tokens: the reference's RequestConfig. order: "stored" or "seeded_random"
     (VL-RewardBench shuffles A/B per row). media_env: the ms-swift env vars of the inference script
-    (`MediaConfig.from_env`). order_field: a template field that names the shown order ("A-B" / "B-A"; Multimodal
-    RewardBench's prompt says it). title: the report's column name. published_key: the column of `PUBLISHED`.
+    (`MediaConfig.from_env`). title: the report's column name.
     """
 
     name: str
@@ -83,19 +82,10 @@ class Protocol:
     top_p: float = 1.0
     max_new_tokens: int = 2048
     order: str = "stored"
-    order_field: str | None = None
-    media_env: tuple[tuple[str, str], ...] = (("MAX_PIXELS", "1003520"), ("VIDEO_MAX_PIXELS", "50176"),
-                                              ("FPS_MAX_FRAMES", "20"))
-    published_key: str | None = None
+    media_env: tuple[tuple[str, str], ...] = INFERENCE_MEDIA_ENV
 
     def media_config(self) -> MediaConfig:
         return MediaConfig.from_env(dict(self.media_env))
-
-    def template_extra(self, order: str) -> dict[str, str]:
-        """Extra template fields for a shown order (e.g. {"order": "B-A"})."""
-        if self.order_field is None:
-            return {}
-        return {self.order_field: "A-B" if order == "AB" else "B-A"}
 
 
 # Decoding and media limits as in the reference's inference scripts (inference/*/infer_lora*.py): greedy with 2048 new
@@ -104,13 +94,12 @@ class Protocol:
 # at qwen-omni-utils' 2). TA2T has no reference script: the audio judge prompt, greedy, like Audio-HH-RLHF.
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol("vl_rewardbench", "VL-RewardBench", "vl_reward", "image", greedy=False, temperature=0.7, top_p=0.9,
-             max_new_tokens=4096, order="seeded_random", published_key="vl_rewardbench"),
+             max_new_tokens=4096, order="seeded_random"),
     Protocol("mm_rewardbench", "Multimodal RewardBench", "mm_rewardbench", "image", greedy=False, temperature=0.7,
-             top_p=0.9, max_new_tokens=4096, order_field="order", published_key="mm_rewardbench"),
-    Protocol("sharegpt_video", "ShareGPT-Video", "sharegpt_video", "video", greedy=True,
-             published_key="sharegpt_video"),
-    Protocol("audio_hh_rlhf", "Audio-HH-RLHF", "audio_hh_rlhf", "audio", greedy=True, published_key="audio_hh_rlhf"),
-    Protocol("ta2t", "TA2T", "audio_hh_rlhf", "audio", greedy=True, published_key="ta2t"),
+             top_p=0.9, max_new_tokens=4096),
+    Protocol("sharegpt_video", "ShareGPT-Video", "sharegpt_video", "video", greedy=True),
+    Protocol("audio_hh_rlhf", "Audio-HH-RLHF", "audio_hh_rlhf", "audio", greedy=True),
+    Protocol("ta2t", "TA2T", "audio_hh_rlhf", "audio", greedy=True),
     Protocol("hh_rlhf", "HH-RLHF", "hh_rlhf", "text", greedy=True),
 )}
 BENCHMARKS = tuple(PROTOCOLS)

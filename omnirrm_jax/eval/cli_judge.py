@@ -55,6 +55,9 @@ def add_judge_parser(sub) -> None:
     p.add_argument("--constrained", action="store_true", help="schema-constrained decoding (always parses)")
     p.add_argument("--max-new-tokens", type=int, default=1024, help="judgement length cap")
     p.add_argument("--max-length", type=int, default=8192, help="longer prompts are refused (error record)")
+    p.add_argument("--media-limits", choices=("inference", "sft"), default="inference",
+                   help="image/video limits: the reference inference scripts' (MAX_PIXELS 1003520, VIDEO_MAX_PIXELS "
+                        "50176, 20 frames at 2 fps) or the SFT run's")
     p.add_argument("--verdict-field", choices=("better", "final_verdict"), default="better",
                    help="where verdict probabilities are read (see omnirrm_jax/eval/verdict.py)")
     p.set_defaults(func=main)
@@ -138,8 +141,12 @@ class Judge:
 
     def __init__(self, model, cfg, tok, *, swap: bool = False, constrained: bool = False, max_new_tokens: int = 1024,
                  max_length: int = 8192, batch_size: int = 8, field: str = "better", modality: str | None = None,
-                 template: str | None = None):
+                 template: str | None = None, media_limits: str = "inference"):
+        from omnirrm_jax.data.media import MediaConfig
+        from omnirrm_jax.eval.benchmarks import INFERENCE_MEDIA_ENV
+
         self.model, self.cfg, self.tok = model, cfg, tok
+        self.media = MediaConfig.from_env(dict(INFERENCE_MEDIA_ENV)) if media_limits == "inference" else MediaConfig()
         self.swap, self.constrained, self.field = swap, constrained, field
         self.max_new_tokens, self.max_length, self.batch_size = max_new_tokens, max_length, batch_size
         self.modality, self.template = modality, template
@@ -158,7 +165,7 @@ class Judge:
         model, cfg, tok = load_judge(args.checkpoint, lora=args.lora, tokenizer=args.tokenizer, dtype=args.dtype)
         return cls(model, cfg, tok, swap=args.swap, constrained=args.constrained, max_new_tokens=args.max_new_tokens,
                    max_length=args.max_length, batch_size=batch_size or args.batch_size, field=args.verdict_field,
-                   modality=args.modality, template=args.template)
+                   modality=args.modality, template=args.template, media_limits=args.media_limits)
 
     def prepare(self, key: Any, row: Any, opts, tok=None):
         """A `PreparedPair`, or an error record; never raises for a bad row. `tok`: this thread's tokenizer."""
@@ -206,7 +213,7 @@ class Judge:
         """(key, row) pairs -> records in the same order (error records for bad rows)."""
         from data_prep.rows import RowOptions
 
-        opts = RowOptions(media_root=media_root)
+        opts = RowOptions(media_root=media_root, media=self.media)
         done: dict[Any, dict] = {}
         ready = []
         for key, row in rows:
@@ -232,7 +239,7 @@ class Judge:
         rows = list(read_pairs(input_path))
         done = resume_output(output_path)
         pending = [(n, r) for n, r in rows if n not in done]
-        opts = RowOptions(media_root=media_root or os.path.dirname(os.path.abspath(input_path)))
+        opts = RowOptions(media_root=media_root or os.path.dirname(os.path.abspath(input_path)), media=self.media)
         window = self.batch_size * window_batches
         chunks = [pending[i:i + window] for i in range(0, len(pending), window)]
         stats: dict[str, Any] = collections.Counter()

@@ -93,11 +93,12 @@ def chart(name: str, scores: dict[str, dict], path: str) -> None:
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(13, 5.5))
     for i, (label, row) in enumerate(series.items()):
-        vals = [100 * row[c] if row.get(c) is not None else 0.0 for c in cols]
+        vals = [100 * row[c] if row.get(c) is not None else np.nan for c in cols]  # not run: no bar
         ours = label.startswith(name + " (")
         ax.bar(x - 0.4 + (i + 0.5) * width, vals, width, label=label, edgecolor="black" if ours else None,
                linewidth=1.2 if ours else 0, hatch="//" if label.endswith("(omnirrm)") else None)
-    ax.set_xticks(x, [PROTOCOLS[c].title if c in PROTOCOLS else "Overall" for c in cols])
+    ax.set_xticks(x, [PROTOCOLS[c].title.replace(" ", "\n", 1) if c in PROTOCOLS else "Overall\n(mean of 5)"
+                      for c in cols])
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.axhline(50, color="grey", linewidth=0.8, linestyle=":")
