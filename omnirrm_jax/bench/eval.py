@@ -14,6 +14,7 @@ protocol samples (temperature 0.7, top-p 0.9), so all sides do the same generati
 * (a) the reference's way: transformers `generate`, one row at a time (its PtEngine ran max_batch_size=1);
   timed on `--hf-single-rows` rows and reported per row.
 * (b) transformers batched `generate`: the same batches of B, left-padded.
+Each side runs in its own process (`--side`), so neither inherits the other's memory pool.
 """
 
 from __future__ import annotations
@@ -142,49 +143,76 @@ def bench_hf(model, group_list: list[list[dict]], new: int, warm: bool = True) -
     return {"rows": n, "seconds": seconds, "judgements_per_s": n / seconds, "attn": model.config._attn_implementation}
 
 
+def _side(args, side: str) -> dict:
+    """One side in its own process: JAX's allocator keeps its pool after a model is dropped, and transformers then
+    runs out of memory beside it (seen on an H100)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, f"{side}.json")
+        argv = [sys.executable, "-m", "omnirrm_jax.cli", "bench", "eval", "--side", side, "--preset", args.preset,
+                "--rows", str(args.rows), "--batch", str(args.batch), "--new", str(args.new),
+                "--hf-single-rows", str(args.hf_single_rows), "--json", out]
+        subprocess.run(argv, check=True)
+        with open(out) as f:
+            return json.load(f)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="omnirrm bench eval", description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="omni_7b")
     p.add_argument("--rows", type=int, default=48, help="rows in the mix (ours and HF batched)")
-    p.add_argument("--batch", type=int, default=16, help="prompts per batch (ours and HF batched)")
+    p.add_argument("--batch", type=int, default=8, help="prompts per batch (ours and HF batched)")
     p.add_argument("--new", type=int, default=512, help="tokens per judgement")
     p.add_argument("--hf-single-rows", type=int, default=3, help="rows timed one at a time for baseline (a)")
+    p.add_argument("--side", choices=("all", "ours", "hf"), default="all",
+                   help="all: each side in its own process (the default), then the comparison")
     p.add_argument("--no-hf", action="store_true")
     p.add_argument("--json", default=None, help="also write results here")
     args = p.parse_args(argv)
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # transformers shares the card
-
+    if args.side == "all":
+        result = _side(args, "ours")
+        if not args.no_hf:
+            hf = _side(args, "hf")
+            result.update({k: hf[k] for k in ("hf_batched", "hf_single")})
+            ours = result["ours"]["judgements_per_s"]
+            result["speedup_vs_single"] = ours / result["hf_single"]["judgements_per_s"]
+            result["speedup_vs_batched"] = ours / result["hf_batched"]["judgements_per_s"]
+            print(f"[{result['device']}] {args.preset}: ours {ours:.2f} judgements/s = "
+                  f"{result['speedup_vs_single']:.1f}x HF one at a time, {result['speedup_vs_batched']:.1f}x HF "
+                  f"batched (B={args.batch})", flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=2)
+        return 0
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     import jax
 
     from omnirrm_jax.bench.decode import _init_model
     from omnirrm_jax.models import config as C
 
     cfg = C.PRESETS[args.preset](dtype="bfloat16", param_dtype="bfloat16")
-    device = jax.devices()[0].device_kind
     rows = make_mix(cfg, args.rows)
-    result = {"device": device, "preset": args.preset, "rows": args.rows, "batch": args.batch, "new": args.new,
+    result = {"preset": args.preset, "rows": args.rows, "batch": args.batch, "new": args.new,
               "mean_prompt_tokens": float(np.mean([len(r["ids"]) for r in rows]))}
-    model = _init_model(cfg)
-    result["ours"] = bench_ours(cfg, model, rows, args.batch, args.new)
-    print(f"[{device}] ours: {result['ours']['judgements_per_s']:.2f} judgements/s", flush=True)
-    del model
-    if not args.no_hf:
-        import gc
+    if args.side == "ours":
+        result["device"] = jax.devices()[0].device_kind
+        result["ours"] = bench_ours(cfg, _init_model(cfg), rows, args.batch, args.new)
+        print(f"[{result['device']}] ours: {result['ours']['judgements_per_s']:.3f} judgements/s", flush=True)
+    else:
+        import torch
 
-        gc.collect()
+        result["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
         hf = _hf_model(cfg)
         result["hf_batched"] = bench_hf(hf, batches(rows, args.batch), args.new)
-        print(f"[{device}] HF batched generate: {result['hf_batched']['judgements_per_s']:.3f} judgements/s",
+        print(f"[{result['device']}] HF batched generate: {result['hf_batched']['judgements_per_s']:.3f} "
+              "judgements/s", flush=True)
+        # rows of each image size, one at a time (a row's cost does not depend on the others)
+        result["hf_single"] = bench_hf(hf, [[r] for r in rows[:args.hf_single_rows]], args.new)
+        print(f"[{result['device']}] HF one at a time: {result['hf_single']['judgements_per_s']:.3f} judgements/s",
               flush=True)
-        # one row of each image size, one at a time (a row's cost does not depend on the others)
-        single = [[r] for r in rows[:args.hf_single_rows]]
-        result["hf_single"] = bench_hf(hf, single, args.new)
-        print(f"[{device}] HF one at a time: {result['hf_single']['judgements_per_s']:.3f} judgements/s", flush=True)
-        ours = result["ours"]["judgements_per_s"]
-        result["speedup_vs_single"] = ours / result["hf_single"]["judgements_per_s"]
-        result["speedup_vs_batched"] = ours / result["hf_batched"]["judgements_per_s"]
-        print(f"[{device}] {args.preset}: ours {ours:.2f} judgements/s = {result['speedup_vs_single']:.1f}x HF one "
-              f"at a time, {result['speedup_vs_batched']:.1f}x HF batched (B={args.batch})", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

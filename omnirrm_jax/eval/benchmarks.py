@@ -26,7 +26,8 @@ from omnirrm_jax.data.media import MediaConfig
 LABELS = ("A", "B", "equal")
 ORDERS = ("AB", "BA")
 # Keys a judgement line adds next to the row's own fields (a reader renames a clashing row field to "row_<key>").
-RESERVED = frozenset({"benchmark", "index", "row_id", "order", "output", "error", "probs", "seed", "template"})
+RESERVED = frozenset({"benchmark", "index", "row_hash", "order", "orders", "decoding", "output", "error", "probs",
+                      "seed", "template"})
 
 
 @dataclasses.dataclass

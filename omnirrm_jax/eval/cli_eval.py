@@ -102,24 +102,29 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from omnirrm_jax.eval import benchmarks as B
     from omnirrm_jax.eval.cli_judge import Judge, UsageError, load_judge
     from omnirrm_jax.eval.readers import BenchmarkFileError, read_benchmark
-    from omnirrm_jax.eval.runner import BenchmarkRun, EvalError
+    from omnirrm_jax.eval.runner import BenchmarkRun, EvalError, RunStopped, read_lines
     from omnirrm_jax.eval.score import score
 
     proto = B.protocol(args.bench)
     media_root = args.media_root or os.path.dirname(os.path.abspath(args.data))
+    stopped = None
     try:
         rows = read_benchmark(args.bench, args.data, media_root=media_root, limit=args.limit)
         model, cfg, tok = load_judge(args.checkpoint, lora=args.lora, tokenizer=args.tokenizer, dtype=args.dtype)
         judge = Judge(model, cfg, tok, batch_size=args.batch_size)
         run = BenchmarkRun(judge, proto, _options(args), media_root=media_root, output=args.judgements)
-        summary = run.run(rows)
-        from omnirrm_jax.eval.runner import read_lines
-
+        try:
+            summary = run.run(rows)
+        except RunStopped as e:  # what was judged is still scored, and the reason printed
+            stopped, summary = str(e), {**e.summary, "stopped": str(e)}
         report = score(proto, rows, read_lines(args.judgements), path=args.judgements,
-                       literal_labels=args.literal_labels)
+                       literal_labels=args.literal_labels, subset=args.limit is not None)
     except (BenchmarkFileError, EvalError, UsageError) as e:
         return _fail(e)
     _dump({**report, "run": summary}, args.json)
+    if stopped is not None:  # the scores above are partial
+        print(f"omnirrm eval: stopped: {stopped}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -70,7 +70,8 @@ def _bootstrap_ci(scores: list[float], n_resamples: int, seed: int) -> list[floa
 
 
 def omnirrm_metric(rows: list[BenchRow], lines: dict[tuple[int, str], dict], *, template: str | None = None,
-                   bootstrap: int = 1000, seed: int = 0, categories: bool = False) -> dict[str, Any]:
+                   bootstrap: int = 1000, seed: int = 0, categories: bool = False,
+                   expected: dict[int, tuple[str, ...]] | None = None) -> dict[str, Any]:
     """Score a judge's lines on `rows` (see the module docstring for why every labelled row counts).
 
     Args:
@@ -80,12 +81,15 @@ def omnirrm_metric(rows: list[BenchRow], lines: dict[tuple[int, str], dict], *, 
       template: the prompt template ("mm_rewardbench" accepts its score_1/score_2 keys).
       bootstrap / seed: resamples and seed of the percentile CI of `accuracy` (0 resamples: no CI).
       categories: also report accuracy per `row.category`.
+      expected: the orders each row was to be judged in (a run of only the reference's order shows VL-RewardBench
+        rows in one order each, some "AB", some "BA"); None: the orders the lines use, for every row.
     Returns:
       A JSON-serialisable dict. The run's orders are those its lines use ("AB" alone when none is "BA"); a row's
       score is the mean correctness over those orders, and an order a row lacks is a wrong, "missing" judgement.
     """
-    present = {order for (_, order) in lines}
+    present = {order for (_, order) in lines} if expected is None else {o for os_ in expected.values() for o in os_}
     orders = [o for o in ORDERS if o in present] or ["AB"]
+    orders_of = (lambda row: orders) if expected is None else (lambda row: expected.get(row.index, orders))  # noqa: E731
     labelled = [r for r in rows if r.label is not None]
 
     correct: dict[str, list[float]] = {o: [] for o in orders}
@@ -98,7 +102,8 @@ def omnirrm_metric(rows: list[BenchRow], lines: dict[tuple[int, str], dict], *, 
     for row in labelled:
         verdicts: dict[str, str | None] = {}
         rewards: list[float] = []
-        for order in orders:
+        mine = orders_of(row)
+        for order in mine:
             line = lines.get((row.index, order))
             verdict = None
             if line is None:
@@ -119,11 +124,11 @@ def omnirrm_metric(rows: list[BenchRow], lines: dict[tuple[int, str], dict], *, 
                     rewards.append(r)
             verdicts[order] = verdict
             correct[order].append(float(verdict == row.label))
-        score = float(np.mean([correct[o][-1] for o in orders]))
+        score = float(np.mean([correct[o][-1] for o in mine]))
         scores.append(score)
         if categories:
             by_cat.setdefault(row.category if row.category is not None else _NO_CATEGORY, []).append(score)
-        if len(orders) == 2 and None not in verdicts.values():
+        if len(mine) == 2 and None not in verdicts.values():
             n_consistency += 1
             consistent += verdicts["AB"] == verdicts["BA"]
         any_probs = any_probs or bool(rewards)

@@ -85,7 +85,7 @@ def check_pair(row: Any, *, modality: str | None = None) -> dict:
         pair["modality"] = prompts.modality_of(pair)
     except ValueError as e:
         raise PairError("bad_row", str(e)) from None
-    if pair.get("question") in (None, ""):
+    if pair.get("question") is None:  # an empty string is a question the prompt shows as is (the reference does)
         default = prompts.default_question(pair["modality"])
         if default is None:
             raise PairError("missing_field", f"'question' is missing (the {pair['modality']} prompt has no default)")

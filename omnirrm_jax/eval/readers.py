@@ -5,6 +5,10 @@ store the gold label; everything after a reader (runner, metrics, report) sees o
 judged becomes a `BenchRow` with `error` = (reason, detail naming file, line or row, and field), so one bad row never
 stops a run; only a whole-file problem raises `BenchmarkFileError`. Reasons: malformed_json, missing_field,
 bad_field, placeholder_path, missing_file.
+
+The gold label is read first, on its own, and kept on every error row whose label field is readable: such a row
+stays in the accuracy's population (a row that cannot be judged counts as wrong, not as unlabelled). Only a row whose
+label itself is missing or unreadable, or a line that is not a JSON object, has label None.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ class BenchmarkFileError(ValueError):
 
 
 class _Bad(Exception):
-    """One row cannot be judged: (reason, detail); `row` keeps what was read (question, answers, label) when only
-    the media is missing, so the error record still shows them."""
+    """One row cannot be judged: (reason, detail); `row` keeps what was read (question, answers) when only the
+    media is missing, so the error record still shows them. The gold label is not carried here: `_rows` reads it
+    before the rest of the row and puts it on the error row itself."""
 
     def __init__(self, reason: str, detail: str, row: dict | None = None):
         super().__init__(reason, detail)
@@ -175,22 +180,27 @@ def _media(v: Any) -> tuple[bytes | None, str | None]:
     return None, (v if isinstance(v, str) and v else None)
 
 
-def _rows(path: str, source: Iterator, parse: Callable[[dict, str], dict]) -> Iterator[BenchRow]:
-    """Turn each record into a BenchRow via parse(rec, where) -> BenchRow kwargs; a _Bad becomes an error row."""
+def _rows(path: str, source: Iterator, gold: Callable[[dict, str], str | None],
+          parse: Callable[[dict, str], dict]) -> Iterator[BenchRow]:
+    """Turn each record into a BenchRow: gold(rec, where) -> label first, then parse(rec, where) -> the other
+    BenchRow kwargs. A _Bad from either becomes an error row; it keeps the label whenever gold could read it (a bad
+    label field is itself the row's error, label None)."""
     for index, line, rec in source:
         where = f"{path} line {line}" if line is not None else f"{path} row {index}"
         if isinstance(rec, _Bad):
             yield BenchRow(index=index, line=line, error=rec.error)
             continue
+        label = None
         try:
+            label = gold(rec, where)
             kw = parse(rec, where)
         except _Bad as bad:
             rid = rec.get("id", rec.get("ID"))
             kw = {"id": None if rid is None else str(rid), "fields": _fields(rec), **bad.row}
-            yield BenchRow(index=index, line=line, error=bad.error, **kw)
+            yield BenchRow(index=index, line=line, error=bad.error, **dict(kw, label=label))
             continue
         kw.setdefault("fields", _fields(rec))
-        yield BenchRow(index=index, line=line, **kw)
+        yield BenchRow(index=index, line=line, **dict(kw, label=label))
 
 
 def _str_id(rec: dict, key: str, where: str, optional: bool = True) -> str | None:
@@ -202,15 +212,14 @@ def _str_id(rec: dict, key: str, where: str, optional: bool = True) -> str | Non
 
 def _hh(rec: dict, where: str) -> dict:
     return dict(question=_get(rec, "text_prompt", where), answer_a=_get(rec, "answer_a", where),
-                answer_b=_get(rec, "answer_b", where), label=_binary_label(rec, where),
-                id=_str_id(rec, "id", where))
+                answer_b=_get(rec, "answer_b", where), id=_str_id(rec, "id", where))
 
 
 def _audio_hh(rec: dict, where: str) -> dict:
     """question None unless the row has one: the template supplies the reference's fixed question."""
     audio = _get(rec, "audio_prompt", where)
     kw = dict(question=_get(rec, "question", where, optional=True), answer_a=_get(rec, "answer_a", where),
-              answer_b=_get(rec, "answer_b", where), label=_binary_label(rec, where), audios=[audio],
+              answer_b=_get(rec, "answer_b", where), audios=[audio],
               id=_str_id(rec, "id", where))
     if audio.strip() == PLACEHOLDER:
         raise _Bad("placeholder_path", f"{where}: audio_prompt is the release's anonymised placeholder "
@@ -224,7 +233,7 @@ def _sharegpt(media_root: str | None) -> Callable[[dict, str], dict]:
         rid = _get(rec, "id", where)
         video = _get(rec, "video", where).replace("\\", "/").strip()  # as the reference script normalises it
         kw = dict(id=rid, question=_get(rec, "query", where), answer_a=_get(rec, "answer_a", where),
-                  answer_b=_get(rec, "answer_b", where), label=_binary_label(rec, where))
+                  answer_b=_get(rec, "answer_b", where))
         placeholder = video == PLACEHOLDER
         if media_root is None:
             if placeholder:
@@ -252,48 +261,72 @@ def _mm_category(cat: str, rid: str) -> str:
     return cat
 
 
+def _mm_label(rec: dict, where: str) -> str | None:
+    """Better other than Output1/Output2 (or absent) gives label None, as the reference's Label (scored as wrong)."""
+    better = rec.get("Better")
+    return {"Output1": "A", "Output2": "B"}.get(better) if isinstance(better, str) else None
+
+
 def _mm_rewardbench(rec: dict, where: str) -> dict:
     """Text is kept as stored, None included (the reference's f-string prints it as 'None'; the runner formats it).
-    Better other than Output1/Output2 gives label None, as the reference's Label (scored as wrong)."""
+    Category as the reference's `ex.get("Category", "unknown")` prints it: an absent key is "unknown", a null one
+    stays None and is printed "None" (so the category is the string "None"); any other value is kept."""
     rid = _get(rec, "ID", where, (str, int))
     rid = str(rid)
-    cat = _get(rec, "Category", where, optional=True) or "unknown"  # the reference's ex.get("Category", "unknown")
-    better = rec.get("Better")
+    if "Category" not in rec:
+        cat = "unknown"
+    else:
+        cat = _get(rec, "Category", where, optional=True)
+        cat = "None" if cat is None else cat
     return dict(id=rid, question=_get(rec, "Text", where, optional=True), images=[_get(rec, "Image", where)],
                 answer_a=_get(rec, "Output1", where), answer_b=_get(rec, "Output2", where),
-                label={"Output1": "A", "Output2": "B"}.get(better) if isinstance(better, str) else None,
                 category=_mm_category(cat, rid))
 
 
+def _vl_label(rec: dict, where: str) -> str:
+    """label from human_ranking by the rule of the reference's eval.py (the script that prints the number): both
+    ranks as int(), a smaller rank is better, good = 0 if ranking[0] <= ranking[1] else 1; so [0, 1] -> A,
+    [1, 0] -> B and a tie [r, r] -> A. (infer_lora_vl.py's argmax would call a tie B; eval.py's count is the one
+    reported.)"""
+    rank = _get(rec, "human_ranking", where, (list, tuple))
+    try:
+        if len(rank) != 2 or not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in rank):
+            raise ValueError
+        first, second = int(rank[0]), int(rank[1])  # eval.py's parse_ranking; NaN / inf raise
+    except (ValueError, OverflowError):
+        raise _Bad("bad_field",
+                   f"{where}: field 'human_ranking' must be a list of two numbers, got {_short(rank)}") from None
+    return "A" if first <= second else "B"
+
+
 def _vl_rewardbench(rec: dict, where: str) -> dict:
-    """label from human_ranking as the reference: bad = argmax (first maximum), good = 1 - bad; so [0, 1] -> A,
-    [1, 0] -> B and a tie [r, r] -> B (argmax picks 0 as the bad one)."""
+    """The label is `_vl_label`'s (read before this)."""
     resp = _get(rec, "response", where, (list, tuple))
     if len(resp) != 2 or not all(isinstance(r, str) for r in resp):
         raise _Bad("bad_field", f"{where}: field 'response' must be a list of two strings, got {_short(resp)}")
-    rank = _get(rec, "human_ranking", where, (list, tuple))
-    if len(rank) != 2 or not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in rank):
-        raise _Bad("bad_field", f"{where}: field 'human_ranking' must be a list of two numbers, got {_short(rank)}")
-    bad = max(range(2), key=lambda i: rank[i])  # max() keeps the first maximum, like np.argmax
     data, path = _media(_get(rec, "image", where, (dict, bytes, str)))
     if data is None and path is None:
         raise _Bad("missing_field", f"{where}: field 'image' has neither bytes nor a path")
     fields = _fields({k: v for k, v in rec.items() if k != "image"})
     fields["image"] = {"path": path, "bytes": None if data is None else f"<{len(data)} bytes>"}
     return dict(id=_str_id(rec, "id", where), question=_get(rec, "query", where), answer_a=resp[0],
-                answer_b=resp[1], label="A" if bad == 1 else "B", fields=fields,
+                answer_b=resp[1], fields=fields,
                 images=[] if data is not None else [path], embedded={"images": [data]} if data is not None else {})
 
 
 _TA2T_LABELS = {"response1": "A", "response2": "B", "tie": "equal", "a": "A", "b": "B", "equal": "equal"}
 
 
-def _ta2t(rec: dict, where: str) -> dict:
-    """Audio bytes are embedded; else the path of `audio` (a string or the struct's path), then `audio_path`."""
+def _ta2t_label(rec: dict, where: str) -> str:
     pref = _get(rec, "criteria_preference", where)
     label = _TA2T_LABELS.get(pref.strip().lower())
     if label is None:
         raise _Bad("bad_field", f"{where}: field 'criteria_preference' must be response1/response2/tie, got {pref!r}")
+    return label
+
+
+def _ta2t(rec: dict, where: str) -> dict:
+    """Audio bytes are embedded; else the path of `audio` (a string or the struct's path), then `audio_path`."""
     data, path = _media(_get(rec, "audio", where, (dict, bytes, str), optional=True))
     path = path or _get(rec, "audio_path", where, optional=True) or None
     if data is None and path is None:
@@ -302,7 +335,7 @@ def _ta2t(rec: dict, where: str) -> dict:
     if "audio" in rec:
         fields["audio"] = {"path": _media(rec["audio"])[1], "bytes": None if data is None else f"<{len(data)} bytes>"}
     return dict(id=_str_id(rec, "id", where), question=_get(rec, "prompt", where),
-                answer_a=_get(rec, "response1", where), answer_b=_get(rec, "response2", where), label=label,
+                answer_a=_get(rec, "response1", where), answer_b=_get(rec, "response2", where),
                 fields=fields, audios=[] if data is not None else [path],
                 embedded={"audios": [data]} if data is not None else {})
 
@@ -310,12 +343,12 @@ def _ta2t(rec: dict, where: str) -> dict:
 # ---------------------------------------------------------------- public API
 
 READERS: dict[str, Callable[[str, str | None], Iterator[BenchRow]]] = {
-    "hh_rlhf": lambda path, media_root=None: _rows(path, _jsonl(path), _hh),
-    "audio_hh_rlhf": lambda path, media_root=None: _rows(path, _jsonl(path), _audio_hh),
-    "sharegpt_video": lambda path, media_root=None: _rows(path, _jsonl(path), _sharegpt(media_root)),
-    "mm_rewardbench": lambda path, media_root=None: _rows(path, _json_list(path), _mm_rewardbench),
-    "vl_rewardbench": lambda path, media_root=None: _rows(path, _parquet(path), _vl_rewardbench),
-    "ta2t": lambda path, media_root=None: _rows(path, _any_format(path), _ta2t),
+    "hh_rlhf": lambda path, media_root=None: _rows(path, _jsonl(path), _binary_label, _hh),
+    "audio_hh_rlhf": lambda path, media_root=None: _rows(path, _jsonl(path), _binary_label, _audio_hh),
+    "sharegpt_video": lambda path, media_root=None: _rows(path, _jsonl(path), _binary_label, _sharegpt(media_root)),
+    "mm_rewardbench": lambda path, media_root=None: _rows(path, _json_list(path), _mm_label, _mm_rewardbench),
+    "vl_rewardbench": lambda path, media_root=None: _rows(path, _parquet(path), _vl_label, _vl_rewardbench),
+    "ta2t": lambda path, media_root=None: _rows(path, _any_format(path), _ta2t_label, _ta2t),
 }
 
 

@@ -14,8 +14,9 @@ The reference always shows "AB" except VL-RewardBench.
 
 Deviations, all deliberate:
 * VL-RewardBench: the published eval.py compares the *shown*-order choice with the *stored*-order human ranking
-  (wrong for every swapped row). Here the choice is un-swapped (stored = flag-1 if shown "AB", else 2-flag) and the
-  good answer is 1 - argmax(human_ranking), as infer_lora_vl.py computes it.
+  (wrong for every swapped row). Here the choice is un-swapped (stored = flag-1 if shown "AB", else 2-flag). The
+  good answer is eval.py's: 0 if ranking[0] <= ranking[1] else 1 (ranks as int()), so a tied ranking counts answer
+  A as the good one (infer_lora_vl.py's 1 - argmax would say B; eval.py prints the number, so its rule is used).
 * HH/Audio-HH: a model JSON that is not an object (it would crash the reference's `row.update`) is an error row
   (`rubric.parse.reference_output_fields`).
 Accuracies are fractions in [0, 1]: HH/Audio-HH rounded to 4 places as evaluate_custom prints them, the others
@@ -60,9 +61,11 @@ def _ratio(k: int, n: int) -> float | None:
 def _hh(rows: list[BenchRow], lines: dict[int, dict], literal: bool) -> dict:
     """Rows merged as the reference writes them (`item.update(run_inference(item))`), then `evaluate_custom`.
 
-    Gold: the reference counts a row only if `label in [0, 1]`; the released file stores "0"/"1" strings, so
-    literally nothing counts. Default: ints from row.label; literal: the stored field. A model JSON key "label"
-    overwrites the gold either way, as in the reference.
+    Gold: the reference counts a row only if `label in [0, 1]`. The released files (HH-RLHF train.jsonl,
+    Audio-HH-RLHF final_data_with_audio.jsonl) store ints 0/1, so both modes agree on them. Default: the int from
+    row.label (whatever form the file used); literal: the stored `label` field compared as stored (a file with
+    string labels "0"/"1" would make the reference count nothing). A model JSON key "label" overwrites the gold
+    either way, as in the reference.
     """
     merged = []
     for row in rows:
@@ -189,13 +192,20 @@ def _mm_judgment(judgment: str, rng: random.Random) -> tuple[str, bool]:
 
 
 def _mm_category(row: BenchRow) -> str:
-    cat = row.fields["Category"] if "Category" in row.fields else (row.category or "unknown")
+    """The key compute_acc prints: the stored Category as infer_lora_multimodal.py writes it into Meta
+    (`ex.get("Category", "unknown")`: absent -> "unknown", null -> None, printed "None"), split by ID prefix for
+    safety/reasoning. Without a stored field, row.category (the reader's, same rule), else "unknown". Always a
+    string: the printed form of the key."""
+    if "Category" in row.fields:
+        cat = row.fields["Category"]
+    else:
+        cat = row.category if row.category is not None else "unknown"
     ident = str(row.fields.get("ID", row.id) or "").lower()
     if cat == "safety":
         return "safety/bias" if ident.startswith("pairs") else "safety/toxicity"
     if cat == "reasoning":
         return "reasoning/math" if ident.startswith("math") else "reasoning/coding"
-    return cat
+    return str(cat)  # None -> "None", as the reference's f-string prints it
 
 
 def _mm_rewardbench(rows: list[BenchRow], lines: dict[int, dict]) -> dict:
@@ -283,15 +293,20 @@ def _vl_eval_flag(raw: str) -> int:
 
 
 def _vl_good(row: BenchRow) -> int | None:
-    """Stored index of the preferred answer: 1 - argmax(human_ranking) (first maximum, as np.argmax), from the
-    stored field when the row keeps it, else row.label. None: no usable ranking (the row is invalid)."""
+    """Stored index of the preferred answer by eval.py's rule (the script that prints the number): the ranking as
+    `parse_ranking` reads it (two entries, each int()), then good = 0 if ranking[0] <= ranking[1] else 1, so a tie
+    makes answer A (index 0) the good one; infer_lora_vl.py's 1 - argmax would pick B, but it only logs. From the
+    stored field when the row keeps it, else row.label. None: no usable ranking (eval.py: invalid)."""
     if "human_ranking" not in row.fields:
         return _ab_index(row.label)
     try:
-        ranking = list(row.fields["human_ranking"])
-        return 1 - ranking.index(max(ranking)) if len(ranking) == 2 else None
+        ranking = list(row.fields["human_ranking"])  # infer_lora_vl.py writes list(human_ranking)
+        if len(ranking) != 2:
+            return None
+        first, second = int(ranking[0]), int(ranking[1])
     except Exception:  # noqa: BLE001
         return None
+    return 0 if first <= second else 1
 
 
 def _vl_rewardbench(rows: list[BenchRow], lines: dict[int, dict]) -> dict:
@@ -344,8 +359,9 @@ def reference_metric(benchmark: str, rows: list[BenchRow], lines: dict[int, dict
       benchmark: a name of `benchmarks.BENCHMARKS`.
       rows: the benchmark's rows in file order (order matters: Multimodal RewardBench's random fallback).
       lines: judgement line per row index; missing = the row failed.
-      literal_labels: HH/Audio-HH only: read the stored `label` field as is (the released HH file's "0"/"1"
-        strings make the reference count nothing and print 0.0).
+      literal_labels: HH/Audio-HH only: compare the stored `label` field as stored, as the reference does (the
+        released files store ints 0/1, so this matches the default; a file with string labels "0"/"1" would make
+        the reference count nothing and print 0.0). Default: the label from row.label.
     Returns:
       A per-benchmark dict (see the helpers); "accuracy" is always the headline number.
     """

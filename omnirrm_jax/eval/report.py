@@ -72,7 +72,11 @@ def markdown(name: str, scores: dict[str, dict], meta: dict[str, Any]) -> str:
         own_cat = scores["mm_rewardbench"]["omnirrm"].get("by_category", {})
         extra += ["", "Multimodal RewardBench by category (reference / omnirrm, %): " + "; ".join(
             f"{cat} {_pct(v.get('accuracy'))} / {_pct(own_cat.get(cat, {}).get('accuracy'))} (n={v.get('n')})"
-            for cat, v in sorted(ref_cat.items()))]
+            for cat, v in sorted(ref_cat.items(), key=lambda kv: str(kv[0])))]
+    stopped = [f"{PROTOCOLS[c].title} stopped early: {s['run']['stopped']}" for c, s in scores.items()
+               if (s.get("run") or {}).get("stopped")]
+    if stopped:
+        extra += ["", "**Incomplete:** " + " ".join(stopped)]
     if extra:
         lines += [""] + extra
     return "\n".join(lines) + "\n"

@@ -2,17 +2,18 @@
 resumable judgements file.
 
 The file has one JSON line per (row, order): the row's own fields, plus "benchmark", "index" (0-based row position),
-"row_id" (the row's id as a string, checked on resume and re-scoring),
-"order" ("AB" as stored / "BA" exchanged), "seed", "template", "output" (the raw generated text, in the shown order)
-and "probs" (P(A), P(B), P(equal) at the verdict, in the shown labels; `eval.verdict`), or "error" ({"reason",
-"detail"}: the row could not be judged - a missing media file, a malformed line - and output is null). Metrics are
-computed from this file alone (`eval.score`), so a run can be re-scored without a model.
+"row_hash" (a fingerprint of the row), "order" ("AB" as stored / "BA" exchanged), "seed", "orders" and "decoding"
+(the run's settings), "template", "output" (the raw generated text, in the shown order) and "probs" (P(A), P(B),
+P(equal) at the verdict, in the shown labels; `eval.verdict`), or "error" ({"reason", "detail"}: the row could not
+be judged - a missing media file, a malformed line - and output is null). Metrics are computed from this file alone
+(`eval.score`), so a run can be re-scored without a model.
 
 Resumable: lines are appended batch by batch and flushed; a rerun keeps every complete line, cuts a partial last
 line, and judges only what is missing. Error lines are dropped (the file is rewritten atomically) and retried, so
-a fixed --media-root heals a run. A file holding another benchmark's or another data file's judgements (a row id at
-an index that differs), or another seed's, is refused rather than mixed in. A run stops when more than
-`max_error_ratio` of its rows fail (after `min_rows_for_ratio`), naming the commonest reasons.
+a fixed --media-root heals a run. A file holding another benchmark's or another data file's judgements (a row at an
+index that differs), or judged with other decoding settings (or another seed, where the seed matters), is refused
+rather than mixed in. A run stops when more than `max_error_ratio` of the rows seen so far (this run's and those
+judged before) fail, after `min_rows_for_ratio`, naming the commonest reasons.
 
 Sampled benchmarks (VL-RewardBench, Multimodal RewardBench) draw each batch with a key folded from the seed and the
 batch's first (row, order), so a run is reproducible for the same data, batch size and seed (a resumed run batches
@@ -24,6 +25,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -38,6 +40,14 @@ _SNIFF = ((b"\x89PNG", ".png"), (b"\xff\xd8", ".jpg"), (b"GIF8", ".gif"), (b"RIF
 
 class EvalError(ValueError):
     """A run that cannot start or must stop (unusable output file, too many bad rows): printed without a traceback."""
+
+
+class RunStopped(EvalError):
+    """Too many rows could not be judged; `summary` holds the run's counts (what was judged is kept and scored)."""
+
+    def __init__(self, message: str, summary: dict):
+        super().__init__(message)
+        self.summary = summary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,25 +77,40 @@ def row_orders(proto: Protocol, row: BenchRow, opts: RunOptions) -> tuple[str, .
 
 
 def decoding(proto: Protocol, opts: RunOptions) -> tuple[int, dict | None]:
-    """(max_new_tokens, sampling dict or None for greedy) after the overrides."""
-    greedy = proto.greedy if opts.greedy is None else opts.greedy
+    """(max_new_tokens, sampling dict or None for greedy) after the overrides: --greedy wins; an explicit temperature
+    0 means greedy, an explicit temperature > 0 samples (also on a greedy protocol, with top-p 1 unless given)."""
     new = opts.max_new_tokens or proto.max_new_tokens
-    if greedy:
+    if opts.greedy or opts.temperature == 0 or (proto.greedy and opts.temperature is None):
         return new, None
-    return new, {"temperature": opts.temperature or proto.temperature or 1.0,
-                 "top_p": proto.top_p if opts.top_p is None else opts.top_p}
+    temperature = proto.temperature if opts.temperature is None else opts.temperature
+    return new, {"temperature": temperature, "top_p": proto.top_p if opts.top_p is None else opts.top_p}
+
+
+def run_settings(proto: Protocol, opts: RunOptions) -> dict:
+    """What every line records of how it was judged; a resume must use the same."""
+    new, sampling = decoding(proto, opts)
+    return {"orders": opts.orders, "decoding": {"max_new_tokens": new, **(sampling or {"greedy": True})}}
+
+
+def row_hash(row: BenchRow) -> str:
+    """A short fingerprint of the row's own fields: resuming into, or scoring against, another data file (whose rows
+    have no id to compare) is caught."""
+    blob = json.dumps([row.fields, row.error], sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------------------------------
 # The judgements file
 # ----------------------------------------------------------------------------------------------------
 
-def read_lines(path: str) -> list[dict]:
-    """The complete judgement lines of `path` (a partial last line is ignored; a bad line before it is an error)."""
+def _scan(path: str) -> tuple[list[dict], bool]:
+    """(complete judgement lines, whether the file needs a rewrite: a partial or unreadable last line)."""
     if not os.path.exists(path):
-        return []
+        return [], False
     with open(path, "rb") as f:
-        raw = f.read().split(b"\n")
+        data = f.read()
+    raw = data.split(b"\n")
+    last = max((i for i, ln in enumerate(raw) if ln.strip()), default=-1)
     out = []
     for i, line in enumerate(raw):
         if not line.strip():
@@ -95,31 +120,41 @@ def read_lines(path: str) -> list[dict]:
             if not isinstance(obj, dict) or "index" not in obj or obj.get("order") not in ("AB", "BA"):
                 raise ValueError("not a judgement line (needs 'index' and 'order')")
         except (UnicodeDecodeError, ValueError) as e:
-            if i >= len(raw) - 2 and not raw[-1].strip() or i == len(raw) - 1:  # the last line: cut off and redone
-                break
+            if i == last:  # a run killed mid-write: the last line is cut off and redone
+                return out, True
             raise EvalError(f"{path} line {i + 1} is not a judgement line ({e}); use a new output file") from None
         out.append(obj)
-    return out
+    return out, bool(data) and not data.endswith(b"\n")
 
 
-def _check_owner(lines: list[dict], rows: list[BenchRow], proto: Protocol, seed: int, path: str) -> None:
-    ids = {r.index: r.id for r in rows}
+def read_lines(path: str) -> list[dict]:
+    """The complete judgement lines of `path` (a partial last line is ignored; a bad line before it is an error)."""
+    return _scan(path)[0]
+
+
+def _check_owner(lines: list[dict], rows: list[BenchRow], proto: Protocol, opts: RunOptions, path: str) -> None:
+    hashes = {r.index: row_hash(r) for r in rows}
+    want = run_settings(proto, opts)["decoding"]
+    seeded = "greedy" not in want or proto.order != "stored"  # the seed changes the draws or VL's shown orders
     for n, ln in enumerate(lines, 1):
         if ln.get("benchmark") != proto.name:
             raise EvalError(f"{path} holds {ln.get('benchmark')!r} judgements, not {proto.name!r}; use a new file")
-        if ln.get("seed") != seed:
-            raise EvalError(f"{path} was run with seed {ln.get('seed')}, this run uses {seed}; use a new file or "
+        if seeded and ln.get("seed") != opts.seed:
+            raise EvalError(f"{path} was run with seed {ln.get('seed')}, this run uses {opts.seed}; use a new file or "
                             "the same --seed")
+        if ln.get("decoding") != want:
+            raise EvalError(f"{path} was judged with decoding {ln.get('decoding')}, this run asks for {want}; use a "
+                            "new file or the same settings")
         i = ln["index"]
-        if i in ids and ln.get("row_id") != (None if ids[i] is None else str(ids[i])):
-            raise EvalError(f"{path}: judgement {n} is for row {i} with id {ln.get('row_id')!r}, but the data file's row "
-                            f"{i} has id {ids[i]!r}: the output belongs to another data file; use a new file")
+        if i in hashes and ln.get("row_hash") != hashes[i]:
+            raise EvalError(f"{path}: judgement {n} is for a row {i} that differs from the data file's row {i}: the "
+                            "output belongs to another data file (or the file was edited); use a new file")
 
 
-def resume(path: str, rows: list[BenchRow], proto: Protocol, seed: int) -> set[tuple[int, str]]:
-    """(index, order) already judged in `path`. Rewrites the file without error lines and any partial last line."""
-    lines = read_lines(path)
-    _check_owner(lines, rows, proto, seed, path)
+def resume(path: str, rows: list[BenchRow], proto: Protocol, opts: RunOptions) -> set[tuple[int, str]]:
+    """(index, order) already judged in `path`. Rewrites the file without error lines and a partial last line."""
+    lines, dirty = _scan(path)
+    _check_owner(lines, rows, proto, opts, path)
     keep = [ln for ln in lines if not ln.get("error")]
     seen: set[tuple[int, str]] = set()
     unique = []
@@ -128,15 +163,9 @@ def resume(path: str, rows: list[BenchRow], proto: Protocol, seed: int) -> set[t
         if key not in seen:
             seen.add(key)
             unique.append(ln)
-    if os.path.exists(path) and (len(unique) != len(lines) or _has_partial_tail(path)):
+    if dirty or len(unique) != len(lines):
         _rewrite(path, unique)
     return seen
-
-
-def _has_partial_tail(path: str) -> bool:
-    with open(path, "rb") as f:
-        data = f.read()
-    return bool(data) and not data.endswith(b"\n")
 
 
 def _rewrite(path: str, lines: list[dict]) -> None:
@@ -149,10 +178,10 @@ def _rewrite(path: str, lines: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def _line(proto: Protocol, row: BenchRow, order: str, seed: int, **result: Any) -> dict:
-    return {**row.fields, "benchmark": proto.name, "index": row.index, "row_id": None if row.id is None else str(row.id),
-            "order": order, "seed": seed,
-            "template": proto.template, "output": None, "error": None, "probs": None, **result}
+def _line(proto: Protocol, row: BenchRow, order: str, opts: RunOptions, **result: Any) -> dict:
+    return {**row.fields, "benchmark": proto.name, "index": row.index, "row_hash": row_hash(row), "order": order,
+            "seed": opts.seed, **run_settings(proto, opts), "template": proto.template, "output": None, "error": None,
+            "probs": None, **result}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -160,13 +189,13 @@ def _line(proto: Protocol, row: BenchRow, order: str, seed: int, **result: Any) 
 # ----------------------------------------------------------------------------------------------------
 
 def _materialise(row: BenchRow, media_dir: str) -> dict[str, list[str]]:
-    """Media bytes carried in the file -> files under `media_dir` (one per row and item, reused on resume)."""
+    """Media bytes carried in the file -> files under `media_dir` (named by content, reused on resume)."""
     out: dict[str, list[str]] = {}
     for kind, blobs in row.embedded.items():
         paths = []
-        for k, blob in enumerate(blobs):
+        for blob in blobs:
             ext = next((e for magic, e in _SNIFF if blob.startswith(magic)), ".bin")
-            name = f"{row.index}_{kind}_{k}{ext}"
+            name = hashlib.sha1(blob).hexdigest()[:24] + ext  # by content: a stale cache can never be reused wrongly
             full = os.path.join(media_dir, name)
             if not os.path.exists(full):
                 with open(full + ".tmp", "wb") as f:
@@ -224,7 +253,7 @@ class BenchmarkRun:
             err = {"reason": e.reason, "detail": e.detail}
         except Exception as e:  # noqa: BLE001 - one broken row (or a decoder bug) must not stop a long run
             err = {"reason": "internal_error", "detail": f"{type(e).__name__}: {e}"}
-        return [_line(self.proto, row, o, self.opts.seed, error=err) for o in orders]
+        return [_line(self.proto, row, o, self.opts, error=err) for o in orders]
 
     def judge_group(self, group: list[tuple[BenchRow, tuple[str, ...], Any]]) -> list[dict]:
         import jax
@@ -243,7 +272,7 @@ class BenchmarkRun:
             for o in orders:
                 r = results[i]
                 i += 1
-                out.append(_line(self.proto, row, o, self.opts.seed, output=r["text"],
+                out.append(_line(self.proto, row, o, self.opts, output=r["text"],
                                  probs=None if r["verdict"] is None else dict(r["verdict"].probs)))
         return out
 
@@ -266,7 +295,7 @@ class BenchmarkRun:
 
         from omnirrm_jax.eval.cli_judge import _thread_copy
 
-        done = resume(self.output, rows, self.proto, self.opts.seed)
+        done = resume(self.output, rows, self.proto, self.opts)
         todo = []
         for row in rows:
             missing = tuple(o for o in row_orders(self.proto, row, self.opts) if (row.index, o) not in done)
@@ -298,14 +327,16 @@ class BenchmarkRun:
                     counts["judged_rows"] += len(group)
                     counts["judgements"] += len(lines)
                     bar.update(len(group))
-                seen = counts["error_rows"] + counts["judged_rows"]
+                seen = len(rows) - len(todo) + counts["error_rows"] + counts["judged_rows"]  # judged before too
                 if seen >= self.opts.min_rows_for_ratio and counts["error_rows"] > self.opts.max_error_ratio * seen:
                     if nxt is not None:
                         nxt.cancel()
                     top = ", ".join(f"{k} x{v}" for k, v in errors.most_common(3))
-                    raise EvalError(f"{self.proto.name}: {counts['error_rows']} of {seen} rows could not be judged "
+                    summary = {"rows": len(rows), "already_done_rows": len(rows) - len(todo), **counts,
+                               "errors": dict(errors)}
+                    raise RunStopped(f"{self.proto.name}: {counts['error_rows']} of {seen} rows could not be judged "
                                     f"(> {self.opts.max_error_ratio:.0%}; {top}); see the error lines in "
-                                    f"{self.output} - check --media-root and the data file. Judged rows are kept.")
+                                    f"{self.output} - check --media-root and the data file. Judged rows are kept.", summary)
         return {"rows": len(rows), "already_done_rows": len(rows) - len(todo), **counts, "errors": dict(errors)}
 
 

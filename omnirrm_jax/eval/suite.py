@@ -96,7 +96,7 @@ def run_suite(config_path: str, *, progress: bool = True) -> dict[str, str]:
     from omnirrm_jax.eval import report
     from omnirrm_jax.eval.cli_judge import Judge, load_judge
     from omnirrm_jax.eval.readers import read_benchmark
-    from omnirrm_jax.eval.runner import BenchmarkRun, RunOptions, read_lines
+    from omnirrm_jax.eval.runner import BenchmarkRun, RunOptions, RunStopped, read_lines
     from omnirrm_jax.eval.score import score
 
     cfg = load_config(config_path)
@@ -114,10 +114,14 @@ def run_suite(config_path: str, *, progress: bool = True) -> dict[str, str]:
         proto = B.protocol(name)
         path = os.path.join(out_dir, f"{name}.judgements.jsonl")
         run = BenchmarkRun(judge, proto, opts, media_root=spec["media_root"], output=path)
-        runs[name] = run.run(rows_of[name], progress=progress)
-        scores[name] = score(proto, rows_of[name], read_lines(path), path=path)
+        try:
+            runs[name] = run.run(rows_of[name], progress=progress)
+        except RunStopped as e:  # one benchmark's bad data must not cost the others; the report says what stopped
+            runs[name] = {**e.summary, "stopped": str(e)}
+        scores[name] = {**score(proto, rows_of[name], read_lines(path), path=path,
+                                subset=spec.get("limit") is not None), "run": runs[name]}
         with open(os.path.join(out_dir, f"{name}.json"), "w", encoding="utf-8") as f:
-            json.dump({**scores[name], "run": runs[name]}, f, indent=2, ensure_ascii=False)
+            json.dump(scores[name], f, indent=2, ensure_ascii=False)
     meta = {"checkpoint": m["checkpoint"] + (f" + LoRA {m['lora']}" if m.get("lora") else ""),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "orders": opts.orders, "seed": opts.seed, "versions": _versions()}
@@ -126,7 +130,7 @@ def run_suite(config_path: str, *, progress: bool = True) -> dict[str, str]:
     with open(paths["report_md"], "w", encoding="utf-8") as f:
         f.write(report.markdown(cfg["name"], scores, meta))
     with open(paths["report_json"], "w", encoding="utf-8") as f:
-        json.dump({"name": cfg["name"], "meta": meta, "scores": scores, "runs": runs,
+        json.dump({"name": cfg["name"], "meta": meta, "scores": scores,
                    "rows": report.model_rows(cfg["name"], scores), "published": B.PUBLISHED}, f, indent=2,
                   ensure_ascii=False)
     report.chart(cfg["name"], scores, paths["report_png"])

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from omnirrm_jax.eval.benchmarks import swap_label
 from omnirrm_jax.models import text as text_lib
 from omnirrm_jax.rubric.schema import VERDICTS
 
@@ -220,11 +221,6 @@ def verdict_probabilities(model, tok, inputs: dict[str, Any], generated: Sequenc
 # ----------------------------------------------------------------------------------------------------
 # Position-bias control: (A, B) and (B, A)
 # ----------------------------------------------------------------------------------------------------
-
-def swap_label(verdict: str | None) -> str | None:
-    """A verdict on the swapped prompt, in the original labels (A <-> B; equal and None stay)."""
-    return None if verdict is None else _SWAP[verdict]
-
 
 def unswap_probs(probs: dict[str, float]) -> dict[str, float]:
     """Probabilities judged on the swapped prompt, in the original labels."""

@@ -1,7 +1,8 @@
 """Benchmark readers on the released files as published: the real excerpts in shared/benchmarks (row counts, labels,
 Multimodal RewardBench categories, the ShareGPT-Video placeholder fallback), small parquet files for VL-RewardBench
-and TA2T (embedded PNG bytes, path-only images, the reference's argmax ranking rule, ties), and bad rows / bad files
-(an error record naming file, line and field; BenchmarkFileError for a whole-file problem)."""
+and TA2T (embedded PNG bytes, path-only images, the ranking rule of the reference's eval.py, ties), and bad rows /
+bad files (an error record naming file, line and field, keeping a readable gold label; BenchmarkFileError for a
+whole-file problem)."""
 import collections
 import io
 import json
@@ -85,6 +86,18 @@ def test_mm_rewardbench_category_breakdown(tmp_path):
     assert rows[0].question == "q"
 
 
+def test_mm_rewardbench_null_and_absent_category(tmp_path):
+    # infer_lora_multimodal.py writes ex.get("Category", "unknown"): absent -> "unknown"; null stays None and
+    # eval.py prints its key as "None".
+    base = {"Text": "q", "Image": "i.jpg", "Output1": "a", "Output2": "b", "Better": "Output1"}
+    p = tmp_path / "mm.json"
+    p.write_text(json.dumps([dict(base, ID="x_1", Category=None), dict(base, ID="x_2"),
+                             dict(base, ID="x_3", Category="general")]))
+    rows = R.read_benchmark("mm_rewardbench", str(p))
+    assert [r.category for r in rows] == ["None", "unknown", "general"]
+    assert all(r.error is None for r in rows) and rows[0].fields["Category"] is None
+
+
 @needs_shared
 def test_sharegpt_video_release_placeholder_fallback(tmp_path):
     path = str(SHARED / "sharegpt_video_msrvtt_200.jsonl")
@@ -141,11 +154,13 @@ def test_vl_rewardbench_parquet(tmp_path):
         dict(base, id="r0", response=["good", "bad"], human_ranking=[0, 1], image={"bytes": png, "path": "0.png"}),
         dict(base, id="r1", response=["bad", "good"], human_ranking=[1, 0], image={"bytes": None, "path": "im/1.png"}),
         dict(base, id="r2", response=["x", "y"], human_ranking=[0, 0], image={"bytes": png, "path": None}),
-        dict(base, id="r3", response=["only one"], human_ranking=[0, 1], image={"bytes": png, "path": None}),
+        dict(base, id="r3", response=["only one"], human_ranking=[1, 0], image={"bytes": png, "path": None}),
+        dict(base, id="r4", response=["x", "y"], human_ranking=[3, 3], image={"bytes": png, "path": None}),
     ])
     rows = R.read_benchmark("vl_rewardbench", p)
-    assert [r.label for r in rows[:3]] == ["A", "B", "B"]  # ranking argmax = the worse answer; a tie -> B
-    a, b, c, d = rows
+    # eval.py: good = 0 if ranking[0] <= ranking[1] else 1 (smaller rank = better); a tie -> A
+    assert [r.label for r in rows[:3]] == ["A", "B", "A"] and rows[4].label == "A"
+    a, b, c, d, _ = rows
     assert a.embedded == {"images": [png]} and a.images == [] and a.question == "What is shown?"
     assert (a.answer_a, a.answer_b, a.id, a.line) == ("good", "bad", "r0", None)
     assert a.fields["image"] == {"path": "0.png", "bytes": f"<{len(png)} bytes>"}
@@ -154,8 +169,8 @@ def test_vl_rewardbench_parquet(tmp_path):
     json.dumps([r.fields for r in rows])  # JSON-serialisable, bytes included
     assert b.images == ["im/1.png"] and b.embedded == {} and b.fields["image"]["bytes"] is None
     assert d.error[0] == "bad_field" and f"{p} row 3" in d.error[1] and "'response'" in d.error[1]
-    assert d.id == "r3" and d.label is None
-    assert [r.index for r in rows] == [0, 1, 2, 3]
+    assert d.id == "r3" and d.label == "B"  # an error row keeps its readable gold label
+    assert [r.index for r in rows] == [0, 1, 2, 3, 4]
     assert len(R.read_benchmark("vl_rewardbench", p, limit=2)) == 2
 
 
@@ -207,14 +222,48 @@ def test_bad_rows_become_error_records(tmp_path):
     assert rows[0].error is None
     expect = [("malformed_json", None), ("missing_field", "'answer_b'"), ("bad_field", "'answer_a'"),
               ("bad_field", "'label'"), ("missing_field", "'label'"), ("malformed_json", "JSON object")]
-    for row, (reason, needle) in zip(rows[1:7], expect):
+    labels = [None, "A", "A", None, None, None]  # a readable label stays on the error row (counted, as wrong)
+    for row, (reason, needle), label in zip(rows[1:7], expect, labels):
         assert row.error[0] == reason and f"{p} line {row.line}" in row.error[1], row.error
         assert needle is None or needle in row.error[1], row.error
-        assert row.label is None
+        assert row.label == label, row
     assert "7" in rows[4].error[1] and rows[4].fields["label"] == 7
     last = rows[7]
     assert last.error is None and last.label == "B"
     assert last.fields["row_index"] == 5 and last.fields["row_output"] == "x" and "index" not in last.fields
+
+
+def test_error_rows_keep_a_readable_label(tmp_path):
+    """Every reader reads the gold label first: a row that fails on another field keeps it (it stays in the
+    accuracy's population, counted wrong); only a missing or unreadable label gives None."""
+    hh = {"text_prompt": "q", "answer_a": "a", "answer_b": "b"}
+    p = _jsonl(tmp_path / "hh.jsonl", [dict(hh, label=1, answer_b=None), dict(hh, label="x", answer_b=None),
+                                       {"text_prompt": "q", "answer_a": "a"}])
+    a, b, c = R.read_benchmark("hh_rlhf", p)
+    assert (a.error[0], a.label) == ("missing_field", "B") and "'answer_b'" in a.error[1]
+    assert (b.error[0], b.label) == ("bad_field", None) and "'label'" in b.error[1]  # the label error is reported
+    assert (c.error[0], c.label) == ("missing_field", None)
+    p = _jsonl(tmp_path / "audio.jsonl", [dict(hh, label=1), dict(hh, label=0, audio_prompt=3)])
+    assert [(r.error[0], r.label) for r in R.read_benchmark("audio_hh_rlhf", p)] == [("missing_field", "B"),
+                                                                                     ("bad_field", "A")]
+    p = _jsonl(tmp_path / "sg.jsonl", [{"id": "v_0", "video": "v.mp4", "query": "q", "answer_a": "a", "label": 1}])
+    (row,) = R.read_benchmark("sharegpt_video", p)
+    assert (row.error[0], row.label, row.id) == ("missing_field", "B", "v_0")
+    mm = tmp_path / "mm.json"
+    mm.write_text(json.dumps([{"ID": "m_1", "Category": "c", "Image": "i.png", "Output1": "a", "Better": "Output2"}]))
+    (row,) = R.read_benchmark("mm_rewardbench", str(mm))
+    assert (row.error[0], row.label) == ("missing_field", "B")
+    base = {"query": "q", "response": ["a", "b"]}
+    vl = _parquet(tmp_path / "vl.parquet", [dict(base, id="r0", human_ranking=[1, 0], image=None),
+                                            dict(base, id="r1", human_ranking=None, image=None)])
+    r0, r1 = R.read_benchmark("vl_rewardbench", vl)
+    assert (r0.error[0], r0.label) == ("missing_field", "B") and "'image'" in r0.error[1]
+    assert (r1.error[0], r1.label) == ("missing_field", None) and "'human_ranking'" in r1.error[1]
+    ta = tmp_path / "ta2t.json"
+    ta.write_text(json.dumps([{"id": "0", "prompt": "p", "response1": "a", "response2": "b",
+                               "criteria_preference": "tie"}]))
+    (row,) = R.read_benchmark("ta2t", str(ta))
+    assert (row.error[0], row.label) == ("missing_field", "equal") and "audio" in row.error[1]
 
 
 def test_bad_rows_in_a_json_list(tmp_path):

@@ -59,7 +59,7 @@ def test_hh(name):
 
 def test_hh_literal_labels():
     rows, lines = _hh_case()
-    # Stored labels are "0"/"1" strings: the reference counts only row 6, whose model JSON set the int label 1.
+    # A file with string labels "0"/"1": the reference counts only row 6, whose model JSON set the int label 1.
     got = reference_metric("hh_rlhf", rows, lines, literal_labels=True)
     assert (got["accuracy"], got["n"], got["accuracy_scores"], got["n_scores"]) == (1.0, 1, 1.0, 1)
     del lines[6]
@@ -67,6 +67,17 @@ def test_hh_literal_labels():
     assert (got["accuracy"], got["n"], got["accuracy_scores"], got["n_scores"]) == (0.0, 0, 0.0, 0)  # printed 0.0
     got = reference_metric("hh_rlhf", rows[:1], {0: FAILED})  # default mode, nothing valid -> None
     assert got["accuracy"] is None and got["accuracy_scores"] is None and got["errors"] == 1
+
+
+def test_hh_literal_labels_on_int_labels():
+    # The released files store int labels: literal mode compares them as stored and agrees with the default.
+    rows, lines = _hh_case()
+    rows = [BenchRow(index=r.index, fields=dict(r.fields, label=int(r.fields["label"])), label=r.label) for r in rows]
+    assert reference_metric("hh_rlhf", rows, lines, literal_labels=True) == reference_metric("hh_rlhf", rows, lines)
+    from omnirrm_jax.eval import reference_metrics as M
+
+    for doc in (M.reference_metric.__doc__, M._hh.__doc__):  # the old text said the release stores strings
+        assert "store ints" in doc and "stores \"0\"/\"1\" strings" not in doc
 
 
 # ---------------------------------------------------------------- ShareGPT-Video
@@ -161,10 +172,23 @@ def test_mm_rewardbench_rng_follows_file_order_and_attributes():
     assert reference_metric("mm_rewardbench", [], {})["accuracy"] is None
 
 
+def test_mm_rewardbench_null_and_absent_category():
+    # infer_lora_multimodal.py writes Meta.Category = ex.get("Category", "unknown"): a null Category stays None and
+    # eval.py prints "acc None: ..."; an absent one is "unknown". Keys are the printed strings.
+    rows = [BenchRow(index=0, id="a", fields={"ID": "a", "Category": None, "Better": "Output1"}),
+            BenchRow(index=1, id="b", fields={"ID": "b", "Better": "Output1"}),
+            BenchRow(index=2, id="c", fields={"ID": "c", "Category": None, "Better": "Output2"}),
+            BenchRow(index=3, id="d", label="A")]  # no stored fields, no category attribute
+    lines = {i: ok(judgement(8, 2, "A")) for i in range(4)}
+    got = reference_metric("mm_rewardbench", rows, lines)
+    assert got["by_category"] == {"None": {"accuracy": 0.5, "n": 2}, "unknown": {"accuracy": 1.0, "n": 2}}
+    json.dumps(got, sort_keys=True)  # every key a string
+
+
 # ---------------------------------------------------------------- VL-RewardBench
 
 def test_vl_rewardbench():
-    good_a, good_b = [0, 1], [1, 0]  # human_ranking: argmax = the worse answer; good = 1 - argmax
+    good_a, good_b = [0, 1], [1, 0]  # human_ranking: smaller rank = better (eval.py)
     rankings = [good_a, good_a, good_b, good_b, good_a, good_a, good_b, good_a, good_a, good_a, good_a, good_a,
                 None, good_a]
     rows = [BenchRow(index=i, fields={} if r is None else {"human_ranking": r}, label="B" if r is None else None)
@@ -192,6 +216,23 @@ def test_vl_rewardbench():
     got = reference_metric("vl_rewardbench", rows, lines)
     # agree: 0, 2, 3, 6, 7, 10, 11, 12 (8); reject: 1, 5 (2); invalid: 4, 8, 9, 13 (4)
     assert got == {"accuracy": 0.8, "agree": 8, "reject": 2, "invalid": 4, "n": 10}
+
+
+def test_vl_rewardbench_ties_follow_eval_py():
+    # eval.py (the script that prints the number): good = 0 if ranking[0] <= ranking[1] else 1, ranks as int().
+    # A tie makes answer A good (infer_lora_vl.py's argmax would say B).
+    rankings = [[0, 0], [2, 2], [0, 0], [1.5, 1.2], [0, 1], [1, 0]]
+    rows = [BenchRow(index=i, fields={"human_ranking": r}) for i, r in enumerate(rankings)]
+    lines = {
+        0: ok(judgement(8, 2, "A")),                    # stored 0, tie -> good 0: agree
+        1: ok(judgement(2, 8, "B")),                    # stored 1, tie -> good 0: reject
+        2: ok(judgement(2, 8, "B"), order="BA"),        # shown BA: B = stored 0 = good: agree
+        3: ok(judgement(8, 2, "A")),                    # int() -> [1, 1], a tie -> good 0: agree
+        4: ok(judgement(8, 2, "A")),                    # [0, 1] -> good 0: agree (non-ties unchanged)
+        5: ok(judgement(8, 2, "A")),                    # [1, 0] -> good 1: reject
+    }
+    got = reference_metric("vl_rewardbench", rows, lines)
+    assert got == {"accuracy": 4 / 6, "agree": 4, "reject": 2, "invalid": 0, "n": 6}
 
 
 def test_vl_rewardbench_bad_ranking_and_empty():

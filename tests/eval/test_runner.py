@@ -6,20 +6,20 @@ import json
 import pytest
 
 from omnirrm_jax.eval import benchmarks as B
-from omnirrm_jax.eval import report, runner, suite
+from omnirrm_jax.eval import report, runner, score, suite
+from omnirrm_jax.rubric import format_judgement
 from omnirrm_jax.eval.runner import EvalError, RunOptions
 
 HH = B.protocol("hh_rlhf")
 
 
-def _rows(n, ids=None):
-    return [B.BenchRow(index=i, id=None if ids is None else ids[i], question="q", answer_a="a", answer_b="b",
-                       label="A") for i in range(n)]
+def _rows(n, text="q"):
+    return [B.BenchRow(index=i, fields={"text_prompt": f"{text}{i}"}, question=f"{text}{i}", answer_a="a",
+                       answer_b="b", label="A") for i in range(n)]
 
 
-def _line(i, order, *, error=None, seed=0, bench="hh_rlhf", row_id=None):
-    return {"benchmark": bench, "index": i, "row_id": row_id, "order": order, "seed": seed, "output": "x",
-            "error": error, "probs": None}
+def _line(row, order, *, opts=RunOptions(), proto=HH, **kw):
+    return runner._line(proto, row, order, opts, output="x", **kw)
 
 
 def _write(path, lines, tail=b""):
@@ -28,15 +28,26 @@ def _write(path, lines, tail=b""):
 
 def test_partial_last_line_is_cut_and_errors_are_retried(tmp_path):
     p = tmp_path / "j.jsonl"
+    rows = _rows(2)
     err = {"reason": "missing_file", "detail": "x"}
-    _write(p, [_line(0, "AB"), _line(0, "BA"), _line(1, "AB", error=err), _line(1, "BA", error=err), _line(0, "AB")],
-           tail=b'{"benchmark": "hh_rl')
+    _write(p, [_line(rows[0], "AB"), _line(rows[0], "BA"), _line(rows[1], "AB", error=err),
+               _line(rows[1], "BA", error=err), _line(rows[0], "AB")], tail=b'{"benchmark": "hh_rl')
     assert len(runner.read_lines(str(p))) == 5
-    done = runner.resume(str(p), _rows(2), HH, 0)
+    done = runner.resume(str(p), rows, HH, RunOptions())
     assert done == {(0, "AB"), (0, "BA")}  # the error row is to be judged again
     kept = runner.read_lines(str(p))
     assert [(ln["index"], ln["order"]) for ln in kept] == [(0, "AB"), (0, "BA")]  # no duplicate, no error line
     assert p.read_bytes().endswith(b"\n")
+
+
+def test_a_corrupt_complete_last_line_is_cut_too(tmp_path):
+    p = tmp_path / "j.jsonl"
+    rows = _rows(1)
+    _write(p, [_line(rows[0], "AB")], tail=b'{"benchmark": "hh_rlhf", "ind\n')
+    assert runner.resume(str(p), rows, HH, RunOptions()) == {(0, "AB")}
+    with open(p, "a") as f:  # a later run appends after it ...
+        f.write(json.dumps(_line(rows[0], "BA")) + "\n")
+    assert len(runner.read_lines(str(p))) == 2  # ... and the file stays readable
 
 
 def test_a_bad_line_before_the_last_is_refused(tmp_path):
@@ -46,16 +57,56 @@ def test_a_bad_line_before_the_last_is_refused(tmp_path):
         runner.read_lines(str(p))
 
 
-@pytest.mark.parametrize("line, match", [
-    (_line(0, "AB", bench="sharegpt_video"), "holds 'sharegpt_video'"),
-    (_line(0, "AB", seed=5), "seed 5"),
-    (_line(0, "AB", row_id="other"), "another data file"),
-])
-def test_another_runs_file_is_refused(tmp_path, line, match):
+def test_another_runs_file_is_refused(tmp_path):
     p = tmp_path / "j.jsonl"
-    _write(p, [line])
-    with pytest.raises(EvalError, match=match):
-        runner.resume(str(p), _rows(1), HH, 0)
+    rows, other = _rows(1), _rows(1, text="other question ")
+    vl = B.protocol("vl_rewardbench")
+    cases = [([_line(rows[0], "AB", proto=B.protocol("sharegpt_video"))], HH, RunOptions(), "holds 'sharegpt_video'"),
+             ([_line(other[0], "AB")], HH, RunOptions(), "another data file"),  # rows without ids are told apart
+             ([_line(rows[0], "AB", opts=RunOptions(max_new_tokens=64))], HH, RunOptions(), "decoding"),
+             ([_line(rows[0], "AB", proto=vl, opts=RunOptions(seed=5))], vl, RunOptions(), "seed 5")]
+    for lines, proto, opts, match in cases:
+        _write(p, lines)
+        with pytest.raises(EvalError, match=match):
+            runner.resume(str(p), rows, proto, opts)
+    _write(p, [_line(rows[0], "AB", opts=RunOptions(seed=5))])  # greedy, stored order: the seed changes nothing
+    assert runner.resume(str(p), rows, HH, RunOptions()) == {(0, "AB")}
+
+
+def test_embedded_media_are_named_by_content(tmp_path):
+    a = B.BenchRow(index=0, embedded={"images": [b"\x89PNG one"]})
+    b = B.BenchRow(index=0, embedded={"images": [b"\x89PNG two"]})
+    pa, pb = runner._materialise(a, str(tmp_path)), runner._materialise(b, str(tmp_path))
+    assert pa["images"][0] != pb["images"][0] and pa["images"][0].endswith(".png")
+    assert (tmp_path / pb["images"][0]).read_bytes() == b"\x89PNG two"
+
+
+def test_limited_scoring_ignores_lines_past_the_rows():
+    rows = _rows(3)
+    lines = [_line(r, o) for r in rows for o in ("AB", "BA")]
+    with pytest.raises(EvalError, match="not in the data file"):
+        score.score(HH, rows[:2], lines)
+    assert score.score(HH, rows[:2], lines, subset=True)["judgements"] == 4
+
+
+def test_reference_order_runs_are_scored_per_row():
+    """A VL-RewardBench run of the reference's orders only: each row was shown once, some AB, some BA; a judge right
+    every time scores 1.0 on both metrics, with nothing missing."""
+    vl = B.protocol("vl_rewardbench")
+    opts = RunOptions(orders="reference", seed=1)
+    rows = [B.BenchRow(index=i, fields={"id": i, "human_ranking": [0, 1] if i % 3 else [1, 0]}, question="q",
+                       answer_a="a", answer_b="b",
+                       label="A" if i % 3 else "B") for i in range(12)]
+    lines = []
+    for r in rows:
+        (order,) = runner.row_orders(vl, r, opts)
+        shown = r.label if order == "AB" else B.swap_label(r.label)
+        s = 8 if shown == "A" else 2
+        lines.append(runner._line(vl, r, order, opts, output=format_judgement(s, 10 - s, shown, "fine")))
+    assert {ln["order"] for ln in lines} == {"AB", "BA"}
+    res = score.score(vl, rows, lines)
+    assert res["orders"] == "reference" and res["reference"]["accuracy"] == 1.0
+    assert res["omnirrm"]["accuracy"] == 1.0 and res["omnirrm"]["missing"] == 0
 
 
 def test_orders_per_row():
@@ -71,9 +122,13 @@ def test_orders_per_row():
 
 
 def test_decoding_follows_the_protocol_and_the_overrides():
+    vl = B.protocol("vl_rewardbench")
     assert runner.decoding(HH, RunOptions()) == (2048, None)
-    assert runner.decoding(B.protocol("vl_rewardbench"), RunOptions()) == (4096, {"temperature": 0.7, "top_p": 0.9})
-    assert runner.decoding(B.protocol("vl_rewardbench"), RunOptions(greedy=True, max_new_tokens=64)) == (64, None)
+    assert runner.decoding(vl, RunOptions()) == (4096, {"temperature": 0.7, "top_p": 0.9})
+    assert runner.decoding(vl, RunOptions(greedy=True, max_new_tokens=64)) == (64, None)
+    assert runner.decoding(vl, RunOptions(temperature=0)) == (4096, None)  # temperature 0 = greedy
+    assert runner.decoding(vl, RunOptions(temperature=1.0, top_p=0.5)) == (4096, {"temperature": 1.0, "top_p": 0.5})
+    assert runner.decoding(HH, RunOptions(temperature=0.5)) == (2048, {"temperature": 0.5, "top_p": 1.0})
 
 
 def test_suite_config_checks(tmp_path):
@@ -106,3 +161,13 @@ def test_report_table_and_chart(tmp_path):
     assert "| Gemini-2.5-Pro | 79.6 | 63.3 | 78.8 | 66.5 | 64.9 | 70.6 |" in md
     report.chart("m", scores, str(tmp_path / "r.png"))
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_empty_question_is_judged_not_refused():
+    from omnirrm_jax.eval import pairs
+
+    row = B.BenchRow(index=0, question="", answer_a="a", answer_b="b", label="A")
+    pair = pairs.check_pair(runner.to_pair(HH, row, {}))
+    assert pair["question"] == ""
+    mm = B.BenchRow(index=0, question=None, answer_a="a", answer_b="b", images=["x.png"], label="A")
+    assert pairs.check_pair(runner.to_pair(B.protocol("mm_rewardbench"), mm, {}))["question"] == "None"
