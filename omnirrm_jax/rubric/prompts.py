@@ -190,9 +190,10 @@ def default_question(modality: str) -> str | None:
 def system_prompt(system: str | None = None) -> str:
     """The GRPO system prompt, resolved the way ms-swift resolves `--system`.
 
-    train/grpo_7b.sh passes ``--system /path/to/prompt.txt``, but that file is not part of the published
-    repository, so its text cannot be reproduced here. (SFT and every inference script pass no system
-    prompt at all, i.e. the chat template's default.)
+    train/grpo_7b.sh passes ``--system /path/to/prompt.txt``. The reference later published that file as
+    ``train/prompt.txt`` (1,004 bytes), but no copy of it was available offline when this was built, so it is not
+    packaged: its text must match byte for byte, and a reconstruction would not. (SFT and every inference script pass
+    no system prompt at all, i.e. the chat template's default.)
 
     Args:
       system: a path ending in ``.txt`` (read whole, like ms-swift) or the prompt text itself (ms-swift
@@ -205,9 +206,10 @@ def system_prompt(system: str | None = None) -> str:
         packaged = resources.files(__package__).joinpath("templates/system_grpo.txt")
         if not packaged.is_file():
             raise SystemPromptUnavailable(
-                "the reference GRPO system prompt (train/grpo_7b.sh: --system /path/to/prompt.txt) was not "
-                "published with tmfk418/Omni-RRM; pass its path or text to system_prompt(), or place it at "
-                "omnirrm_jax/rubric/templates/system_grpo.txt")
+                "the reference GRPO system prompt (tmfk418/Omni-RRM train/prompt.txt, passed by train/grpo_7b.sh "
+                "as --system) is not packaged: it was not available offline when this build was made (not "
+                "published with the first release); pass its path or text to system_prompt(), set it as "
+                "data.pipeline.system, or place the file at omnirrm_jax/rubric/templates/system_grpo.txt")
         return packaged.read_text("utf-8")
     if system.endswith(".txt"):
         path = Path(system)

@@ -12,6 +12,11 @@ def test_shipped_configs_load():
     paths = sorted(glob.glob("configs/*.yaml"))
     assert paths
     for p in paths:
+        if "/eval" in p:  # `omnirrm eval suite` configs
+            from omnirrm_jax.eval.suite import load_config
+
+            assert load_config(p)["benchmarks"]
+            continue
         cls = GRPOConfig if "/grpo" in p else C.SFTConfig
         cfg = C.load_config(p, cls=cls)
         assert isinstance(cfg, cls)
