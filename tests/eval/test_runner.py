@@ -40,6 +40,18 @@ def test_partial_last_line_is_cut_and_errors_are_retried(tmp_path):
     assert p.read_bytes().endswith(b"\n")
 
 
+def test_a_fixed_media_root_heals_a_run(tmp_path):
+    """Rows that failed for a missing file are the same rows once the file is found: their error lines are retried,
+    not mistaken for another data file's."""
+    p = tmp_path / "j.jsonl"
+    rows = _rows(2)
+    broken = [B.BenchRow(**{**r.__dict__, "error": ("missing_file", f"/old/root/{r.index}.mp4")}) for r in rows]
+    _write(p, [runner._line(HH, r, o, RunOptions(), error={"reason": "missing_file", "detail": r.error[1]})
+               for r in broken for o in ("AB", "BA")])
+    assert runner.resume(str(p), rows, HH, RunOptions()) == set()
+    assert runner.read_lines(str(p)) == []
+
+
 def test_a_corrupt_complete_last_line_is_cut_too(tmp_path):
     p = tmp_path / "j.jsonl"
     rows = _rows(1)
