@@ -134,6 +134,37 @@ def reference_order(proto: Protocol, index: int, seed: int) -> str:
     return "BA" if random.Random(f"{seed}:{index}").random() < 0.5 else "AB"
 
 
-def swap_label(verdict: str | None) -> str | None:
-    """A verdict given on the exchanged order, in stored labels (A <-> B; equal and None stay)."""
-    return {"A": "B", "B": "A"}.get(verdict, verdict) if verdict is not None else None
+def swap_label(verdict: Any) -> Any:
+    """A verdict given on the exchanged order, in stored labels: A <-> B; "equal", None and anything that is not a
+    string (a model's JSON may hold a list there) stay as they are."""
+    return {"A": "B", "B": "A"}.get(verdict, verdict) if isinstance(verdict, str) else verdict
+
+
+# Rules the reference's eval scripts apply to the stored fields; the readers (gold labels, categories) and the
+# reference metric both use them, so the two cannot drift apart.
+
+def mm_category(category: Any, row_id: Any) -> str:
+    """Multimodal RewardBench's breakdown as its eval.py prints it: safety -> bias / toxicity by ID prefix "pairs",
+    reasoning -> math / coding by ID prefix "math"; any other category as printed (None -> "None")."""
+    ident = str(row_id or "").lower()
+    if category == "safety":
+        return "safety/bias" if ident.startswith("pairs") else "safety/toxicity"
+    if category == "reasoning":
+        return "reasoning/math" if ident.startswith("math") else "reasoning/coding"
+    return str(category)
+
+
+def mm_label(better: Any) -> str | None:
+    """Multimodal RewardBench's gold as infer_lora_multimodal.py writes it: "Output1" -> A, "Output2" -> B, else None."""
+    return {"Output1": "A", "Output2": "B"}.get(better) if isinstance(better, str) else None
+
+
+def vl_preferred(ranking: Any) -> int:
+    """VL-RewardBench's preferred answer (0 or 1, stored order) by its eval.py: two ranks read with int(), the smaller
+    is better, a tie goes to the first (infer_lora_vl.py's argmax would say the second, but eval.py's count is the one
+    reported). Raises ValueError / TypeError / OverflowError for anything else."""
+    ranking = list(ranking)
+    if len(ranking) != 2:
+        raise ValueError(f"expected two ranks, got {len(ranking)}")
+    first, second = int(ranking[0]), int(ranking[1])
+    return 0 if first <= second else 1

@@ -19,7 +19,7 @@ import os
 import re
 from typing import Any, Callable, Iterator
 
-from omnirrm_jax.eval.benchmarks import RESERVED, BenchRow, protocol
+from omnirrm_jax.eval.benchmarks import RESERVED, BenchRow, mm_category, mm_label, protocol, vl_preferred
 
 PLACEHOLDER = "/path/to/resource"  # the release's anonymised media path
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
@@ -252,19 +252,9 @@ def _sharegpt(media_root: str | None) -> Callable[[dict, str], dict]:
     return parse
 
 
-def _mm_category(cat: str, rid: str) -> str:
-    """The reference eval's breakdown: safety -> bias/toxicity, reasoning -> math/coding, by ID prefix."""
-    if cat == "safety":
-        return "safety/bias" if rid.lower().startswith("pairs") else "safety/toxicity"
-    if cat == "reasoning":
-        return "reasoning/math" if rid.lower().startswith("math") else "reasoning/coding"
-    return cat
-
-
 def _mm_label(rec: dict, where: str) -> str | None:
     """Better other than Output1/Output2 (or absent) gives label None, as the reference's Label (scored as wrong)."""
-    better = rec.get("Better")
-    return {"Output1": "A", "Output2": "B"}.get(better) if isinstance(better, str) else None
+    return mm_label(rec.get("Better"))
 
 
 def _mm_rewardbench(rec: dict, where: str) -> dict:
@@ -280,7 +270,7 @@ def _mm_rewardbench(rec: dict, where: str) -> dict:
         cat = "None" if cat is None else cat
     return dict(id=rid, question=_get(rec, "Text", where, optional=True), images=[_get(rec, "Image", where)],
                 answer_a=_get(rec, "Output1", where), answer_b=_get(rec, "Output2", where),
-                category=_mm_category(cat, rid))
+                category=mm_category(cat, rid))
 
 
 def _vl_label(rec: dict, where: str) -> str:
@@ -290,13 +280,12 @@ def _vl_label(rec: dict, where: str) -> str:
     reported.)"""
     rank = _get(rec, "human_ranking", where, (list, tuple))
     try:
-        if len(rank) != 2 or not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in rank):
+        if not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in rank):
             raise ValueError
-        first, second = int(rank[0]), int(rank[1])  # eval.py's parse_ranking; NaN / inf raise
+        return "AB"[vl_preferred(rank)]  # NaN / inf raise
     except (ValueError, OverflowError):
         raise _Bad("bad_field",
                    f"{where}: field 'human_ranking' must be a list of two numbers, got {_short(rank)}") from None
-    return "A" if first <= second else "B"
 
 
 def _vl_rewardbench(rec: dict, where: str) -> dict:

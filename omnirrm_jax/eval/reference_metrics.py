@@ -30,15 +30,10 @@ import random
 import re
 from typing import Any
 
-from omnirrm_jax.eval.benchmarks import BENCHMARKS, BenchRow
+from omnirrm_jax.eval.benchmarks import BENCHMARKS, BenchRow, mm_category, mm_label, swap_label, vl_preferred
 from omnirrm_jax.rubric.parse import evaluate_judgements, reference_output_fields
 
-_SWAP = {"A": "B", "B": "A"}
 _MISSING = object()
-
-
-def _swap(verdict: Any) -> Any:
-    return _SWAP.get(verdict, verdict) if isinstance(verdict, str) else verdict
 
 
 def _judged(line: dict | None) -> tuple[str | None, str]:
@@ -75,7 +70,7 @@ def _hh(rows: list[BenchRow], lines: dict[int, dict], literal: bool) -> dict:
         result = {"better": "error", "reasoning": "not judged"} if text is None else dict(reference_output_fields(text))
         if text is not None and order == "BA":
             if "better" in result:
-                result["better"] = _swap(result["better"])
+                result["better"] = swap_label(result["better"])
             sa, sb = result.pop("score_A", _MISSING), result.pop("score_B", _MISSING)
             if sb is not _MISSING:
                 result["score_A"] = sb
@@ -149,7 +144,7 @@ def _sharegpt(rows: list[BenchRow], lines: dict[int, dict]) -> dict:
         st, better = res.get("status", "error"), res.get("better", "error")
         status[st] = status.get(st, 0) + 1
         if order == "BA":
-            better = _swap(better)
+            better = swap_label(better)
         if st != "ok":
             continue
         if better not in ("A", "B"):
@@ -200,12 +195,7 @@ def _mm_category(row: BenchRow) -> str:
         cat = row.fields["Category"]
     else:
         cat = row.category if row.category is not None else "unknown"
-    ident = str(row.fields.get("ID", row.id) or "").lower()
-    if cat == "safety":
-        return "safety/bias" if ident.startswith("pairs") else "safety/toxicity"
-    if cat == "reasoning":
-        return "reasoning/math" if ident.startswith("math") else "reasoning/coding"
-    return str(cat)  # None -> "None", as the reference's f-string prints it
+    return mm_category(cat, row.fields.get("ID", row.id))
 
 
 def _mm_rewardbench(rows: list[BenchRow], lines: dict[int, dict]) -> dict:
@@ -220,12 +210,8 @@ def _mm_rewardbench(rows: list[BenchRow], lines: dict[int, dict]) -> dict:
         pred, fell_back = _mm_judgment("None" if text is None else text.strip(), rng)
         fallbacks += fell_back
         if order == "BA":
-            pred = _swap(pred)
-        if "Better" in row.fields:
-            better = row.fields["Better"]
-            gold = "A" if better == "Output1" else "B" if better == "Output2" else None
-        else:
-            gold = row.label
+            pred = swap_label(pred)
+        gold = mm_label(row.fields["Better"]) if "Better" in row.fields else row.label
         acc = int(pred == gold)
         for key in ("all", _mm_category(row)):
             accs.setdefault(key, []).append(acc)
@@ -300,13 +286,9 @@ def _vl_good(row: BenchRow) -> int | None:
     if "human_ranking" not in row.fields:
         return _ab_index(row.label)
     try:
-        ranking = list(row.fields["human_ranking"])  # infer_lora_vl.py writes list(human_ranking)
-        if len(ranking) != 2:
-            return None
-        first, second = int(ranking[0]), int(ranking[1])
+        return vl_preferred(row.fields["human_ranking"])  # infer_lora_vl.py writes list(human_ranking)
     except Exception:  # noqa: BLE001
         return None
-    return 0 if first <= second else 1
 
 
 def _vl_rewardbench(rows: list[BenchRow], lines: dict[int, dict]) -> dict:
@@ -343,7 +325,7 @@ def _ta2t(rows: list[BenchRow], lines: dict[int, dict]) -> dict:
         text, order = _judged(lines.get(row.index))
         pred = None if text is None else reference_output_fields(text).get("better")
         if order == "BA":
-            pred = _swap(pred)
+            pred = swap_label(pred)
         correct = isinstance(pred, str) and pred == row.label
         n_tie, k_tie = n_tie + 1, k_tie + correct
         if row.label != "equal":
