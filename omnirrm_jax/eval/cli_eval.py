@@ -45,6 +45,15 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-error-ratio", type=float, default=0.5, help="stop when more rows than this fail")
 
 
+def _data_args(p: argparse.ArgumentParser, judgements_help: str) -> None:
+    p.add_argument("--data", required=True, help="the benchmark file as released")
+    p.add_argument("--judgements", required=True, help=judgements_help)
+    p.add_argument("--media-root", help="media paths resolve under this dir (default: the data file's dir)")
+    p.add_argument("--limit", type=int, help="only the first N rows (a re-score: as the run's --limit)")
+    p.add_argument("--json", help="also write the scores here")
+    p.add_argument("--literal-labels", action="store_true", help="reference metric: read HH labels as stored")
+
+
 def add_eval_parser(sub) -> None:
     """Registers `omnirrm eval` on the CLI's subparsers."""
     p = sub.add_parser("eval", help="benchmark a judge (reference and omnirrm metrics): `omnirrm eval --help`",
@@ -53,22 +62,12 @@ def add_eval_parser(sub) -> None:
     for name in BENCHES:
         b = verbs.add_parser(name, help=f"judge and score {name}")
         _model_args(b)
-        b.add_argument("--data", required=True, help="the benchmark file as released")
-        b.add_argument("--judgements", required=True, help="JSONL written here (appended; resumable)")
-        b.add_argument("--media-root", help="media paths resolve under this dir (default: the data file's dir)")
-        b.add_argument("--limit", type=int, help="only the first N rows")
-        b.add_argument("--json", help="also write the scores here")
-        b.add_argument("--literal-labels", action="store_true", help="reference metric: read HH labels as stored")
+        _data_args(b, "JSONL written here (appended; resumable)")
         _run_args(b)
         b.set_defaults(func=_cmd_bench, bench=name)
     s = verbs.add_parser("score", help="both metrics from saved judgements (no model)")
     s.add_argument("bench", choices=BENCHES)
-    s.add_argument("--data", required=True, help="the benchmark file the judgements were made from")
-    s.add_argument("--judgements", required=True, help="the judgements JSONL of `omnirrm eval BENCH`")
-    s.add_argument("--media-root", help="as in the run (ShareGPT-Video resolves its videos through it)")
-    s.add_argument("--limit", type=int, help="only the first N rows (as the run's --limit)")
-    s.add_argument("--json", help="write the scores here")
-    s.add_argument("--literal-labels", action="store_true", help="reference metric: read HH labels as stored")
+    _data_args(s, "the judgements JSONL of `omnirrm eval BENCH`")
     s.set_defaults(func=_cmd_score)
     u = verbs.add_parser("suite", help="every benchmark of a config: report.md, report.json, report.png")
     u.add_argument("config", help="YAML (see configs/eval_paper.yaml)")

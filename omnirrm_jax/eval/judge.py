@@ -37,7 +37,6 @@ def decode_texts(tok, tokens_BGN: np.ndarray, lengths_BG: np.ndarray, stop_ids: 
 def judge_batch(model, tok, batch: dict, *, max_new_tokens: int, constrained: bool = False,
                 rng: jax.Array | None = None) -> list[dict]:
     """Greedy judgements for a prompt batch (GRPO-mode pipeline batch or `prepare_inputs` output)."""
-
     stop = (tok.special_ids["im_end"],)
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, greedy=True, stop_token_ids=stop,
                               pad_token_id=tok.special_ids["pad"])

@@ -230,6 +230,7 @@ class BenchmarkRun:
         self.media_root, self.output = os.path.abspath(media_root), output
         self.media_dir = output + ".media"
         self.max_new_tokens, self.sampling = decoding(proto, opts)
+        self.media = proto.media_config()
         if opts.batch_size < (2 if opts.orders == "both" else 1):
             raise EvalError(f"--batch-size {opts.batch_size} cannot hold a row in both orders")
 
@@ -246,7 +247,7 @@ class BenchmarkRun:
             if row.embedded:
                 os.makedirs(self.media_dir, exist_ok=True)
                 embedded, root = _materialise(row, self.media_dir), self.media_dir
-            opts = RowOptions(media_root=root, media=self.proto.media_config())
+            opts = RowOptions(media_root=root, media=self.media)
             pair = pairs.check_pair(to_pair(self.proto, row, embedded))
             return pairs.prepare_pair(pair, row.index, tok, self.judge.cfg, opts, orders=orders,
                                       max_length=self.opts.max_length)

@@ -40,6 +40,7 @@ from flax import nnx
 
 from omnirrm_jax.eval.benchmarks import swap_label
 from omnirrm_jax.models import text as text_lib
+from omnirrm_jax.models.thinker import model_inputs
 from omnirrm_jax.rubric.schema import VERDICTS
 
 FIELDS = ("better", "final_verdict")
@@ -166,9 +167,7 @@ def candidate_logprobs(model, inputs: dict[str, Any], sites: Sequence[VerdictSit
       sites: per row, `locate`'s result.
       min_prefix, min_label: smallest chunk lengths; longer ones round up to powers of two (bounded compiles).
     """
-    from omnirrm_jax.models.thinker import MODEL_KEYS
-
-    inputs = {k: inputs[k] for k in MODEL_KEYS if k in inputs}  # batch bookkeeping keys would change the program
+    inputs = model_inputs(inputs)  # batch bookkeeping keys would change the program
     B = np.asarray(inputs["input_ids"]).shape[0]
     if len(sites) != B:
         raise ValueError(f"{len(sites)} verdict sites for a batch of {B} prompts")

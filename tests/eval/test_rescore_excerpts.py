@@ -22,17 +22,21 @@ def _judge_all(bench, data, path, orders=("AB", "BA")):
                                                 probs={"A": 0.7, "B": 0.2, "equal": 0.1})) + "\n")
 
 
+def _rescore(tmp_path, bench, data) -> dict:
+    _judge_all(bench, data, tmp_path / "j.jsonl")
+    out = tmp_path / "s.json"
+    assert cli.main(["eval", "score", bench, "--data", str(data), "--judgements", str(tmp_path / "j.jsonl"),
+                     "--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
 @needs_shared
 def test_rescore_mm_rewardbench_excerpt(tmp_path, capsys):
     # 120 rows: Better is Output1 in 72, Output2 in 48 (reader tests). Shown first = A in AB order, B in BA order.
     # reference (AB lines): final_verdict [[A]] on every row -> 72 / 120 = 0.6.
     # omnirrm: AB right on 72 rows, BA (verdict "A" shown = B stored) right on 48 -> mean (72 + 48) / 2 / 120 = 0.5;
     # the two orders never agree -> swap consistency 0; the reward (0.7 - 0.2 shown, un-swapped in BA) averages 0.
-    _judge_all("mm_rewardbench", SHARED / "mm_rewardbench_excerpt.json", tmp_path / "j.jsonl")
-    out = tmp_path / "s.json"
-    assert cli.main(["eval", "score", "mm_rewardbench", "--data", str(SHARED / "mm_rewardbench_excerpt.json"),
-                     "--judgements", str(tmp_path / "j.jsonl"), "--json", str(out)]) == 0
-    rep = json.loads(out.read_text())
+    rep = _rescore(tmp_path, "mm_rewardbench", SHARED / "mm_rewardbench_excerpt.json")
     assert rep["reference"]["accuracy"] == 0.6 and rep["reference"]["n"] == 120
     assert rep["reference"]["random_fallbacks"] == 0
     o = rep["omnirrm"]
@@ -46,11 +50,7 @@ def test_rescore_mm_rewardbench_excerpt(tmp_path, capsys):
 def test_rescore_hh_excerpt(tmp_path, capsys):
     # 2000 rows, label 0 (A) in 994, 1 (B) in 1006. reference: better "A" everywhere -> 994 / 2000 = 0.497, and the
     # scores (8 > 3) say A too -> 0.497. omnirrm: AB 0.497, BA 0.503, mean 0.5.
-    _judge_all("hh_rlhf", SHARED / "hh_rlhf_2000.jsonl", tmp_path / "j.jsonl")
-    out = tmp_path / "s.json"
-    assert cli.main(["eval", "score", "hh_rlhf", "--data", str(SHARED / "hh_rlhf_2000.jsonl"),
-                     "--judgements", str(tmp_path / "j.jsonl"), "--json", str(out)]) == 0
-    rep = json.loads(out.read_text())
+    rep = _rescore(tmp_path, "hh_rlhf", SHARED / "hh_rlhf_2000.jsonl")
     assert rep["reference"]["accuracy"] == 0.497 and rep["reference"]["accuracy_scores"] == 0.497
     assert rep["reference"]["n"] == 2000
     o = rep["omnirrm"]
