@@ -136,7 +136,7 @@ def probe(model, tok, rows: list[dict], glob_: str, gcfg: DemoGRPOConfig, max_ne
     from omnirrm_jax.data import pipeline
     from omnirrm_jax.decoding.sampler import generate
     from omnirrm_jax.demo import pipeline_config
-    from omnirrm_jax.training import grpo
+    from omnirrm_jax.training import rollout
     from omnirrm_jax.training.grpo_config import GRPOSpec
     from omnirrm_jax.models.thinker import model_inputs
 
@@ -146,8 +146,8 @@ def probe(model, tok, rows: list[dict], glob_: str, gcfg: DemoGRPOConfig, max_ne
     spread, solved = np.full(len(rows), np.nan), np.zeros(len(rows), bool)
     key = jax.random.key(seed)
     for i, batch in enumerate(pipeline.make_dataset(sorted(glob.glob(glob_)), tok, model.config, pcfg)):
-        result = generate(model, model_inputs(batch), grpo.sampling_config(spec, tok), jax.random.fold_in(key, i))
-        scored = grpo.score_rollout(tok, np.asarray(result.tokens), np.asarray(result.lengths), batch, spec)
+        result = generate(model, model_inputs(batch), rollout.sampling_config(spec, tok), jax.random.fold_in(key, i))
+        scored = rollout.score_rollout(tok, np.asarray(result.tokens), np.asarray(result.lengths), batch, spec)
         for b in np.flatnonzero(np.asarray(batch["valid"])):
             row = int(batch["example_index"][b])
             spread[row], solved[row] = np.ptp(scored["total"][b]), scored["correct"][b].all()

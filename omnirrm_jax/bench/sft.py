@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
 
     from omnirrm_jax.models import config as C
-    from omnirrm_jax.training.sft import peak_flops_per_device
+    from omnirrm_jax.training.metrics import peak_flops_per_device
 
     if args.small:
         cfg, seq = C.tiny(dtype="float32", param_dtype="float32"), min(args.seq, 64)

@@ -144,6 +144,15 @@ class SentencePieceTokenizer(Tokenizer):
         return self.sp.decode(ids)
 
 
+def load_tokenizer(path: str | Path | None) -> Tokenizer:
+    """The one tokenizer loader: a SentencePiece `.model` file or an HF checkpoint / tokenizer directory."""
+    if path is None:
+        raise ValueError("data.tokenizer is required (an HF checkpoint dir or a SentencePiece .model)")
+    if str(path).endswith(".model"):
+        return SentencePieceTokenizer.from_file(path)
+    return HFTokenizer.from_dir(path)
+
+
 def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_prefix: str | Path | None = None, *,
                         model_type: str = "bpe", split_digits: bool = False) -> SentencePieceTokenizer:
     """Trains a demo tokenizer on `texts` and writes `{model_prefix}.model` when a prefix is given.

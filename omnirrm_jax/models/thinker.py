@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from omnirrm_jax.models import audio as audio_lib
+from omnirrm_jax.models import head as head_lib
 from omnirrm_jax.models import layers as L
 from omnirrm_jax.models import rope as rope_lib
 from omnirrm_jax.models import text as text_lib
@@ -139,13 +140,20 @@ class Thinker(nnx.Module):
     def output_weight(self) -> jax.Array | None:
         """The output head as one (D, V) matrix in the compute dtype, when `logits` is exactly `h @ it` (a tied
         table, or an untied head without bias or LoRA); None otherwise. Losses use it to fuse the head with
-        the log-softmax and its gradient (`training.losses.linear_token_logprobs`)."""
+        the log-softmax and its gradient (`models.head.linear_token_logprobs`)."""
         if self.lm_head is None:
             return L.weight(self.model.embed_tokens.embedding, self.model.embed_tokens.dtype).T
         head = self.lm_head
         if head.bias is not None or head.lora_a is not None:
             return None
         return L.weight(head.kernel, head.dtype)
+
+    def token_logprobs(self, hidden_BTD: jax.Array, targets_BT: jax.Array, *, chunk: int = 1024,
+                       temperature: float = 1.0) -> jax.Array:
+        """log softmax(logits / temperature)[target] at every position of `hidden_BTD` (final-norm hidden states),
+        computed `chunk` positions at a time (fp32 logits of one chunk alive at once), fused with its gradient
+        where the head is one matrix (`models.head`). `temperature` must be a Python number."""
+        return head_lib.head_token_logprobs(hidden_BTD, targets_BT, self, chunk=chunk, temperature=temperature)
 
     def forward(self, inputs: Inputs, cache: text_lib.KVCache | None = None, cache_index=None,
                 return_hidden: bool = False):

@@ -51,11 +51,11 @@ class GRPOSpec:
         if self.num_generations < 2:
             raise ValueError(f"grpo.num_generations must be >= 2 (a group needs a baseline), got {self.num_generations}")
         if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"grpo.loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+            raise ValueError(f"grpo.loss_type must be one of {tuple(LOSS_TYPES)}, got {self.loss_type!r}")
         if self.kl_estimator not in KL_ESTIMATORS:
-            raise ValueError(f"grpo.kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}")
+            raise ValueError(f"grpo.kl_estimator must be one of {tuple(KL_ESTIMATORS)}, got {self.kl_estimator!r}")
         if self.scale_rewards not in ADVANTAGE_SCALES:
-            raise ValueError(f"grpo.scale_rewards must be one of {ADVANTAGE_SCALES}, got {self.scale_rewards!r}")
+            raise ValueError(f"grpo.scale_rewards must be one of {tuple(ADVANTAGE_SCALES)}, got {self.scale_rewards!r}")
         if self.num_iterations < 1 or self.max_completion_length < 1:
             raise ValueError("grpo.num_iterations and grpo.max_completion_length must be >= 1")
         if self.rows_per_chunk is not None and (self.rows_per_chunk < 1 or self.rows_per_chunk % self.num_generations):

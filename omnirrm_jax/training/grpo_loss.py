@@ -12,44 +12,94 @@ reduced over completion tokens by `loss_type`:
   dr_grpo : sum over tokens / (sequences * max_completion_length)   (Dr. GRPO: no length bias)
   dapo    : sum over tokens / tokens in the batch                    (token mean)
 
+Advantage scalings, KL estimators and loss reductions are tables by name (`ADVANTAGE_SCALES`, `KL_ESTIMATORS`,
+`LOSS_TYPES`); `register` adds one, which the GRPO config then accepts.
+
 Rows whose prompt is padding (`row_valid` False: a final partial batch) have zero weight everywhere.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
-KL_ESTIMATORS = ("k3", "k1")
-ADVANTAGE_SCALES = ("group", "none")
 STD_EPS = 1e-4  # TRL: (r - mean) / (std + 1e-4)
 
 
+# ---- advantages: (B, G) rewards -> (B, G) advantages, by name (`grpo.scale_rewards`) --------------------------
+
+def _centred(r: np.ndarray) -> np.ndarray:
+    return r - r.mean(axis=1, keepdims=True)
+
+
+def _group_scaled(r: np.ndarray) -> np.ndarray:
+    adv = _centred(r)
+    std = r.std(axis=1, ddof=1, keepdims=True) if r.shape[1] > 1 else np.zeros_like(adv[:, :1])
+    return adv / (std + STD_EPS)
+
+
+ADVANTAGE_SCALES: dict[str, Callable[[np.ndarray], np.ndarray]] = {"group": _group_scaled, "none": _centred}
+
+
 def group_advantages(rewards_BG: np.ndarray, scale: str = "group", valid_B: np.ndarray | None = None) -> np.ndarray:
-    """(B, G) rewards -> (B, G) advantages: reward minus its group's mean, divided by the group's std
-    (unbiased, as torch.std) + 1e-4 when `scale == "group"`. Groups of invalid prompts get 0."""
+    """(B, G) rewards -> (B, G) advantages by the registered `scale`: "group" is the reward minus its group's mean,
+    divided by the group's std (unbiased, as torch.std) + 1e-4; "none" only centres. Groups of invalid prompts
+    get 0."""
     if scale not in ADVANTAGE_SCALES:
-        raise ValueError(f"advantage scale must be one of {ADVANTAGE_SCALES}, got {scale!r}")
-    r = np.asarray(rewards_BG, np.float64)
-    adv = r - r.mean(axis=1, keepdims=True)
-    if scale == "group":
-        G = r.shape[1]
-        std = r.std(axis=1, ddof=1, keepdims=True) if G > 1 else np.zeros_like(adv[:, :1])
-        adv = adv / (std + STD_EPS)
+        raise ValueError(f"advantage scale must be one of {tuple(ADVANTAGE_SCALES)}, got {scale!r}")
+    adv = ADVANTAGE_SCALES[scale](np.asarray(rewards_BG, np.float64))
     if valid_B is not None:
         adv = np.where(np.asarray(valid_B, bool)[:, None], adv, 0.0)
     return adv.astype(np.float32)
 
 
+# ---- KL estimators: (logp, ref_logp) -> per-token KL, by name (`grpo.kl_estimator`) ----------------------------
+
+def _k3(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
+    d = ref_logp - logp
+    return jnp.exp(d) - d - 1.0
+
+
+def _k1(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
+    return logp - ref_logp
+
+
+KL_ESTIMATORS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {"k3": _k3, "k1": _k1}
+
+
 def per_token_kl(logp: jax.Array, ref_logp: jax.Array, estimator: str) -> jax.Array:
-    if estimator == "k3":
-        d = ref_logp - logp
-        return jnp.exp(d) - d - 1.0
-    if estimator == "k1":
-        return logp - ref_logp
-    raise ValueError(f"kl estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
+    if estimator not in KL_ESTIMATORS:
+        raise ValueError(f"kl estimator must be one of {tuple(KL_ESTIMATORS)}, got {estimator!r}")
+    return KL_ESTIMATORS[estimator](logp, ref_logp)
+
+
+# ---- loss reductions: token weights by name (`grpo.loss_type`) ---------------------------------------------------
+# Each maps (valid-token mask (R, N) as float, valid rows, max_completion_length) to each token's weight.
+
+def _sequence_mean(mf, n_rows, max_len):
+    return mf / (jnp.maximum(mf.sum(-1, keepdims=True), 1.0) * n_rows)
+
+
+def _fixed_length(mf, n_rows, max_len):
+    return mf / (n_rows * max_len)
+
+
+def _token_mean(mf, n_rows, max_len):
+    return mf / jnp.maximum(mf.sum(), 1.0)
+
+
+LOSS_TYPES: dict[str, Callable[[jax.Array, jax.Array, int], jax.Array]] = {
+    "grpo": _sequence_mean, "dr_grpo": _fixed_length, "dapo": _token_mean}
+
+
+def register(table: dict, name: str, fn: Callable) -> None:
+    """Adds a loss reduction, KL estimator or advantage scaling under `name` (then valid in the GRPO config)."""
+    if table not in (LOSS_TYPES, KL_ESTIMATORS, ADVANTAGE_SCALES):
+        raise ValueError("register into grpo_loss.LOSS_TYPES, KL_ESTIMATORS or ADVANTAGE_SCALES")
+    table[name] = fn
 
 
 def per_token_terms(logp_RN: jax.Array, old_logp_RN: jax.Array, ref_logp_RN: jax.Array | None, adv_R: jax.Array,
@@ -77,16 +127,12 @@ def token_weights(mask_RN: jax.Array, row_valid_R: jax.Array, loss_type: str,
                   max_completion_length: int | None = None) -> jax.Array:
     """Each token's weight in the loss, so that loss = sum(weights * per-token terms) for every `loss_type`: the
     normalisers are fixed by the masks alone, which lets the update sum the gradients of row chunks
-    (`grpo._accumulated_grads`) and still get the gradient of the whole batch's loss."""
+    (`grpo_objective.accumulated_grads`) and still get the gradient of the whole batch's loss."""
     if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+        raise ValueError(f"loss_type must be one of {tuple(LOSS_TYPES)}, got {loss_type!r}")
     mf = (mask_RN.astype(bool) & row_valid_R.astype(bool)[:, None]).astype(jnp.float32)
     n_rows = jnp.maximum(row_valid_R.astype(jnp.float32).sum(), 1.0)
-    if loss_type == "grpo":
-        return mf / (jnp.maximum(mf.sum(-1, keepdims=True), 1.0) * n_rows)
-    if loss_type == "dr_grpo":
-        return mf / (n_rows * (max_completion_length or mask_RN.shape[1]))
-    return mf / jnp.maximum(mf.sum(), 1.0)
+    return LOSS_TYPES[loss_type](mf, n_rows, max_completion_length or mask_RN.shape[1])
 
 
 def grpo_loss(logp_RN: jax.Array, old_logp_RN: jax.Array, ref_logp_RN: jax.Array | None, adv_R: jax.Array,

@@ -129,6 +129,19 @@ class CompileCounter:
 # Model FLOPs (MFU)
 # ----------------------------------------------------------------------------------------------------
 
+# Dense bf16 peak FLOP/s per device, for MFU (matched against `jax.Device.device_kind`).
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v5 lite": 197e12, "TPU v5p": 459e12,
+              "TPU v4": 275e12, "TPU v6 lite": 918e12}
+
+
+def peak_flops_per_device() -> float | None:
+    kind = jax.devices()[0].device_kind
+    for name, flops in PEAK_FLOPS.items():
+        if name.lower() in kind.lower():
+            return flops
+    return None
+
+
 def matmul_params(cfg) -> int:
     """N: weights of the text decoder's matmuls and the output head (embedding lookups are not matmuls)."""
     t = cfg.text

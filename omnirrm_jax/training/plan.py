@@ -18,7 +18,7 @@ Activations and the KV cache are a model (what the decoder keeps for the backwar
   SFT with `max_target_length`: at most that many; GRPO: the teacher-forced pass's window of
   `grpo_config.LOGIT_TOKENS` completion positions), two (T, D) buffers (embeddings, final hidden) and one fp32
   D-vector per position under the output head (the fused head's per-position gradient,
-  `losses.linear_token_logprobs`: S per row, or SFT's `max_target_length`). The vision / audio towers are not
+  `models.head.linear_token_logprobs`: S per row, or SFT's `max_target_length`). The vision / audio towers are not
   counted: their tokens are part of T, and with the ViT frozen their activations are not kept.
   GRPO rollouts add the KV cache:
     rows_dev(batch * G) * (prompt + completion) * layers * 2 (K, V) * K/tp * H * b.
@@ -48,7 +48,7 @@ HBM_GIB = {"gpu": 80.0, "h100": 80.0, "h200": 141.0, "tpu-v5e": 16.0, "tpu-v5p":
 # The three layouts printed when no --devices is given: (name, devices, platform).
 STANDARD_LAYOUTS = (("1 x 80 GB GPU", 1, "gpu"), ("8 x 80 GB GPU", 8, "gpu"), ("TPU v5e-16", 16, "tpu-v5e"))
 LORA_TARGETS_PER_LAYER = 7  # q, k, v, o, gate, up, down
-LOSS_CHUNK = 1024  # losses.token_logprobs' default
+LOSS_CHUNK = 1024  # models.head.token_logprobs' default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +138,7 @@ def workload(cfg) -> Workload:
     rows = pcfg.batch_size * G
     total = seq + grpo.max_completion_length
     # the update's teacher-forced pass: each prompt once, then its G completions over the prompt's cache;
-    # a chunk of `rows_per_chunk // G` prompts is alive at once (grpo.completion_logprobs)
+    # a chunk of `rows_per_chunk // G` prompts is alive at once (grpo_objective.completion_logprobs)
     prompts = max(1, grpo.rows_per_chunk // G) if grpo.rows_per_chunk else pcfg.batch_size
     from omnirrm_jax.training.grpo_config import LOGIT_TOKENS
 

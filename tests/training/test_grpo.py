@@ -13,7 +13,7 @@ from omnirrm_jax.decoding.sampler import SamplingConfig, generate
 from omnirrm_jax.models import config as C
 from omnirrm_jax.models.thinker import Thinker, prepare_inputs
 from omnirrm_jax.rubric import rewards as R
-from omnirrm_jax.training import grpo, grpo_loss, lora, optim
+from omnirrm_jax.training import grpo, grpo_loss, grpo_objective, lora, optim, rollout
 from omnirrm_jax.training import sharding as S
 from omnirrm_jax.training.grpo_config import GRPOSpec
 from omnirrm_jax.training.state import create_train_state
@@ -131,18 +131,18 @@ def test_teacher_forced_logprobs_equal_greedy_sampler(tiny, N):
     res, _ = _sampled(model, inputs, G=2, N=N, greedy=True)
     B, G, N = res.tokens.shape
     mask = (np.arange(N)[None, None] < np.asarray(res.lengths)[..., None]).reshape(B * G, N)
-    lp = grpo.completion_logprobs(model, inputs, jnp.asarray(res.tokens).reshape(B * G, N), jnp.asarray(mask), G)
+    lp = grpo_objective.completion_logprobs(model, inputs, jnp.asarray(res.tokens).reshape(B * G, N), jnp.asarray(mask), G)
     want = np.asarray(res.logprobs).reshape(B * G, N)
     np.testing.assert_allclose(np.where(mask, np.asarray(lp), 0), want, atol=2e-5)
     # row chunks (rematerialised) and small logit windows give the same values and gradients
     toks, m = jnp.asarray(res.tokens).reshape(B * G, N), jnp.asarray(mask)
-    chunked = grpo.completion_logprobs(model, inputs, toks, m, G, rows_per_chunk=2, logit_tokens=4)
+    chunked = grpo_objective.completion_logprobs(model, inputs, toks, m, G, rows_per_chunk=2, logit_tokens=4)
     np.testing.assert_allclose(np.asarray(chunked), np.asarray(lp), atol=1e-5)
     graphdef, params = nnx.split(model)
 
     def total(p, **kw):
         mdl = nnx.merge(graphdef, p)
-        return jnp.sum(jnp.where(m, grpo.completion_logprobs(mdl, inputs, toks, m, G, **kw), 0.0))
+        return jnp.sum(jnp.where(m, grpo_objective.completion_logprobs(mdl, inputs, toks, m, G, **kw), 0.0))
 
     g1 = jax.grad(total)(params)
     g2 = jax.grad(lambda p: total(p, rows_per_chunk=2))(params)
@@ -165,7 +165,7 @@ def test_teacher_forced_logprobs_on_media_prompts(tmp_path, which):
     res = generate(model, inputs, SamplingConfig(max_new_tokens=N, num_samples=G, greedy=True), jax.random.key(0))
     B = res.tokens.shape[0]
     toks = jnp.asarray(res.tokens).reshape(B * G, N)
-    lp = grpo.completion_logprobs(model, inputs, toks, jnp.ones_like(toks, bool), G)
+    lp = grpo_objective.completion_logprobs(model, inputs, toks, jnp.ones_like(toks, bool), G)
     np.testing.assert_allclose(np.asarray(lp), np.asarray(res.logprobs).reshape(B * G, N), atol=5e-5)
 
 
@@ -178,7 +178,7 @@ def _roll_and_state(tiny, mesh, beta=0.04, mu=1, scores=None):
     B, G, N = res.tokens.shape
     rewards = np.arange(B * G, dtype=np.float64).reshape(B, G) % 4 if scores is None else scores
     scored = {"advantages": grpo_loss.group_advantages(rewards, "group"), "valid": np.ones(B, bool)}
-    roll = grpo.build_roll(res.tokens, res.lengths, scored, mesh)
+    roll = rollout.build_roll(res.tokens, res.lengths, scored, mesh)
     return state, shardings, tx, spec, roll
 
 
@@ -186,9 +186,9 @@ def test_step0_kl_zero_ratio_one_and_golden_step(tiny):
     cfg, model_fn, inputs = tiny
     mesh = S.make_mesh(S.MeshConfig(data=1), devices=jax.devices()[:1])
     state, shardings, tx, spec, roll = _roll_and_state(tiny, mesh)
-    ref_fn = grpo.jit_logprobs(state.graphdef, spec)
+    ref_fn = grpo_objective.jit_logprobs(state.graphdef, spec)
     roll["ref_logp"] = ref_fn(grpo.reference_trainable(state.trainable, False), state.frozen, inputs, roll)
-    step_fn = grpo.jit_grpo_step(state, tx, spec, shardings)
+    step_fn = grpo_objective.jit_grpo_step(state, tx, spec, shardings)
     frozen_before = jax.tree.map(np.asarray, state.frozen)
     trainable, opt_state, step, m = step_fn(jax.tree.map(jnp.copy, state.trainable), state.frozen,
                                             state.opt_state, state.step, inputs, roll)
@@ -209,8 +209,8 @@ def test_second_iteration_uses_old_logprobs(tiny):
     mesh = S.make_mesh(S.MeshConfig(data=1), devices=jax.devices()[:1])
     state, shardings, tx, spec, roll = _roll_and_state(tiny, mesh, beta=0.0, mu=2)
     _, _, inputs = tiny
-    roll["old_logp"] = grpo.jit_logprobs(state.graphdef, spec)(state.trainable, state.frozen, inputs, roll)
-    step_fn = grpo.jit_grpo_step(state, tx, spec, shardings)
+    roll["old_logp"] = grpo_objective.jit_logprobs(state.graphdef, spec)(state.trainable, state.frozen, inputs, roll)
+    step_fn = grpo_objective.jit_grpo_step(state, tx, spec, shardings)
     t, o, s, m1 = step_fn(jax.tree.map(jnp.copy, state.trainable), state.frozen, state.opt_state, state.step,
                           inputs, roll)
     _, _, _, m2 = step_fn(t, state.frozen, o, s, inputs, roll)
@@ -228,7 +228,7 @@ def _perturbed(trainable, seed):
 def _sgd_delta(graphdef, spec, trainable, frozen, inputs, roll):
     """The update a learning-rate-1 SGD step makes (= minus the gradient) and the step's metrics."""
     tx = optax.sgd(1.0)
-    new, _, _, m = grpo.grpo_step(graphdef, tx, spec, trainable, frozen, tx.init(trainable), jnp.int32(0),
+    new, _, _, m = grpo_objective.grpo_step(graphdef, tx, spec, trainable, frozen, tx.init(trainable), jnp.int32(0),
                                   inputs, roll)
     return jax.tree.map(lambda a, b: np.asarray(a - b), new, trainable), m
 
@@ -273,7 +273,7 @@ def test_chunked_update_accumulates_the_whole_batch_gradient(loss_type, old, bet
             "advantages": jnp.asarray(rng.normal(size=B * G), jnp.float32),
             "row_valid": jnp.asarray(np.repeat([1, 1, 0, 1], G), jnp.int32)}
     spec = GRPOSpec(num_generations=G, max_completion_length=N, beta=beta, loss_type=loss_type)
-    logp = grpo.jit_logprobs(graphdef, spec)(trainable, frozen, inputs, roll)
+    logp = grpo_objective.jit_logprobs(graphdef, spec)(trainable, frozen, inputs, roll)
     if beta:
         roll["ref_logp"] = logp + 0.1 * jnp.asarray(rng.normal(size=logp.shape), jnp.float32)
     if old:  # an old policy away from the current one: ratios move off 1 and some clip
@@ -308,7 +308,7 @@ def test_chunked_update_on_media_prompts(tmp_path):
     B = res.tokens.shape[0]
     scored = {"advantages": grpo_loss.group_advantages(np.arange(B * G, dtype=float).reshape(B, G) % 3, "group"),
               "valid": np.ones(B, bool)}
-    roll = grpo.build_roll(res.tokens, res.lengths, scored, S.make_mesh(S.MeshConfig(data=1), devices=jax.devices()[:1]))
+    roll = rollout.build_roll(res.tokens, res.lengths, scored, S.make_mesh(S.MeshConfig(data=1), devices=jax.devices()[:1]))
     graphdef, trainable, frozen = nnx.split(model, nnx.LoRAParam, ...)
     trainable = _perturbed(trainable, 3)
     names = {"/".join(map(str, p)) for p, _ in jax.tree_util.tree_flatten_with_path(trainable)[0]}
@@ -333,7 +333,7 @@ def test_rollout_rewards_equal_rubric_functions():
     host = {"gold_better": np.array([0, 1]), "gold_score_A": np.array([9, 2]), "gold_score_B": np.array([2, 8]),
             "valid": np.array([True, True])}
     spec = GRPOSpec()
-    scored = grpo.score_rollout(Tok(), tokens, lengths, host, spec)
+    scored = rollout.score_rollout(Tok(), tokens, lengths, host, spec)
     want = R.reward_components(TEXTS, better=["A", "A", "B", "B"], score_A=[9, 9, 2, 2], score_B=[2, 2, 8, 8])
     for k in ("format", "content", "rubric", "total"):
         np.testing.assert_allclose(scored[k].reshape(-1), want[k], rtol=0, atol=1e-12)

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 from omnirrm_jax.data import shards
+from omnirrm_jax.data import tokenizer as tokenizer_lib
+from omnirrm_jax.training import run as run_lib
 from omnirrm_jax import demo
 from omnirrm_jax.training import config as C
-from omnirrm_jax.training import grpo
+from omnirrm_jax.training import grpo, grpo_objective
 from omnirrm_jax.training.grpo_config import GRPOConfig, GRPOSpec
 from omnirrm_jax.training.optim import OptimConfig
 from omnirrm_jax.training.sharding import MeshConfig
@@ -129,23 +131,22 @@ def test_media_prompts_teacher_forcing_equals_sampler(prepared):
 
     from omnirrm_jax.data import pipeline
     from omnirrm_jax.decoding.sampler import SamplingConfig, generate
-    from omnirrm_jax.models.thinker import Thinker
-    from omnirrm_jax.training import sft
+    from omnirrm_jax.models.thinker import Thinker, model_inputs
 
     cfg = grpo_config(prepared, "/tmp/unused")
-    tok = sft.load_tokenizer(cfg.data.tokenizer)
-    tcfg = sft.resolve_thinker_config(cfg.model, tok)
+    tok = tokenizer_lib.load_tokenizer(cfg.data.tokenizer)
+    tcfg = run_lib.resolve_thinker_config(cfg.model, tok)
     pcfg = pipeline.PipelineConfig(**{**cfg.data.pipeline, "mode": "grpo"})
     model = Thinker(tcfg, rngs=nnx.Rngs(0))
     sampling = SamplingConfig(max_new_tokens=8, num_samples=2, greedy=True, stop_token_ids=(tok.special_ids["im_end"],),
                               pad_token_id=tok.special_ids["pad"])
     seen = set()
     for batch in pipeline.make_dataset(shards.expand_paths(cfg.data.train), tok, tcfg, pcfg):
-        inputs = sft.model_inputs(batch)
+        inputs = model_inputs(batch)
         res = generate(model, inputs, sampling, jax.random.key(0))
         B, G, N = res.tokens.shape
         mask = (np.arange(N)[None, None] < np.asarray(res.lengths)[..., None]).reshape(B * G, N)
-        lp = grpo.completion_logprobs(model, inputs, jnp.asarray(res.tokens).reshape(B * G, N), jnp.asarray(mask), G)
+        lp = grpo_objective.completion_logprobs(model, inputs, jnp.asarray(res.tokens).reshape(B * G, N), jnp.asarray(mask), G)
         np.testing.assert_allclose(np.where(mask, np.asarray(lp), 0), np.asarray(res.logprobs).reshape(B * G, N),
                                    atol=5e-5)
         seen |= set(np.asarray(batch["modality"]).tolist())

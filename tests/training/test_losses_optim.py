@@ -7,6 +7,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from omnirrm_jax.models import head
 from omnirrm_jax.models import config as C
 from omnirrm_jax.models.thinker import Thinker, prepare_inputs
 from omnirrm_jax.training import lora, losses, optim
@@ -67,9 +68,9 @@ def test_fused_head_logprobs_equal_chunked_with_gradients():
     y = jnp.asarray(rng.integers(0, V, (B, T)))
     g = jnp.asarray(rng.normal(size=(B, T)), jnp.float32)
     for temperature in (1.0, 0.7):
-        want = _logprob_grads(lambda h, W: losses.token_logprobs(h, y, lambda x: (x @ W) / temperature, chunk=4),
+        want = _logprob_grads(lambda h, W: head.token_logprobs(h, y, lambda x: (x @ W) / temperature, chunk=4),
                               h, W, g)
-        got = _logprob_grads(lambda h, W: losses.linear_token_logprobs(h, y, W, chunk=4, temperature=temperature),
+        got = _logprob_grads(lambda h, W: head.linear_token_logprobs(h, y, W, chunk=4, temperature=temperature),
                              h, W, g)
         np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=1e-6)
         for a, b in zip(got[1], want[1]):
@@ -86,7 +87,7 @@ def test_fused_head_ignores_non_finite_positions_outside_the_loss():
     keep = jnp.arange(6)[None] < 4
 
     def loss(h, W):
-        return jnp.sum(jnp.where(keep, losses.linear_token_logprobs(h, y, W, chunk=4), 0.0))
+        return jnp.sum(jnp.where(keep, head.linear_token_logprobs(h, y, W, chunk=4), 0.0))
     dh, dW = jax.grad(loss, (0, 1))(h.at[0, 4:].set(jnp.nan), W)
     assert not np.asarray(dh[0, :4] == 0).all()
     np.testing.assert_array_equal(np.asarray(dh[0, 4:]), 0.0)
@@ -99,7 +100,7 @@ def test_frozen_head_gradient_is_not_computed():
     y = jnp.zeros((1, 256), jnp.int32)
 
     def flops(argnums):
-        fn = jax.grad(lambda h, W: jnp.sum(losses.linear_token_logprobs(h, y, W, chunk=64)), argnums)
+        fn = jax.grad(lambda h, W: jnp.sum(head.linear_token_logprobs(h, y, W, chunk=64)), argnums)
         return jax.jit(fn).lower(h, W).compile().cost_analysis()["flops"]
     assert flops((0,)) < 0.6 * flops((0, 1))
 
@@ -120,7 +121,7 @@ def test_model_head_is_fused_only_when_it_is_one_matrix():
         model = Thinker(cfg, rngs=nnx.Rngs(0))
         assert (model.lm_head is None) == tied
         np.testing.assert_allclose(np.asarray(h @ model.output_weight()), np.asarray(model.logits(h)), rtol=1e-6)
-        np.testing.assert_allclose(np.asarray(losses.head_token_logprobs(h, y, model, chunk=2)),
+        np.testing.assert_allclose(np.asarray(head.head_token_logprobs(h, y, model, chunk=2)),
                                    _direct_logprobs(model.logits(h), y), rtol=1e-5, atol=1e-6)
     model = Thinker(C.tiny(), rngs=nnx.Rngs(0))
     assert lora.apply_lora(model, lora.LoraConfig(targets=r"^lm_head$"), nnx.Rngs(1)) == ["lm_head"]
@@ -128,7 +129,7 @@ def test_model_head_is_fused_only_when_it_is_one_matrix():
     model.lm_head.lora_b[...] = jnp.ones_like(model.lm_head.lora_b[...])  # the branch now changes the logits
     assert np.abs(np.asarray(model.logits(h)) - before).max() > 1e-3
     assert model.output_weight() is None
-    np.testing.assert_allclose(np.asarray(losses.head_token_logprobs(h, y, model, chunk=2)),
+    np.testing.assert_allclose(np.asarray(head.head_token_logprobs(h, y, model, chunk=2)),
                                _direct_logprobs(model.logits(h), y), rtol=1e-5, atol=1e-6)
 
 

@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 
 from omnirrm_jax.data import shards
+from omnirrm_jax.data import tokenizer as tokenizer_lib
+from omnirrm_jax.training import run as run_lib
 from omnirrm_jax import demo
 from omnirrm_jax.data import pipeline
 from omnirrm_jax.training import config as config_lib
+from omnirrm_jax.models.thinker import model_inputs
 from omnirrm_jax.training import losses, sft
 
 
@@ -44,7 +47,7 @@ def test_eval_every_logs_loss_and_accuracy(prepared, tmp_path):
     paths = shards.expand_paths(base.data.eval)
     (batch,) = list(pipeline.make_dataset(paths, tok, out["thinker_config"], pcfg))
     model = state.model()
-    hidden = model.forward(sft.model_inputs(batch), return_hidden=True)
+    hidden = model.forward(model_inputs(batch), return_hidden=True)
     want, n = losses.masked_cross_entropy(hidden, batch["input_ids"], batch["loss_mask"], logits_fn=model.logits)
     np.testing.assert_allclose(ev["eval/loss"], float(want), rtol=1e-5)
     assert ev["eval/target_tokens"] == float(n) > 0
@@ -70,8 +73,8 @@ def test_max_target_length_reaches_the_step_and_the_logs(prepared, tmp_path, mon
     base = _cfg(prepared, tmp_path / "base")
     pcfg = pipeline.PipelineConfig(**{**base.data.pipeline, "mode": "sft", "num_epochs": 1, "shuffle_seed": None,
                                       "drop_remainder": False})
-    tok = sft.load_tokenizer(prepared[2])
-    batches = pipeline.make_dataset(shards.expand_paths(base.data.train), tok, sft.resolve_thinker_config(base.model, tok),
+    tok = tokenizer_lib.load_tokenizer(prepared[2])
+    batches = pipeline.make_dataset(shards.expand_paths(base.data.train), tok, run_lib.resolve_thinker_config(base.model, tok),
                                     pcfg)
     lengths = sorted(int(b["loss_mask"][i].sum()) for b in batches for i in range(len(b["valid"])) if b["valid"][i])
     limit = lengths[len(lengths) // 2]
