@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from omnirrm_jax.models.config import REMAT_POLICIES
 from omnirrm_jax.training.lora import LoraConfig
 from omnirrm_jax.training.optim import OptimConfig
 from omnirrm_jax.training.sharding import MeshConfig
@@ -33,8 +34,6 @@ class ModelSpec:
     lora: LoraConfig = LoraConfig()
 
     def __post_init__(self):
-        from omnirrm_jax.models.config import REMAT_POLICIES
-
         remat = {True: "full", False: "none"}.get(self.remat, self.remat) if isinstance(self.remat, bool) \
             else self.remat
         if remat not in REMAT_POLICIES:

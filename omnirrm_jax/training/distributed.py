@@ -24,7 +24,9 @@ import logging
 import os
 from typing import Any, Mapping
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +96,6 @@ def detect(env: Mapping[str, str]) -> Launch:
 
 def initialize_from_env(env: Mapping[str, str] | None = None) -> Launch:
     """Calls `jax.distributed.initialize` as the environment says (once; a no-op for one process)."""
-    import jax
-
     launch = detect(os.environ if env is None else env)
     if launch.kind == "single" or jax.distributed.is_initialized():
         return launch
@@ -108,20 +108,14 @@ def initialize_from_env(env: Mapping[str, str] | None = None) -> Launch:
 
 def is_main() -> bool:
     """Process 0 writes logs, metrics and prints; everything else is done by every process."""
-    import jax
-
     return jax.process_index() == 0
 
 
 def allgather_json(obj: Any) -> list:
     """Every process's JSON-able `obj`, in process order, on every process (e.g. data-iterator states, which
     differ per process, saved together by the one process that writes JSON checkpoint items)."""
-    import jax
-
     if jax.process_count() == 1:
         return [json.loads(json.dumps(obj))]
-    from jax.experimental import multihost_utils
-
     raw = np.frombuffer(json.dumps(obj).encode("utf-8"), np.uint8)
     lengths = np.asarray(multihost_utils.process_allgather(np.array([raw.size], np.int32))).reshape(-1)
     padded = np.zeros(int(lengths.max()), np.uint8)
@@ -135,10 +129,6 @@ def any_process(flag: bool) -> bool:
 
     Every process must call it at the same point. One tiny all-gather; it waits for the devices' queued work, which
     a multi-process step boundary already does (the hosts agree on the next batch's shapes there)."""
-    import jax
-
     if jax.process_count() == 1:
         return bool(flag)
-    from jax.experimental import multihost_utils
-
     return bool(np.asarray(multihost_utils.process_allgather(np.asarray([flag], np.int32))).any())

@@ -16,6 +16,9 @@ import logging
 import jax
 from flax import nnx
 
+from omnirrm_jax.data import pipeline
+from omnirrm_jax.data.shards import expand_paths
+from omnirrm_jax.eval.judge import pairwise_accuracy
 from omnirrm_jax.training import losses
 from omnirrm_jax.training import sharding as S
 
@@ -46,8 +49,6 @@ class HeldOutEval:
                                                                    window=pcfg.max_target_length)))
 
     def _batches(self, mode: str):
-        from omnirrm_jax.data import pipeline
-
         ds = pipeline.make_dataset(list(self.spec.paths), self.tok, self.thinker_cfg,
                                    dataclasses.replace(self.pcfg, mode=mode))
         return itertools.islice(iter(ds), self.spec.max_batches)
@@ -55,9 +56,6 @@ class HeldOutEval:
     def __call__(self, trainable, frozen) -> dict[str, float]:
         """Metrics under "eval/": loss and target_tokens (if the set has judgements), accuracy and valid_json
         overall and per modality (if it has gold labels), examples counted."""
-        from omnirrm_jax.data import pipeline
-        from omnirrm_jax.eval.judge import pairwise_accuracy
-
         out: dict[str, float] = {}
         total, tokens = 0.0, 0.0
         for host in self._batches("sft"):
@@ -84,8 +82,6 @@ class HeldOutEval:
 
 def make_held_out_eval(cfg, tok, thinker_cfg, pcfg, mesh, graphdef) -> HeldOutEval | None:
     """The run's evaluator, or None when `run.eval_every` is 0. `data.eval` must be set when it is not."""
-    from omnirrm_jax.data.shards import expand_paths
-
     run = cfg.run
     if not run.eval_every:
         return None

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from omnirrm_jax.decoding.constrained import judgement_constraint
 from omnirrm_jax.decoding.sampler import SamplingConfig, generate
 from omnirrm_jax.models.thinker import model_inputs
 from omnirrm_jax.training import run as run_lib
@@ -150,8 +151,6 @@ def train(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None = No
     total, tok = run.schedule.total, run.tok
     constraint = None
     if spec.constrained:
-        from omnirrm_jax.decoding.constrained import judgement_constraint
-
         constraint = judgement_constraint(tok, run.thinker_cfg.text.vocab_size)
     cycle = RolloutUpdate.build(run.state, run.tx, spec, run.shardings, tok=tok, mesh=run.mesh,
                                 full_finetune=cfg.model.full_finetune, constraint=constraint)

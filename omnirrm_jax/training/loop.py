@@ -14,8 +14,13 @@ import logging
 import os
 import signal
 
+import jax
 import numpy as np
 
+from omnirrm_jax.checkpoint.manager import CheckpointManager, abstract_like
+from omnirrm_jax.data.pipeline import skip_counts
+from omnirrm_jax.training.distributed import any_process
+from omnirrm_jax.training.evaluation import make_held_out_eval
 from omnirrm_jax.training.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -50,8 +55,6 @@ class Preemption:
         """Whether every process stops after `step` (all processes must call it at every step).
 
         `stop_after` (tests, time-sliced schedulers) counts as a request of this process once `step` reaches it."""
-        from omnirrm_jax.training.distributed import any_process
-
         local = self.requested or (stop_after is not None and step >= stop_after)
         agreed = any_process(local)
         if agreed and not local:
@@ -85,8 +88,6 @@ class NonFiniteGuard:
 def data_counts(iterator) -> dict[str, int]:
     """Records this process's pipeline has read and skipped, by reason ("data/skipped_too_long", ...): how much of
     the data a run is not training on (past `max_skip_ratio` the pipeline stops the run itself)."""
-    from omnirrm_jax.data.pipeline import skip_counts
-
     counts = skip_counts(iterator.get_state())
     return {"data/records_seen": int(counts["seen"]),
             **{f"data/skipped_{reason}": int(n) for reason, n in sorted(counts["skipped"].items())}}
@@ -113,8 +114,6 @@ class RunCheckpoints:
     stores the frozen base, so the checkpoint is self-contained, and a resume then takes the base from it."""
 
     def __init__(self, run, shardings):
-        from omnirrm_jax.checkpoint.manager import CheckpointManager
-
         self.mngr = CheckpointManager(os.path.join(run.workdir, "checkpoints"), keep=run.keep_checkpoints)
         self.save_frozen = run.save_frozen
         self.shardings = shardings  # (trainable, frozen), the restore targets' placement
@@ -132,8 +131,6 @@ class RunCheckpoints:
     def restore(self, state: TrainState, iterator) -> tuple[TrainState, dict] | None:
         """The newest checkpoint as a TrainState on `state`'s shardings, with `iterator` moved to the position
         stored with it, and the checkpoint's meta; None when there is no checkpoint yet."""
-        from omnirrm_jax.checkpoint.manager import abstract_like
-
         if self.latest_step() is None:
             return None
         target = {"trainable": abstract_like(state.trainable, self.shardings[0]),
@@ -159,16 +156,12 @@ class PeriodicEval:
     at that step. A no-op when `run.eval_every` is 0."""
 
     def __init__(self, cfg, tok, thinker_cfg, pcfg, mesh, graphdef, writer, *, progress: bool):
-        from omnirrm_jax.training.evaluation import make_held_out_eval
-
         self.every = cfg.run.eval_every
         self.evaluator = make_held_out_eval(cfg, tok, thinker_cfg, pcfg, mesh, graphdef)
         self.writer, self.progress, self.last = writer, progress, {}
 
     def __call__(self, step: int, total: int, trainable, frozen) -> dict:
         """Evaluates when `step` is due; returns the latest evaluation's metrics ({} before the first)."""
-        import jax
-
         if self.evaluator is None or (step % self.every and step != total):
             return self.last
         self.last = self.evaluator(trainable, frozen)

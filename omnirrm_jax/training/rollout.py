@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from omnirrm_jax.decoding.sampler import SamplingConfig
+from omnirrm_jax.eval.judge import decode_texts
+from omnirrm_jax.rubric.parse import parse_judgement
+from omnirrm_jax.rubric.rewards import reward_components
 from omnirrm_jax.training import grpo_loss
 from omnirrm_jax.training.grpo_config import GRPOSpec
+from omnirrm_jax.training.sharding import batch_sharding
 
 VERDICT_NAMES = ("A", "B", "equal")  # data.examples VERDICT_CODES order
 
@@ -25,8 +30,6 @@ def sampling_config(spec: GRPOSpec, tok) -> SamplingConfig:
 def to_host(x) -> np.ndarray:
     """A global array on every process (all-gathered when several processes hold parts of it)."""
     if jax.process_count() > 1 and isinstance(x, jax.Array) and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
 
@@ -35,10 +38,6 @@ def score_rollout(tok, tokens_BGN: np.ndarray, lengths_BG: np.ndarray, host_batc
     """Decodes the completions and scores them: rewards (B, G) per component and total, advantages,
     parse success and verdict correctness against gold (`host_batch`: gold_better/gold_score_A/gold_score_B
     and optionally valid, one entry per prompt)."""
-    from omnirrm_jax.eval.judge import decode_texts
-    from omnirrm_jax.rubric.parse import parse_judgement
-    from omnirrm_jax.rubric.rewards import reward_components
-
     B, G, _ = tokens_BGN.shape
     texts = decode_texts(tok, tokens_BGN, lengths_BG, (tok.special_ids["im_end"],))
     flat = [t for row in texts for t in row]
@@ -80,8 +79,6 @@ def _put(x: np.ndarray, sharding) -> jax.Array:
 
 def build_roll(result_tokens, result_lengths, scored: dict, mesh) -> dict:
     """The scored rollout as global arrays on `mesh` (rows sharded over the data axes)."""
-    from omnirrm_jax.training.sharding import batch_sharding
-
     tokens = to_host(result_tokens)
     B, G, N = tokens.shape
     lengths = to_host(result_lengths)
