@@ -29,6 +29,7 @@ setup(
         "pyarrow>=14",  # VL-RewardBench and Omni-RewardBench are released as parquet
         "matplotlib>=3.7",  # the eval suite's chart
         "tqdm>=4.60",
+        "tensorboardX>=2.6",  # TensorBoard event files (training/metrics.py) without TensorFlow or a hand-written encoder
     ],
     extras_require={
         # CPU torch: transformers' model is the numerical reference of the parity tests.

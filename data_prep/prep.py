@@ -21,7 +21,6 @@ input order. Row parsing, path rules, media extraction and the pool live in ``da
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import hashlib
@@ -202,33 +201,10 @@ def prep(jsonl_paths, media_root, out_dir, *, media_cfg: M.MediaConfig = M.Media
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="omnirrm prep", description="ms-swift JSONL + media -> ArrayRecord shards")
-    p.add_argument("--jsonl", nargs="+", required=True, help="input JSONL files (one split, read in this order)")
-    p.add_argument("--media-root", required=True, help="folder all media paths must resolve into")
-    p.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
-    p.add_argument("--split", default="train")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="media processes (0: in-process)")
-    p.add_argument("--records-per-shard", type=int, default=1000)
-    p.add_argument("--media", choices=["sft", "grpo", "env"], default="sft",
-                   help="reference SFT / GRPO media settings, or ms-swift env vars (MAX_PIXELS, FPS, ...)")
-    p.add_argument("--use-audio-in-video", action="store_true", help="also extract each video's audio track")
-    p.add_argument("--rewrite", action="append", default=[], metavar="OLD=NEW",
-                   help="replace a path prefix before resolving, e.g. /data/= (repeatable; first match wins)")
-    p.add_argument("--max-bad-ratio", type=float, default=0.1)
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if any("=" not in r for r in a.rewrite):
-        p.error("--rewrite takes OLD=NEW")
-    cfg = {"sft": M.MediaConfig, "grpo": M.MediaConfig.grpo, "env": M.MediaConfig.from_env}[a.media]()
-    try:
-        s = prep(a.jsonl, a.media_root, a.out, media_cfg=cfg, split=a.split, num_workers=a.workers,
-                 records_per_shard=a.records_per_shard, max_bad_ratio=a.max_bad_ratio,
-                 use_audio_in_video=a.use_audio_in_video, path_rewrites=[r.split("=", 1) for r in a.rewrite])
-    except PrepError as e:
-        print(f"omnirrm prep: error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(s, indent=1))
-    return 0
+    """`omnirrm prep` (its flags: `omnirrm_jax/commands/prep.py`), callable without the `omnirrm` front."""
+    from omnirrm_jax import cli
+
+    return cli.main(["prep", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

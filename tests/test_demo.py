@@ -8,7 +8,7 @@ import os
 import pytest
 
 from omnirrm_jax import demo
-from omnirrm_jax.demo_grpo import DemoGRPOConfig
+from omnirrm_jax.demo import DemoGRPOConfig
 
 MODALITIES = {"text", "image", "video", "audio"}
 ROW_KEYS = {"accuracy", "valid_json", "blank_media_accuracy", "mean_reward", "n"}
@@ -62,7 +62,7 @@ def test_same_params_sees_a_one_ulp_change():
     import numpy as np
     from flax import nnx
 
-    from omnirrm_jax.demo_grpo import same_params
+    from omnirrm_jax.demo.grpo import same_params
 
     a, b = (nnx.Linear(3, 2, rngs=nnx.Rngs(0)) for _ in range(2))
     assert same_params(a, b)
@@ -82,7 +82,7 @@ def test_rl_split_repeats_contested_keeps_anchors_drops_hopeless():
     same imperfect reward (no advantage, not solved) is left out."""
     import numpy as np
 
-    from omnirrm_jax.demo_grpo import choose_rl_rows
+    from omnirrm_jax.demo.grpo import choose_rl_rows
 
     mods = ["text", "text", "text", "text", "image", "image", "audio"]
     spread = np.array([0.6, 0.0, 0.0, 0.0, 0.0, 0.0, 0.2])
@@ -99,14 +99,14 @@ def test_rl_split_falls_back_to_every_probed_prompt():
     """An untrained judge (nothing contested, nothing solved) still gets an RL split: every probed prompt once."""
     import numpy as np
 
-    from omnirrm_jax.demo_grpo import choose_rl_rows
+    from omnirrm_jax.demo.grpo import choose_rl_rows
 
     chosen, counts = choose_rl_rows(["text", "image"], np.zeros(2), np.zeros(2, bool), _rl_cfg())
     assert chosen == [0, 1] and counts == {"contested": {}, "anchors": {}}
 
 
 def test_distinct_prompts_per_modality():
-    from omnirrm_jax.demo_grpo import distinct_prompts
+    from omnirrm_jax.demo.grpo import distinct_prompts
 
     def row(q, **media):
         return {"messages": [{"role": "user", "content": q}], **media}
@@ -115,4 +115,14 @@ def test_distinct_prompts_per_modality():
             row("img", images=["b.png"]), row("img", images=["a.png"]), row("vid", videos=["v.mp4"])]
     pool = distinct_prompts(rows, (2, 5, 0, 1))
     assert pool == [rows[0], rows[2], rows[4], rows[5]]  # repeats dropped, text capped at 2, no video
+
+
+def test_demo_package_is_light_and_acyclic():
+    """Importing the demo package (any submodule first) loads no JAX: the stages import it when they run."""
+    import subprocess
+    import sys
+
+    for first in ("omnirrm_jax.demo", "omnirrm_jax.demo.grpo", "omnirrm_jax.demo.runner", "omnirrm_jax.demo.data"):
+        code = f"import sys, {first}, omnirrm_jax.demo as d; assert d.run_demo and 'jax' not in sys.modules"
+        subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -223,7 +223,7 @@ def to_pair(proto: Protocol, row: BenchRow, embedded_paths: dict[str, list[str]]
 
 
 class BenchmarkRun:
-    """One benchmark over one loaded judge (`cli_judge.Judge` supplies model, config, tokenizer)."""
+    """One benchmark over one loaded judge (`judge_runner.Judge` supplies model, config, tokenizer)."""
 
     def __init__(self, judge, proto: Protocol, opts: RunOptions, *, media_root: str, output: str):
         self.judge, self.proto, self.opts = judge, proto, opts
@@ -295,7 +295,7 @@ class BenchmarkRun:
         """Judges what `output` lacks; returns counts of this run."""
         from tqdm import tqdm
 
-        from omnirrm_jax.eval.cli_judge import _thread_copy
+        from omnirrm_jax.eval.judge_runner import _thread_copy
 
         done = resume(self.output, rows, self.proto, self.opts)
         todo = []

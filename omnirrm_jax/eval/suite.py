@@ -94,7 +94,7 @@ def _has(md, name: str) -> bool:
 
 def run_suite(config_path: str, *, progress: bool = True) -> dict[str, str]:
     from omnirrm_jax.eval import report
-    from omnirrm_jax.eval.cli_judge import Judge, load_judge
+    from omnirrm_jax.eval.judge_runner import Judge, load_judge
     from omnirrm_jax.eval.readers import read_benchmark
     from omnirrm_jax.eval.runner import BenchmarkRun, RunOptions, RunStopped, read_lines
     from omnirrm_jax.eval.score import score

@@ -1,82 +1,16 @@
 """Metric logging: a JSONL file (easy to read back) and TensorBoard event files, written by process 0.
 
-TensorBoard's format is TFRecord framing around `Event` protos; the few fields we need (wall time, step,
-scalar summaries) are encoded here directly, so logging needs neither TensorFlow nor the tensorboard
-package. Only process 0 writes (multi-host runs reduce metrics first).
+The event files come from tensorboardX (a maintained writer of TensorBoard's format that needs neither
+TensorFlow nor the tensorboard package). Only process 0 writes (multi-host runs reduce metrics first).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
-import struct
 import time
 
 import jax
-
-# ---- TFRecord framing (masked CRC32C) ---------------------------------------------------------------
-
-def _crc32c_table():
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_TABLE = _crc32c_table()
-
-
-def crc32c(data: bytes) -> int:
-    c = 0xFFFFFFFF
-    for b in data:
-        c = _TABLE[(c ^ b) & 0xFF] ^ (c >> 8)
-    return c ^ 0xFFFFFFFF
-
-
-def _masked(crc: int) -> int:
-    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def tfrecord(data: bytes) -> bytes:
-    header = struct.pack("<Q", len(data))
-    return header + struct.pack("<I", _masked(crc32c(header))) + data + struct.pack("<I", _masked(crc32c(data)))
-
-
-# ---- Event proto (hand-encoded) ---------------------------------------------------------------------
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _field(num: int, wire: int, payload: bytes) -> bytes:
-    return _varint((num << 3) | wire) + payload
-
-
-def _bytes_field(num: int, data: bytes) -> bytes:
-    return _field(num, 2, _varint(len(data)) + data)
-
-
-def event_bytes(wall_time: float, step: int, *, scalars: dict[str, float] | None = None,
-                file_version: str | None = None) -> bytes:
-    """Event{wall_time=1 (double), step=2 (int64), file_version=3, summary=5{value=1{tag=1, simple_value=2}}}."""
-    msg = _field(1, 1, struct.pack("<d", wall_time)) + _field(2, 0, _varint(step))
-    if file_version is not None:
-        msg += _bytes_field(3, file_version.encode())
-    if scalars:
-        values = b"".join(_bytes_field(1, _bytes_field(1, tag.encode()) + _field(2, 5, struct.pack("<f", float(v))))
-                          for tag, v in scalars.items())
-        msg += _bytes_field(5, values)
-    return msg
 
 
 class MetricWriter:
@@ -86,19 +20,21 @@ class MetricWriter:
         self.active = jax.process_index() == 0
         if not self.active:
             return
-        os.makedirs(os.path.join(workdir, "tb"), exist_ok=True)
+        from tensorboardX import SummaryWriter  # imported here: only the writing process needs it
+
+        os.makedirs(workdir, exist_ok=True)
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}"
-        self._tb = open(os.path.join(workdir, "tb", name), "ab")
-        self._tb.write(tfrecord(event_bytes(time.time(), 0, file_version="brain.Event:2")))
+        self._tb = SummaryWriter(os.path.join(workdir, "tb"))
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.active:
             return
+        now = time.time()
         clean = {k: float(v) for k, v in scalars.items()}
-        self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **clean}) + "\n")
+        self._jsonl.write(json.dumps({"step": int(step), "time": now, **clean}) + "\n")
         self._jsonl.flush()
-        self._tb.write(tfrecord(event_bytes(time.time(), int(step), scalars=clean)))
+        for tag, value in clean.items():
+            self._tb.add_scalar(tag, value, global_step=int(step), walltime=now)
         self._tb.flush()
 
     def close(self) -> None:

@@ -309,36 +309,28 @@ def format_table(rows: list[Row], remat_name: str) -> str:
     return "\n".join("  ".join(str(c).rjust(w) for c, w in zip(line, widths)) for line in lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="omnirrm plan", description=__doc__.split("\n\n")[0])
-    p.add_argument("config", help="SFT or GRPO YAML run config")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
-    p.add_argument("--devices", type=int, default=None, help="devices; default: the three standard layouts")
-    p.add_argument("--mesh", default=None, help="data=..,fsdp=..,tensor=.. (default: the config's mesh)")
-    p.add_argument("--platform", default="gpu", choices=sorted(HBM_GIB), help="sets the HBM per device")
-    p.add_argument("--preset", default=None, help="model preset when model.hf_path is not readable here")
-    args = p.parse_intermixed_args(argv)  # overrides may follow the options
-    cfg = load_run_config(args.config, args.overrides)
-    tcfg, note = thinker_config(cfg, args.preset)
+def report(config: str, overrides=(), *, devices: int | None = None, mesh: str | None = None,
+           platform: str = "gpu", preset: str | None = None) -> str:
+    """`omnirrm plan`'s output: the run, the step's shape and a per-device memory table, on `devices` x `platform`
+    (default: the standard layouts) with `mesh` ("data=..,fsdp=..,tensor=.."; default: the config's)."""
+    cfg = load_run_config(config, overrides)
+    tcfg, note = thinker_config(cfg, preset)
     work = workload(cfg)
-    layouts = ([(f"{args.devices} x {args.platform}", args.devices, args.platform)] if args.devices
-               else STANDARD_LAYOUTS)
+    layouts = [(f"{devices} x {platform}", devices, platform)] if devices else STANDARD_LAYOUTS
     rows = []
-    for name, n, platform in layouts:
-        meshes = [parse_mesh(args.mesh, n, cfg.mesh)]
-        if not args.mesh and n > 1 and meshes[0]["fsdp"] != n:
+    for name, n, plat in layouts:
+        meshes = [parse_mesh(mesh, n, cfg.mesh)]
+        if not mesh and n > 1 and meshes[0]["fsdp"] != n:
             meshes.append({"data": 1, "fsdp": n, "tensor": 1})  # the all-FSDP alternative
-        for mesh in meshes:
-            rows.append(plan_row(cfg, tcfg, mesh, layout=name, hbm=HBM_GIB[platform], platform=platform))
+        for m in meshes:
+            rows.append(plan_row(cfg, tcfg, m, layout=name, hbm=HBM_GIB[plat], platform=plat))
     remat = tcfg.remat if tcfg.remat != "none" else "full"
-    print(f"model: {note}; {cfg.model.param_dtype} params, {cfg.model.dtype} compute, "
-          f"{'full fine-tuning' if cfg.model.full_finetune else f'LoRA r={cfg.model.lora.rank}'}")
-    print(f"step: {work.mode}, {work.rows} rows x {work.seq} tokens"
-          + (f"; rollout KV cache {work.kv_rows} rows x {work.kv_seq} tokens" if work.kv_rows else ""))
-    print(f"per-device GiB; total = params + optimizer + gathered + max(grads + act, kv cache) with "
-          f"remat={tcfg.remat}; "
-          "'fits' leaves 10% of HBM for XLA temporaries; 'batch!': the batch does not split over data x fsdp")
-    print(format_table(rows, remat))
-    return 0
+    return "\n".join([
+        f"model: {note}; {cfg.model.param_dtype} params, {cfg.model.dtype} compute, "
+        f"{'full fine-tuning' if cfg.model.full_finetune else f'LoRA r={cfg.model.lora.rank}'}",
+        f"step: {work.mode}, {work.rows} rows x {work.seq} tokens"
+        + (f"; rollout KV cache {work.kv_rows} rows x {work.kv_seq} tokens" if work.kv_rows else ""),
+        f"per-device GiB; total = params + optimizer + gathered + max(grads + act, kv cache) with "
+        f"remat={tcfg.remat}; "
+        "'fits' leaves 10% of HBM for XLA temporaries; 'batch!': the batch does not split over data x fsdp",
+        format_table(rows, remat)])

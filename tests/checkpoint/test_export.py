@@ -26,9 +26,8 @@ from tests.hf_tiny import to_np
 def lora_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     cfg = demo.DemoConfig(workdir=str(root), n_train_per_modality=4, n_eval_per_modality=2, batch_size=8)
-    data = demo._prepare(cfg, "data", blank=False)
-    _, tok_path = demo._tokenizer(cfg, data["root"])
-    c = demo._sft_config(dataclasses.replace(cfg, steps=2), data["shards"], tok_path, str(root / "run"))
+    data = demo.prepare_demo_data(cfg)
+    c = demo.sft_config(dataclasses.replace(cfg, steps=2), data.shards, data.tokenizer_path, str(root / "run"))
     c = dataclasses.replace(c, model=dataclasses.replace(c.model, full_finetune=False,
                                                           lora=LoraConfig(rank=4, alpha=16.0)),
                             optim=dataclasses.replace(c.optim, learning_rate=2e-2, warmup_ratio=0.0))

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from omnirrm_jax import cli
-from omnirrm_jax.eval import cli_judge as CJ
+from omnirrm_jax.eval import judge_runner as CJ
 from omnirrm_jax.eval import pairs
 from omnirrm_jax.rubric import parse_judgement
 from tests.eval.judge_env import judge_env

@@ -22,24 +22,17 @@ from omnirrm_jax.training.sharding import MeshConfig
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from data_prep.prep import prep
-    from omnirrm_jax.data.media import MediaConfig, VideoConfig
-
     root = tmp_path_factory.mktemp("grpo_demo")
     cfg = demo.DemoConfig(workdir=str(root), n_train_per_modality=8, n_eval_per_modality=4, batch_size=4)
-    data = demo._prepare(cfg, "data", blank=False)
-    prep([os.path.join(data["root"], "grpo_train.jsonl")], data["root"], data["shards"],
-         media_cfg=MediaConfig(video=VideoConfig(**demo.DEMO_VIDEO)), split="grpotrain", records_per_shard=10_000)
-    _, tok_path = demo._tokenizer(cfg, data["root"])
-    return data, tok_path
+    return demo.prepare_demo_data(cfg, grpo_train=True)
 
 
 def grpo_config(prepared, workdir, steps=4, run_kw=None, **grpo_kw) -> GRPOConfig:
-    data, tok_path = prepared
+    data = prepared
     return GRPOConfig(
         model=C.ModelSpec(preset="tiny", dtype="float32", param_dtype="float32"),
-        data=C.DataSpec(train=(os.path.join(data["shards"], "grpotrain-*.array_record"),), tokenizer=tok_path,
-                        eval=tuple(os.path.join(data["shards"], f"{s}-*.array_record") for s in ("eval", "eval_sft")),
+        data=C.DataSpec(train=(os.path.join(data.shards, "grpotrain-*.array_record"),), tokenizer=data.tokenizer_path,
+                        eval=tuple(os.path.join(data.shards, f"{s}-*.array_record") for s in ("eval", "eval_sft")),
                         pipeline={"batch_size": 4, "shuffle_seed": 0, "seq_buckets": (384,),
                                   "media_buckets": demo.media_buckets(4)}),
         optim=OptimConfig(learning_rate=1e-3, warmup_ratio=0.0, weight_decay=0.0),

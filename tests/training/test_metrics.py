@@ -1,11 +1,7 @@
-"""Our hand-written TensorBoard event files load in TensorBoard's own reader."""
+"""MetricWriter's TensorBoard event files (tensorboardX) load in TensorBoard's own reader; its JSONL matches."""
 import json
 
 from omnirrm_jax.training import metrics
-
-
-def test_crc32c_known_value():
-    assert metrics.crc32c(b"123456789") == 0xE3069283
 
 
 def test_events_readable_by_tensorboard(tmp_path):
@@ -23,6 +19,15 @@ def test_events_readable_by_tensorboard(tmp_path):
     assert abs(events[1].value - 0.5) < 1e-7
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert rows[2]["step"] == 3 and abs(rows[2]["train/loss"] - 1 / 3) < 1e-12
+    assert len(list((tmp_path / "tb").glob("events.out.tfevents.*"))) == 1
+
+
+def test_only_process_zero_writes(tmp_path, monkeypatch):
+    monkeypatch.setattr(metrics.jax, "process_index", lambda: 1)
+    w = metrics.MetricWriter(str(tmp_path / "run"))
+    w.write(1, {"train/loss": 1.0})
+    w.close()
+    assert not (tmp_path / "run").exists()
 
 
 def test_flops_per_token_counts_weight_gradients_only_when_the_base_trains():

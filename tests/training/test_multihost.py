@@ -89,21 +89,15 @@ def test_resume_with_another_process_count_is_an_error(tmp_path):
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from data_prep.prep import prep
-    from omnirrm_jax.data.media import MediaConfig, VideoConfig
-
     root = tmp_path_factory.mktemp("demo")
     cfg = demo.DemoConfig(workdir=str(root), n_train_per_modality=12, n_eval_per_modality=4, batch_size=8)
-    data = demo._prepare(cfg, "data", blank=False)
-    prep([os.path.join(data["root"], "grpo_train.jsonl")], data["root"], data["shards"],
-         media_cfg=MediaConfig(video=VideoConfig(**demo.DEMO_VIDEO)), split="grpotrain", records_per_shard=10_000)
-    _, tok_path = demo._tokenizer(cfg, data["root"])
-    return cfg, data, tok_path
+    data = demo.prepare_demo_data(cfg, grpo_train=True)
+    return cfg, data
 
 
 def _sft_cfg(prepared, workdir, steps=6):
-    cfg, data, tok_path = prepared
-    c = demo._sft_config(dataclasses.replace(cfg, steps=steps), data["shards"], tok_path, str(workdir))
+    cfg, data = prepared
+    c = demo.sft_config(dataclasses.replace(cfg, steps=steps), data.shards, data.tokenizer_path, str(workdir))
     return dataclasses.replace(c, run=dataclasses.replace(c.run, log_every=1, keep_checkpoints=2))
 
 
@@ -111,11 +105,11 @@ def _grpo_cfg(prepared, hf_path: str, workdir) -> GRPOConfig:
     """Two rollout batches of 4 prompts x G=2 from the SFT model, LoRA on it, on a data x fsdp x tensor mesh.
     Constrained sampling: every completion parses, so the sampled scores make rewards differ within a group (a
     6-step SFT model writes no valid JSON alone: equal rewards, zero advantages, an update of pure noise)."""
-    _, data, tok_path = prepared
+    _, data = prepared
     return GRPOConfig(
         model=config_lib.ModelSpec(preset=None, hf_path=hf_path, dtype="float32", param_dtype="float32"),
-        data=config_lib.DataSpec(train=(os.path.join(data["shards"], "grpotrain-*.array_record"),),
-                                 tokenizer=tok_path,
+        data=config_lib.DataSpec(train=(os.path.join(data.shards, "grpotrain-*.array_record"),),
+                                 tokenizer=data.tokenizer_path,
                                  pipeline={"batch_size": 4, "shuffle_seed": 0, "seq_buckets": (384,),
                                            "media_buckets": demo.media_buckets(4)}),
         optim=OptimConfig(learning_rate=1e-3, warmup_ratio=0.0, weight_decay=0.0),

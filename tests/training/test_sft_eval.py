@@ -20,14 +20,13 @@ from omnirrm_jax.training import losses, sft
 def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     cfg = demo.DemoConfig(workdir=str(root), n_train_per_modality=8, n_eval_per_modality=4, batch_size=8)
-    data = demo._prepare(cfg, "data", blank=False)
-    _, tok_path = demo._tokenizer(cfg, data["root"])
-    return cfg, data, tok_path
+    data = demo.prepare_demo_data(cfg)
+    return cfg, data
 
 
 def _cfg(prepared, workdir, **run):
-    cfg, data, tok_path = prepared
-    c = demo._sft_config(dataclasses.replace(cfg, steps=4), data["shards"], tok_path, str(workdir))
+    cfg, data = prepared
+    c = demo.sft_config(dataclasses.replace(cfg, steps=4), data.shards, data.tokenizer_path, str(workdir))
     return dataclasses.replace(c, run=dataclasses.replace(c.run, log_every=2, **run))
 
 
@@ -73,7 +72,7 @@ def test_max_target_length_reaches_the_step_and_the_logs(prepared, tmp_path, mon
     base = _cfg(prepared, tmp_path / "base")
     pcfg = pipeline.PipelineConfig(**{**base.data.pipeline, "mode": "sft", "num_epochs": 1, "shuffle_seed": None,
                                       "drop_remainder": False})
-    tok = tokenizer_lib.load_tokenizer(prepared[2])
+    tok = tokenizer_lib.load_tokenizer(prepared[1].tokenizer_path)
     batches = pipeline.make_dataset(shards.expand_paths(base.data.train), tok, run_lib.resolve_thinker_config(base.model, tok),
                                     pcfg)
     lengths = sorted(int(b["loss_mask"][i].sum()) for b in batches for i in range(len(b["valid"])) if b["valid"][i])

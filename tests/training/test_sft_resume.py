@@ -14,14 +14,13 @@ from omnirrm_jax.training import sft
 def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     cfg = demo.DemoConfig(workdir=str(root), n_train_per_modality=12, n_eval_per_modality=4, batch_size=8)
-    data = demo._prepare(cfg, "data", blank=False)
-    _, tok_path = demo._tokenizer(cfg, data["root"])
-    return cfg, data, tok_path
+    data = demo.prepare_demo_data(cfg)
+    return cfg, data
 
 
 def _cfg(prepared, workdir, steps=6):
-    cfg, data, tok_path = prepared
-    sft_cfg = demo._sft_config(dataclasses.replace(cfg, steps=steps), data["shards"], tok_path, str(workdir))
+    cfg, data = prepared
+    sft_cfg = demo.sft_config(dataclasses.replace(cfg, steps=steps), data.shards, data.tokenizer_path, str(workdir))
     return dataclasses.replace(sft_cfg, run=dataclasses.replace(sft_cfg.run, log_every=2))
 
 

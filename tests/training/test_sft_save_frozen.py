@@ -16,14 +16,13 @@ def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     cfg = demo.DemoConfig(workdir=str(root), n_train_per_modality=4, n_eval_per_modality=4, batch_size=8,
                           preset="tiny")
-    data = demo._prepare(cfg, "data", blank=False)
-    _, tok_path = demo._tokenizer(cfg, data["root"])
-    return cfg, data, tok_path
+    data = demo.prepare_demo_data(cfg)
+    return cfg, data
 
 
 def _lora_cfg(prepared, workdir, save_frozen, steps=2):
-    cfg, data, tok_path = prepared
-    c = demo._sft_config(dataclasses.replace(cfg, steps=steps), data["shards"], tok_path, str(workdir))
+    cfg, data = prepared
+    c = demo.sft_config(dataclasses.replace(cfg, steps=steps), data.shards, data.tokenizer_path, str(workdir))
     return dataclasses.replace(c, model=dataclasses.replace(c.model, full_finetune=False),
                                run=dataclasses.replace(c.run, save_frozen=save_frozen))
 

@@ -26,51 +26,20 @@ The reference policy of the KL term is the SFT model itself (LoRA switched off),
 from __future__ import annotations
 
 import collections
-import dataclasses
 import glob
 import json
 import os
 
 import numpy as np
 
+from omnirrm_jax.demo.config import DemoConfig, DemoGRPOConfig
+from omnirrm_jax.demo.data import DEMO_VIDEO, DemoData, media_buckets, pipeline_config
+
 ALL_MODALITIES = ("text", "image", "video", "audio")
 MEDIA_KEYS = {"images": "image", "videos": "video", "audios": "audio"}  # ms-swift columns -> modality
 # Every demo prompt (judge prompt, chat template, media placeholders) is at most 109 tokens: one 128 bucket
 # halves the prompt part of the rollout and the update next to SFT's 256 (prompt + judgement).
 PROMPT_BUCKETS = (128, 256, 512)
-
-
-@dataclasses.dataclass(frozen=True)
-class DemoGRPOConfig:
-    rollouts: int = 28  # rollout batches = optimizer updates (one update per rollout)
-    prompts_per_rollout: int | None = 16  # None: every RL row in every rollout (full batch)
-    num_generations: int = 8  # G samples per prompt
-    learning_rate: float = 3e-3  # LoRA factors of a width-64 decoder: far above the 7B run's 1e-6
-    # Adam's eps is the gradient size below which a parameter barely moves. At the default 1e-8, far below these
-    # LoRA gradients (RMS ~1e-5), parameters fed only tiny but steady gradients moved at the full rate too and
-    # carried the media rationales off (one seed in four: held-out video 0.50 valid JSON); at 1e-6, none.
-    adam_eps: float = 1e-6
-    warmup_ratio: float = 0.05
-    temperature: float = 1.0
-    # No top-p/top-k filter (the reference's 0.95 / 50): on the prompts the SFT judge still gets wrong the right
-    # verdict can be the minority token a 0.95 nucleus cuts off, and on this CPU the top-k/top-p sort doubled
-    # the rollout's time (10.0 vs 4.5 s for 38 prompts x 8).
-    top_p: float = 1.0
-    top_k: int = 0
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    beta: float = 0.04
-    num_iterations: int = 1  # policy updates per rollout batch (importance ratio clipped)
-    # Every demo judgement is 146-152 tokens + <|im_end|>: 160 holds all of them (the reward needs the whole
-    # JSON) and costs 20 % less per rollout than the demo's max_new_tokens (200).
-    max_completion_length: int | None = 160  # None: the demo's max_new_tokens
-    # The probe (see the module docstring): distinct train prompts sampled per modality (text, image, video,
-    # audio; 0 everywhere: no probe, the RL split is every train row), and samples per prompt.
-    probe_per_modality: tuple[int, int, int, int] = (32, 8, 8, 8)
-    probe_generations: int = 16
-    anchors: tuple[int, int, int, int] = (32, 2, 2, 2)  # solved probe prompts kept as RL prompts, per modality
-    contested_repeat: int = 3  # copies of each contested prompt in the RL split
-    seed: int | None = None  # probe, LoRA init, rollout sampling and batch order; None: the demo's seed
 
 
 def _modality(row: dict) -> str:
@@ -84,7 +53,6 @@ def _prep_rows(root: str, split: str, rows: list[dict]) -> str:
 
     from data_prep.prep import prep
     from omnirrm_jax.data.media import MediaConfig, VideoConfig
-    from omnirrm_jax.demo import DEMO_VIDEO
 
     src, out = os.path.join(root, f"{split}.jsonl"), os.path.join(root, "grpo_shards", split)
     with open(src, "w", encoding="utf-8") as f:
@@ -135,7 +103,6 @@ def probe(model, tok, rows: list[dict], glob_: str, gcfg: DemoGRPOConfig, max_ne
 
     from omnirrm_jax.data import pipeline
     from omnirrm_jax.decoding.sampler import generate
-    from omnirrm_jax.demo import pipeline_config
     from omnirrm_jax.training import rollout
     from omnirrm_jax.training.grpo_config import GRPOSpec
     from omnirrm_jax.models.thinker import model_inputs
@@ -156,32 +123,31 @@ def probe(model, tok, rows: list[dict], glob_: str, gcfg: DemoGRPOConfig, max_ne
     return spread, solved
 
 
-def rl_split(model, tok, data: dict, gcfg: DemoGRPOConfig, max_new_tokens: int, seed: int) -> tuple[str, dict]:
+def rl_split(model, tok, data: DemoData, gcfg: DemoGRPOConfig, max_new_tokens: int, seed: int) -> tuple[str, dict]:
     """Prepares the RL split from the train split's RL rows (`grpo_train.jsonl`: prompt + gold verdict/scores):
     the probe's choice (`choose_rl_rows`), or every row when `probe_per_modality` is all 0.
 
     Returns (shard glob, {"probed", "contested", "anchors": counts per modality, "rows"}; {} without a probe)."""
-    with open(os.path.join(data["root"], "grpo_train.jsonl"), encoding="utf-8") as f:
+    with open(os.path.join(data.root, "grpo_train.jsonl"), encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
     if not any(gcfg.probe_per_modality):
-        return _prep_rows(data["root"], "grpotrain", rows), {}
+        return _prep_rows(data.root, "grpotrain", rows), {}
     pool = distinct_prompts(rows, gcfg.probe_per_modality)
-    spread, solved = probe(model, tok, pool, _prep_rows(data["root"], "grpoprobe", pool), gcfg, max_new_tokens, seed)
+    spread, solved = probe(model, tok, pool, _prep_rows(data.root, "grpoprobe", pool), gcfg, max_new_tokens, seed)
     modalities = [_modality(r) for r in pool]
     chosen, counts = choose_rl_rows(modalities, spread, solved, gcfg)
     stats = {"probed": dict(collections.Counter(modalities)), **counts, "rows": len(chosen)}
-    return _prep_rows(data["root"], "grporl", [pool[i] for i in chosen]), stats
+    return _prep_rows(data.root, "grporl", [pool[i] for i in chosen]), stats
 
 
-def grpo_seed(demo_cfg, gcfg: DemoGRPOConfig) -> int:
+def grpo_seed(demo_cfg: DemoConfig, gcfg: DemoGRPOConfig) -> int:
     return demo_cfg.seed if gcfg.seed is None else gcfg.seed
 
 
-def grpo_config(demo_cfg, gcfg: DemoGRPOConfig, base_dir: str, train_glob: str, tok_path: str, workdir: str,
+def grpo_config(demo_cfg: DemoConfig, gcfg: DemoGRPOConfig, base_dir: str, train_glob: str, tok_path: str, workdir: str,
                 rl_rows: int):
     """The `GRPOConfig` of the stage: LoRA on the SFT model's HF export, float32, `rollouts` rollout batches of
     `prompts_per_rollout` prompts (all `rl_rows` when None)."""
-    from omnirrm_jax.demo import media_buckets
     from omnirrm_jax.training import config as C
     from omnirrm_jax.training.grpo_config import GRPOConfig, GRPOSpec
     from omnirrm_jax.training.lora import LoraConfig
@@ -211,7 +177,7 @@ def grpo_config(demo_cfg, gcfg: DemoGRPOConfig, base_dir: str, train_glob: str, 
                       max_completion_length=gcfg.max_completion_length or demo_cfg.max_new_tokens))
 
 
-def run_grpo_stage(demo_cfg, sft_model, tok, tok_path: str, data: dict, gcfg: DemoGRPOConfig,
+def run_grpo_stage(demo_cfg: DemoConfig, sft_model, tok, tok_path: str, data: DemoData, gcfg: DemoGRPOConfig,
                    progress: bool = True) -> dict:
     """Picks the RL prompts (`rl_split`), trains the GRPO stage from `sft_model`, exports the merged judge as HF
     safetensors and reads it back.
@@ -234,7 +200,7 @@ def run_grpo_stage(demo_cfg, sft_model, tok, tok_path: str, data: dict, gcfg: De
     if progress and prompts:
         print(f"GRPO prompts: contested {prompts['contested']} (x{gcfg.contested_repeat}) + anchors "
               f"{prompts['anchors']} of probed {prompts['probed']}", flush=True)
-    rl_rows = prompts.get("rows") or sum(1 for _ in open(os.path.join(data["root"], "grpo_train.jsonl")))
+    rl_rows = prompts.get("rows") or sum(1 for _ in open(os.path.join(data.root, "grpo_train.jsonl")))
     t1 = time.time()
     workdir = os.path.join(demo_cfg.workdir, "grpo")
     out = grpo.train(grpo_config(demo_cfg, gcfg, base_dir, train_glob, tok_path, workdir, rl_rows),
@@ -263,14 +229,3 @@ def same_params(a, b) -> bool:
             return False
     return True
 
-
-def history_summary(history: list[dict], k: int = 5) -> dict:
-    """Mean training-rollout reward and verdict accuracy over the first and last `k` rollouts (a trend only:
-    these are sampled judgements of different train prompts, not the held-out evaluation)."""
-    def mean(rows, key):
-        return round(float(np.mean([h[key] for h in rows])), 4) if rows else None
-
-    first, last = history[:k], history[-k:]
-    return {"rollouts": len(history), "first_reward": mean(first, "reward/total_mean"),
-            "last_reward": mean(last, "reward/total_mean"), "first_accuracy": mean(first, "rollout/verdict_accuracy"),
-            "last_accuracy": mean(last, "rollout/verdict_accuracy"), "last_kl": mean(last, "train/kl")}

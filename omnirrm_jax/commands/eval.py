@@ -54,8 +54,7 @@ def _data_args(p: argparse.ArgumentParser, judgements_help: str) -> None:
     p.add_argument("--literal-labels", action="store_true", help="reference metric: read HH labels as stored")
 
 
-def add_eval_parser(sub) -> None:
-    """Registers `omnirrm eval` on the CLI's subparsers."""
+def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="benchmark a judge (reference and omnirrm metrics): `omnirrm eval --help`",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = p.add_subparsers(dest="eval_command", metavar="BENCH|score|suite")
@@ -64,16 +63,21 @@ def add_eval_parser(sub) -> None:
         _model_args(b)
         _data_args(b, "JSONL written here (appended; resumable)")
         _run_args(b)
-        b.set_defaults(func=_cmd_bench, bench=name)
+        b.set_defaults(verb=_cmd_bench, bench=name)
     s = verbs.add_parser("score", help="both metrics from saved judgements (no model)")
     s.add_argument("bench", choices=BENCHES)
     _data_args(s, "the judgements JSONL of `omnirrm eval BENCH`")
-    s.set_defaults(func=_cmd_score)
+    s.set_defaults(verb=_cmd_score)
     u = verbs.add_parser("suite", help="every benchmark of a config: report.md, report.json, report.png")
     u.add_argument("config", help="YAML (see configs/eval_paper.yaml)")
     u.add_argument("--no-progress", action="store_true", help="no progress bars")
-    u.set_defaults(func=_cmd_suite)
-    p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
+    u.set_defaults(verb=_cmd_suite)
+    p.set_defaults(verb=lambda a: (p.print_help(), 0)[1])  # no verb: the help
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    return args.verb(args)
 
 
 def _options(args: argparse.Namespace):
@@ -99,7 +103,7 @@ def _dump(report: dict, path: str | None) -> None:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from omnirrm_jax.eval import benchmarks as B
-    from omnirrm_jax.eval.cli_judge import Judge, UsageError, load_judge
+    from omnirrm_jax.eval.judge_runner import Judge, UsageError, load_judge
     from omnirrm_jax.eval.readers import BenchmarkFileError, read_benchmark
     from omnirrm_jax.eval.runner import BenchmarkRun, EvalError, RunStopped, read_lines
     from omnirrm_jax.eval.score import score
@@ -145,7 +149,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 def _cmd_suite(args: argparse.Namespace) -> int:
     from omnirrm_jax.eval import suite
-    from omnirrm_jax.eval.cli_judge import UsageError
+    from omnirrm_jax.eval.judge_runner import UsageError
     from omnirrm_jax.eval.readers import BenchmarkFileError
     from omnirrm_jax.eval.runner import EvalError
 

@@ -1,0 +1,22 @@
+"""`omnirrm convert`: weights between an HF safetensors dir and an Orbax checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("convert", help="convert weights: HF safetensors dir <-> Orbax checkpoint")
+    p.add_argument("src", help="HF checkpoint directory (config.json + *.safetensors) or Orbax directory")
+    p.add_argument("dst", help="output directory")
+    p.add_argument("--to", choices=["orbax", "hf"], required=True, help="output format")
+    p.add_argument("--dtype", default="float32", help="parameter dtype to store (float32, bfloat16)")
+    p.add_argument("--lora", default=None, help="PEFT/ms-swift LoRA adapter dir to merge (HF -> Orbax)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from omnirrm_jax.models import convert
+
+    convert.run(args.src, args.dst, to=args.to, dtype=args.dtype, lora_path=args.lora)
+    return 0

@@ -1,0 +1,31 @@
+"""`omnirrm demo`: the whole path on the embedded demo task (`omnirrm_jax.demo`), from nothing to a judge."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("demo", help="generate demo data, prep it, train a tiny judge, evaluate it (CPU: minutes)")
+    p.add_argument("--workdir", default="runs/demo", help="where data, checkpoints and demo_report.json go")
+    p.add_argument("--steps", type=int, default=None, help="SFT steps (default from DemoConfig)")
+    p.add_argument("--no-control", action="store_true", help="skip the blanked-media control run")
+    p.add_argument("--no-grpo", action="store_true", help="stop after SFT (skip the GRPO stage)")
+    p.add_argument("--grpo-seed", type=int, default=None, help="seed of the GRPO stage (default: the demo's)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from omnirrm_jax import demo
+
+    cfg = demo.DemoConfig(workdir=args.workdir, control=not args.no_control)
+    if args.no_grpo:
+        cfg = dataclasses.replace(cfg, grpo=None)
+    elif args.grpo_seed is not None:
+        cfg = dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, seed=args.grpo_seed))
+    if args.steps:
+        cfg = dataclasses.replace(cfg, steps=args.steps)
+    demo.run_demo(cfg)
+    return 0

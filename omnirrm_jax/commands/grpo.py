@@ -1,0 +1,30 @@
+"""`omnirrm grpo CONFIG [key.sub=value ...]`: GRPO with the rubric rewards from a YAML run config
+(`training.grpo`)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("grpo", help="GRPO with the rubric rewards: omnirrm grpo CONFIG [key.sub=value ...]")
+    p.add_argument("config", help="YAML run config (see configs/grpo_*.yaml)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from omnirrm_jax.training.distributed import initialize_from_env
+
+    initialize_from_env()  # before any backend starts; a no-op unless launched multi-process
+    from omnirrm_jax.training import config as config_lib
+    from omnirrm_jax.training import grpo
+    from omnirrm_jax.training.grpo_config import GRPOConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = config_lib.load_config(args.config, args.overrides, cls=GRPOConfig)
+    out = grpo.train(cfg)
+    print(f"done: {out['rollouts']} rollout batches" + (" (preempted, checkpoint saved)" if out["preempted"] else ""))
+    return 0
