@@ -104,7 +104,7 @@ def completion_logprobs(model, inputs: dict, completions_RN: jax.Array, completi
     Completion positions continue the prompt's (+1 per token on all three mRoPE axes), exactly the positions
     the sampler decoded them at. `rows_per_chunk` (a multiple of G) runs that many rows' prompts and
     completions at a time, each chunk rematerialised in the backward pass (the update itself accumulates chunk
-    gradients instead: `_accumulated_grads`); `logit_tokens` bounds the fp32 logits alive at once (rows x
+    gradients instead: `accumulated_grads`); `logit_tokens` bounds the fp32 logits alive at once (rows x
     sequence chunk). `completion_mask_RN` is not needed: tokens after a row's end are only seen by later
     (ignored) tokens of that row.
     """
