@@ -40,8 +40,8 @@ import optax
 from flax import nnx
 
 from omnirrm_jax.data import shards
+from omnirrm_jax.decoding.cache import init_cache
 from omnirrm_jax.decoding.sampler import SamplingConfig, _last_positions, generate
-from omnirrm_jax.models import text as text_lib
 from omnirrm_jax.training import grpo_loss, losses
 from omnirrm_jax.training import sharding as S
 from omnirrm_jax.training.grpo_config import LOGIT_TOKENS, GRPOConfig, GRPOSpec
@@ -79,7 +79,7 @@ def _prompt_logprobs(model, G: int, temperature: float, logit_tokens: int, x_bSD
     # cuDNN's differentiable attention with a mask wants even query and key lengths: the completion pass
     # takes all N tokens (+1 pad when N is odd; only the first N - 1 outputs are used) into S + N2 slots
     N2 = N + N % 2
-    cache = text_lib.init_cache(model.config, b, S + N2, prompt_mask_BT=mask_bS, dtype=x_bSD.dtype)
+    cache = init_cache(model.config, b, S + N2, prompt_mask_BT=mask_bS, dtype=x_bSD.dtype)
     h_bSD, cache, _ = model.model(x_bSD, pos_3bS, cache=cache, cache_index=0)
     h_rND = jnp.repeat(h_bSD[:, S - 1:], G, axis=0)  # the prompt's last position predicts token 0
     comp_rN = comp_bGN.reshape(b * G, N)
@@ -268,7 +268,7 @@ def sampling_config(spec: GRPOSpec, tok) -> SamplingConfig:
     return SamplingConfig(max_new_tokens=spec.max_completion_length, temperature=spec.temperature,
                           top_p=spec.top_p, top_k=spec.top_k, num_samples=spec.num_generations,
                           stop_token_ids=(tok.special_ids["im_end"],), pad_token_id=tok.special_ids["pad"],
-                          shared_prefix=spec.shared_prefix)
+                          shared_prefix=spec.shared_prefix, shared_prefix_kernel=spec.shared_prefix_kernel)
 
 
 def to_host(x) -> np.ndarray:
