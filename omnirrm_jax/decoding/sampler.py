@@ -4,7 +4,7 @@ GRPO draws G judgements per prompt and needs, for each sampled token, its log-pr
 distribution it was drawn from. Running the vision/audio towers and the prompt G times would multiply
 the most expensive part of a rollout by G, so `prefill` runs the B prompts once and `decode` samples all
 B*G rows (each prompt's samples adjacent) in one `lax.while_loop`. The G samples of a prompt either read one
-shared copy of its KV cache (`models.shared_prefix`: on one GPU, a Pallas kernel) or a copy each.
+shared copy of its KV cache (`decoding.shared_prefix`: on one GPU, a Pallas kernel) or a copy each (`cache`).
 Two jitted programs: the prefill's shapes depend on the media shapes, the decode loop's only on
 (B, S, G, N) and the `SamplingConfig`, so a rollout loop over bucketed shapes never recompiles; the
 model's parameters are jit arguments, not constants baked into a program.
@@ -30,9 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
+from omnirrm_jax.decoding import cache as cache_lib
 from omnirrm_jax.models import layers as L
-from omnirrm_jax.models import shared_prefix as SP
-from omnirrm_jax.models import text as text_lib
 from omnirrm_jax.models.config import IM_END_ID, PAD_ID
 
 log = logging.getLogger(__name__)
@@ -54,14 +53,26 @@ class SamplingConfig:
     num_samples: int = 1
     stop_token_ids: tuple[int, ...] = (IM_END_ID,)
     pad_token_id: int = PAD_ID
-    # G > 1: "on" = the G samples read one copy of the prompt's keys/values (`models.shared_prefix`), "off" = a copy
-    # per sample, "auto" = on where its GPU kernel runs (one GPU, G a power of two), else off
+    # G > 1: "on" = the G samples read one copy of the prompt's keys/values (`decoding.shared_prefix`), "off" = a
+    # copy per sample, "auto" = on where `shared_prefix_kernel` resolves to the GPU kernel, else off
     shared_prefix: str = "auto"
+    # The shared copy's attention, chosen where the other attention kernels are
+    # (`models.layers.resolve_shared_prefix_backend`): "pallas" = the fused kernel (interpreted off GPU: tests),
+    # "xla" = einsums, "auto" = the kernel on one GPU (G > 1 a power of two) for shapes within the two fields
+    # below, else einsums. Their defaults are the shapes the kernel was measured at on an H100 (docs/PERFORMANCE.md,
+    # Decoding, session 8: 21 / 36 / 37 us per layer against cuDNN's 48 / 51 / 45 over the repeated cache, 8 prompts
+    # x G=8): a query block of at most 64 rows (G x query heads per kv head: the 3B and the 7B up to G = 8) of head
+    # size 128; larger blocks would need tiling over the grid (untried).
+    shared_prefix_kernel: str = "auto"
+    shared_prefix_kernel_max_rows: int = 64
+    shared_prefix_kernel_head_dim: int = 128
 
     def __post_init__(self):
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
         if self.shared_prefix not in ("auto", "on", "off"):
             raise ValueError(f"shared_prefix must be auto, on or off, got {self.shared_prefix!r}")
+        if self.shared_prefix_kernel not in ("auto", "pallas", "xla"):
+            raise ValueError(f"shared_prefix_kernel must be auto, pallas or xla, got {self.shared_prefix_kernel!r}")
         if self.max_new_tokens < 1 or self.num_samples < 1:
             raise ValueError(f"max_new_tokens ({self.max_new_tokens}) and num_samples ({self.num_samples}) "
                              "must be >= 1")
@@ -174,7 +185,7 @@ class Prefill:
     """What the decode loop needs from the prompts: their KV cache (max_len S), the last position's logits
     (B, V) and the mRoPE position ids of each row's last real prompt token (3, B)."""
 
-    cache: text_lib.KVCache
+    cache: cache_lib.KVCache
     logits: jax.Array
     last_positions: jax.Array
 
@@ -182,7 +193,7 @@ class Prefill:
 def _prefill(model, inputs: dict[str, Any]) -> Prefill:
     mask_BS = jnp.asarray(inputs["attention_mask"])
     B, S = mask_BS.shape
-    cache = text_lib.init_cache(model.config, B, S, prompt_mask_BT=mask_BS)
+    cache = cache_lib.init_cache(model.config, B, S, prompt_mask_BT=mask_BS)
     # only the last position's logits are needed (no (B, S, V) tensor)
     hidden_BSD, cache = model.forward(inputs, cache=cache, cache_index=0, return_hidden=True)
     last_3B = _last_positions(jnp.asarray(inputs["position_ids"]), mask_BS).astype(jnp.int32)
@@ -209,12 +220,15 @@ def _decode(model, pre: Prefill, rng: jax.Array, sampling: SamplingConfig, const
     S = pre.cache.max_len
     cache = pre.cache
     t = model.config.text
-    kernel = SP.kernel_available(G, t.num_heads, t.num_kv_heads, t.head_dim)
-    if G > 1 and (sampling.shared_prefix == "on" or (sampling.shared_prefix == "auto" and kernel)):
-        cache = text_lib.shared_prefix_cache(cache, G, N, kernel)
+    backend = L.resolve_shared_prefix_backend(
+        sampling.shared_prefix_kernel, num_samples=G, num_heads=t.num_heads, num_kv_heads=t.num_kv_heads,
+        head_dim=t.head_dim, auto_max_query_rows=sampling.shared_prefix_kernel_max_rows,
+        auto_head_dim=sampling.shared_prefix_kernel_head_dim)
+    if G > 1 and (sampling.shared_prefix == "on" or (sampling.shared_prefix == "auto" and backend == "pallas")):
+        cache = cache_lib.shared_prefix_cache(cache, G, N, backend)
         S = 0
     else:
-        cache = text_lib.KVCache(
+        cache = cache_lib.KVCache(
             k=[jnp.repeat(jnp.pad(a, ((0, 0), (0, N), (0, 0), (0, 0))), G, axis=0) for a in cache.k],
             v=[jnp.repeat(jnp.pad(a, ((0, 0), (0, N), (0, 0), (0, 0))), G, axis=0) for a in cache.v],
             kv_mask=jnp.repeat(jnp.pad(cache.kv_mask.astype(bool), ((0, 0), (0, N)), constant_values=True), G,
@@ -287,8 +301,8 @@ _KERNEL_FAILED: list[str] = []  # set once the shared-prefix kernel failed to co
 
 def _run_decode(graphdef, state, pre, rng, sampling: SamplingConfig, constraint):
     """The jitted decode loop. With `shared_prefix="auto"`, a kernel that fails to compile on this card or shape
-    (it is measured on an H100 at the shapes `shared_prefix.kernel_available` admits) is reported once and the
-    loop decodes with a cache copy per sample instead; "on" raises."""
+    (it is measured on an H100 at the shapes `SamplingConfig.shared_prefix_kernel` admits by default) is reported
+    once and the loop decodes with a cache copy per sample instead; "on" raises."""
     if sampling.shared_prefix == "auto" and _KERNEL_FAILED:
         sampling = dataclasses.replace(sampling, shared_prefix="off")
     try:

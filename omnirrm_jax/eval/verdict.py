@@ -38,8 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from omnirrm_jax.decoding.cache import init_cache
 from omnirrm_jax.eval.benchmarks import swap_label
-from omnirrm_jax.models import text as text_lib
 from omnirrm_jax.models.thinker import model_inputs
 from omnirrm_jax.rubric.schema import VERDICTS
 
@@ -132,7 +132,7 @@ def _candidate_logprobs(model, inputs: dict[str, Any], prefix_BK: jax.Array, pre
     C, M = cand_BCM.shape[1:]
     R = B * C
     last_3B = jnp.asarray(inputs["position_ids"])[:, :, -1]  # left-padded: the last column is the last real token
-    cache = text_lib.init_cache(model.config, B, S + K + M, prompt_mask_BT=mask_BS)
+    cache = init_cache(model.config, B, S + K + M, prompt_mask_BT=mask_BS)
     # The prefix chunk is right-padded per row: its padding slots are invisible to everything after them.
     real_BK = jnp.arange(K)[None] < prefix_len_B[:, None]
     cache = dataclasses.replace(cache, kv_mask=cache.kv_mask.at[:, S:S + K].set(real_BK))

@@ -197,6 +197,28 @@ def resolve_backend(name: str, dtype) -> str:
     return "xla"
 
 
+SHARED_PREFIX_BACKENDS = ("pallas", "xla")  # implemented in `decoding.shared_prefix`
+
+
+def resolve_shared_prefix_backend(name: str, *, num_samples: int, num_heads: int, num_kv_heads: int, head_dim: int,
+                                  auto_max_query_rows: int, auto_head_dim: int) -> str:
+    """The decode attention of G samples over one copy of their prompt (`decoding.shared_prefix`): "pallas", its
+    fused GPU kernel, or "xla", einsums (any shape, any platform). An explicit name is kept; "auto" -> "pallas" on
+    one GPU (the kernel is not partitioned over a mesh) where its layout holds (G > 1 a power of two, whole query
+    heads per kv head) and the shape lies within what it was measured at: at most `auto_max_query_rows` query rows
+    per (prompt, kv head) (G x query heads per kv head) of head size `auto_head_dim`; else "xla"."""
+    if name != "auto":
+        if name not in SHARED_PREFIX_BACKENDS:
+            raise ValueError(f"unknown shared-prefix attention backend {name!r}; known: auto, "
+                             f"{', '.join(SHARED_PREFIX_BACKENDS)}")
+        return name
+    G = num_samples
+    measured = (num_heads % num_kv_heads == 0 and G * (num_heads // num_kv_heads) <= auto_max_query_rows
+                and head_dim == auto_head_dim)
+    one_gpu = jax.default_backend() == "gpu" and jax.device_count() == 1
+    return "pallas" if one_gpu and G > 1 and G & (G - 1) == 0 and measured else "xla"
+
+
 # ----------------------------------------------------------------------------------------------------
 # Activation sharding: the model names the axes of a few activations; whoever traces it under a mesh decides
 # where they live (`training/sharding.py` installs its table with `activation_sharding`). Outside that

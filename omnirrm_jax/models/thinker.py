@@ -155,7 +155,7 @@ class Thinker(nnx.Module):
         where the head is one matrix (`models.head`). `temperature` must be a Python number."""
         return head_lib.head_token_logprobs(hidden_BTD, targets_BT, self, chunk=chunk, temperature=temperature)
 
-    def forward(self, inputs: Inputs, cache: text_lib.KVCache | None = None, cache_index=None,
+    def forward(self, inputs: Inputs, cache: text_lib.DecodeCache | None = None, cache_index=None,
                 return_hidden: bool = False):
         """Jittable forward over prepared inputs.
 
@@ -169,8 +169,8 @@ class Thinker(nnx.Module):
         out = hidden if return_hidden else self.logits(hidden)
         return out if cache is None else (out, cache)
 
-    def decode_step(self, token_ids_BT: jax.Array, positions_3BT: jax.Array, cache: text_lib.KVCache,
-                    cache_index) -> tuple[jax.Array, text_lib.KVCache]:
+    def decode_step(self, token_ids_BT: jax.Array, positions_3BT: jax.Array, cache: text_lib.DecodeCache,
+                    cache_index) -> tuple[jax.Array, text_lib.DecodeCache]:
         """One cached step over new text tokens (no media): (logits (B,T,V), cache)."""
         x = self.model.embed_tokens(token_ids_BT)
         hidden, cache, _ = self.model(x, positions_3BT, cache=cache, cache_index=cache_index)

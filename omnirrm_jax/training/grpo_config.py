@@ -41,8 +41,10 @@ class GRPOSpec:
     # prompt count that is a multiple of the data x fsdp size gives every device its share of every chunk.)
     rows_per_chunk: int | None = None
     # rollouts: the G samples read one copy of the prompt's keys/values (on | off | auto = where the one-GPU
-    # kernel runs; `decoding.sampler.SamplingConfig.shared_prefix`)
+    # kernel runs; `decoding.sampler.SamplingConfig.shared_prefix`), through the kernel or einsums (pallas | xla |
+    # auto = the kernel on one GPU at the shapes it was measured at; `SamplingConfig.shared_prefix_kernel`)
     shared_prefix: str = "auto"
+    shared_prefix_kernel: str = "auto"
     constrained: bool = False  # sample rollouts through the judgement-schema automaton
     reward_weights: tuple[float, float, float] = (0.4, 0.4, 0.2)
     reward_mode: str = "reference"
@@ -63,6 +65,9 @@ class GRPOSpec:
                              f"(whole prompts with their completions), got {self.rows_per_chunk}")
         if self.shared_prefix not in ("auto", "on", "off"):
             raise ValueError(f"grpo.shared_prefix must be auto, on or off, got {self.shared_prefix!r}")
+        if self.shared_prefix_kernel not in ("auto", "pallas", "xla"):
+            raise ValueError(f"grpo.shared_prefix_kernel must be auto, pallas or xla, "
+                             f"got {self.shared_prefix_kernel!r}")
         if len(self.reward_weights) != 3:
             raise ValueError(f"grpo.reward_weights needs 3 numbers (format, content, rubric), got {self.reward_weights}")
 

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from omnirrm_jax.decoding.cache import init_cache
 from omnirrm_jax.decoding.sampler import _last_positions
-from omnirrm_jax.models import text as text_lib
 from omnirrm_jax.models.thinker import model_inputs
 from omnirrm_jax.training import grpo_loss
 from omnirrm_jax.training import sharding as S
@@ -49,7 +49,7 @@ def _prompt_logprobs(model, G: int, temperature: float, logit_tokens: int, x_bSD
     # cuDNN's differentiable attention with a mask wants even query and key lengths: the completion pass
     # takes all N tokens (+1 pad when N is odd; only the first N - 1 outputs are used) into S + N2 slots
     N2 = N + N % 2
-    cache = text_lib.init_cache(model.config, b, S + N2, prompt_mask_BT=mask_bS, dtype=x_bSD.dtype)
+    cache = init_cache(model.config, b, S + N2, prompt_mask_BT=mask_bS, dtype=x_bSD.dtype)
     h_bSD, cache, _ = model.model(x_bSD, pos_3bS, cache=cache, cache_index=0)
     h_rND = jnp.repeat(h_bSD[:, S - 1:], G, axis=0)  # the prompt's last position predicts token 0
     comp_rN = comp_bGN.reshape(b * G, N)

@@ -239,7 +239,7 @@ def gathered_weight_bytes(states, mesh: AbstractMesh, *, remat: str, num_layers:
 
 def kv_cache_bytes(tcfg, work: Workload, mesh: dict) -> int:
     """The rollout's cache with the prompt repeated per sample (on one GPU the shared-prefix layout holds each
-    prompt once, `models.shared_prefix`: less than this, so the plan stays on the cautious side)."""
+    prompt once, `decoding.shared_prefix`: less than this, so the plan stays on the cautious side)."""
     if not work.kv_rows:
         return 0
     t = tcfg.text

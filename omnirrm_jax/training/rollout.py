@@ -24,7 +24,7 @@ def sampling_config(spec: GRPOSpec, tok) -> SamplingConfig:
     return SamplingConfig(max_new_tokens=spec.max_completion_length, temperature=spec.temperature,
                           top_p=spec.top_p, top_k=spec.top_k, num_samples=spec.num_generations,
                           stop_token_ids=(tok.special_ids["im_end"],), pad_token_id=tok.special_ids["pad"],
-                          shared_prefix=spec.shared_prefix)
+                          shared_prefix=spec.shared_prefix, shared_prefix_kernel=spec.shared_prefix_kernel)
 
 
 def to_host(x) -> np.ndarray:

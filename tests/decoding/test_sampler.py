@@ -337,21 +337,21 @@ def test_shared_prefix_cache_decodes_as_the_repeated_cache(models, monkeypatch, 
     """The G samples reading one copy of their prompt's keys/values (`shared_prefix="on"`: XLA einsums, or the
     Pallas kernel, interpreted on CPU) draw the same tokens with the same log-probs as a cache copy per sample,
     on left-padded image/video/audio prompts, sampled and greedy."""
-    from omnirrm_jax.models import shared_prefix as SP
+    from omnirrm_jax.decoding import shared_prefix as SP
 
     _, ours, cfg = models
     inputs = thinker_lib.prepare_inputs(cfg, **batch_one_per_modality(np.random.default_rng(8), cfg))
     traced = []
     if kernel:
-        monkeypatch.setattr(SP, "kernel_available", lambda *a: True)
         kernel_fn = SP._pallas_attention
         monkeypatch.setattr(SP, "_pallas_attention", lambda *a, **k: (traced.append(1), kernel_fn(*a, **k))[1])
     for greedy in (False, True):
         # a temperature no other test uses: the decode program is traced here, not taken from the jit cache
         kw = dict(temperature=0.813, top_k=30, top_p=0.9, num_samples=G, greedy=greedy, stop_token_ids=())
         off = SM.generate(ours, inputs, SM.SamplingConfig(5, shared_prefix="off", **kw), jax.random.key(2))
-        on = SM.generate(ours, inputs, SM.SamplingConfig(5, shared_prefix="auto" if kernel else "on", **kw),
-                         jax.random.key(2))
+        # the kernel: "auto" takes the shared cache because the kernel is asked for (on CPU it is interpreted)
+        on_kw = dict(shared_prefix="auto", shared_prefix_kernel="pallas") if kernel else dict(shared_prefix="on")
+        on = SM.generate(ours, inputs, SM.SamplingConfig(5, **on_kw, **kw), jax.random.key(2))
         np.testing.assert_array_equal(np.asarray(on.tokens), np.asarray(off.tokens))
         np.testing.assert_allclose(np.asarray(on.logprobs), np.asarray(off.logprobs), atol=2e-5)
     assert bool(traced) == kernel
@@ -360,18 +360,17 @@ def test_shared_prefix_cache_decodes_as_the_repeated_cache(models, monkeypatch, 
 def test_auto_falls_back_when_the_kernel_fails(models, monkeypatch, caplog):
     """shared_prefix="auto": a kernel that fails to compile is reported and decoding goes on with a cache copy
     per sample (the same samples); "on" raises."""
-    from omnirrm_jax.models import shared_prefix as SP
+    from omnirrm_jax.decoding import shared_prefix as SP
 
     _, ours, cfg = models
     inputs = thinker_lib.prepare_inputs(cfg, **batch_text(np.random.default_rng(3), cfg))
-    monkeypatch.setattr(SP, "kernel_available", lambda *a: True)
 
     def broken(*a, **k):
         raise RuntimeError("triton lowering failed")
 
     monkeypatch.setattr(SP, "_pallas_attention", broken)
     monkeypatch.setattr(SM, "_KERNEL_FAILED", [])
-    kw = dict(temperature=0.777, num_samples=2, stop_token_ids=())
+    kw = dict(temperature=0.777, num_samples=2, stop_token_ids=(), shared_prefix_kernel="pallas")
     want = SM.generate(ours, inputs, SM.SamplingConfig(4, shared_prefix="off", **kw), jax.random.key(5))
     with caplog.at_level("WARNING"):
         got = SM.generate(ours, inputs, SM.SamplingConfig(4, shared_prefix="auto", **kw), jax.random.key(5))

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from omnirrm_jax.decoding.cache import init_cache
 from omnirrm_jax.models import config as C
 from omnirrm_jax.models import layers as L
-from omnirrm_jax.models import text as T
 from omnirrm_jax.models.thinker import Thinker, prepare_inputs
 from tests.models.test_thinker import batch_audio_in_video, batch_separate_streams
 
@@ -63,7 +63,7 @@ def test_cudnn_cached_decode_step():
     inputs = prepare_inputs(cfg, ids, mask)
     outs = []
     for m in (ref32, xla16, cudnn16):
-        cache = T.init_cache(m.config, B, S + 4, prompt_mask_BT=jnp.asarray(mask))
+        cache = init_cache(m.config, B, S + 4, prompt_mask_BT=jnp.asarray(mask))
         _, cache = nnx.jit(lambda m, x, c: m.forward(x, cache=c, cache_index=0))(m, inputs, cache)
         pos = jnp.asarray(inputs["position_ids"][:, :, -1:] + 1)
         logits, _ = nnx.jit(lambda m, t, p, c: m.decode_step(t, p, c, S))(m, jnp.ones((B, 1), jnp.int32), pos, cache)

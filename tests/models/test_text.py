@@ -8,6 +8,7 @@ import pytest
 import torch
 from flax import nnx
 
+from omnirrm_jax.decoding.cache import init_cache
 from omnirrm_jax.models import config as C
 from omnirrm_jax.models import params as P
 from omnirrm_jax.models import text as T
@@ -74,7 +75,7 @@ def test_kv_cache_prefill_then_decode_equals_uncached(pair):
     embeds, pos, mask = _inputs(B, P0 + N, seed=3)
     mask[:, P0:] = 1
     full, _, _ = ours(jnp.asarray(embeds), jnp.asarray(pos), jnp.asarray(mask))
-    cache = T.init_cache(cfg, B, max_len=P0 + N + 5, prompt_mask_BT=jnp.asarray(mask[:, :P0]))
+    cache = init_cache(cfg, B, max_len=P0 + N + 5, prompt_mask_BT=jnp.asarray(mask[:, :P0]))
     step = nnx.jit(lambda m, e, p, c, i: m(e, p, cache=c, cache_index=i)[:2])
     out, cache = step(ours, jnp.asarray(embeds[:, :P0]), jnp.asarray(pos[:, :, :P0]), cache, 0)
     outs = [out]

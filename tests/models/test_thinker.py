@@ -11,10 +11,10 @@ import pytest
 import torch
 from flax import nnx
 
+from omnirrm_jax.decoding.cache import init_cache
 from omnirrm_jax.models import config as C
 from omnirrm_jax.models import params as P
 from omnirrm_jax.models import rope as R
-from omnirrm_jax.models import text as T
 from omnirrm_jax.models.audio import audio_token_count
 from tests.hf_tiny import TINY_IDS, saved_tiny_thinker, to_np
 
@@ -144,7 +144,7 @@ def test_cached_decode_equals_uncached_and_hf_generate(models):
     from omnirrm_jax.models.thinker import prepare_inputs
     inputs = prepare_inputs(cfg, **batch)
     B, S = inputs["input_ids"].shape
-    cache = T.init_cache(cfg, B, S + N, prompt_mask_BT=jnp.asarray(inputs["attention_mask"]))
+    cache = init_cache(cfg, B, S + N, prompt_mask_BT=jnp.asarray(inputs["attention_mask"]))
     prefill = nnx.jit(lambda m, x, c: m.forward(x, cache=c, cache_index=0))
     step = nnx.jit(lambda m, t, p, c, i: m.decode_step(t, p, c, i))
     logits, cache = prefill(ours, inputs, cache)

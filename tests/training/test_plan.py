@@ -9,7 +9,7 @@ from flax import nnx
 
 from omnirrm_jax import cli
 from omnirrm_jax.models import config as model_config
-from omnirrm_jax.models.text import init_cache
+from omnirrm_jax.decoding.cache import init_cache
 from omnirrm_jax.training import optim
 from omnirrm_jax.training import plan as PL
 from omnirrm_jax.training.config import ModelSpec, SFTConfig

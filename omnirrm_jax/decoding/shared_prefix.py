@@ -16,6 +16,10 @@ Two implementations of the same math:
     unnormalised partial results; a small XLA combine merges the splits by log-sum-exp. On an H100 at
     8 prompts x G=8, prompt 1024, 512-slot suffix, it took 21 / 36 / 37 us per layer at 16 / 256 / 500 filled
     suffix tokens against 48 / 51 / 45 us for cuDNN over the repeated cache (docs/PERFORMANCE.md).
+
+Which one runs is decided with the model's other attention kernels (`models.layers.resolve_shared_prefix_backend`,
+set by `decoding.sampler.SamplingConfig.shared_prefix_kernel`); the cache holding this layout is
+`decoding.cache.SharedPrefixCache`.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from omnirrm_jax.models import layers as L
+
 SPLITS = 8  # programs per (prompt, kv head): the grid is B x K x SPLITS
 PREFIX_BLOCK = 64  # prefix keys per inner step
 SUFFIX_BLOCK = 128  # suffix rows (positions x G) per inner step
-MAX_QUERY_ROWS = 64  # G x (query heads per kv head), padded to a power of two: the block size measured on GPU
 _NEG = float(jnp.finfo(jnp.float32).min)
 
 
@@ -41,22 +46,11 @@ def _next_pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
-def kernel_available(num_samples: int, num_heads: int, num_kv_heads: int, head_dim: int) -> bool:
-    """Whether the Pallas kernel serves this shape here: one GPU (the kernel is not partitioned over a mesh), G a
-    power of two, and the query block and head size it was compiled and measured with on an H100 (at most 64
-    query rows of head_dim 128; larger blocks would need tiling over the grid, untried)."""
-    if num_heads % num_kv_heads:
-        return False
-    rows = _next_pow2(max(16, num_samples * (num_heads // num_kv_heads)))
-    return (jax.default_backend() == "gpu" and jax.device_count() == 1 and num_samples > 1
-            and _pow2(num_samples) and rows <= MAX_QUERY_ROWS and head_dim == 128)
-
-
-def padded_sizes(prompt_len: int, new_tokens: int, num_samples: int, kernel: bool) -> tuple[int, int]:
+def padded_sizes(prompt_len: int, new_tokens: int, num_samples: int, backend: str) -> tuple[int, int]:
     """(prefix slots, suffix positions) to allocate. The kernel wants every split's share a power of two of at
     least one block: the prefix is padded on the left (where prompts are padded anyway; whole blocks of padding
     are skipped, not read), the suffix at its end (positions past the filled length are skipped too)."""
-    if not kernel:
+    if backend != "pallas":
         return prompt_len, new_tokens
     per_split = max(PREFIX_BLOCK, _next_pow2(-(-prompt_len // SPLITS)))
     rows = max(SUFFIX_BLOCK, _next_pow2(-(-new_tokens * num_samples // SPLITS)))
@@ -64,12 +58,16 @@ def padded_sizes(prompt_len: int, new_tokens: int, num_samples: int, kernel: boo
 
 
 def attention(q_RNH: jax.Array, prefix_k: jax.Array, prefix_v: jax.Array, k: jax.Array, v: jax.Array,
-              prefix_start_B: jax.Array, t, *, num_samples: int, scale: float, kernel: bool) -> jax.Array:
+              prefix_start_B: jax.Array, t, *, num_samples: int, scale: float, backend: str) -> jax.Array:
     """One query token per row, R = B * G rows (prompt b's samples adjacent) -> (R, num_heads, head_dim).
 
     prefix_k/v (B, K, S, H), valid from `prefix_start_B`; k/v (B, K, N * G, H), suffix positions [0, t) valid.
+    `backend`: "pallas" (the kernel; the layout `padded_sizes(..., "pallas")` allocates) or "xla" (any layout).
     """
-    fn = _pallas_attention if kernel else _xla_attention
+    if backend not in L.SHARED_PREFIX_BACKENDS:
+        raise ValueError(f"shared-prefix attention backend must be one of {L.SHARED_PREFIX_BACKENDS}, "
+                         f"got {backend!r}")
+    fn = _pallas_attention if backend == "pallas" else _xla_attention
     return fn(q_RNH, prefix_k, prefix_v, k, v, prefix_start_B.astype(jnp.int32), jnp.asarray(t, jnp.int32),
               G=num_samples, scale=scale)
 
