@@ -13,9 +13,11 @@ import math
 import os
 import re
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from omnirrm_jax.models import layers as L
 from omnirrm_jax.models import params as P
@@ -89,23 +91,65 @@ def load_adapter(model: nnx.Module, path: str, *, merge: bool = True) -> None:
             raise AdapterError(f"{path}: {name} lora_A {a_rin.shape} / lora_B {b_outr.shape} do not fit "
                                f"the layer's (out, in) = {(d_out, d_in)}")
         scale = _scale(acfg, name, rank)
+        kernel = lin.kernel[...]
         if merge:
-            kernel = np.asarray(lin.kernel[...], np.float32) + scale * (a_rin.T @ b_outr.T)
-            lin.kernel.set_value(jnp.asarray(kernel, lin.kernel.dtype))
+            delta = scale * (a_rin.T @ b_outr.T)
+            dtype = lin.kernel.dtype
+            lin.kernel.set_value(_map_shards(kernel, lambda k, idx: (np.asarray(k, np.float32) + delta[idx])
+                                             .astype(dtype)))
         else:
             lin.add_lora(rank, 1.0, nnx.Rngs(0))
-            lin.lora_a.set_value(jnp.asarray(a_rin.T, lin.lora_a.dtype))
-            lin.lora_b.set_value(jnp.asarray(b_outr.T, lin.lora_b.dtype))
+            a_sharding, b_sharding = _lora_shardings(kernel)
+            lin.lora_a.set_value(_place(np.asarray(a_rin.T, lin.lora_a.dtype), a_sharding))
+            lin.lora_b.set_value(_place(np.asarray(b_outr.T, lin.lora_b.dtype), b_sharding))
             lin.lora_scale = scale
+
+
+def _lora_shardings(kernel) -> tuple:
+    """Shardings of LoRA factors A (in, r) and B (r, out) beside a kernel (in, out): the kernel's split of `in`
+    and `out`, the rank replicated (what the logical-axis table gives: LORA_RANK is never split). None (the
+    default device, uncommitted) beside a kernel that is not on a mesh."""
+    sharding = getattr(kernel, "sharding", None)
+    if not isinstance(sharding, NamedSharding):
+        return None, None
+    spec = tuple(sharding.spec) + (None,) * (2 - len(sharding.spec))
+    return (NamedSharding(sharding.mesh, PartitionSpec(spec[0], None)),
+            NamedSharding(sharding.mesh, PartitionSpec(None, spec[1])))
+
+
+def _place(value: np.ndarray, sharding) -> jax.Array:
+    """A host array (the same on every process) placed with `sharding`: each process puts its own slices."""
+    if sharding is None:
+        return jnp.asarray(value)
+    return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
+
+
+def _host(array: jax.Array) -> np.ndarray:
+    """The whole (small) array on the host, gathered from the other processes where it spans them."""
+    if array.is_fully_addressable:
+        return np.asarray(array)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
+def _map_shards(array: jax.Array, fn) -> jax.Array:
+    """`fn(shard as numpy, its global index)` for every shard this process holds, in place of the array's
+    values, same sharding: host numpy math on an array that may span other processes' devices."""
+    if array.is_fully_addressable and not array.committed:
+        return jnp.asarray(fn(np.asarray(array), (slice(None),) * array.ndim))
+    shards = [jax.device_put(fn(np.asarray(s.data), s.index), s.device) for s in array.addressable_shards]
+    return jax.make_array_from_single_device_arrays(array.shape, array.sharding, shards)
 
 
 def merge_lora(model: nnx.Module) -> None:
     """Folds every LoRA branch into its kernel and removes the branch (before export)."""
     for _, lin in nnx.iter_graph(model):
         if isinstance(lin, L.Linear) and lin.lora_a is not None:
-            delta = (np.asarray(lin.lora_a[...], np.float32) @ np.asarray(lin.lora_b[...], np.float32))
-            kernel = np.asarray(lin.kernel[...], np.float32) + lin.lora_scale * delta
-            lin.kernel.set_value(jnp.asarray(kernel, lin.kernel.dtype))
+            delta = (_host(lin.lora_a[...]).astype(np.float32) @ _host(lin.lora_b[...]).astype(np.float32))
+            scale, dtype = lin.lora_scale, lin.kernel.dtype
+            lin.kernel.set_value(_map_shards(lin.kernel[...], lambda k, idx: (np.asarray(k, np.float32)
+                                                                              + scale * delta[idx]).astype(dtype)))
             lin.lora_a, lin.lora_b, lin.lora_scale = nnx.data(None), nnx.data(None), 0.0
 
 

@@ -89,52 +89,66 @@ def expected_hf_shapes(module: nnx.Module, prefix: str = "") -> dict[str, tuple[
     return out
 
 
-def assign_hf_tensors(module: nnx.Module, tensors: Mapping[str, Any], *, prefix: str = "",
-                      source: str = "checkpoint") -> None:
-    """Copies checkpoint tensors (torch names, relative to `prefix`) into `module`, strictly.
+def match_hf_tensors(module: nnx.Module, shapes: Mapping[str, tuple], *, prefix: str = "",
+                     source: str = "checkpoint") -> dict[tuple, str]:
+    """Matches checkpoint tensors to the base parameters of `module` by name and shape, strictly.
 
     Args:
-      module: an NNX module whose tree mirrors the checkpoint names (e.g. the vision tower for `visual.*`).
-      tensors: name -> array (numpy, jax or anything `np.asarray` takes), names already without `thinker.`.
-      prefix: names in `tensors` start with this (e.g. "visual."); other names are reported as unexpected.
+      module: an NNX module (abstract or not) whose tree mirrors the checkpoint names.
+      shapes: checkpoint name -> torch shape (names may carry `thinker.`; talker/token2wav names are ignored).
+      prefix: names in `shapes` start with this (e.g. "visual."); other names are reported as unexpected.
       source: how to call the origin in error messages (a file or directory).
+    Returns:
+      {nnx path of a parameter: the checkpoint name (a key of `shapes`) that fills it}.
     Raises:
       CheckpointMismatchError naming every missing, unexpected and mis-shaped tensor.
     """
     expected = expected_hf_shapes(module)
-    renamed = {}
-    for name, value in tensors.items():
+    renamed: dict[str, str] = {}  # nnx-renamed name relative to prefix -> original key
+    for name in shapes:
         n = normalize_hf_name(name)
         if n is None:
             continue
-        if not n.startswith(prefix):
-            renamed[n] = value  # reported as unexpected below
-            continue
-        renamed[n[len(prefix):]] = value
+        renamed[n[len(prefix):] if n.startswith(prefix) else n] = name  # off-prefix: reported as unexpected
     missing = sorted(set(expected) - set(renamed))
     unexpected = sorted(set(renamed) - set(expected))
     problems = [f"missing tensor {prefix}{_hf_name(n)} (model expects shape {_torch_shape(*expected[n][1:])})"
                 for n in missing]
-    problems += [f"unexpected tensor {prefix}{_hf_name(n)} (shape {tuple(np.shape(renamed[n]))})"
+    problems += [f"unexpected tensor {prefix}{_hf_name(n)} (shape {tuple(shapes[renamed[n]])})"
                  for n in unexpected]
-    updates = {}
+    plan = {}
     for name in sorted(set(expected) & set(renamed)):
         path, leaf, shape = expected[name]
-        arr = renamed[name]
-        converted_shape = _converted_shape(leaf, tuple(np.shape(arr)))
-        if converted_shape != shape:
-            problems.append(f"tensor {prefix}{_hf_name(name)} has shape {tuple(np.shape(arr))}, "
+        stored = tuple(shapes[renamed[name]])
+        if _converted_shape(leaf, stored) != shape:
+            problems.append(f"tensor {prefix}{_hf_name(name)} has shape {stored}, "
                             f"model expects {_torch_shape(leaf, shape)}")
             continue
-        updates[path] = arr
+        plan[path] = renamed[name]
     if problems:
         raise CheckpointMismatchError(f"{source} does not match the model ({len(problems)} problem(s)):\n  "
                                       + "\n  ".join(problems))
+    return plan
+
+
+def assign_hf_tensors(module: nnx.Module, tensors: Mapping[str, Any], *, prefix: str = "",
+                      source: str = "checkpoint") -> None:
+    """Copies in-memory checkpoint tensors (torch names, relative to `prefix`) into `module`, strictly.
+
+    Args:
+      module: an NNX module whose tree mirrors the checkpoint names (e.g. the vision tower for `visual.*`).
+      tensors: name -> array (numpy, jax or anything `np.asarray` takes).
+      prefix, source: as in `match_hf_tensors`.
+    Raises:
+      CheckpointMismatchError naming every missing, unexpected and mis-shaped tensor.
+    """
+    plan = match_hf_tensors(module, {k: tuple(np.shape(v)) for k, v in tensors.items()}, prefix=prefix,
+                            source=source)
     state = nnx.state(module, base_params_filter())
     flat = dict(nnx.to_flat_state(state))
-    for path, arr in updates.items():
+    for path, name in plan.items():
         var = flat[path]
-        value = _to_nnx(path[-1], arr, var.dtype)
+        value = _to_nnx(path[-1], tensors[name], var.dtype)
         var.set_value(value) if hasattr(var, "set_value") else setattr(var, "value", value)
     nnx.update(module, state)
 
@@ -248,7 +262,8 @@ def abstract_thinker(cfg: config_lib.ThinkerConfig):
 
 
 def load_hf(path: str, dtype: str = "float32", lora_path: str | None = None, *, merge_lora: bool = True,
-            compute_dtype: str | None = None, attention_backend: str = "auto", remat: str = "none"):
+            compute_dtype: str | None = None, attention_backend: str = "auto", remat: str = "none",
+            shardings=None):
     """Loads an HF Qwen2.5-Omni (thinker) checkpoint directory into the NNX thinker.
 
     Args:
@@ -257,13 +272,16 @@ def load_hf(path: str, dtype: str = "float32", lora_path: str | None = None, *, 
       dtype: parameter dtype; the compute dtype defaults to it.
       lora_path: optional PEFT / ms-swift adapter directory.
       merge_lora: merge the adapter into the weights (True) or keep it as `nnx.LoRAParam` branches.
+      shardings: where the base parameters go (`loading.Shardings`; None: the default device). Each process
+        reads only the slices its devices hold.
     Returns:
       (model, config).
     """
+    from omnirrm_jax.models import loading
+
     cfg = read_config(path, param_dtype=dtype, dtype=compute_dtype or dtype, attention_backend=attention_backend,
                       remat=remat)
-    model = abstract_thinker(cfg)
-    assign_hf_tensors(model, read_safetensors_dir(path), source=path)
+    model = loading.load_hf_sharded(path, abstract_thinker(cfg), shardings)
     if lora_path is not None:
         from omnirrm_jax.models import lora_io
 
