@@ -26,7 +26,7 @@ import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy: safetensors' num
 import numpy as np
 from flax import nnx
 
-from omnirrm_jax.models import params as P
+from omnirrm_jax.models import hf_map
 
 # What `shardings` may be: None (the default device, uncommitted, as `jnp.asarray` places arrays), one
 # Sharding for every parameter, a function (nnx path, abstract variable) -> Sharding, or a state / mapping
@@ -63,24 +63,21 @@ def weight_files(path: str) -> list[str]:
     return [os.path.join(path, f) for f in files]
 
 
-def stored_name(key: str) -> str:
-    """A file's tensor name as the loader matches it: transformers-v5 names become checkpoint names
-    (`thinker.` names are left for `params.normalize_hf_name`, which strips the prefix)."""
-    return key if key.startswith("thinker.") else P._v5_to_checkpoint(key)
-
-
 def index_safetensors_dir(path: str) -> dict[str, StoredTensor]:
-    """{tensor name (see `stored_name`) -> where it is stored}, from the headers of every weight file."""
+    """{checkpoint name (`hf_map.checkpoint_name`) -> where it is stored}, from the headers of every weight file
+    (talker/token2wav tensors left out)."""
     from safetensors import safe_open
 
     out: dict[str, StoredTensor] = {}
     for full in weight_files(path):
         with safe_open(full, framework="numpy") as f:
             for key in f.keys():
+                name = hf_map.checkpoint_name(key)
+                if name is None:
+                    continue
                 sl = f.get_slice(key)
-                name = stored_name(key)
                 if name in out:
-                    raise P.CheckpointMismatchError(f"{path}: tensor {name} is stored twice ({out[name].key} in "
+                    raise hf_map.CheckpointMismatchError(f"{path}: tensor {name} is stored twice ({out[name].key} in "
                                                     f"{out[name].file} and {key} in {full})")
                 out[name] = StoredTensor(full, key, tuple(sl.get_shape()), sl.get_dtype())
     return out
@@ -107,26 +104,12 @@ def read_slice(files: _Files, stored: StoredTensor, index: tuple[slice, ...] | N
     return np.asarray(sl[...] if index is None else sl[index])
 
 
-def _torch_index(leaf: str, nnx_index: tuple[slice, ...], stored_ndim: int) -> tuple[slice, ...] | None:
-    """The torch-layout slice holding an NNX slice, or None where the layouts do not map slice to slice."""
-    if leaf != "kernel":
-        return nnx_index
-    if stored_ndim == 2:  # Linear: (in, out) = torch (out, in).T
-        return (nnx_index[1], nnx_index[0])
-    if stored_ndim == 3:  # Conv1d: (k, in, out) = torch (out, in, k) reversed
-        return tuple(reversed(nnx_index))
-    return None  # Conv3d patch embedding (D, C, T, p, p) -> (C*T*p*p, D): small, read whole
-
-
 def _read_nnx_slice(files: _Files, stored: StoredTensor, leaf: str, nnx_index: tuple[slice, ...],
                     dtype) -> np.ndarray:
-    t_index = _torch_index(leaf, nnx_index, len(stored.shape))
-    if t_index is None:
-        value = P.torch_to_nnx_layout(leaf, read_slice(files, stored, None))[nnx_index]
-    else:
-        value = P.torch_to_nnx_layout(leaf, read_slice(files, stored, t_index)) if leaf == "kernel" \
-            else read_slice(files, stored, t_index)
-    return value.astype(dtype, copy=False)
+    t_index = hf_map.torch_index(leaf, nnx_index, len(stored.shape))
+    if t_index is None:  # the Conv3d patch kernel: small, read whole
+        return hf_map.from_torch_layout(leaf, read_slice(files, stored, None))[nnx_index].astype(dtype, copy=False)
+    return hf_map.from_torch_layout(leaf, read_slice(files, stored, t_index)).astype(dtype, copy=False)
 
 
 def _sharding_lookup(shardings: Shardings) -> Callable[[tuple, Any], jax.sharding.Sharding | None]:
@@ -165,9 +148,9 @@ def load_hf_sharded(path: str, abstract_model: nnx.Module, shardings: Shardings 
       CheckpointMismatchError naming every missing, unexpected and mis-shaped tensor (before reading data).
     """
     index = index_safetensors_dir(path)
-    plan = P.match_hf_tensors(abstract_model, {n: t.shape for n, t in index.items()}, source=path)
+    plan = hf_map.match_hf_tensors(abstract_model, {n: t.shape for n, t in index.items()}, source=path)
     lookup = _sharding_lookup(shardings)
-    state = nnx.state(abstract_model, P.base_params_filter())
+    state = nnx.state(abstract_model, hf_map.base_params_filter())
     flat = dict(nnx.to_flat_state(state))
     with contextlib.ExitStack() as stack:
         files = _Files(stack)

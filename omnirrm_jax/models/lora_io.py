@@ -19,9 +19,10 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from omnirrm_jax.models import hf_map
 from omnirrm_jax.models import layers as L
-from omnirrm_jax.models import params as P
 
+_PEFT_PREFIX = "base_model.model."
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[A-Za-z0-9_]+)?\.weight$")
 
 
@@ -51,10 +52,11 @@ def read_adapter(path: str) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarra
                 raise AdapterError(f"{weights}: tensor {key} is not a LoRA A/B weight "
                                    "(modules_to_save / bias adapters are not supported)")
             name = m["module"]
-            for prefix in ("base_model.model.", "thinker."):
-                if name.startswith(prefix):
-                    name = name[len(prefix):]
-            name = P._v5_to_checkpoint(name + ".weight")[:-len(".weight")]
+            if name.startswith(_PEFT_PREFIX):
+                name = name[len(_PEFT_PREFIX):]
+            name = hf_map.checkpoint_name(name)
+            if name is None:
+                raise AdapterError(f"{weights}: tensor {key} targets the talker / token2wav, not the thinker")
             pairs.setdefault(name, {})[m["ab"]] = np.asarray(f.get_tensor(key), np.float32)
     out = {}
     for name, ab in pairs.items():
@@ -71,7 +73,7 @@ def _scale(acfg: dict, name: str, rank: int) -> float:
 
 def _resolve(model: nnx.Module, name: str) -> L.Linear:
     obj = model
-    for part in P._HF_TO_NNX[0][0].sub(P._HF_TO_NNX[0][1], name + ".").rstrip(".").split("."):
+    for part in hf_map.hf_to_nnx_module(name).split("."):
         obj = obj[int(part)] if part.isdigit() else getattr(obj, part, None)
         if obj is None:
             break
@@ -153,18 +155,6 @@ def merge_lora(model: nnx.Module) -> None:
             lin.lora_a, lin.lora_b, lin.lora_scale = nnx.data(None), nnx.data(None), 0.0
 
 
-# Checkpoint module names -> the in-memory names of transformers v5, which PEFT uses for adapter keys and
-# target modules (an adapter written with checkpoint names would not attach to a v5 model).
-_TO_V5 = (("model.", "model.language_model."), ("visual.", "model.visual."), ("audio_tower.", "model.audio_tower."))
-
-
-def _peft_module_name(checkpoint_name: str) -> str:
-    for old, new in _TO_V5:
-        if checkpoint_name.startswith(old):
-            return new + checkpoint_name[len(old):]
-    return checkpoint_name
-
-
 def save_adapter(model: nnx.Module, path: str) -> list[str]:
     """Writes the model's LoRA branches as a PEFT adapter dir (`adapter_config.json` + `adapter_model.safetensors`)
     that `peft.PeftModel.from_pretrained(<HF thinker>, path)` and `load_adapter` both read; returns the module names.
@@ -177,11 +167,12 @@ def save_adapter(model: nnx.Module, path: str) -> list[str]:
     for path_, lin in nnx.iter_graph(model):
         if not isinstance(lin, L.Linear) or lin.lora_a is None:
             continue
-        name = P._hf_name(".".join(map(str, path_)) + ".")[:-1]  # mlp_0 -> mlp.0
-        peft_name = _peft_module_name(name)
+        # PEFT matches adapter keys and target modules against transformers-v5 in-memory names: an adapter
+        # written with checkpoint names would not attach to a v5 model
+        peft_name = hf_map.checkpoint_to_v5(hf_map.nnx_to_hf_module(".".join(map(str, path_))))
         a_inr, b_rout = np.asarray(lin.lora_a[...], np.float32), np.asarray(lin.lora_b[...], np.float32)
-        tensors[f"base_model.model.{peft_name}.lora_A.weight"] = np.ascontiguousarray(a_inr.T)
-        tensors[f"base_model.model.{peft_name}.lora_B.weight"] = np.ascontiguousarray(b_rout.T)
+        tensors[f"{_PEFT_PREFIX}{peft_name}.lora_A.weight"] = np.ascontiguousarray(a_inr.T)
+        tensors[f"{_PEFT_PREFIX}{peft_name}.lora_B.weight"] = np.ascontiguousarray(b_rout.T)
         modules.append(peft_name)
         ranks.add(a_inr.shape[1])
         scales.add(float(lin.lora_scale))

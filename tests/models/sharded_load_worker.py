@@ -25,7 +25,7 @@ def main(ckpt: str, out: str) -> int:
     from jax.experimental import multihost_utils
 
     import omnirrm_jax
-    from omnirrm_jax.models import loading
+    from omnirrm_jax.models import hf_map, loading
     from omnirrm_jax.models import params as P
     from omnirrm_jax.training import distributed
     from omnirrm_jax.training import sharding as S
@@ -47,13 +47,13 @@ def main(ckpt: str, out: str) -> int:
     model = loading.load_hf_sharded(ckpt, abstract, shardings)
 
     index = loading.index_safetensors_dir(ckpt)
-    plan = P.match_hf_tensors(abstract, {n: t.shape for n, t in index.items()})
+    plan = hf_map.match_hf_tensors(abstract, {n: t.shape for n, t in index.items()})
     held, values = {}, {}
     for path, var in nnx.to_flat_state(nnx.state(model, P.base_params_filter())):
         stored, leaf, arr = index[plan[path]], str(path[-1]), var[...]
         held[stored.key] = []
         for s in arr.addressable_shards:
-            t_index = loading._torch_index(leaf, s.index, len(stored.shape))
+            t_index = hf_map.torch_index(leaf, s.index, len(stored.shape))
             held[stored.key].append(_ranges(t_index or (slice(None),) * len(stored.shape), stored.shape))
         values[".".join(map(str, path))] = np.asarray(multihost_utils.process_allgather(arr, tiled=True))
     with open(os.path.join(out, f"reads.{jax.process_index()}.json"), "w") as f:

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from omnirrm_jax.models import config as C
-from omnirrm_jax.models import convert, loading, lora_io
+from omnirrm_jax.models import convert, hf_map, loading, lora_io
 from omnirrm_jax.models import params as P
 from omnirrm_jax.models.thinker import Thinker
 from omnirrm_jax.training import lora as lora_lib
@@ -84,7 +84,7 @@ def test_sharded_load_equals_whole_tensor_load_and_never_holds_a_whole_split_wei
     _assert_bitwise_equal(unsharded, model)
 
     index = loading.index_safetensors_dir(hf_dir)
-    name_of = {path: name for path, name in P.match_hf_tensors(abstract, {n: t.shape for n, t in index.items()}).items()}
+    name_of = {path: name for path, name in hf_map.match_hf_tensors(abstract, {n: t.shape for n, t in index.items()}).items()}
     sh = dict(nnx.to_flat_state(shardings))
     split = 0
     for path, var in _flat(model).items():
@@ -199,11 +199,11 @@ def test_two_processes_each_read_only_their_own_slices(tmp_path):
         read = [np.zeros(stored.shape, bool) for _ in range(2)]
         held = [np.zeros(stored.shape, bool) for _ in range(2)]
         for p, rep in enumerate(reports):
-            for idx in rep["reads"].get(key, []):
+            for idx in rep["reads"].get(stored.key, []):
                 read[p] |= _mask(stored.shape, idx)
-            for idx in rep["held"][key]:
+            for idx in rep["held"][stored.key]:
                 held[p] |= _mask(stored.shape, idx)
-            if key == PATCH_EMBED:
+            if stored.key == PATCH_EMBED:
                 assert read[p].all()
             else:  # each process read exactly what its own devices hold
                 np.testing.assert_array_equal(read[p], held[p], err_msg=f"process {p} {key}")
