@@ -33,7 +33,8 @@ import os
 
 import numpy as np
 
-ALL_MODALITIES = ("text", "image", "video", "audio")
+from omnirrm_jax.rubric.vocab import MODALITIES as ALL_MODALITIES
+
 MEDIA_KEYS = {"images": "image", "videos": "video", "audios": "audio"}  # ms-swift columns -> modality
 # Every demo prompt (judge prompt, chat template, media placeholders) is at most 109 tokens: one 128 bucket
 # halves the prompt part of the rollout and the update next to SFT's 256 (prompt + judgement).

@@ -27,7 +27,7 @@ import os
 import sys
 from typing import Any, Iterator
 
-MODALITIES = ("text", "image", "video", "audio")
+from omnirrm_jax.rubric.vocab import MODALITIES
 
 
 def add_judge_parser(sub) -> None:

@@ -10,9 +10,8 @@ import numpy as np
 
 from omnirrm_jax.decoding.sampler import SamplingConfig
 from omnirrm_jax.training import grpo_loss
+from omnirrm_jax.rubric.vocab import VERDICTS as VERDICT_NAMES  # gold codes index it (vocab.VERDICT_CODES)
 from omnirrm_jax.training.grpo_config import GRPOSpec
-
-VERDICT_NAMES = ("A", "B", "equal")  # data.examples VERDICT_CODES order
 
 
 def sampling_config(spec: GRPOSpec, tok) -> SamplingConfig:
