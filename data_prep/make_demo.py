@@ -40,8 +40,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from omnirrm_jax.rubric import prompts, schema
+from omnirrm_jax.rubric.vocab import MODALITIES
 
-MODALITIES = ("text", "image", "video", "audio")
 SPLITS = ("train", "eval")
 IMAGE_SIZE = 56  # multiple of 28: 4x4 patches of 14 -> 2x2 merged = 4 tokens
 VIDEO_SIZE, VIDEO_FRAMES, VIDEO_FPS = 56, 4, 2  # 4 frames = FPS_MIN_FRAMES: every fps setting keeps all 4

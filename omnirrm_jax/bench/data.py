@@ -22,10 +22,10 @@ import numpy as np
 
 
 def _tokenizer(texts, path: str | None, vocab: int):
-    from omnirrm_jax.data.tokenizer import HFTokenizer, SentencePieceTokenizer, train_sentencepiece
+    from omnirrm_jax.data.tokenizer import load_tokenizer, train_sentencepiece
     if path is None:
         return train_sentencepiece(texts, vocab)
-    return SentencePieceTokenizer.from_file(path) if path.endswith(".model") else HFTokenizer.from_dir(path)
+    return load_tokenizer(path)
 
 
 def make_demo_shards(root: Path, n_per_modality: int, workers: int) -> tuple[Path, list[str]]:

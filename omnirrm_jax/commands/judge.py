@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 
-MODALITIES = ("text", "image", "video", "audio")
+from omnirrm_jax.rubric.vocab import MODALITIES
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

@@ -28,9 +28,8 @@ from omnirrm_jax.data import records as R
 from omnirrm_jax.data.tokenizer import Tokenizer, expand_placeholders, render_chat, thinker_token_ids
 from omnirrm_jax.models.config import ThinkerConfig
 from omnirrm_jax.models.rope import audio_token_count, get_rope_index
+from omnirrm_jax.rubric.vocab import MODALITY_CODES, VERDICT_CODES  # noqa: F401 - E.MODALITY_CODES
 
-MODALITY_CODES = {m: i for i, m in enumerate(R.MODALITIES)}  # text 0, image 1, video 2, audio 3, mixed 4
-VERDICT_CODES = {v: i for i, v in enumerate(R.VERDICTS)}  # A 0, B 1, equal 2
 _TAG_ORDER = ("image", "audio", "video")  # ms-swift prepends in this order (so video tags end up first)
 _TAG_RE = re.compile(r"<(image|audio|video)>")
 _WRAPPED = {"image": "<|vision_bos|><|IMAGE|><|vision_eos|>", "audio": "<|audio_bos|><|AUDIO|><|audio_eos|>",

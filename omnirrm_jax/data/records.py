@@ -46,13 +46,12 @@ from typing import Any
 import numpy as np
 
 from omnirrm_jax.data import media
+from omnirrm_jax.rubric.vocab import RECORD_MODALITIES as MODALITIES, VERDICTS  # noqa: F401 - R.VERDICTS
 
 MAGIC = b"ORRMREC\x00"
 VERSION = 1
 _PREFIX = struct.Struct("<8sHHI")
 _ALIGN = 16
-MODALITIES = ("text", "image", "video", "audio", "mixed")
-VERDICTS = ("A", "B", "equal")
 N_MELS, PATCH, MERGE, TEMPORAL = 128, 14, 2, 2
 _DTYPES = {"uint8": np.uint8, "float32": np.float32}
 _META_KEYS = ("id", "modality", "messages", "gold", "solution", "cmp_gt", "source", "media_paths",

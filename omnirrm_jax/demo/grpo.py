@@ -34,8 +34,8 @@ import numpy as np
 
 from omnirrm_jax.demo.config import DemoConfig, DemoGRPOConfig
 from omnirrm_jax.demo.data import DEMO_VIDEO, DemoData, media_buckets, pipeline_config
+from omnirrm_jax.rubric.vocab import MODALITIES as ALL_MODALITIES
 
-ALL_MODALITIES = ("text", "image", "video", "audio")
 MEDIA_KEYS = {"images": "image", "videos": "video", "audios": "audio"}  # ms-swift columns -> modality
 # Every demo prompt (judge prompt, chat template, media placeholders) is at most 109 tokens: one 128 bucket
 # halves the prompt part of the rollout and the update next to SFT's 256 (prompt + judgement).

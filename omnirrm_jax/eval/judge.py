@@ -16,9 +16,8 @@ import numpy as np
 from omnirrm_jax.decoding.sampler import SamplingConfig, generate
 from omnirrm_jax.models.thinker import model_inputs
 from omnirrm_jax.rubric.parse import parse_judgement
+from omnirrm_jax.rubric.vocab import MODALITIES, VERDICT_CODES
 
-MODALITIES = ("text", "image", "video", "audio")
-VERDICT_CODES = {"A": 0, "B": 1, "equal": 2}
 
 
 def decode_texts(tok, tokens_BGN: np.ndarray, lengths_BG: np.ndarray, stop_ids: Iterable[int]) -> list[list[str]]:

@@ -28,7 +28,7 @@ class UsageError(ValueError):
 
 def load_judge(checkpoint: str, *, lora: str | None = None, tokenizer: str | None = None, dtype: str = "float32"):
     """(model, config, tokenizer) from an HF or Orbax dir; refuses a tokenizer whose ids do not fit the model."""
-    from omnirrm_jax.data.tokenizer import HFTokenizer, SentencePieceTokenizer, thinker_token_ids
+    from omnirrm_jax.data.tokenizer import load_tokenizer, thinker_token_ids
 
     if not os.path.isdir(checkpoint):
         raise UsageError(f"checkpoint {checkpoint} is not a directory")
@@ -45,10 +45,7 @@ def load_judge(checkpoint: str, *, lora: str | None = None, tokenizer: str | Non
         model, cfg = load_hf(checkpoint, dtype=dtype, lora_path=lora)
     source = tokenizer or checkpoint
     try:
-        if source.endswith(".model") and os.path.isfile(source):
-            tok = SentencePieceTokenizer.from_file(source)
-        else:
-            tok = HFTokenizer.from_dir(source)
+        tok = load_tokenizer(source)
     except Exception as e:  # noqa: BLE001 - transformers raises OSError/ValueError/TypeError for a missing tokenizer
         raise UsageError(f"cannot load a tokenizer from {source} ({type(e).__name__}: {e}); pass --tokenizer "
                          "(a SentencePiece .model file or an HF tokenizer dir)") from None

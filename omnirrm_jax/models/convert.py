@@ -31,9 +31,13 @@ def save_orbax(model: nnx.Module, path: str) -> None:
 
 
 def load_orbax(path: str, dtype: str | None = None, *, compute_dtype: str | None = None,
-               attention_backend: str = "auto"):
+               attention_backend: str = "auto", shardings=None):
     """(model, config) from an Orbax directory written by `save_orbax` (restored in the stored dtype
-    unless `dtype` is given)."""
+    unless `dtype` is given).
+
+    `shardings`: None (as stored, on this process's devices), or a state / mapping of NNX path -> Sharding
+    covering the base parameters (`training.sharding.state_shardings` gives one): Orbax then reads straight
+    into those shardings, each process only its own slices."""
     import orbax.checkpoint as ocp
 
     path = os.path.abspath(path)
@@ -45,12 +49,20 @@ def load_orbax(path: str, dtype: str | None = None, *, compute_dtype: str | None
                                   attention_backend=attention_backend)
     abstract = P.abstract_thinker(cfg)
     graphdef, target, rest = nnx.split(abstract, P.base_params_filter(), ...)
+    if shardings is not None:
+        flat = dict(nnx.to_flat_state(shardings)) if isinstance(shardings, nnx.State) else dict(shardings)
+        target = nnx.map_state(lambda p, v: v.replace(jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=_get(flat[p]))),
+                               target)
     with ocp.StandardCheckpointer() as ckptr:
         restored = ckptr.restore(os.path.join(path, "params"), target)
     model = nnx.merge(graphdef, restored, rest)
     if dtype != stored:
         model, cfg = cast_params(model, dtype)
     return model, cfg
+
+
+def _get(s):
+    return s.get_value() if isinstance(s, nnx.Variable) else s
 
 
 def cast_params(model: nnx.Module, dtype: str):

@@ -13,13 +13,16 @@ import math
 import os
 import re
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
+from omnirrm_jax.models import hf_map
 from omnirrm_jax.models import layers as L
-from omnirrm_jax.models import params as P
 
+_PEFT_PREFIX = "base_model.model."
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[A-Za-z0-9_]+)?\.weight$")
 
 
@@ -49,10 +52,11 @@ def read_adapter(path: str) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarra
                 raise AdapterError(f"{weights}: tensor {key} is not a LoRA A/B weight "
                                    "(modules_to_save / bias adapters are not supported)")
             name = m["module"]
-            for prefix in ("base_model.model.", "thinker."):
-                if name.startswith(prefix):
-                    name = name[len(prefix):]
-            name = P._v5_to_checkpoint(name + ".weight")[:-len(".weight")]
+            if name.startswith(_PEFT_PREFIX):
+                name = name[len(_PEFT_PREFIX):]
+            name = hf_map.checkpoint_name(name)
+            if name is None:
+                raise AdapterError(f"{weights}: tensor {key} targets the talker / token2wav, not the thinker")
             pairs.setdefault(name, {})[m["ab"]] = np.asarray(f.get_tensor(key), np.float32)
     out = {}
     for name, ab in pairs.items():
@@ -69,7 +73,7 @@ def _scale(acfg: dict, name: str, rank: int) -> float:
 
 def _resolve(model: nnx.Module, name: str) -> L.Linear:
     obj = model
-    for part in P._HF_TO_NNX[0][0].sub(P._HF_TO_NNX[0][1], name + ".").rstrip(".").split("."):
+    for part in hf_map.hf_to_nnx_module(name).split("."):
         obj = obj[int(part)] if part.isdigit() else getattr(obj, part, None)
         if obj is None:
             break
@@ -89,36 +93,66 @@ def load_adapter(model: nnx.Module, path: str, *, merge: bool = True) -> None:
             raise AdapterError(f"{path}: {name} lora_A {a_rin.shape} / lora_B {b_outr.shape} do not fit "
                                f"the layer's (out, in) = {(d_out, d_in)}")
         scale = _scale(acfg, name, rank)
+        kernel = lin.kernel[...]
         if merge:
-            kernel = np.asarray(lin.kernel[...], np.float32) + scale * (a_rin.T @ b_outr.T)
-            lin.kernel.set_value(jnp.asarray(kernel, lin.kernel.dtype))
+            delta = scale * (a_rin.T @ b_outr.T)
+            dtype = lin.kernel.dtype
+            lin.kernel.set_value(_map_shards(kernel, lambda k, idx: (np.asarray(k, np.float32) + delta[idx])
+                                             .astype(dtype)))
         else:
             lin.add_lora(rank, 1.0, nnx.Rngs(0))
-            lin.lora_a.set_value(jnp.asarray(a_rin.T, lin.lora_a.dtype))
-            lin.lora_b.set_value(jnp.asarray(b_outr.T, lin.lora_b.dtype))
+            a_sharding, b_sharding = _lora_shardings(kernel)
+            lin.lora_a.set_value(_place(np.asarray(a_rin.T, lin.lora_a.dtype), a_sharding))
+            lin.lora_b.set_value(_place(np.asarray(b_outr.T, lin.lora_b.dtype), b_sharding))
             lin.lora_scale = scale
+
+
+def _lora_shardings(kernel) -> tuple:
+    """Shardings of LoRA factors A (in, r) and B (r, out) beside a kernel (in, out): the kernel's split of `in`
+    and `out`, the rank replicated (what the logical-axis table gives: LORA_RANK is never split). None (the
+    default device, uncommitted) beside a kernel that is not on a mesh."""
+    sharding = getattr(kernel, "sharding", None)
+    if not isinstance(sharding, NamedSharding):
+        return None, None
+    spec = tuple(sharding.spec) + (None,) * (2 - len(sharding.spec))
+    return (NamedSharding(sharding.mesh, PartitionSpec(spec[0], None)),
+            NamedSharding(sharding.mesh, PartitionSpec(None, spec[1])))
+
+
+def _place(value: np.ndarray, sharding) -> jax.Array:
+    """A host array (the same on every process) placed with `sharding`: each process puts its own slices."""
+    if sharding is None:
+        return jnp.asarray(value)
+    return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
+
+
+def _host(array: jax.Array) -> np.ndarray:
+    """The whole (small) array on the host, gathered from the other processes where it spans them."""
+    if array.is_fully_addressable:
+        return np.asarray(array)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
+def _map_shards(array: jax.Array, fn) -> jax.Array:
+    """`fn(shard as numpy, its global index)` for every shard this process holds, in place of the array's
+    values, same sharding: host numpy math on an array that may span other processes' devices."""
+    if array.is_fully_addressable and not array.committed:
+        return jnp.asarray(fn(np.asarray(array), (slice(None),) * array.ndim))
+    shards = [jax.device_put(fn(np.asarray(s.data), s.index), s.device) for s in array.addressable_shards]
+    return jax.make_array_from_single_device_arrays(array.shape, array.sharding, shards)
 
 
 def merge_lora(model: nnx.Module) -> None:
     """Folds every LoRA branch into its kernel and removes the branch (before export)."""
     for _, lin in nnx.iter_graph(model):
         if isinstance(lin, L.Linear) and lin.lora_a is not None:
-            delta = (np.asarray(lin.lora_a[...], np.float32) @ np.asarray(lin.lora_b[...], np.float32))
-            kernel = np.asarray(lin.kernel[...], np.float32) + lin.lora_scale * delta
-            lin.kernel.set_value(jnp.asarray(kernel, lin.kernel.dtype))
+            delta = (_host(lin.lora_a[...]).astype(np.float32) @ _host(lin.lora_b[...]).astype(np.float32))
+            scale, dtype = lin.lora_scale, lin.kernel.dtype
+            lin.kernel.set_value(_map_shards(lin.kernel[...], lambda k, idx: (np.asarray(k, np.float32)
+                                                                              + scale * delta[idx]).astype(dtype)))
             lin.lora_a, lin.lora_b, lin.lora_scale = nnx.data(None), nnx.data(None), 0.0
-
-
-# Checkpoint module names -> the in-memory names of transformers v5, which PEFT uses for adapter keys and
-# target modules (an adapter written with checkpoint names would not attach to a v5 model).
-_TO_V5 = (("model.", "model.language_model."), ("visual.", "model.visual."), ("audio_tower.", "model.audio_tower."))
-
-
-def _peft_module_name(checkpoint_name: str) -> str:
-    for old, new in _TO_V5:
-        if checkpoint_name.startswith(old):
-            return new + checkpoint_name[len(old):]
-    return checkpoint_name
 
 
 def save_adapter(model: nnx.Module, path: str) -> list[str]:
@@ -133,11 +167,12 @@ def save_adapter(model: nnx.Module, path: str) -> list[str]:
     for path_, lin in nnx.iter_graph(model):
         if not isinstance(lin, L.Linear) or lin.lora_a is None:
             continue
-        name = P._hf_name(".".join(map(str, path_)) + ".")[:-1]  # mlp_0 -> mlp.0
-        peft_name = _peft_module_name(name)
+        # PEFT matches adapter keys and target modules against transformers-v5 in-memory names: an adapter
+        # written with checkpoint names would not attach to a v5 model
+        peft_name = hf_map.checkpoint_to_v5(hf_map.nnx_to_hf_module(".".join(map(str, path_))))
         a_inr, b_rout = np.asarray(lin.lora_a[...], np.float32), np.asarray(lin.lora_b[...], np.float32)
-        tensors[f"base_model.model.{peft_name}.lora_A.weight"] = np.ascontiguousarray(a_inr.T)
-        tensors[f"base_model.model.{peft_name}.lora_B.weight"] = np.ascontiguousarray(b_rout.T)
+        tensors[f"{_PEFT_PREFIX}{peft_name}.lora_A.weight"] = np.ascontiguousarray(a_inr.T)
+        tensors[f"{_PEFT_PREFIX}{peft_name}.lora_B.weight"] = np.ascontiguousarray(b_rout.T)
         modules.append(peft_name)
         ranks.add(a_inr.shape[1])
         scales.add(float(lin.lora_scale))

@@ -1,17 +1,15 @@
-"""Hugging Face safetensors <-> NNX parameters, in both directions, by one declarative mapping.
+"""Hugging Face safetensors <-> NNX thinker: loading (`load_hf`), in-memory tensors both ways, export (`save_hf`).
 
-Our module tree mirrors the checkpoint names (`model.layers.3.self_attn.q_proj` is the NNX path
-`model/layers/3/self_attn/q_proj`), so the mapping is: leaf rename (`weight` -> `kernel` | `scale` |
-`embedding`), a short table of path renames, and a layout transform chosen by the leaf and the tensor
-rank. Loading is strict: a missing, unexpected or mis-shaped tensor is an error that names it.
+Names and layouts come from the one table in `hf_map.py`; reading checkpoint files (sharded or not, into any
+sharding) is `loading.py`; PEFT adapters are `lora_io.py`. Loading is strict: a missing, unexpected or mis-shaped
+tensor is an error that names it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -19,154 +17,34 @@ import numpy as np
 from flax import nnx
 
 from omnirrm_jax.models import config as config_lib
-
-# Checkpoint path <-> NNX path renames (regex on the dotted name, applied in order).
-_HF_TO_NNX = [(re.compile(r"\.mlp\.(\d+)\."), r".mlp_\1.")]
-_NNX_TO_HF = [(re.compile(r"\.mlp_(\d+)\."), r".mlp.\1.")]
-# Checkpoint prefixes of the full Qwen2.5-Omni model that the thinker does not use.
-IGNORED_PREFIXES = ("talker.", "token2wav.")
-_LEAF_TO_HF = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint does not fit the model: lists every offending tensor with both shapes."""
-
-
-def base_params_filter():
-    """Parameters that come from a base checkpoint (everything but LoRA factors)."""
-    return nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
-
-
-def _path_str(path: Iterable[Any]) -> str:
-    return ".".join(str(p) for p in path)
-
-
-def nnx_path_to_hf(path: tuple) -> str:
-    """('model', 'layers', 0, 'mlp', 'up_proj', 'kernel') -> 'model.layers.0.mlp.up_proj.weight'."""
-    *module, leaf = (str(p) for p in path)
-    name = ".".join(module) + "." + _LEAF_TO_HF[leaf]
-    for pat, repl in _NNX_TO_HF:
-        name = pat.sub(repl, name)
-    return name
-
-
-def hf_to_torch_layout(leaf: str, value: np.ndarray, hf_shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """NNX value -> the tensor layout torch stores (Linear (in,out)->(out,in); Conv1d (k,in,out)->(out,in,k))."""
-    if leaf != "kernel":
-        return value
-    if value.ndim == 3:
-        return np.transpose(value, (2, 1, 0))
-    out = value.T
-    return out.reshape(hf_shape) if hf_shape is not None else out
-
-
-def torch_to_nnx_layout(leaf: str, tensor: np.ndarray) -> np.ndarray:
-    """Checkpoint tensor -> NNX layout. Conv3d patch weights (D, C, T, p, p) flatten to a (C*T*p*p, D) kernel."""
-    if leaf != "kernel":
-        return tensor
-    if tensor.ndim == 3:
-        return np.transpose(tensor, (2, 1, 0))
-    return tensor.reshape(tensor.shape[0], -1).T
-
-
-def normalize_hf_name(name: str) -> str | None:
-    """Strips the `thinker.` prefix of full-model checkpoints; None for tensors the thinker ignores."""
-    if name.startswith(IGNORED_PREFIXES):
-        return None
-    if name.startswith("thinker."):
-        name = name[len("thinker."):]
-    for pat, repl in _HF_TO_NNX:
-        name = pat.sub(repl, name)
-    return name
-
-
-def expected_hf_shapes(module: nnx.Module, prefix: str = "") -> dict[str, tuple[tuple, str, tuple]]:
-    """{checkpoint name (NNX-renamed) -> (nnx path, leaf, nnx shape)} for every base parameter of `module`."""
-    out = {}
-    for path, var in nnx.to_flat_state(nnx.state(module, base_params_filter())):
-        name = prefix + _path_str(path[:-1]) + "." + _LEAF_TO_HF[str(path[-1])]
-        out[name] = (path, str(path[-1]), tuple(var.shape))
-    return out
+from omnirrm_jax.models import hf_map, loading, lora_io
+# The loaders' error and parameter filter, where callers have always found them.
+from omnirrm_jax.models.hf_map import CheckpointMismatchError, base_params_filter  # noqa: F401
 
 
 def assign_hf_tensors(module: nnx.Module, tensors: Mapping[str, Any], *, prefix: str = "",
                       source: str = "checkpoint") -> None:
-    """Copies checkpoint tensors (torch names, relative to `prefix`) into `module`, strictly.
+    """Copies in-memory checkpoint tensors (torch names, relative to `prefix`) into `module`, strictly.
 
     Args:
       module: an NNX module whose tree mirrors the checkpoint names (e.g. the vision tower for `visual.*`).
-      tensors: name -> array (numpy, jax or anything `np.asarray` takes), names already without `thinker.`.
-      prefix: names in `tensors` start with this (e.g. "visual."); other names are reported as unexpected.
-      source: how to call the origin in error messages (a file or directory).
+      tensors: name -> array (numpy, jax or anything `np.asarray` takes).
+      prefix, source: as in `hf_map.match_hf_tensors`.
     Raises:
       CheckpointMismatchError naming every missing, unexpected and mis-shaped tensor.
     """
-    expected = expected_hf_shapes(module)
-    renamed = {}
-    for name, value in tensors.items():
-        n = normalize_hf_name(name)
-        if n is None:
-            continue
-        if not n.startswith(prefix):
-            renamed[n] = value  # reported as unexpected below
-            continue
-        renamed[n[len(prefix):]] = value
-    missing = sorted(set(expected) - set(renamed))
-    unexpected = sorted(set(renamed) - set(expected))
-    problems = [f"missing tensor {prefix}{_hf_name(n)} (model expects shape {_torch_shape(*expected[n][1:])})"
-                for n in missing]
-    problems += [f"unexpected tensor {prefix}{_hf_name(n)} (shape {tuple(np.shape(renamed[n]))})"
-                 for n in unexpected]
-    updates = {}
-    for name in sorted(set(expected) & set(renamed)):
-        path, leaf, shape = expected[name]
-        arr = renamed[name]
-        converted_shape = _converted_shape(leaf, tuple(np.shape(arr)))
-        if converted_shape != shape:
-            problems.append(f"tensor {prefix}{_hf_name(name)} has shape {tuple(np.shape(arr))}, "
-                            f"model expects {_torch_shape(leaf, shape)}")
-            continue
-        updates[path] = arr
-    if problems:
-        raise CheckpointMismatchError(f"{source} does not match the model ({len(problems)} problem(s)):\n  "
-                                      + "\n  ".join(problems))
+    plan = hf_map.match_hf_tensors(module, {k: tuple(np.shape(v)) for k, v in tensors.items()}, prefix=prefix,
+                                   source=source)
     state = nnx.state(module, base_params_filter())
     flat = dict(nnx.to_flat_state(state))
-    for path, arr in updates.items():
-        var = flat[path]
-        value = _to_nnx(path[-1], arr, var.dtype)
-        var.set_value(value) if hasattr(var, "set_value") else setattr(var, "value", value)
+    for path, name in plan.items():
+        var, arr, leaf = flat[path], tensors[name], str(path[-1])
+        if isinstance(arr, jax.Array):
+            value = hf_map.from_torch_layout(leaf, arr).astype(var.dtype)
+        else:
+            value = jnp.asarray(hf_map.from_torch_layout(leaf, np.asarray(arr)), dtype=var.dtype)
+        var.set_value(value)
     nnx.update(module, state)
-
-
-def _hf_name(nnx_renamed: str) -> str:
-    for pat, repl in _NNX_TO_HF:
-        nnx_renamed = pat.sub(repl, nnx_renamed)
-    return nnx_renamed
-
-
-def _converted_shape(leaf: str, shape: tuple) -> tuple:
-    if leaf != "kernel":
-        return shape
-    if len(shape) == 3:
-        return (shape[2], shape[1], shape[0])
-    return (int(np.prod(shape[1:])), shape[0])
-
-
-def _torch_shape(leaf: str, nnx_shape: tuple) -> tuple:
-    if leaf != "kernel":
-        return nnx_shape
-    return tuple(reversed(nnx_shape))
-
-
-def _to_nnx(leaf: str, arr: Any, dtype) -> jax.Array:
-    if isinstance(arr, jax.Array) and leaf != "kernel":
-        return arr.astype(dtype)
-    if isinstance(arr, jax.Array):
-        if arr.ndim == 3:
-            return jnp.transpose(arr, (2, 1, 0)).astype(dtype)
-        return arr.reshape(arr.shape[0], -1).T.astype(dtype)
-    return jnp.asarray(torch_to_nnx_layout(leaf, np.asarray(arr)), dtype=dtype)
 
 
 def module_to_hf_tensors(module: nnx.Module, *, prefix: str = "",
@@ -179,14 +57,8 @@ def module_to_hf_tensors(module: nnx.Module, *, prefix: str = "",
     hf_shapes = hf_shapes or {}
     out = {}
     for path, var in nnx.to_flat_state(nnx.state(module, base_params_filter())):
-        name = prefix + nnx_path_to_hf(path)
-        value = var[...]
-        leaf = str(path[-1])
-        if leaf == "kernel":
-            value = jnp.transpose(value, (2, 1, 0)) if value.ndim == 3 else value.T
-            if name in hf_shapes:
-                value = value.reshape(hf_shapes[name])
-        out[name] = value
+        name = prefix + hf_map.nnx_path_to_hf(path)
+        out[name] = hf_map.to_torch_layout(str(path[-1]), var[...], hf_shapes.get(name))
     return out
 
 
@@ -194,38 +66,16 @@ def module_to_hf_tensors(module: nnx.Module, *, prefix: str = "",
 # Checkpoint directories
 # ----------------------------------------------------------------------------------------------------
 
-# transformers v5 in-memory names (also found in adapters saved from v5 models) -> checkpoint names.
-_V5_RENAMES = (("model.language_model.", "model."), ("model.visual.", "visual."),
-               ("model.audio_tower.", "audio_tower."))
-
-
-def _v5_to_checkpoint(name: str) -> str:
-    for old, new in _V5_RENAMES:
-        if name.startswith(old):
-            return new + name[len(old):]
-    return name
-
-
 def read_safetensors_dir(path: str) -> dict[str, jax.Array]:
-    """All tensors of a (possibly sharded) safetensors directory, bf16 included (read through JAX)."""
+    """All tensors of a checkpoint directory, whole, on the default device (read through JAX; bf16 included).
+    `load_hf` does not use it (it reads each parameter's slices into place); small tools and tests do."""
     from safetensors import safe_open
 
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.exists(index):
-        with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-    else:
-        files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors") and not f.startswith("adapter"))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors weights in {path}")
     out = {}
-    for fname in files:
-        full = os.path.join(path, fname)
-        if not os.path.exists(full):
-            raise FileNotFoundError(f"{index} lists {fname}, which is missing from {path}")
+    for full in loading.weight_files(path):
         with safe_open(full, framework="flax") as f:
             for k in f.keys():
-                out[_v5_to_checkpoint(k) if not k.startswith("thinker.") else k] = f.get_tensor(k)
+                out[k] = f.get_tensor(k)
     return out
 
 
@@ -248,7 +98,8 @@ def abstract_thinker(cfg: config_lib.ThinkerConfig):
 
 
 def load_hf(path: str, dtype: str = "float32", lora_path: str | None = None, *, merge_lora: bool = True,
-            compute_dtype: str | None = None, attention_backend: str = "auto", remat: str = "none"):
+            compute_dtype: str | None = None, attention_backend: str = "auto", remat: str = "none",
+            shardings: loading.Shardings = None):
     """Loads an HF Qwen2.5-Omni (thinker) checkpoint directory into the NNX thinker.
 
     Args:
@@ -257,16 +108,15 @@ def load_hf(path: str, dtype: str = "float32", lora_path: str | None = None, *, 
       dtype: parameter dtype; the compute dtype defaults to it.
       lora_path: optional PEFT / ms-swift adapter directory.
       merge_lora: merge the adapter into the weights (True) or keep it as `nnx.LoRAParam` branches.
+      shardings: where the base parameters go (`loading.Shardings`; None: the default device). Each process
+        reads only the slices its devices hold.
     Returns:
       (model, config).
     """
     cfg = read_config(path, param_dtype=dtype, dtype=compute_dtype or dtype, attention_backend=attention_backend,
                       remat=remat)
-    model = abstract_thinker(cfg)
-    assign_hf_tensors(model, read_safetensors_dir(path), source=path)
+    model = loading.load_hf_sharded(path, abstract_thinker(cfg), shardings)
     if lora_path is not None:
-        from omnirrm_jax.models import lora_io
-
         lora_io.load_adapter(model, lora_path, merge=merge_lora)
     return model, cfg
 

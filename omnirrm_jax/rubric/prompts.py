@@ -35,7 +35,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-MODALITIES: tuple[str, ...] = ("text", "image", "video", "audio")
+from omnirrm_jax.rubric.vocab import MODALITIES
+
 _POST = {
     "dedent": textwrap.dedent,
     "strip": str.strip,

@@ -19,10 +19,11 @@ import json
 import re
 from typing import Any
 
+from omnirrm_jax.rubric.vocab import VERDICTS  # noqa: F401 - re-exported (schema.VERDICTS)
+
 # Key order as the prompts list them; the format reward wants exactly this key *set*.
 KEYS: tuple[str, ...] = ("score_A", "score_B", "better", "reasoning", "final_verdict")
 REQUIRED_KEYS: frozenset[str] = frozenset(KEYS)
-VERDICTS: tuple[str, ...] = ("A", "B", "equal")
 SCORE_MIN, SCORE_MAX = 0, 10
 
 # The five rubric dimensions, in the order of the prompts.

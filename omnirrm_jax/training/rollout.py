@@ -14,10 +14,9 @@ from omnirrm_jax.eval.judge import decode_texts
 from omnirrm_jax.rubric.parse import parse_judgement
 from omnirrm_jax.rubric.rewards import reward_components
 from omnirrm_jax.training import grpo_loss
+from omnirrm_jax.rubric.vocab import VERDICTS as VERDICT_NAMES  # gold codes index it (vocab.VERDICT_CODES)
 from omnirrm_jax.training.grpo_config import GRPOSpec
 from omnirrm_jax.training.sharding import batch_sharding
-
-VERDICT_NAMES = ("A", "B", "equal")  # data.examples VERDICT_CODES order
 
 
 def sampling_config(spec: GRPOSpec, tok) -> SamplingConfig:

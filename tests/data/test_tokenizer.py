@@ -271,3 +271,14 @@ def test_count_mismatch_errors(tok, cfg):
 def test_no_jax_import():
     code = "import sys, omnirrm_jax.data.tokenizer; assert 'jax' not in sys.modules, 'tokenizer imports jax'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_one_loader_for_both_kinds(hf_tok, tmp_path):
+    from omnirrm_jax.data.tokenizer import load_tokenizer
+
+    hf_tok.save_pretrained(tmp_path / "hf")
+    assert isinstance(load_tokenizer(tmp_path / "hf"), HFTokenizer)
+    train_sentencepiece(CORPUS, 320, tmp_path / "t")
+    assert isinstance(load_tokenizer(str(tmp_path / "t.model")), SentencePieceTokenizer)
+    with pytest.raises(ValueError, match="tokenizer is required"):
+        load_tokenizer(None)

@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from omnirrm_jax.models import config as C
+from omnirrm_jax.models import hf_map
 from omnirrm_jax.models import layers as L
 from omnirrm_jax.models import params as P
 from omnirrm_jax.models.thinker import Thinker, prepare_inputs
@@ -34,7 +35,7 @@ def test_every_parameter_has_logical_axes():
 def test_real_presets_have_published_sizes(preset):
     cfg = C.PRESETS[preset]()
     abstract = P.abstract_thinker(cfg)
-    n_tensors = len(P.expected_hf_shapes(abstract))
+    n_tensors = len(hf_map.expected_hf_shapes(abstract))
     n_params = sum(int(np.prod(v.shape)) for _, v in nnx.to_flat_state(nnx.state(abstract, nnx.Param)))
     if preset == "omni_7b":
         assert n_tensors == 1346  # visual 518 + audio_tower 489 + model 338 + lm_head 1 (port map §1)

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,9 +28,9 @@ from omnirrm_jax.training import distributed, grpo, sft
 from omnirrm_jax.training.grpo_config import GRPOConfig, GRPOSpec
 from omnirrm_jax.training.optim import OptimConfig
 from omnirrm_jax.training.sharding import MeshConfig
+from tests.multiprocess import ROOT, free_port, worker_env
 
 WORKER = os.path.join(os.path.dirname(__file__), "multihost_worker.py")
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # ------------------------------------------------------------------------------------------ launch detection (fast)
@@ -133,21 +132,13 @@ def _yaml(path, cfg) -> str:
     return str(path)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def _start(n: int, config: str, leg: str, out: str, stop_after: int | None = None) -> list:
     """Starts n worker processes with 4 CPU devices each (logs in OUT/LEG.I.log)."""
-    port = _free_port()
+    port = free_port()
     os.makedirs(out, exist_ok=True)
     procs = []
     for i in range(n):
-        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
-               "OMNIRRM_COORDINATOR": f"localhost:{port}", "OMNIRRM_NUM_PROCESSES": str(n),
-               "OMNIRRM_PROCESS_ID": str(i), "PYTHONPATH": ROOT}
+        env = worker_env(i, n, port, devices_per_process=4)
         cmd = [sys.executable, WORKER, config, leg, out] + ([f"--stop-after={stop_after}"] if stop_after else [])
         log = open(os.path.join(out, f"{leg}.{i}.log"), "w")
         procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True))
