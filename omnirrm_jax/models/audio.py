@@ -187,7 +187,7 @@ class BosEosTable(nnx.Module):
     """`audio_bos_eos_token` (2, O): in the checkpoint but unused by the thinker; kept for bit-exact round trips."""
 
     def __init__(self, features: int, *, param_dtype: str, rngs: nnx.Rngs):
-        init = nnx.initializers.normal(0.02)
+        init = layers.normal_init(0.02)
         self.embedding = param(init(rngs.params(), (2, features), layers.as_dtype(param_dtype)), (None, EMBED))
 
 

@@ -84,11 +84,22 @@ class Linear(nnx.Module):
         return y
 
 
+def normal_init(stddev: float):
+    """N(0, stddev^2) initializer whose values do not depend on being traced: the same bits eagerly and inside the
+    jitted, sharded init of a training run (`training.state`), so a run's starting weights stay bitwise those of
+    `Thinker(cfg, rngs=...)`. (`nnx.initializers.normal` multiplies by `stddev` after the draw; under `jax.jit` XLA
+    fuses that multiply into the draw's arithmetic and rounds differently.)"""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.lax.optimization_barrier(jax.random.normal(key, shape, dtype)) * jnp.asarray(stddev, dtype)
+    return init
+
+
 class Embed(nnx.Module):
     """Token embedding table (V, D); also usable as a tied output projection."""
 
     def __init__(self, num: int, features: int, *, dtype: str, param_dtype: str, rngs: nnx.Rngs):
-        init = nnx.initializers.normal(0.02)
+        init = normal_init(0.02)
         self.embedding = param(init(rngs.params(), (num, features), as_dtype(param_dtype)), (VOCAB, EMBED))
         self.dtype = as_dtype(dtype)
 

@@ -1,7 +1,8 @@
 """Train state: the model split into (graphdef, trainable, frozen) + optimizer state, created sharded.
 
-Setup order (big_vision style): abstract model (`nnx.eval_shape`) -> shardings from logical axes ->
-jitted init with out-shardings, so a 7B model is never materialised on one device first. LoRA runs
+Setup order (big_vision style): abstract model (`nnx.eval_shape`) -> shardings from logical axes -> jitted init
+with out-shardings and weights read straight into their shardings, so a 7B model is never materialised on one
+device first. LoRA runs
 train only `nnx.LoRAParam`; full fine-tuning trains every `nnx.Param`.
 """
 
@@ -17,6 +18,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from omnirrm_jax.models import loading, lora_io
 from omnirrm_jax.models import params as P
 from omnirrm_jax.models.config import ThinkerConfig
 from omnirrm_jax.models.thinker import Thinker
@@ -42,7 +44,8 @@ def trainable_filter(full_finetune: bool):
 
 def build_model(cfg: ThinkerConfig, *, hf_path: str | None, lora_cfg: lora_lib.LoraConfig | None,
                 lora_path: str | None, seed: int) -> Thinker:
-    """Host-side model construction: HF weights (or random init) plus LoRA branches."""
+    """Host-side model construction: HF weights (or random init) plus LoRA branches, on the default device. For
+    what fits one device (export, inspection); a training run builds its model sharded (`create_run_state`)."""
     if hf_path:
         model, _ = P.load_hf(hf_path, dtype=cfg.param_dtype, compute_dtype=cfg.dtype,
                              attention_backend=cfg.attention_backend, remat=cfg.remat,
@@ -56,34 +59,65 @@ def build_model(cfg: ThinkerConfig, *, hf_path: str | None, lora_cfg: lora_lib.L
 
 def create_run_state(model_spec, thinker_cfg: ThinkerConfig, tx: optax.GradientTransformation, mesh: Mesh,
                      seed: int) -> tuple[TrainState, Any]:
-    """The sharded state of a run from its `ModelSpec` (HF or preset base, LoRA or full fine-tuning): what
-    `omnirrm sft` and `omnirrm grpo` both start from."""
-    lora_cfg = None if model_spec.full_finetune else model_spec.lora
+    """The sharded state of a run from its `ModelSpec`: what `omnirrm sft` and `omnirrm grpo` both start from.
 
-    def model_fn():
-        return build_model(thinker_cfg, hf_path=model_spec.hf_path, lora_cfg=lora_cfg,
-                           lora_path=model_spec.lora_path, seed=seed)
+    No weight is ever whole on one device unless its sharding says so: the model's structure comes from
+    `nnx.eval_shape`; random weights (a preset, new LoRA factors) are drawn by a jitted init with out-shardings
+    (the bits of an eager `Thinker(cfg, rngs=...)`, `layers.normal_init`); HF weights are read from the safetensors
+    straight into their shardings, each process reading only the slices its devices hold (`models.loading`); a
+    PEFT adapter (`model.lora_path`, small) is read whole and placed sharded like its kernels."""
+    full = model_spec.full_finetune
+    new_lora = None if full or model_spec.lora_path else model_spec.lora
 
-    return create_train_state(model_fn, tx, mesh, full_finetune=model_spec.full_finetune)
+    def random_model() -> Thinker:
+        model = Thinker(thinker_cfg, rngs=nnx.Rngs(seed))
+        if new_lora is not None:
+            lora_lib.apply_lora(model, new_lora, nnx.Rngs(seed + 1))
+        return model
+
+    model = nnx.eval_shape(random_model)
+    if model_spec.hf_path is None:
+        nnx.update(model, sharded_init(random_model, nnx.Everything(), mesh))
+    else:
+        base = P.base_params_filter()
+        loading.load_hf_sharded(model_spec.hf_path, model, S.state_shardings(nnx.state(model, base), mesh))
+        if new_lora is not None:
+            nnx.update(model, sharded_init(random_model, nnx.LoRAParam, mesh))
+        if model_spec.lora_path:
+            lora_io.load_adapter(model, model_spec.lora_path, merge=False)
+    return state_from_model(model, tx, mesh, full_finetune=full)
+
+
+def sharded_init(model_fn: Callable[[], Thinker], what, mesh: Mesh) -> nnx.State:
+    """The `what` part of `model_fn()`'s state, computed by one jitted program whose outputs are born sharded
+    (XLA drops the rest of the init)."""
+    shardings = S.state_shardings(nnx.state(nnx.eval_shape(model_fn), what), mesh)
+    return jax.jit(lambda: nnx.state(model_fn(), what), out_shardings=shardings)()
 
 
 def create_train_state(model_fn: Callable[[], Thinker], tx: optax.GradientTransformation, mesh: Mesh, *,
                        full_finetune: bool) -> tuple[TrainState, Any]:
-    """Builds the state sharded on `mesh`; returns it with the state shardings (for jit and restore)."""
+    """The sharded state of a randomly initialised model (`model_fn` must be traceable: it runs under `jax.jit`);
+    returns it with the state shardings (for jit and restore)."""
+    model = nnx.eval_shape(model_fn)
+    nnx.update(model, sharded_init(model_fn, nnx.Everything(), mesh))
+    return state_from_model(model, tx, mesh, full_finetune=full_finetune)
+
+
+def state_from_model(model: Thinker, tx: optax.GradientTransformation, mesh: Mesh, *,
+                     full_finetune: bool) -> tuple[TrainState, Any]:
+    """Splits a (placed) model into trainable and frozen parts on their shardings and initialises the optimizer
+    sharded like the parameters it mirrors; returns the state with the (trainable, frozen) shardings."""
     wrt = trainable_filter(full_finetune)
-    abstract = nnx.eval_shape(model_fn)
-    graphdef, abs_trainable, abs_frozen = nnx.split(abstract, wrt, ...)
-    sh_trainable = S.state_shardings(abs_trainable, mesh)
-    sh_frozen = S.state_shardings(abs_frozen, mesh)
-    model = model_fn()
-    _, trainable, frozen = nnx.split(model, wrt, ...)
-    trainable = jax.device_put(trainable, sh_trainable)
+    graphdef, trainable, frozen = nnx.split(model, wrt, ...)
+    sh_trainable = S.state_shardings(trainable, mesh)
+    sh_frozen = S.state_shardings(frozen, mesh)
+    trainable = jax.device_put(trainable, sh_trainable)  # a no-op for what was born on its sharding
     frozen = jax.device_put(frozen, sh_frozen)
-    sh_opt = S.optimizer_shardings(jax.eval_shape(tx.init, abs_trainable), sh_trainable, mesh)
+    sh_opt = S.optimizer_shardings(jax.eval_shape(tx.init, trainable), sh_trainable, mesh)
     opt_state = jax.tree.map(functools.partial(_on_mesh, mesh), jax.jit(tx.init, out_shardings=sh_opt)(trainable))
     step = jax.device_put(jnp.zeros((), jnp.int32), NamedSharding(mesh, PartitionSpec()))
-    state = TrainState(graphdef, trainable, frozen, opt_state, step)
-    return state, (sh_trainable, sh_frozen)
+    return TrainState(graphdef, trainable, frozen, opt_state, step), (sh_trainable, sh_frozen)
 
 
 def step_out_shardings(state: TrainState, sh_trainable) -> tuple:
