@@ -21,7 +21,7 @@ from flax import nnx
 from omnirrm_jax.models import layers
 from omnirrm_jax.models.rope import audio_token_count
 from omnirrm_jax.models.config import AudioConfig, ThinkerConfig
-from omnirrm_jax.models.layers import CONV, EMBED, HEADS, MLP, Linear, LayerNorm, param
+from omnirrm_jax.models.layers import CONV, EMBED, HEADS, MLP, Linear, LayerNorm, init_param
 
 # ----------------------------------------------------------------------------------------------------
 # Host side (numpy only): token counts, chunking, gather indices.
@@ -127,15 +127,17 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.
 # ----------------------------------------------------------------------------------------------------
 
 
+_CONV_LECUN_NORMAL = nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
+
+
 class Conv1d(nnx.Module):
     """torch Conv1d (padding 1) on channels-last input; kernel stored (k, in, out) as Flax convs do."""
 
     def __init__(self, d_in: int, d_out: int, *, stride: int, in_axis: str | None, dtype: str,
                  param_dtype: str, rngs: nnx.Rngs, k: int = 3):
         pdt = layers.as_dtype(param_dtype)
-        init = nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
-        self.kernel = param(init(rngs.params(), (k, d_in, d_out), pdt), (CONV, in_axis, EMBED))
-        self.bias = param(jnp.zeros((d_out,), pdt), (EMBED,))
+        self.kernel = init_param(_CONV_LECUN_NORMAL, rngs.params(), (k, d_in, d_out), pdt, (CONV, in_axis, EMBED))
+        self.bias = init_param(layers.zeros, None, (d_out,), pdt, (EMBED,))
         self.stride = stride
         self.dtype = layers.as_dtype(dtype)
 
@@ -187,8 +189,8 @@ class BosEosTable(nnx.Module):
     """`audio_bos_eos_token` (2, O): in the checkpoint but unused by the thinker; kept for bit-exact round trips."""
 
     def __init__(self, features: int, *, param_dtype: str, rngs: nnx.Rngs):
-        init = layers.normal_init(0.02)
-        self.embedding = param(init(rngs.params(), (2, features), layers.as_dtype(param_dtype)), (None, EMBED))
+        self.embedding = init_param(layers.normal_init(0.02), rngs.params(), (2, features),
+                                    layers.as_dtype(param_dtype), (None, EMBED))
 
 
 class AudioEncoder(nnx.Module):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from typing import Callable
 
 import jax
@@ -38,6 +39,63 @@ def param(value: jax.Array, axes: tuple[str | None, ...], kind: type[nnx.Variabl
     return kind(value, out_sharding=axes, eager_sharding=False)
 
 
+# ---- parameter initialisation, optionally born sharded -------------------------------------------------------
+
+_INIT_PLACEMENT: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("init_placement", default=None)
+_PLACED_INITS: dict = {}  # (initializer, shape, dtype, sharding) -> its jitted program
+
+
+@contextlib.contextmanager
+def init_placement(resolve: Callable | None):
+    """While a model is built under this, every parameter is drawn by a small jitted program whose output is born
+    on `resolve(axes, shape)` (a `jax.sharding.Sharding`), so no weight is ever whole on one device unless its
+    sharding says so. One program per (initializer, shape, sharding): a 3B model's few dozen, not one program for
+    the whole init (which takes minutes to compile). The values are the eager ones, bit for bit."""
+    token = _INIT_PLACEMENT.set(resolve)
+    try:
+        yield
+    finally:
+        _INIT_PLACEMENT.reset(token)
+
+
+def init_param(init: Callable, key: jax.Array | None, shape: tuple[int, ...], dtype, axes: tuple[str | None, ...],
+               kind: type[nnx.Variable] = nnx.Param) -> nnx.Variable:
+    """`param(init(key, shape, dtype), axes, kind)`, placed by the active `init_placement` if any. `init` must be a
+    long-lived initializer object (module-level or cached) so its placed program is compiled once."""
+    resolve = _INIT_PLACEMENT.get()
+    if resolve is None:
+        return param(init(key, shape, dtype), axes, kind)
+    sharding = resolve(axes, shape)
+    cache_key = (init, tuple(shape), jnp.dtype(dtype), sharding)
+    program = _PLACED_INITS.get(cache_key)
+    if program is None:
+        program = _PLACED_INITS[cache_key] = jax.jit(lambda k: init(k, shape, dtype), out_shardings=sharding)
+    return param(program(key), axes, kind)
+
+
+def zeros(key, shape, dtype):
+    del key
+    return jnp.zeros(shape, dtype)
+
+
+def ones(key, shape, dtype):
+    del key
+    return jnp.ones(shape, dtype)
+
+
+LECUN_NORMAL = nnx.initializers.lecun_normal()
+
+
+@functools.lru_cache(maxsize=None)
+def lora_a_init(fan_in: int) -> Callable:
+    """PEFT's LoRA A: kaiming-uniform, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+
+    def init(key, shape, dtype):
+        bound = 1.0 / jnp.sqrt(fan_in)
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
+
+
 def as_dtype(name_or_dtype) -> jnp.dtype:
     return jnp.dtype(name_or_dtype)
 
@@ -52,9 +110,8 @@ class Linear(nnx.Module):
     def __init__(self, in_features: int, out_features: int, *, use_bias: bool, axes: tuple[str, str],
                  dtype: str, param_dtype: str, rngs: nnx.Rngs):
         pdt = as_dtype(param_dtype)
-        init = nnx.initializers.lecun_normal()
-        self.kernel = param(init(rngs.params(), (in_features, out_features), pdt), axes)
-        self.bias = param(jnp.zeros((out_features,), pdt), (axes[1],)) if use_bias else None
+        self.kernel = init_param(LECUN_NORMAL, rngs.params(), (in_features, out_features), pdt, axes)
+        self.bias = init_param(zeros, None, (out_features,), pdt, (axes[1],)) if use_bias else None
         self.dtype = as_dtype(dtype)
         self.lora_a: nnx.LoRAParam | None = nnx.data(None)
         self.lora_b: nnx.LoRAParam | None = nnx.data(None)
@@ -64,11 +121,10 @@ class Linear(nnx.Module):
         """Attaches a LoRA branch (A random as in PEFT's kaiming-uniform, B zero) with scale alpha / rank."""
         d_in, d_out = self.kernel.shape
         pdt = as_dtype(dtype or self.kernel.dtype)
-        bound = 1.0 / jnp.sqrt(d_in)
-        a = jax.random.uniform(rngs.params(), (d_in, rank), pdt, -bound, bound)
         axes = self.kernel.get_metadata().get("out_sharding") or (None, None)
-        self.lora_a = param(a, (axes[0], LORA_RANK), nnx.LoRAParam)
-        self.lora_b = param(jnp.zeros((rank, d_out), pdt), (LORA_RANK, axes[1]), nnx.LoRAParam)
+        self.lora_a = init_param(lora_a_init(d_in), rngs.params(), (d_in, rank), pdt, (axes[0], LORA_RANK),
+                                 nnx.LoRAParam)
+        self.lora_b = init_param(zeros, None, (rank, d_out), pdt, (LORA_RANK, axes[1]), nnx.LoRAParam)
         self.lora_scale = float(alpha) / rank
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -84,9 +140,10 @@ class Linear(nnx.Module):
         return y
 
 
+@functools.lru_cache(maxsize=None)
 def normal_init(stddev: float):
-    """N(0, stddev^2) initializer whose values do not depend on being traced: the same bits eagerly and inside the
-    jitted, sharded init of a training run (`training.state`), so a run's starting weights stay bitwise those of
+    """N(0, stddev^2) initializer whose values do not depend on being traced: the same bits eagerly and inside a
+    jitted, sharded init (`init_placement`), so a run's starting weights stay bitwise those of
     `Thinker(cfg, rngs=...)`. (`nnx.initializers.normal` multiplies by `stddev` after the draw; under `jax.jit` XLA
     fuses that multiply into the draw's arithmetic and rounds differently.)"""
 
@@ -99,8 +156,8 @@ class Embed(nnx.Module):
     """Token embedding table (V, D); also usable as a tied output projection."""
 
     def __init__(self, num: int, features: int, *, dtype: str, param_dtype: str, rngs: nnx.Rngs):
-        init = normal_init(0.02)
-        self.embedding = param(init(rngs.params(), (num, features), as_dtype(param_dtype)), (VOCAB, EMBED))
+        self.embedding = init_param(normal_init(0.02), rngs.params(), (num, features), as_dtype(param_dtype),
+                                    (VOCAB, EMBED))
         self.dtype = as_dtype(dtype)
 
     def __call__(self, ids: jax.Array) -> jax.Array:
@@ -115,7 +172,7 @@ class RMSNorm(nnx.Module):
     """HF Qwen2 RMSNorm: normalise in fp32, cast back to the input dtype, then multiply by the weight."""
 
     def __init__(self, dim: int, *, eps: float, param_dtype: str):
-        self.scale = param(jnp.ones((dim,), as_dtype(param_dtype)), (NORM,))
+        self.scale = init_param(ones, None, (dim,), as_dtype(param_dtype), (NORM,))
         self.eps = eps
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -128,8 +185,8 @@ class LayerNorm(nnx.Module):
     """torch.nn.LayerNorm (eps 1e-5 by default, as the audio tower uses): fp32 statistics, input dtype out."""
 
     def __init__(self, dim: int, *, eps: float = 1e-5, param_dtype: str):
-        self.scale = param(jnp.ones((dim,), as_dtype(param_dtype)), (NORM,))
-        self.bias = param(jnp.zeros((dim,), as_dtype(param_dtype)), (NORM,))
+        self.scale = init_param(ones, None, (dim,), as_dtype(param_dtype), (NORM,))
+        self.bias = init_param(zeros, None, (dim,), as_dtype(param_dtype), (NORM,))
         self.eps = eps
 
     def __call__(self, x: jax.Array) -> jax.Array:

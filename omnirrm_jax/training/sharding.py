@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import logging
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -102,6 +102,11 @@ def state_shardings(state: Any, mesh: Mesh, rules: Mapping[str, Any] = DEFAULT_R
         return var.replace(NamedSharding(mesh, logical_to_spec(axes, var.shape, mesh=mesh, rules=rules)))
 
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def param_placement(mesh: Mesh, rules: Mapping[str, Any] = DEFAULT_RULES) -> Callable:
+    """(logical axes, shape) -> the NamedSharding a parameter lives on (`models.layers.init_placement`)."""
+    return lambda axes, shape: NamedSharding(mesh, logical_to_spec(axes, shape, mesh=mesh, rules=rules))
 
 
 def batch_sharding(mesh: Mesh, ndim: int, batch_axis: int = 0, rules: Mapping[str, Any] = DEFAULT_RULES) -> NamedSharding:

@@ -1,7 +1,7 @@
 """Train state: the model split into (graphdef, trainable, frozen) + optimizer state, created sharded.
 
-Setup order (big_vision style): abstract model (`nnx.eval_shape`) -> shardings from logical axes -> jitted init
-with out-shardings and weights read straight into their shardings, so a 7B model is never materialised on one
+Setup order (big_vision style): abstract model (`nnx.eval_shape`) -> shardings from logical axes -> parameters
+drawn by jitted initializers with out-shardings and weights read straight into their shardings, so a 7B model is never materialised on one
 device first. LoRA runs
 train only `nnx.LoRAParam`; full fine-tuning trains every `nnx.Param`.
 """
@@ -18,6 +18,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from omnirrm_jax.models import layers as L
 from omnirrm_jax.models import loading, lora_io
 from omnirrm_jax.models import params as P
 from omnirrm_jax.models.config import ThinkerConfig
@@ -62,8 +63,8 @@ def create_run_state(model_spec, thinker_cfg: ThinkerConfig, tx: optax.GradientT
     """The sharded state of a run from its `ModelSpec`: what `omnirrm sft` and `omnirrm grpo` both start from.
 
     No weight is ever whole on one device unless its sharding says so: the model's structure comes from
-    `nnx.eval_shape`; random weights (a preset, new LoRA factors) are drawn by a jitted init with out-shardings
-    (the bits of an eager `Thinker(cfg, rngs=...)`, `layers.normal_init`); HF weights are read from the safetensors
+    `nnx.eval_shape`; random weights (a preset, new LoRA factors) are drawn parameter by parameter by small jitted
+    programs with out-shardings (`layers.init_placement`: the bits of an eager `Thinker(cfg, rngs=...)`); HF weights are read from the safetensors
     straight into their shardings, each process reading only the slices its devices hold (`models.loading`); a
     PEFT adapter (`model.lora_path`, small) is read whole and placed sharded like its kernels."""
     full = model_spec.full_finetune
@@ -75,32 +76,31 @@ def create_run_state(model_spec, thinker_cfg: ThinkerConfig, tx: optax.GradientT
             lora_lib.apply_lora(model, new_lora, nnx.Rngs(seed + 1))
         return model
 
-    model = nnx.eval_shape(random_model)
     if model_spec.hf_path is None:
-        nnx.update(model, sharded_init(random_model, nnx.Everything(), mesh))
+        model = placed_init(random_model, mesh)
     else:
-        base = P.base_params_filter()
-        loading.load_hf_sharded(model_spec.hf_path, model, S.state_shardings(nnx.state(model, base), mesh))
+        model = nnx.eval_shape(lambda: Thinker(thinker_cfg, rngs=nnx.Rngs(seed)))
+        loading.load_hf_sharded(model_spec.hf_path, model,
+                                S.state_shardings(nnx.state(model, P.base_params_filter()), mesh))
         if new_lora is not None:
-            nnx.update(model, sharded_init(random_model, nnx.LoRAParam, mesh))
+            with L.init_placement(S.param_placement(mesh)):
+                lora_lib.apply_lora(model, new_lora, nnx.Rngs(seed + 1))
         if model_spec.lora_path:
             lora_io.load_adapter(model, model_spec.lora_path, merge=False)
     return state_from_model(model, tx, mesh, full_finetune=full)
 
 
-def sharded_init(model_fn: Callable[[], Thinker], what, mesh: Mesh) -> nnx.State:
-    """The `what` part of `model_fn()`'s state, computed by one jitted program whose outputs are born sharded
-    (XLA drops the rest of the init)."""
-    shardings = S.state_shardings(nnx.state(nnx.eval_shape(model_fn), what), mesh)
-    return jax.jit(lambda: nnx.state(model_fn(), what), out_shardings=shardings)()
+def placed_init(model_fn: Callable[[], Thinker], mesh: Mesh) -> Thinker:
+    """`model_fn()` with every parameter drawn straight into its sharding on `mesh` (`layers.init_placement`)."""
+    with L.init_placement(S.param_placement(mesh)):
+        return model_fn()
 
 
 def create_train_state(model_fn: Callable[[], Thinker], tx: optax.GradientTransformation, mesh: Mesh, *,
                        full_finetune: bool) -> tuple[TrainState, Any]:
-    """The sharded state of a randomly initialised model (`model_fn` must be traceable: it runs under `jax.jit`);
-    returns it with the state shardings (for jit and restore)."""
-    model = nnx.eval_shape(model_fn)
-    nnx.update(model, sharded_init(model_fn, nnx.Everything(), mesh))
+    """The sharded state of a randomly initialised model (parameters drawn into their shardings); returns it with
+    the state shardings (for jit and restore)."""
+    model = placed_init(model_fn, mesh)
     return state_from_model(model, tx, mesh, full_finetune=full_finetune)
 
 
