@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from data_prep.rows import PrepError, RowOptions, iter_rows, map_rows, source_na
 from omnirrm_jax.data import media as M
 from omnirrm_jax.data import records as R
 
-__all__ = ["PrepError", "main", "prep"]
+__all__ = ["PrepError", "prep"]
 
 log = logging.getLogger("omnirrm.prep")
 STATE = ".prep"
@@ -198,14 +197,3 @@ def prep(jsonl_paths, media_root, out_dir, *, media_cfg: M.MediaConfig = M.Media
         finish()
     check_ratio(True)
     return _write_reports(out, split, dict(run, seconds=round(time.time() - t0, 3), finished=True))
-
-
-def main(argv=None) -> int:
-    """`omnirrm prep` (its flags: `omnirrm_jax/commands/prep.py`), callable without the `omnirrm` front."""
-    from omnirrm_jax import cli
-
-    return cli.main(["prep", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

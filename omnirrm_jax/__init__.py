@@ -61,9 +61,9 @@ _LAZY = {
     "GRPOSpec": ("omnirrm_jax.training.grpo_config", "GRPOSpec"),
     "LoraConfig": ("omnirrm_jax.training.lora", "LoraConfig"),
     "OptimConfig": ("omnirrm_jax.training.optim", "OptimConfig"),
-    "MeshConfig": ("omnirrm_jax.training.sharding", "MeshConfig"),
+    "MeshConfig": ("omnirrm_jax.parallel.sharding", "MeshConfig"),
     # export and demo
-    "export": ("omnirrm_jax.checkpoint.export", "export"),
+    "export": ("omnirrm_jax.training.export", "export"),
     "run_demo": ("omnirrm_jax.demo", "run_demo"),
     "DemoConfig": ("omnirrm_jax.demo", "DemoConfig"),
 }

@@ -1,5 +1,5 @@
 """Local multi-process launches for tests: N processes with fake CPU devices each, joined by `jax.distributed` on
-localhost through the same environment variables a launcher sets (`training/distributed.py`)."""
+localhost through the same environment variables a launcher sets (`parallel/distributed.py`)."""
 from __future__ import annotations
 
 import os

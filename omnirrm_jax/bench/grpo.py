@@ -67,7 +67,7 @@ def bench_ours(cfg, prompts: int, G: int, prompt_len: int, completion: int, step
 
     from omnirrm_jax.decoding.sampler import SamplingConfig
     from omnirrm_jax.training import grpo
-    from omnirrm_jax.training import sharding as S
+    from omnirrm_jax.parallel import sharding as S
     from omnirrm_jax.training.grpo_config import GRPOSpec
 
     mesh = S.make_mesh(S.MeshConfig(data=1), devices=jax.devices()[:1])

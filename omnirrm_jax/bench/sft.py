@@ -73,7 +73,7 @@ def bench_ours(cfg, *, batch: int, seq: int, steps: int, warmup: int, remat: str
 
     from omnirrm_jax.training import lora as lora_lib
     from omnirrm_jax.training import optim, sft
-    from omnirrm_jax.training import sharding as S
+    from omnirrm_jax.parallel import sharding as S
     from omnirrm_jax.training.state import build_model, create_train_state
 
     cfg = dataclasses.replace(cfg, remat=remat)

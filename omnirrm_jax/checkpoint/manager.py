@@ -15,6 +15,8 @@ from typing import Any
 
 import jax
 
+from omnirrm_jax.parallel.distributed import allgather_json
+
 TRASH = "deleted"  # old checkpoints go here by rename before they are removed
 
 
@@ -52,8 +54,6 @@ class CheckpointManager:
 
         Every process must call it. `data_state` is this process's iterator state; the states of all processes
         are gathered and stored together (`_per_process`), since one process writes the JSON items."""
-        from omnirrm_jax.training.distributed import allgather_json
-
         ocp = self._ocp
         self._empty_trash()
         per_process = {"process_count": jax.process_count(), "processes": allgather_json(data_state or {})}

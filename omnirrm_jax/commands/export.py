@@ -1,4 +1,4 @@
-"""`omnirrm export`: a training workdir -> merged Orbax / HF safetensors / PEFT adapter (`checkpoint.export`)."""
+"""`omnirrm export`: a training workdir -> merged Orbax / HF safetensors / PEFT adapter (`training.export`)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from omnirrm_jax.checkpoint import export
+    from omnirrm_jax.training import export
 
     return export.run(args.workdir, args.out, formats=args.formats, dtype=args.dtype, step=args.step,
                       base_hf=args.base_hf)

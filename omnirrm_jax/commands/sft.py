@@ -15,7 +15,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from omnirrm_jax.training.distributed import initialize_from_env
+    from omnirrm_jax.parallel.distributed import initialize_from_env
 
     initialize_from_env()  # before any backend starts; a no-op unless launched multi-process
     from omnirrm_jax.training import config as config_lib

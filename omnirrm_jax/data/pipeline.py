@@ -430,7 +430,7 @@ def to_global_arrays(host_batch: dict, mesh, pad_id: int = 0) -> dict:
     """Host batch -> dict of global jax.Arrays on `mesh`.
 
     Batch-major arrays (leading B, or position_ids' second axis) are split over the data axes with
-    `training.sharding.batch_sharding`. The media arrays (pixel_values, pixel_values_videos, audio_chunks and their
+    `parallel.sharding.batch_sharding`. The media arrays (pixel_values, pixel_values_videos, audio_chunks and their
     aux tables) are concatenations over the batch that the thinker's scatter reads in global row order, so they
     are replicated: every device gets the whole batch's media (the towers' work is repeated per data shard; the
     text model, the bulk of the compute, stays data-parallel). With several processes the hosts first agree on
@@ -440,7 +440,7 @@ def to_global_arrays(host_batch: dict, mesh, pad_id: int = 0) -> dict:
     import jax
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from omnirrm_jax.training.sharding import batch_sharding
+    from omnirrm_jax.parallel.sharding import batch_sharding
 
     if jax.process_count() > 1:
         host_batch = _agree_across_processes(host_batch, mesh, pad_id)
@@ -459,7 +459,7 @@ def _agree_across_processes(batch: dict, mesh, pad_id: int) -> dict:
     import jax
     from jax.experimental import multihost_utils
 
-    from omnirrm_jax.training.sharding import batch_sharding
+    from omnirrm_jax.parallel.sharding import batch_sharding
 
     sigs = multihost_utils.process_allgather(np.asarray(E.batch_signature(batch), np.int64))
     batch = E.pad_batch(batch, sigs.max(0), pad_id)

@@ -152,7 +152,7 @@ def grpo_config(demo_cfg: DemoConfig, gcfg: DemoGRPOConfig, base_dir: str, train
     from omnirrm_jax.training.grpo_config import GRPOConfig, GRPOSpec
     from omnirrm_jax.training.lora import LoraConfig
     from omnirrm_jax.training.optim import OptimConfig
-    from omnirrm_jax.training.sharding import MeshConfig
+    from omnirrm_jax.parallel.sharding import MeshConfig
 
     import jax
 
@@ -188,7 +188,7 @@ def run_grpo_stage(demo_cfg: DemoConfig, sft_model, tok, tok_path: str, data: De
     """
     import time
 
-    from omnirrm_jax.checkpoint import export as export_lib
+    from omnirrm_jax.training import export as export_lib
     from omnirrm_jax.models import params as P
     from omnirrm_jax.training import grpo
 

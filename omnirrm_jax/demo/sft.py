@@ -13,7 +13,7 @@ def sft_config(cfg: DemoConfig, shards: str, tok_path: str, workdir: str):
     """The `training.config.SFTConfig` of the demo's SFT run on prepared `shards`, writing to `workdir`."""
     from omnirrm_jax.training import config as C
     from omnirrm_jax.training.optim import OptimConfig
-    from omnirrm_jax.training.sharding import MeshConfig
+    from omnirrm_jax.parallel.sharding import MeshConfig
 
     return C.SFTConfig(
         model=C.ModelSpec(preset=cfg.preset, dtype="float32", param_dtype="float32", full_finetune=True),

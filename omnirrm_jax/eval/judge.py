@@ -13,11 +13,13 @@ from typing import Iterable
 import jax
 import numpy as np
 
+from omnirrm_jax.decoding.constrained import decode_outputs, generate_judgements
 from omnirrm_jax.decoding.sampler import SamplingConfig, generate
+from omnirrm_jax.eval import verdict
 from omnirrm_jax.models.thinker import model_inputs
 from omnirrm_jax.rubric.parse import parse_judgement
+from omnirrm_jax.rubric.rewards import combined_reward, format_reward
 from omnirrm_jax.rubric.vocab import MODALITIES, VERDICT_CODES
-
 
 
 def decode_texts(tok, tokens_BGN: np.ndarray, lengths_BG: np.ndarray, stop_ids: Iterable[int]) -> list[list[str]]:
@@ -74,8 +76,6 @@ def judge_with_verdicts(model, tok, batch: dict, *, max_new_tokens: int, constra
     Returns per row None for padding rows (batch["valid"] False), else {"text", "parsed" (`ParseResult`),
     "verdict" (`VerdictProbs` or None when the judgement never reached `field`)}.
     """
-    from omnirrm_jax.eval import verdict
-
     stop = tok.special_ids["im_end"]
     draw = dict(greedy=True) if decoding is None else dict(greedy=False, **{"top_k": 0, **decoding})
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, stop_token_ids=(stop,),
@@ -113,8 +113,6 @@ def pairwise_accuracy(model, tok, batches: Iterable[dict], *, max_new_tokens: in
     A row counts as correct only when the judgement parses and its verdict equals the gold verdict;
     "equal" verdicts are wrong unless gold is "equal" (the benchmark rule).
     """
-    from omnirrm_jax.rubric.rewards import combined_reward
-
     labels = {code: name for name, code in VERDICT_CODES.items()}
     stats: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for batch in batches:
@@ -150,9 +148,6 @@ def sampled_parse_rates(model, tok, batches: Iterable[dict], *, samples: int, pe
     must hold for every sample. Parsed = `parse_judgement(...).ok` (which already requires the scores, `better`
     and `final_verdict` to agree); consistent = also the reference plugin's full format reward (1.0).
     """
-    from omnirrm_jax.decoding.constrained import decode_outputs, generate_judgements
-    from omnirrm_jax.rubric.rewards import format_reward
-
     stop = (tok.special_ids["im_end"],)
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=0, top_p=1.0,
                               num_samples=per_prompt, stop_token_ids=stop, pad_token_id=tok.special_ids["pad"])

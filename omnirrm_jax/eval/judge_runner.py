@@ -12,10 +12,23 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures as cf
+import copy
 import json
 import os
 import sys
 from typing import Any, Iterator
+
+from tqdm import tqdm
+
+from data_prep.rows import RowOptions
+from omnirrm_jax.data.media import MediaConfig
+from omnirrm_jax.data.tokenizer import HFTokenizer, SentencePieceTokenizer, load_tokenizer, thinker_token_ids
+from omnirrm_jax.eval import pairs
+from omnirrm_jax.eval.benchmarks import INFERENCE_MEDIA_ENV
+from omnirrm_jax.eval.judge import judge_with_verdicts
+from omnirrm_jax.eval.pairs import PairError
+from omnirrm_jax.eval.verdict import combine_orders, swap_label, unswap_probs
 
 
 class UsageError(ValueError):
@@ -28,8 +41,6 @@ class UsageError(ValueError):
 
 def load_judge(checkpoint: str, *, lora: str | None = None, tokenizer: str | None = None, dtype: str = "float32"):
     """(model, config, tokenizer) from an HF or Orbax dir; refuses a tokenizer whose ids do not fit the model."""
-    from omnirrm_jax.data.tokenizer import load_tokenizer, thinker_token_ids
-
     if not os.path.isdir(checkpoint):
         raise UsageError(f"checkpoint {checkpoint} is not a directory")
     if os.path.isdir(os.path.join(checkpoint, "params")):
@@ -67,9 +78,6 @@ class Judge:
     def __init__(self, model, cfg, tok, *, swap: bool = False, constrained: bool = False, max_new_tokens: int = 1024,
                  max_length: int = 8192, batch_size: int = 8, field: str = "better", modality: str | None = None,
                  template: str | None = None, media_limits: str = "inference"):
-        from omnirrm_jax.data.media import MediaConfig
-        from omnirrm_jax.eval.benchmarks import INFERENCE_MEDIA_ENV
-
         self.model, self.cfg, self.tok = model, cfg, tok
         self.media = MediaConfig.from_env(dict(INFERENCE_MEDIA_ENV)) if media_limits == "inference" else MediaConfig()
         self.swap, self.constrained, self.field = swap, constrained, field
@@ -94,8 +102,6 @@ class Judge:
 
     def prepare(self, key: Any, row: Any, opts, tok=None):
         """A `PreparedPair`, or an error record; never raises for a bad row. `tok`: this thread's tokenizer."""
-        from omnirrm_jax.eval import pairs
-
         try:
             if isinstance(row, pairs.PairError):
                 raise row
@@ -113,9 +119,6 @@ class Judge:
 
     def judge_prepared(self, prepared: list) -> list[dict]:
         """Prepared pairs (at most batch_size examples together) -> output records, via one batch."""
-        from omnirrm_jax.eval import pairs
-        from omnirrm_jax.eval.judge import judge_with_verdicts
-
         exs = [ex for p in prepared for ex in p.examples]
         batch = pairs.make_batch(exs, self.batch_size, self.tok, self.cfg)
         results = judge_with_verdicts(self.model, self.tok, batch, max_new_tokens=self.max_new_tokens,
@@ -136,8 +139,6 @@ class Judge:
 
     def judge_rows(self, rows: list[tuple[Any, Any]], *, media_root: str) -> list[dict]:
         """(key, row) pairs -> records in the same order (error records for bad rows)."""
-        from data_prep.rows import RowOptions
-
         opts = RowOptions(media_root=media_root, media=self.media)
         done: dict[Any, dict] = {}
         ready = []
@@ -155,12 +156,6 @@ class Judge:
     def run_file(self, input_path: str, output_path: str, *, media_root: str | None = None,
                  window_batches: int = 8) -> dict[str, Any]:
         """Judges every row of `input_path` not yet in `output_path`; returns a summary of this run's rows."""
-        import concurrent.futures as cf
-
-        from tqdm import tqdm
-
-        from data_prep.rows import RowOptions
-
         rows = list(read_pairs(input_path))
         done = resume_output(output_path)
         pending = [(n, r) for n, r in rows if n not in done]
@@ -211,10 +206,6 @@ class Judge:
 def _thread_copy(tok):
     """A second tokenizer instance for the preparing thread: one HF fast tokenizer used from two threads can raise
     "Already borrowed" (encode reconfigures the shared Rust object; transformers#47085, tokenizers#537)."""
-    import copy
-
-    from omnirrm_jax.data.tokenizer import HFTokenizer, SentencePieceTokenizer
-
     if isinstance(tok, SentencePieceTokenizer):
         return SentencePieceTokenizer(tok.model_proto)
     if isinstance(tok, HFTokenizer):
@@ -224,8 +215,6 @@ def _thread_copy(tok):
 
 def _order(result: dict, swapped: bool) -> dict:
     """One order's judgement; on the swapped prompt the verdict and probabilities are mapped back."""
-    from omnirrm_jax.eval.verdict import swap_label, unswap_probs
-
     parsed, vp = result["parsed"], result["verdict"]
     better = parsed.better if parsed.ok else None
     probs = None if vp is None else (unswap_probs(vp.probs) if swapped else dict(vp.probs))
@@ -236,8 +225,6 @@ def _order(result: dict, swapped: bool) -> dict:
 
 
 def _record(p, results: list[dict], field: str) -> dict:
-    from omnirrm_jax.eval.verdict import combine_orders
-
     rec = {"line": p.key, "id": p.id, "modality": p.modality, **_order(results[0], False), "verdict_field": field}
     if p.gold is not None:
         rec["gold"] = p.gold
@@ -266,8 +253,6 @@ def _write(out, records: list[dict]) -> None:
 
 def read_pairs(path: str) -> Iterator[tuple[int, Any]]:
     """(1-based line number, row dict or PairError) for each non-blank line."""
-    from omnirrm_jax.eval.pairs import PairError
-
     if not os.path.isfile(path):
         raise UsageError(f"--input {path} is not a file")
     with open(path, "rb") as f:

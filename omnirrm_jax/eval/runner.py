@@ -32,7 +32,14 @@ import sys
 import tempfile
 from typing import Any, Iterator
 
+import jax
+from tqdm import tqdm
+
+from data_prep.rows import RowOptions
+from omnirrm_jax.eval import pairs
 from omnirrm_jax.eval.benchmarks import BenchRow, Protocol, reference_order
+from omnirrm_jax.eval.judge import judge_with_verdicts
+from omnirrm_jax.eval.judge_runner import _thread_copy
 
 _SNIFF = ((b"\x89PNG", ".png"), (b"\xff\xd8", ".jpg"), (b"GIF8", ".gif"), (b"RIFF", ".wav"), (b"fLaC", ".flac"),
           (b"ID3", ".mp3"), (b"OggS", ".ogg"))
@@ -236,9 +243,6 @@ class BenchmarkRun:
 
     def prepare(self, row: BenchRow, orders: tuple[str, ...], tok) -> Any:
         """A `PreparedPair` (key = row index) or the row's error lines."""
-        from data_prep.rows import RowOptions
-        from omnirrm_jax.eval import pairs
-
         try:
             if row.error is not None:
                 raise pairs.PairError(*row.error)
@@ -258,11 +262,6 @@ class BenchmarkRun:
         return [_line(self.proto, row, o, self.opts, error=err) for o in orders]
 
     def judge_group(self, group: list[tuple[BenchRow, tuple[str, ...], Any]]) -> list[dict]:
-        import jax
-
-        from omnirrm_jax.eval import pairs
-        from omnirrm_jax.eval.judge import judge_with_verdicts
-
         exs = [ex for _, _, p in group for ex in p.examples]
         batch = pairs.make_batch(exs, self.opts.batch_size, self.judge.tok, self.judge.cfg)
         first = group[0]
@@ -293,10 +292,6 @@ class BenchmarkRun:
 
     def run(self, rows: list[BenchRow], *, progress: bool = True) -> dict[str, Any]:
         """Judges what `output` lacks; returns counts of this run."""
-        from tqdm import tqdm
-
-        from omnirrm_jax.eval.judge_runner import _thread_copy
-
         done = resume(self.output, rows, self.proto, self.opts)
         todo = []
         for row in rows:

@@ -12,6 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from omnirrm_jax.eval.benchmarks import BenchRow, Protocol, reference_order
+from omnirrm_jax.eval.metrics import omnirrm_metric
+from omnirrm_jax.eval.readers import read_benchmark
+from omnirrm_jax.eval.reference_metrics import reference_metric
 from omnirrm_jax.eval.runner import EvalError, read_lines, row_hash
 
 
@@ -51,9 +54,6 @@ def score(proto: Protocol, rows: list[BenchRow], lines: list[dict], *, path: str
 
     The omnirrm metric expects both orders of every row unless every line was written by a run of the reference's
     order only (`--orders reference`): then each row's own reference order."""
-    from omnirrm_jax.eval.metrics import omnirrm_metric
-    from omnirrm_jax.eval.reference_metrics import reference_metric
-
     keyed = index_lines(lines, rows, proto, path, subset=subset)
     seed = seed_of(list(keyed.values()), proto)
     ref_of = {row.index: reference_order(proto, row.index, seed) for row in rows}
@@ -70,8 +70,6 @@ def score(proto: Protocol, rows: list[BenchRow], lines: list[dict], *, path: str
 
 def score_files(proto: Protocol, data: str, judgements: str, *, media_root: str | None = None,
                 literal_labels: bool = False, limit: int | None = None) -> dict[str, Any]:
-    from omnirrm_jax.eval.readers import read_benchmark
-
     rows = read_benchmark(proto.name, data, media_root=media_root, limit=limit)
     lines = read_lines(judgements)
     if not lines:

@@ -15,11 +15,19 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import importlib.metadata as md
 import json
 import os
 from typing import Any
 
+import yaml
+
 from omnirrm_jax.eval import benchmarks as B
+from omnirrm_jax.eval import report
+from omnirrm_jax.eval.judge_runner import Judge, load_judge
+from omnirrm_jax.eval.readers import read_benchmark
+from omnirrm_jax.eval.runner import BenchmarkRun, RunOptions, RunStopped, read_lines
+from omnirrm_jax.eval.score import score
 
 _TOP = {"name", "model", "output_dir", "run", "benchmarks"}
 _MODEL = {"checkpoint", "lora", "tokenizer", "dtype"}
@@ -41,10 +49,6 @@ def _check_keys(obj: Any, allowed: set[str], where: str) -> dict:
 
 def load_config(path: str) -> dict[str, Any]:
     """The checked config with paths made absolute."""
-    import yaml
-
-    from omnirrm_jax.eval.runner import RunOptions
-
     if not os.path.isfile(path):
         raise SuiteConfigError(f"config {path} is not a file")
     with open(path, encoding="utf-8") as f:
@@ -78,8 +82,6 @@ def load_config(path: str) -> dict[str, Any]:
 
 
 def _versions() -> str:
-    import importlib.metadata as md
-
     names = ("omnirrm_jax", "jax", "flax", "transformers", "numpy")
     return ", ".join(f"{n} {md.version(n)}" for n in names if _has(md, n))
 
@@ -93,12 +95,6 @@ def _has(md, name: str) -> bool:
 
 
 def run_suite(config_path: str, *, progress: bool = True) -> dict[str, str]:
-    from omnirrm_jax.eval import report
-    from omnirrm_jax.eval.judge_runner import Judge, load_judge
-    from omnirrm_jax.eval.readers import read_benchmark
-    from omnirrm_jax.eval.runner import BenchmarkRun, RunOptions, RunStopped, read_lines
-    from omnirrm_jax.eval.score import score
-
     cfg = load_config(config_path)
     opts = RunOptions(**cfg["run"])
     rows_of = {name: read_benchmark(name, spec["data"], media_root=spec["media_root"], limit=spec.get("limit"))

@@ -36,7 +36,7 @@ def load_orbax(path: str, dtype: str | None = None, *, compute_dtype: str | None
     unless `dtype` is given).
 
     `shardings`: None (as stored, on this process's devices), or a state / mapping of NNX path -> Sharding
-    covering the base parameters (`training.sharding.state_shardings` gives one): Orbax then reads straight
+    covering the base parameters (`parallel.sharding.state_shardings` gives one): Orbax then reads straight
     into those shardings, each process only its own slices."""
     import orbax.checkpoint as ocp
 

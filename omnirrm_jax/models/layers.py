@@ -6,7 +6,7 @@ Dimension letters used in variable names across `models/`:
   F feed-forward width, V vocab, P patches, M mel frames, C chunks, G generations.
 
 Every parameter carries logical axis names in its `out_sharding` metadata (eager sharding off); the
-training code maps them to mesh axes through one table (`training/sharding.py`).
+training code maps them to mesh axes through one table (`parallel/sharding.py`).
 """
 
 from __future__ import annotations
@@ -289,7 +289,7 @@ def resolve_shared_prefix_backend(name: str, *, num_samples: int, num_heads: int
 
 # ----------------------------------------------------------------------------------------------------
 # Activation sharding: the model names the axes of a few activations; whoever traces it under a mesh decides
-# where they live (`training/sharding.py` installs its table with `activation_sharding`). Outside that
+# where they live (`parallel/sharding.py` installs its table with `activation_sharding`). Outside that
 # context `constrain` is the identity, so the model itself never needs a mesh.
 # ----------------------------------------------------------------------------------------------------
 

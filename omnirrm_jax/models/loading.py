@@ -30,7 +30,7 @@ from omnirrm_jax.models import hf_map
 
 # What `shardings` may be: None (the default device, uncommitted, as `jnp.asarray` places arrays), one
 # Sharding for every parameter, a function (nnx path, abstract variable) -> Sharding, or a state / mapping
-# of NNX path -> Sharding (leaves may be `nnx.Variable`s holding one, as `training.sharding.state_shardings`
+# of NNX path -> Sharding (leaves may be `nnx.Variable`s holding one, as `parallel.sharding.state_shardings`
 # returns) covering every base parameter.
 Shardings = Union[None, jax.sharding.Sharding, Callable[[tuple, Any], jax.sharding.Sharding], nnx.State,
                   Mapping[tuple, Any]]

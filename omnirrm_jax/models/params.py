@@ -15,11 +15,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from safetensors import safe_open
+from safetensors.flax import save_file
 
 from omnirrm_jax.models import config as config_lib
 from omnirrm_jax.models import hf_map, loading, lora_io
+
 # The loaders' error and parameter filter, where callers have always found them.
 from omnirrm_jax.models.hf_map import CheckpointMismatchError, base_params_filter  # noqa: F401
+from omnirrm_jax.models.thinker import Thinker
 
 
 def assign_hf_tensors(module: nnx.Module, tensors: Mapping[str, Any], *, prefix: str = "",
@@ -69,8 +73,6 @@ def module_to_hf_tensors(module: nnx.Module, *, prefix: str = "",
 def read_safetensors_dir(path: str) -> dict[str, jax.Array]:
     """All tensors of a checkpoint directory, whole, on the default device (read through JAX; bf16 included).
     `load_hf` does not use it (it reads each parameter's slices into place); small tools and tests do."""
-    from safetensors import safe_open
-
     out = {}
     for full in loading.weight_files(path):
         with safe_open(full, framework="flax") as f:
@@ -92,8 +94,6 @@ def read_config(path: str, **runtime: Any) -> config_lib.ThinkerConfig:
 
 def abstract_thinker(cfg: config_lib.ThinkerConfig):
     """The model's structure with no memory allocated (filled by the loader)."""
-    from omnirrm_jax.models.thinker import Thinker
-
     return nnx.eval_shape(lambda: Thinker(cfg, rngs=nnx.Rngs(0)))
 
 
@@ -134,8 +134,6 @@ def save_hf(model: nnx.Module, path: str, *, max_shard_bytes: int = 4 << 30) -> 
     Base parameters only (merge LoRA first to export a fine-tuned judge); values keep their dtype, so
     HF -> NNX -> HF is bit-exact.
     """
-    from safetensors.flax import save_file
-
     cfg = model.config
     os.makedirs(path, exist_ok=True)
     tensors = module_to_hf_tensors(model, hf_shapes=hf_tensor_shapes(cfg))

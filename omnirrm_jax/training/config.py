@@ -16,7 +16,7 @@ import yaml
 from omnirrm_jax.models.config import REMAT_POLICIES
 from omnirrm_jax.training.lora import LoraConfig
 from omnirrm_jax.training.optim import OptimConfig
-from omnirrm_jax.training.sharding import MeshConfig
+from omnirrm_jax.parallel.sharding import MeshConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,7 @@ from omnirrm_jax.data import pipeline
 from omnirrm_jax.data.shards import expand_paths
 from omnirrm_jax.eval.judge import pairwise_accuracy
 from omnirrm_jax.training import losses
-from omnirrm_jax.training import sharding as S
+from omnirrm_jax.parallel import sharding as S
 
 log = logging.getLogger(__name__)
 

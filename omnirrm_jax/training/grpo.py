@@ -44,7 +44,7 @@ from omnirrm_jax.decoding.constrained import judgement_constraint
 from omnirrm_jax.decoding.sampler import SamplingConfig, generate
 from omnirrm_jax.models.thinker import model_inputs
 from omnirrm_jax.training import run as run_lib
-from omnirrm_jax.training import sharding as S
+from omnirrm_jax.parallel import sharding as S
 from omnirrm_jax.training.grpo_config import GRPOConfig, GRPOSpec
 from omnirrm_jax.training.grpo_objective import jit_grpo_step, jit_logprobs
 from omnirrm_jax.training.lora import without_lora

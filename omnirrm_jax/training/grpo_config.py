@@ -13,7 +13,7 @@ import dataclasses
 from omnirrm_jax.training.config import ConfigError, DataSpec, ModelSpec, RunSpec
 from omnirrm_jax.training.grpo_loss import ADVANTAGE_SCALES, KL_ESTIMATORS, LOSS_TYPES
 from omnirrm_jax.training.optim import OptimConfig
-from omnirrm_jax.training.sharding import MeshConfig
+from omnirrm_jax.parallel.sharding import MeshConfig
 
 # fp32 logits alive at once in the teacher-forced pass (rows x sequence chunk); omnirrm plan counts them
 LOGIT_TOKENS = 16384

@@ -18,7 +18,7 @@ from omnirrm_jax.decoding.cache import init_cache
 from omnirrm_jax.decoding.sampler import _last_positions
 from omnirrm_jax.models.thinker import model_inputs
 from omnirrm_jax.training import grpo_loss
-from omnirrm_jax.training import sharding as S
+from omnirrm_jax.parallel import sharding as S
 from omnirrm_jax.training.grpo_config import LOGIT_TOKENS, GRPOSpec
 from omnirrm_jax.training.state import TrainState, step_out_shardings, tree_where
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from omnirrm_jax.checkpoint.manager import CheckpointManager, abstract_like
 from omnirrm_jax.data.pipeline import skip_counts
-from omnirrm_jax.training.distributed import any_process
+from omnirrm_jax.parallel.distributed import any_process
 from omnirrm_jax.training.evaluation import make_held_out_eval
 from omnirrm_jax.training.state import TrainState
 

@@ -1,7 +1,7 @@
 """`omnirrm plan`: per-device memory of a training run on a given mesh, before renting the machines.
 
 Parameters, gradients and optimizer state are exact: the model is built abstractly (`nnx.eval_shape`, nothing is
-allocated), each variable gets the sharding the trainer would give it (`training.sharding` rules on an
+allocated), each variable gets the sharding the trainer would give it (`parallel.sharding` rules on an
 `AbstractMesh` of the requested shape) and its per-device shard shape is summed; the optimizer state is
 `jax.eval_shape(tx.init)` of the trainable state, each leaf sharded like the parameter it mirrors.
 
@@ -36,12 +36,22 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import AbstractMesh, AxisType, NamedSharding
+from jax.sharding import AbstractMesh, AxisType
+
+from omnirrm_jax.data.pipeline import PipelineConfig
+from omnirrm_jax.models import config as model_config
+from omnirrm_jax.models import params as P
+from omnirrm_jax.models.thinker import Thinker
+from omnirrm_jax.parallel import sharding as S
+from omnirrm_jax.parallel.sharding import MESH_AXES, MeshConfig
+from omnirrm_jax.training import config as config_lib
+from omnirrm_jax.training import lora as lora_lib
+from omnirrm_jax.training import optim
+from omnirrm_jax.training.state import trainable_filter
 
 GiB = 1024 ** 3
 HBM_GIB = {"gpu": 80.0, "h100": 80.0, "h200": 141.0, "tpu-v5e": 16.0, "tpu-v5p": 95.0, "tpu-v4": 32.0}
@@ -92,8 +102,6 @@ class Row:
 
 def load_run_config(path: str, overrides=()):
     """SFTConfig or GRPOConfig (a `grpo:` section decides)."""
-    from omnirrm_jax.training import config as config_lib
-
     raw = config_lib.read_yaml(path)
     if "grpo" in raw:
         from omnirrm_jax.training.grpo_config import GRPOConfig
@@ -105,9 +113,6 @@ def load_run_config(path: str, overrides=()):
 def thinker_config(cfg, preset: str | None = None):
     """The model config without loading weights: `model.hf_path`'s config.json when present, else `preset`
     (or the config's), else a preset guessed from the path's name (a 7B or 3B directory). Returns (cfg, note)."""
-    from omnirrm_jax.models import config as model_config
-    from omnirrm_jax.models import params as P
-
     spec = cfg.model
     remat = spec.remat if isinstance(spec.remat, str) else ("full" if spec.remat else "none")
     runtime = dict(dtype=spec.dtype, param_dtype=spec.param_dtype, remat=remat)
@@ -126,8 +131,6 @@ def thinker_config(cfg, preset: str | None = None):
 
 
 def workload(cfg) -> Workload:
-    from omnirrm_jax.data.pipeline import PipelineConfig
-
     pcfg = PipelineConfig(**{**cfg.data.pipeline, "mode": "sft"})
     seq = pcfg.length_limit if pcfg.max_length else max(pcfg.seq_buckets)
     seq = min(b for b in pcfg.seq_buckets if b >= seq)
@@ -149,8 +152,6 @@ def workload(cfg) -> Workload:
 
 def parse_mesh(text: str | None, devices: int, default) -> dict:
     """'data=2,fsdp=4' (missing axes 1, one may be -1) -> {'data': .., 'fsdp': .., 'tensor': ..} for `devices`."""
-    from omnirrm_jax.training.sharding import MESH_AXES, MeshConfig
-
     if text:
         vals = {}
         for part in text.split(","):
@@ -175,8 +176,6 @@ def _nbytes(shape, dtype) -> int:
 def sharded_state_bytes(state, mesh: AbstractMesh, rules=None) -> tuple[int, dict]:
     """(bytes per device, {path: shard shape}) of an abstract NNX state under the trainer's sharding rules (or
     `rules`)."""
-    from omnirrm_jax.training import sharding as S
-
     shardings = S.state_shardings(state, mesh, rules or S.DEFAULT_RULES)
     total, shapes = 0, {}
     for (path, var), (_, sh) in zip(nnx.to_flat_state(state), nnx.to_flat_state(shardings)):
@@ -189,8 +188,6 @@ def sharded_state_bytes(state, mesh: AbstractMesh, rules=None) -> tuple[int, dic
 
 def optimizer_bytes(tx, abstract_trainable, mesh: AbstractMesh) -> int:
     """Per-device bytes of `tx.init(trainable)`, sharded as the trainer shards it (`optimizer_shardings`)."""
-    from omnirrm_jax.training import sharding as S
-
     opt = jax.eval_shape(tx.init, abstract_trainable)
     shardings = S.optimizer_shardings(opt, S.state_shardings(abstract_trainable, mesh), mesh)
     return sum(_nbytes(sh.shard_shape(leaf.shape), leaf.dtype)
@@ -222,8 +219,6 @@ def gathered_weight_bytes(states, mesh: AbstractMesh, *, remat: str, num_layers:
     """Per-device bytes of decoder-layer weights gathered for compute (whole, in their compute layout and `dtype`:
     `layers.weight` casts before it gathers) that are held at once: every layer's with remat `none`, one layer's
     otherwise (module docstring). The output head's gathered table is not counted."""
-    from omnirrm_jax.training import sharding as S
-
     def layers_only(state):
         return nnx.filter_state(state, lambda path, _: tuple(path[:2]) == ("model", "layers"))
 
@@ -251,10 +246,6 @@ def kv_cache_bytes(tcfg, work: Workload, mesh: dict) -> int:
 @functools.lru_cache(maxsize=4)
 def _abstract_state(tcfg, spec) -> tuple:
     """(trainable, frozen) abstract states; cached, as building a 7B graph takes a while and every layout needs it."""
-    from omnirrm_jax.models.thinker import Thinker
-    from omnirrm_jax.training import lora as lora_lib
-    from omnirrm_jax.training.state import trainable_filter
-
     def build():
         model = Thinker(tcfg, rngs=nnx.Rngs(0))
         if not spec.full_finetune:
@@ -267,8 +258,6 @@ def _abstract_state(tcfg, spec) -> tuple:
 
 def plan_row(cfg, tcfg, mesh: dict, *, layout: str, hbm: float, platform: str) -> Row:
     """One layout's per-device memory (see the module docstring)."""
-    from omnirrm_jax.training import optim
-
     spec = cfg.model
     trainable, frozen = _abstract_state(tcfg, spec)
     amesh = abstract_mesh(mesh)

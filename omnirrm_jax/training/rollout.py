@@ -16,7 +16,7 @@ from omnirrm_jax.rubric.rewards import reward_components
 from omnirrm_jax.training import grpo_loss
 from omnirrm_jax.rubric.vocab import VERDICTS as VERDICT_NAMES  # gold codes index it (vocab.VERDICT_CODES)
 from omnirrm_jax.training.grpo_config import GRPOSpec
-from omnirrm_jax.training.sharding import batch_sharding
+from omnirrm_jax.parallel.sharding import batch_sharding
 
 
 def sampling_config(spec: GRPOSpec, tok) -> SamplingConfig:

@@ -30,7 +30,7 @@ from omnirrm_jax.models import config as model_config
 from omnirrm_jax.models import params as P
 from omnirrm_jax.training import config as config_lib
 from omnirrm_jax.training import optim
-from omnirrm_jax.training import sharding as S
+from omnirrm_jax.parallel import sharding as S
 from omnirrm_jax.training.loop import PeriodicEval, Preemption, RunCheckpoints
 from omnirrm_jax.training.metrics import CompileCounter, MetricWriter
 from omnirrm_jax.training.state import TrainState, create_run_state

@@ -19,7 +19,7 @@ import optax
 
 from omnirrm_jax.training import losses
 from omnirrm_jax.training import run as run_lib
-from omnirrm_jax.training import sharding as S
+from omnirrm_jax.parallel import sharding as S
 from omnirrm_jax.training.loop import NonFiniteGuard, data_counts
 from omnirrm_jax.training.metrics import flops_per_token, peak_flops_per_device
 from omnirrm_jax.training.state import TrainState, step_out_shardings, tree_where

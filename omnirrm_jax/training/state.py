@@ -24,7 +24,7 @@ from omnirrm_jax.models import params as P
 from omnirrm_jax.models.config import ThinkerConfig
 from omnirrm_jax.models.thinker import Thinker
 from omnirrm_jax.training import lora as lora_lib
-from omnirrm_jax.training import sharding as S
+from omnirrm_jax.parallel import sharding as S
 
 
 @dataclasses.dataclass

@@ -13,7 +13,7 @@ import torch
 from flax import nnx
 
 from omnirrm_jax import cli, demo
-from omnirrm_jax.checkpoint import export
+from omnirrm_jax.training import export
 from omnirrm_jax.models import convert, lora_io
 from omnirrm_jax.models import params as P
 from omnirrm_jax.models.audio import audio_token_count

@@ -374,7 +374,7 @@ def test_cross_process_merge_and_repad_equal_one_big_batch(demo):
 def test_to_global_arrays_shards_rows_and_replicates_media(demo):
     import jax
 
-    from omnirrm_jax.training.sharding import MeshConfig, make_mesh
+    from omnirrm_jax.parallel.sharding import MeshConfig, make_mesh
     mesh = make_mesh(MeshConfig(data=-1))
     b = _batches(demo, _cfg(batch_size=8), n=1)[0]
     g = PL.to_global_arrays(b, mesh)

@@ -15,6 +15,7 @@ import pytest
 
 from data_prep import prep as P
 from data_prep import rows as W
+from omnirrm_jax import cli
 from omnirrm_jax.data import media as M
 from omnirrm_jax.data import records as R
 
@@ -362,9 +363,9 @@ def test_bad_ratio_stops_prep(root, tmp_path):
     _write_jsonl(jsonl, [GOOD[0][0]] * 7 + [b"{"] * 3)  # 30% bad: only the final check can see it
     with pytest.raises(P.PrepError, match="3 of 10 rows"):
         _prep(jsonl, root, tmp_path / "o2", max_bad_ratio=0.2)
-    assert P.main(["--jsonl", str(jsonl), "--media-root", str(root), "--out", str(tmp_path / "o3"), "--workers",
+    assert cli.main(["prep", "--jsonl", str(jsonl), "--media-root", str(root), "--out", str(tmp_path / "o3"), "--workers",
                    "0", "--max-bad-ratio", "0.2"]) == 2
-    assert P.main(["--jsonl", str(jsonl), "--media-root", str(root), "--out", str(tmp_path / "o4"), "--workers",
+    assert cli.main(["prep", "--jsonl", str(jsonl), "--media-root", str(root), "--out", str(tmp_path / "o4"), "--workers",
                    "0", "--max-bad-ratio", "0.5", "--rewrite", "/data/="]) == 0
 
 

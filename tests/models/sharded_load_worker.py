@@ -27,8 +27,8 @@ def main(ckpt: str, out: str) -> int:
     import omnirrm_jax
     from omnirrm_jax.models import hf_map, loading
     from omnirrm_jax.models import params as P
-    from omnirrm_jax.training import distributed
-    from omnirrm_jax.training import sharding as S
+    from omnirrm_jax.parallel import distributed
+    from omnirrm_jax.parallel import sharding as S
 
     distributed.initialize_from_env()
     assert jax.process_count() == 2 and jax.device_count() == 8, (jax.process_count(), jax.device_count())

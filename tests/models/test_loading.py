@@ -16,7 +16,7 @@ from omnirrm_jax.models import convert, hf_map, loading, lora_io
 from omnirrm_jax.models import params as P
 from omnirrm_jax.models.thinker import Thinker
 from omnirrm_jax.training import lora as lora_lib
-from omnirrm_jax.training import sharding as S
+from omnirrm_jax.parallel import sharding as S
 from tests.hf_tiny import saved_tiny_thinker
 from tests.multiprocess import ROOT, start_workers, wait_workers
 

@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
     from jax.experimental import multihost_utils
 
     import omnirrm_jax
-    from omnirrm_jax.training import distributed
+    from omnirrm_jax.parallel import distributed
 
     launch = distributed.initialize_from_env()
     assert jax.process_count() == (launch.num_processes or 1), (launch, jax.process_count())

@@ -25,7 +25,7 @@ from omnirrm_jax.models.thinker import prepare_inputs
 from omnirrm_jax.rubric import rewards as R
 from omnirrm_jax.training import grpo, grpo_loss, optim, sft
 from omnirrm_jax.training import config as run_config
-from omnirrm_jax.training import sharding as S
+from omnirrm_jax.parallel import sharding as S
 from omnirrm_jax.training.grpo_config import GRPOSpec
 from omnirrm_jax.training.state import create_run_state
 from tests.models import test_thinker as T

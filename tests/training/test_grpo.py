@@ -14,7 +14,7 @@ from omnirrm_jax.models import config as C
 from omnirrm_jax.models.thinker import Thinker, prepare_inputs
 from omnirrm_jax.rubric import rewards as R
 from omnirrm_jax.training import grpo, grpo_loss, grpo_objective, lora, optim, rollout
-from omnirrm_jax.training import sharding as S
+from omnirrm_jax.parallel import sharding as S
 from omnirrm_jax.training.grpo_config import GRPOSpec
 from omnirrm_jax.training.state import create_train_state
 

@@ -17,7 +17,7 @@ from omnirrm_jax.training import config as C
 from omnirrm_jax.training import grpo, grpo_objective
 from omnirrm_jax.training.grpo_config import GRPOConfig, GRPOSpec
 from omnirrm_jax.training.optim import OptimConfig
-from omnirrm_jax.training.sharding import MeshConfig
+from omnirrm_jax.parallel.sharding import MeshConfig
 
 
 @pytest.fixture(scope="module")

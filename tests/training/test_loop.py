@@ -3,7 +3,7 @@ across processes is exercised by tests/training/test_multihost.py, which signals
 import os
 import signal
 
-from omnirrm_jax.training import distributed
+from omnirrm_jax.parallel import distributed
 from omnirrm_jax.training.loop import Preemption
 
 

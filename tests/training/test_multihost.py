@@ -4,7 +4,7 @@ step, save together and exit 0), resume, then run GRPO from the exported SFT mod
 match the single-process 8-device runs.
 
 The workers (`multihost_worker.py`) are started the way a launcher starts them: environment variables read by
-`training/distributed.py`, the run config as YAML. A new trainer joins the comparison as another leg (an entry
+`parallel/distributed.py`, the run config as YAML. A new trainer joins the comparison as another leg (an entry
 of the worker's LEGS and one more `_launch` call below).
 """
 import dataclasses
@@ -21,13 +21,13 @@ import pytest
 import yaml
 
 from omnirrm_jax import demo
-from omnirrm_jax.checkpoint import export
+from omnirrm_jax.training import export
 from omnirrm_jax.checkpoint.manager import CheckpointManager
 from omnirrm_jax.training import config as config_lib
-from omnirrm_jax.training import distributed, grpo, sft
+from omnirrm_jax.parallel import distributed, grpo, sft
 from omnirrm_jax.training.grpo_config import GRPOConfig, GRPOSpec
 from omnirrm_jax.training.optim import OptimConfig
-from omnirrm_jax.training.sharding import MeshConfig
+from omnirrm_jax.parallel.sharding import MeshConfig
 from tests.multiprocess import ROOT, free_port, worker_env
 
 WORKER = os.path.join(os.path.dirname(__file__), "multihost_worker.py")

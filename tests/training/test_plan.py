@@ -14,7 +14,7 @@ from omnirrm_jax.training import optim
 from omnirrm_jax.training import plan as PL
 from omnirrm_jax.training.config import ModelSpec, SFTConfig
 from omnirrm_jax.training.lora import LoraConfig
-from omnirrm_jax.training.sharding import MeshConfig, make_mesh
+from omnirrm_jax.parallel.sharding import MeshConfig, make_mesh
 from omnirrm_jax.training.state import build_model, create_train_state
 
 

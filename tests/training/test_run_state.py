@@ -10,7 +10,7 @@ from omnirrm_jax.models import config as C
 from omnirrm_jax.models import loading, lora_io
 from omnirrm_jax.models import params as P
 from omnirrm_jax.training import lora as lora_lib
-from omnirrm_jax.training import sharding as S
+from omnirrm_jax.parallel import sharding as S
 from omnirrm_jax.training.config import ModelSpec
 from omnirrm_jax.training.state import build_model, create_run_state
 from tests.hf_tiny import saved_tiny_thinker

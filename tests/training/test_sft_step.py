@@ -8,7 +8,7 @@ from flax import nnx
 from omnirrm_jax.models import config as C
 from omnirrm_jax.models.thinker import Thinker, prepare_inputs
 from omnirrm_jax.training import lora, loop, optim, sft
-from omnirrm_jax.training import sharding as S
+from omnirrm_jax.parallel import sharding as S
 from omnirrm_jax.training.state import create_train_state
 
 

@@ -9,7 +9,7 @@ from jax.sharding import PartitionSpec as PS
 from omnirrm_jax.models import config as C
 from omnirrm_jax.models import layers as L
 from omnirrm_jax.models.thinker import Thinker, prepare_inputs
-from omnirrm_jax.training import sharding as S
+from omnirrm_jax.parallel import sharding as S
 
 
 def test_mesh_fill_and_errors():

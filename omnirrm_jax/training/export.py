@@ -20,6 +20,14 @@ from typing import Any, Sequence
 import jax
 from flax import nnx
 
+from omnirrm_jax.checkpoint.manager import abstract_like
+from omnirrm_jax.models import config as model_config
+from omnirrm_jax.models import convert, lora_io
+from omnirrm_jax.models import params as P
+from omnirrm_jax.training.config import ModelSpec
+from omnirrm_jax.training.lora import LoraConfig
+from omnirrm_jax.training.state import build_model, trainable_filter
+
 FORMATS = ("orbax", "hf", "adapter")
 
 
@@ -32,9 +40,6 @@ class Trained:
 
 
 def _model_spec(raw: dict, where: str):
-    from omnirrm_jax.training.config import ModelSpec
-    from omnirrm_jax.training.lora import LoraConfig
-
     try:
         spec = dict(raw["config"]["model"])
         spec["lora"] = LoraConfig(**spec.get("lora") or {})
@@ -54,9 +59,6 @@ def load_trained(workdir: str, step: int | None = None, *, base_hf: str | None =
     """
     import orbax.checkpoint as ocp
 
-    from omnirrm_jax.checkpoint.manager import abstract_like
-    from omnirrm_jax.models import config as model_config
-    from omnirrm_jax.training.state import build_model, trainable_filter
 
     ckdir = os.path.abspath(os.path.join(workdir, "checkpoints"))
     if not os.path.isdir(ckdir):
@@ -98,8 +100,6 @@ def load_trained(workdir: str, step: int | None = None, *, base_hf: str | None =
 
 def merged(trained: Trained, dtype: str | None = None):
     """The inference model: LoRA folded into the kernels (float32 arithmetic), parameters cast to `dtype`."""
-    from omnirrm_jax.models import convert, lora_io
-
     model = nnx.merge(*nnx.split(trained.model))  # a copy: the caller's LoRA branches stay intact
     lora_io.merge_lora(model)
     if dtype is not None:
@@ -112,9 +112,6 @@ def export(workdir: str, out: str, *, formats: Sequence[str] = ("orbax", "hf"), 
     """Writes the requested formats under `out/<format>/`; returns {format: directory}.
 
     `dtype` (float32, bfloat16, ...) applies to the merged parameters; default: the training param_dtype."""
-    from omnirrm_jax.models import convert, lora_io
-    from omnirrm_jax.models import params as P
-
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise ValueError(f"unknown export format(s) {bad or formats}; choose from {FORMATS}")
