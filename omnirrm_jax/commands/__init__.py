@@ -4,5 +4,6 @@
   run(args: argparse.Namespace) -> int                 does it; the exit status
 
 `omnirrm_jax.cli` builds its parser from every module, so a module imports only the standard library at the top;
-JAX, Flax, transformers and the rest load inside `run` (`omnirrm --help` stays instant).
+JAX, Flax, transformers and the rest load inside `run` (`omnirrm --help` stays instant). `_`-prefixed modules are
+helpers the commands share (`_train`: what `sft` and `grpo` do around their trainer).
 """

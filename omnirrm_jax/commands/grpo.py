@@ -5,26 +5,15 @@ from __future__ import annotations
 
 import argparse
 
+from omnirrm_jax.commands._train import add_config_args, train_from_config
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("grpo", help="GRPO with the rubric rewards: omnirrm grpo CONFIG [key.sub=value ...]")
-    p.add_argument("config", help="YAML run config (see configs/grpo_*.yaml)")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
-    return p
+    return add_config_args(sub.add_parser("grpo", help="GRPO with the rubric rewards: omnirrm grpo CONFIG "
+                                                       "[key.sub=value ...]"), "configs/grpo_*.yaml")
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-
-    from omnirrm_jax.parallel.distributed import initialize_from_env
-
-    initialize_from_env()  # before any backend starts; a no-op unless launched multi-process
-    from omnirrm_jax.training import config as config_lib
-    from omnirrm_jax.training import grpo
-    from omnirrm_jax.training.grpo_config import GRPOConfig
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = config_lib.load_config(args.config, args.overrides, cls=GRPOConfig)
-    out = grpo.train(cfg)
+    out = train_from_config(args, "grpo")
     print(f"done: {out['rollouts']} rollout batches" + (" (preempted, checkpoint saved)" if out["preempted"] else ""))
     return 0

@@ -21,14 +21,14 @@ import pytest
 import yaml
 
 from omnirrm_jax import demo
-from omnirrm_jax.training import export
 from omnirrm_jax.checkpoint.manager import CheckpointManager
+from omnirrm_jax.parallel import distributed
+from omnirrm_jax.parallel.sharding import MeshConfig
 from omnirrm_jax.training import config as config_lib
-from omnirrm_jax.parallel import distributed, grpo, sft
+from omnirrm_jax.training import export, grpo, sft
 from omnirrm_jax.training.grpo_config import GRPOConfig, GRPOSpec
 from omnirrm_jax.training.optim import OptimConfig
-from omnirrm_jax.parallel.sharding import MeshConfig
-from tests.multiprocess import ROOT, free_port, worker_env
+from tests.multiprocess import ROOT, free_port, log_tail, wait_workers, worker_env
 
 WORKER = os.path.join(os.path.dirname(__file__), "multihost_worker.py")
 
@@ -146,22 +146,9 @@ def _start(n: int, config: str, leg: str, out: str, stop_after: int | None = Non
     return procs
 
 
-def _tail(out: str, leg: str, i: int) -> str:
-    with open(os.path.join(out, f"{leg}.{i}.log")) as f:
-        return f.read()[-4000:]
-
-
 def _finish(procs: list, leg: str, out: str, timeout: int = 600) -> dict:
     """Waits for every worker; all must exit 0. Returns process 0's summary."""
-    try:
-        for p in procs:
-            p.wait(timeout=timeout)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for i, p in enumerate(procs):
-        assert p.returncode == 0, f"worker {i} of {len(procs)} ({leg}) exited {p.returncode}:\n{_tail(out, leg, i)}"
+    wait_workers(procs, out=out, name=leg, timeout=timeout)
     with open(os.path.join(out, f"{leg}.json")) as f:
         summary = json.load(f)
     assert summary["package"] == os.path.join(ROOT, "omnirrm_jax"), f"workers imported {summary['package']}"
@@ -178,7 +165,7 @@ def _wait_for_logged_step(metrics: str, step: int, procs: list, out: str, leg: s
     t0 = time.time()
     while time.time() - t0 < timeout:
         for i, p in enumerate(procs):
-            assert p.poll() is None, f"worker {i} ended early ({p.returncode}):\n{_tail(out, leg, i)}"
+            assert p.poll() is None, f"worker {i} ended early ({p.returncode}):\n{log_tail(out, leg, i)}"
         if os.path.exists(metrics):
             with open(metrics) as f:
                 if any(json.loads(line)["step"] >= step for line in f if line.endswith("\n")):
