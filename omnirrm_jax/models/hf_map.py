@@ -14,7 +14,7 @@ and names every missing, unexpected and mis-shaped tensor.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Mapping
 
 from flax import nnx
 
@@ -91,7 +91,7 @@ def checkpoint_name(stored: str) -> str | None:
     if stored.startswith(IGNORED_PREFIXES):
         return None
     if stored.startswith(THINKER_PREFIX):
-        return stored[len(THINKER_PREFIX):]
+        stored = stored[len(THINKER_PREFIX):]
     return v5_to_checkpoint(stored)
 
 

@@ -50,7 +50,9 @@ def init_placement(resolve: Callable | None):
     """While a model is built under this, every parameter is drawn by a small jitted program whose output is born
     on `resolve(axes, shape)` (a `jax.sharding.Sharding`), so no weight is ever whole on one device unless its
     sharding says so. One program per (initializer, shape, sharding): a 3B model's few dozen, not one program for
-    the whole init (which takes minutes to compile). The values are the eager ones, bit for bit."""
+    the whole init (which takes minutes to compile). The values are the eager ones, bit for bit (checked on CPU; the
+    random bits do not depend on the sharding). The setting is per thread (a ContextVar): a model built in another
+    thread draws eagerly."""
     token = _INIT_PLACEMENT.set(resolve)
     try:
         yield

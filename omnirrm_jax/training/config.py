@@ -40,6 +40,12 @@ class ModelSpec:
             raise ConfigError(f"model.remat: {self.remat!r} is not one of {', '.join(REMAT_POLICIES)} "
                               "(or true = full, false = none)")
         object.__setattr__(self, "remat", remat)
+        if self.lora_path and not self.hf_path:
+            raise ConfigError(f"model.lora_path={self.lora_path!r} needs model.hf_path: an adapter trains on the HF "
+                              "base it was made for (a preset base is random)")
+        if self.lora_path and self.full_finetune:
+            raise ConfigError("model.lora_path and model.full_finetune exclude each other: full fine-tuning trains "
+                              "the weights themselves (merge the adapter with `omnirrm convert` first)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,8 +23,9 @@ This module is the thin trainer: the cycle (`RolloutUpdate`) and its metrics on 
 `training.rollout`; losses and advantage scalings are registered by name in `training.grpo_loss`.
 
 Resume is exact: the checkpoint holds the trainable state, the optimizer, the step and the data-iterator
-state; the sampling key of rollout n is `fold_in(key(seed), n)`, so rollouts after a resume are the ones an
-uninterrupted run would have drawn.
+state; the sampling key of rollout n (counted from 0) is `fold_in(key(seed), n)`, so rollouts after a resume are the
+ones an uninterrupted run would have drawn; under full fine-tuning the KL reference stays the run's starting weights
+(`run.setup(keep_initial=True)`), not the resumed ones.
 """
 
 from __future__ import annotations
@@ -74,8 +75,12 @@ class RolloutUpdate:
 
     @classmethod
     def build(cls, state: TrainState, tx, spec: GRPOSpec, shardings, *, tok, mesh, sampling=None,
-              full_finetune=False, constraint=None) -> "RolloutUpdate":
-        initial = jax.tree.map(jnp.copy, state.trainable) if full_finetune and spec.beta != 0 else None
+              full_finetune=False, constraint=None, initial=None) -> "RolloutUpdate":
+        """`initial`: full fine-tuning's KL reference (the run's starting weights); by default a copy of `state`'s."""
+        if full_finetune and spec.beta != 0 and initial is None:
+            initial = jax.tree.map(jnp.copy, state.trainable)
+        elif not (full_finetune and spec.beta != 0):
+            initial = None
         step_mesh = S.mesh_of(shardings[0]) if shardings else None
         return cls(state.graphdef, state.frozen, jit_grpo_step(state, tx, spec, shardings),
                    jit_logprobs(state.graphdef, spec, step_mesh), spec, sampling or sampling_config(spec, tok), tok,
@@ -146,14 +151,16 @@ def train(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None = No
     precedence as in SFT: the newest checkpoint in `run.workdir`, else `model.hf_path` (e.g. the SFT model exported
     by `omnirrm export`) or a preset."""
     spec = cfg.grpo
+    full_reference = cfg.model.full_finetune and spec.beta != 0
     run = run_lib.setup(cfg, mode="grpo", schedule=schedule(cfg), progress=progress, meta={"trainer": "grpo"},
-                        start_of=lambda meta: int(meta["rollout"]))
+                        start_of=lambda meta: int(meta["rollout"]), keep_initial=full_reference)
     total, tok = run.schedule.total, run.tok
     constraint = None
     if spec.constrained:
         constraint = judgement_constraint(tok, run.thinker_cfg.text.vocab_size)
     cycle = RolloutUpdate.build(run.state, run.tx, spec, run.shardings, tok=tok, mesh=run.mesh,
-                                full_finetune=cfg.model.full_finetune, constraint=constraint)
+                                full_finetune=cfg.model.full_finetune, constraint=constraint,
+                                initial=run.initial_trainable)
     base_key = jax.random.key(cfg.run.seed)
     guard = NonFiniteGuard(cfg.run.max_consecutive_nonfinite)
     lr_fn = run.lr_fn

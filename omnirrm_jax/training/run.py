@@ -21,6 +21,7 @@ import os
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
@@ -79,7 +80,8 @@ class Run:
     start: int  # steps already done (from the resumed checkpoint)
     resumed_meta: dict | None
     meta_base: dict
-    compiles: CompileCounter
+    initial_trainable: Any = None  # with `keep_initial`: the trainable state as the run started, before any resume
+    compiles: CompileCounter | None = None  # counts from the loop's start (the trainer's own setup not included)
     last_eval: dict = dataclasses.field(default_factory=dict)
 
     @property
@@ -92,11 +94,12 @@ class Run:
     def close(self) -> None:
         self.ckpt.close()
         self.writer.close()
-        self.compiles.close()
+        if self.compiles is not None:
+            self.compiles.close()
 
 
 def setup(cfg, *, mode: str, schedule: Callable[[int, pipeline.PipelineConfig], Schedule], progress: bool,
-          meta: dict | None = None, start_of: Callable[[dict], int]) -> Run:
+          meta: dict | None = None, start_of: Callable[[dict], int], keep_initial: bool = False) -> Run:
     """Everything before a trainer's own programs, then resume.
 
     Args:
@@ -105,6 +108,8 @@ def setup(cfg, *, mode: str, schedule: Callable[[int, pipeline.PipelineConfig], 
       schedule: (records in the training set, pipeline config) -> the run's length.
       meta: what the trainer adds to every checkpoint's meta (e.g. {"trainer": "grpo"}).
       start_of: a resumed checkpoint's meta -> the steps it had done.
+      keep_initial: keep a copy of the starting trainable state (`Run.initial_trainable`), taken before a resume
+        replaces it (GRPO's KL reference under full fine-tuning is the starting weights, not the resumed ones).
     """
     run = cfg.run
     os.makedirs(run.workdir, exist_ok=True)
@@ -124,6 +129,7 @@ def setup(cfg, *, mode: str, schedule: Callable[[int, pipeline.PipelineConfig], 
     writer = MetricWriter(run.workdir)  # writes on process 0 only
     evaluate = PeriodicEval(cfg, tok, thinker_cfg, pcfg, mesh, state.graphdef, writer, progress=progress)
     # ---- resume -----------------------------------------------------------------------------------
+    initial = jax.tree.map(jnp.copy, state.trainable) if keep_initial else None  # a copy: the step donates its input
     ckpt = RunCheckpoints(run, shardings)
     iterator = iter(dataset)
     start, resumed_meta = 0, None
@@ -134,7 +140,7 @@ def setup(cfg, *, mode: str, schedule: Callable[[int, pipeline.PipelineConfig], 
         log.info("resumed after step %d", start)
     meta_base = {"config": config_lib.to_dict(cfg), "thinker": model_config.to_hf_dict(thinker_cfg), **(meta or {})}
     return Run(cfg, mesh, tok, thinker_cfg, pcfg, length, tx, state, shardings, writer, evaluate, ckpt, iterator,
-               start, resumed_meta, meta_base, CompileCounter())
+               start, resumed_meta, meta_base, initial)
 
 
 def loop(run: Run, step: Callable[[int, dict, dict], None], *, save_meta: Callable[[int], dict],
@@ -147,6 +153,7 @@ def loop(run: Run, step: Callable[[int, dict, dict], None], *, save_meta: Callab
     `run.save_every` steps or on stopping. `flush` runs after the last step, before the final checkpoint (SFT
     reads its last step's metrics there). Closes the run's writers and checkpoints, also on error."""
     preempt = Preemption()
+    run.compiles = CompileCounter()  # logged: flat after each shape's first step
     n, total = run.start, run.schedule.total
     try:
         while n < total:

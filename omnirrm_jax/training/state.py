@@ -45,16 +45,20 @@ def trainable_filter(full_finetune: bool):
 
 def build_model(cfg: ThinkerConfig, *, hf_path: str | None, lora_cfg: lora_lib.LoraConfig | None,
                 lora_path: str | None, seed: int) -> Thinker:
-    """Host-side model construction: HF weights (or random init) plus LoRA branches, on the default device. For
-    what fits one device (export, inspection); a training run builds its model sharded (`create_run_state`)."""
-    if hf_path:
-        model, _ = P.load_hf(hf_path, dtype=cfg.param_dtype, compute_dtype=cfg.dtype,
-                             attention_backend=cfg.attention_backend, remat=cfg.remat,
-                             lora_path=lora_path, merge_lora=False)
-    else:
-        model = Thinker(cfg, rngs=nnx.Rngs(seed))
-    if lora_cfg is not None and lora_path is None:
-        lora_lib.apply_lora(model, lora_cfg, nnx.Rngs(seed + 1))
+    """Host-side model construction: HF weights (or random init) plus LoRA branches, on one device. For what fits
+    one device (export, inspection); a training run builds its model sharded (`create_run_state`). Random weights
+    are drawn by the same per-parameter programs a run draws them with (`layers.init_placement`), so an export
+    rebuilds a preset base bit for bit on any platform."""
+    one_device = S.make_mesh(S.MeshConfig(data=1), devices=jax.devices()[:1])
+    with L.init_placement(S.param_placement(one_device)):
+        if hf_path:
+            model, _ = P.load_hf(hf_path, dtype=cfg.param_dtype, compute_dtype=cfg.dtype,
+                                 attention_backend=cfg.attention_backend, remat=cfg.remat,
+                                 lora_path=lora_path, merge_lora=False)
+        else:
+            model = Thinker(cfg, rngs=nnx.Rngs(seed))
+        if lora_cfg is not None and lora_path is None:
+            lora_lib.apply_lora(model, lora_cfg, nnx.Rngs(seed + 1))
     return model
 
 

@@ -35,3 +35,12 @@ def test_layouts_and_slices_invert(torch_shape):
         assert t_index is None  # read whole
     else:
         np.testing.assert_array_equal(hf_map.from_torch_layout(leaf, t[t_index]), ours[index])
+
+
+def test_checkpoint_name_maps_v5_names_behind_the_thinker_prefix():
+    """Adapters saved from a full transformers-v5 Qwen2.5-Omni model name the thinker's modules
+    `thinker.model.language_model.*` (after PEFT's `base_model.model.`)."""
+    assert hf_map.checkpoint_name("thinker.model.language_model.layers.0.self_attn.q_proj.weight") == \
+        "model.layers.0.self_attn.q_proj.weight"
+    assert hf_map.checkpoint_name("thinker.model.visual.blocks.0.attn.qkv.weight") == "visual.blocks.0.attn.qkv.weight"
+    assert hf_map.checkpoint_name("talker.model.layers.0.mlp.up_proj.weight") is None

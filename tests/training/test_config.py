@@ -88,3 +88,10 @@ def test_cli_config_errors_are_one_line_with_status_2(tmp_path, capsys):
     bad.write_text("model: [unclosed\n")
     assert cli.main(["grpo", str(bad)]) == 2
     assert f"config file {bad} is not valid YAML" in capsys.readouterr().err
+
+
+def test_an_adapter_needs_its_hf_base_and_excludes_full_finetuning():
+    with pytest.raises(C.ConfigError, match="needs model.hf_path"):
+        C.ModelSpec(preset="tiny", lora_path="/some/adapter")
+    with pytest.raises(C.ConfigError, match="exclude each other"):
+        C.ModelSpec(hf_path="/some/base", lora_path="/some/adapter", full_finetune=True)

@@ -68,6 +68,24 @@ def test_grpo_runs_without_recompiles_and_resumes_exactly(prepared, tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow  # two short full fine-tuning runs of the tiny model
+def test_full_finetuning_resume_keeps_the_starting_weights_as_kl_reference(prepared, tmp_path):
+    """Under full fine-tuning the KL reference is a copy of the starting weights; a resumed run must compare with
+    those, not with the weights it resumed from (which would make the first KL after a resume 0)."""
+    def cfg(workdir):
+        c = grpo_config(prepared, workdir, steps=3, beta=0.1)
+        return dataclasses.replace(c, model=dataclasses.replace(c.model, full_finetune=True))
+
+    full = grpo.train(cfg(tmp_path / "full"), progress=False)
+    assert grpo.train(cfg(tmp_path / "split"), progress=False, stop_after=1)["preempted"]
+    second = grpo.train(cfg(tmp_path / "split"), progress=False)
+    assert full["history"][1]["train/kl"] > 0
+    for a, b in zip(full["history"][1:], second["history"]):
+        assert a["train/kl"] == b["train/kl"] and a["train/loss"] == b["train/loss"]
+    for x, y in zip(jax.tree.leaves(full["state"].trainable), jax.tree.leaves(second["state"].trainable)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
 def _stored(workdir, step) -> dict[str, set[str]]:
     """{checkpoint item: leaf paths} of the state a training checkpoint stores (read from Orbax's metadata)."""
     import orbax.checkpoint as ocp
