@@ -71,6 +71,20 @@ class RunSpec:
     eval_batches: int | None = None  # batches per evaluation; None = the whole eval set
     eval_max_new_tokens: int = 1024  # greedy judgement length cap for the pairwise accuracy
 
+    def __post_init__(self):
+        """Values that used to train the wrong length or crash mid-run (ZeroDivisionError) are refused up front."""
+        bad = [f"{name} must be {allowed}, got {getattr(self, name)!r}" for name, ok, allowed in (
+            ("num_epochs", self.num_epochs > 0, "> 0"),
+            ("max_steps", self.max_steps is None or self.max_steps >= 1, "null (use num_epochs) or >= 1"),
+            ("log_every", self.log_every >= 1, ">= 1"), ("save_every", self.save_every >= 1, ">= 1"),
+            ("keep_checkpoints", self.keep_checkpoints >= 1, ">= 1"),
+            ("max_consecutive_nonfinite", self.max_consecutive_nonfinite >= 1, ">= 1"),
+            ("eval_every", self.eval_every >= 0, ">= 0 (0: no held-out evaluation)"),
+            ("eval_batches", self.eval_batches is None or self.eval_batches >= 1, "null (all) or >= 1"),
+            ("eval_max_new_tokens", self.eval_max_new_tokens >= 1, ">= 1")) if not ok]
+        if bad:
+            raise ConfigError("run: " + "; ".join(bad))
+
 
 @dataclasses.dataclass(frozen=True)
 class SFTConfig:
@@ -130,7 +144,12 @@ def _build(cls, raw: Any, where: str):
             raise ConfigError(f"unknown config key {where + '.' if where else ''}{key}{hint} "
                               f"(valid: {', '.join(names)})")
         kwargs[key] = _build(hints[key], value, f"{where}.{key}" if where else key)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as e:  # a spec's own range check: name where it sits in the config
+        raise ConfigError(f"{where or 'config'}: {e}") from e
 
 
 def _set(raw: dict, dotted: str, value: Any) -> None:

@@ -29,6 +29,11 @@ class LoraConfig:
     targets: str = DEFAULT_TARGETS
     dtype: str | None = None  # LoRA factor dtype; default: the base kernel's
 
+    def __post_init__(self):
+        if not (isinstance(self.rank, int) and self.rank >= 1) or not self.alpha > 0:
+            raise ValueError(f"rank must be an integer >= 1 and alpha > 0, got rank={self.rank!r}, "
+                             f"alpha={self.alpha!r}")
+
 
 def linear_paths(model: nnx.Module) -> dict[str, L.Linear]:
     """{dotted module path: Linear} for every linear layer (paths as in checkpoints, `mlp_0` style)."""

@@ -7,6 +7,7 @@ linear warm-up by ratio, cosine decay to 0) so learning-rate curves line up with
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import optax
 
@@ -22,6 +23,26 @@ class OptimConfig:
     eps: float = 1e-8
     max_grad_norm: float = 1.0
     grad_accum_steps: int = 1
+
+    def __post_init__(self):
+        """Values that would train wrongly without an error (a negative rate ascends the loss) are refused."""
+        _require(self, learning_rate=(self.learning_rate > 0 and math.isfinite(self.learning_rate), "a number > 0"),
+                 warmup_ratio=(0 <= self.warmup_ratio < 1, "in [0, 1)"),
+                 schedule=(self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+                 weight_decay=(self.weight_decay >= 0, ">= 0"), b1=(0 <= self.b1 < 1, "in [0, 1)"),
+                 b2=(0 <= self.b2 < 1, "in [0, 1)"), eps=(self.eps > 0, "> 0"),
+                 max_grad_norm=(self.max_grad_norm >= 0, ">= 0 (0: no clipping)"),
+                 grad_accum_steps=(self.grad_accum_steps >= 1, "an integer >= 1"))
+
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+def _require(spec, **checks: tuple[bool, str]) -> None:
+    """Raises ValueError naming every field of `spec` whose check failed, with the value and what is allowed."""
+    bad = [f"{name} must be {allowed}, got {getattr(spec, name)!r}" for name, (ok, allowed) in checks.items() if not ok]
+    if bad:
+        raise ValueError("; ".join(bad))
 
 
 def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:

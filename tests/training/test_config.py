@@ -95,3 +95,19 @@ def test_an_adapter_needs_its_hf_base_and_excludes_full_finetuning():
         C.ModelSpec(preset="tiny", lora_path="/some/adapter")
     with pytest.raises(C.ConfigError, match="exclude each other"):
         C.ModelSpec(hf_path="/some/base", lora_path="/some/adapter", full_finetune=True)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.learning_rate=-1e-4", "optim: learning_rate must be a number > 0, got -0.0001"),
+    ("optim.grad_accum_steps=0", "optim: grad_accum_steps must be an integer >= 1"),
+    ("optim.schedule=cosnie", "optim: schedule must be one of cosine, linear, constant"),
+    ("run.max_steps=0", "run: max_steps must be null .use num_epochs. or >= 1, got 0"),
+    ("run.save_every=0", "run: save_every must be >= 1, got 0"),
+    ("run.log_every=0", "run: log_every must be >= 1"),
+    ("model.lora.rank=0", "model.lora: rank must be an integer >= 1"),
+])
+def test_out_of_range_values_are_config_errors_naming_the_key(override, message):
+    """A negative learning rate used to train by gradient ascent and exit 0; max_steps=0 trained two epochs;
+    save_every=0 and lora.rank=0 crashed mid-run with ZeroDivisionError."""
+    with pytest.raises(C.ConfigError, match=message):
+        C.load_config(None, [override])
