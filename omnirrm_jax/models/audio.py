@@ -137,7 +137,7 @@ class Conv1d(nnx.Module):
                  param_dtype: str, rngs: nnx.Rngs, k: int = 3):
         pdt = layers.as_dtype(param_dtype)
         self.kernel = init_param(_CONV_LECUN_NORMAL, rngs.params(), (k, d_in, d_out), pdt, (CONV, in_axis, EMBED))
-        self.bias = init_param(layers.zeros, None, (d_out,), pdt, (EMBED,))
+        self.bias = init_param(nnx.initializers.zeros, None, (d_out,), pdt, (EMBED,))
         self.stride = stride
         self.dtype = layers.as_dtype(dtype)
 

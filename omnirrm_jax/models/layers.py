@@ -75,16 +75,6 @@ def init_param(init: Callable, key: jax.Array | None, shape: tuple[int, ...], dt
     return param(program(key), axes, kind)
 
 
-def zeros(key, shape, dtype):
-    del key
-    return jnp.zeros(shape, dtype)
-
-
-def ones(key, shape, dtype):
-    del key
-    return jnp.ones(shape, dtype)
-
-
 LECUN_NORMAL = nnx.initializers.lecun_normal()
 
 
@@ -113,7 +103,7 @@ class Linear(nnx.Module):
                  dtype: str, param_dtype: str, rngs: nnx.Rngs):
         pdt = as_dtype(param_dtype)
         self.kernel = init_param(LECUN_NORMAL, rngs.params(), (in_features, out_features), pdt, axes)
-        self.bias = init_param(zeros, None, (out_features,), pdt, (axes[1],)) if use_bias else None
+        self.bias = init_param(nnx.initializers.zeros, None, (out_features,), pdt, (axes[1],)) if use_bias else None
         self.dtype = as_dtype(dtype)
         self.lora_a: nnx.LoRAParam | None = nnx.data(None)
         self.lora_b: nnx.LoRAParam | None = nnx.data(None)
@@ -126,7 +116,7 @@ class Linear(nnx.Module):
         axes = self.kernel.get_metadata().get("out_sharding") or (None, None)
         self.lora_a = init_param(lora_a_init(d_in), rngs.params(), (d_in, rank), pdt, (axes[0], LORA_RANK),
                                  nnx.LoRAParam)
-        self.lora_b = init_param(zeros, None, (rank, d_out), pdt, (LORA_RANK, axes[1]), nnx.LoRAParam)
+        self.lora_b = init_param(nnx.initializers.zeros, None, (rank, d_out), pdt, (LORA_RANK, axes[1]), nnx.LoRAParam)
         self.lora_scale = float(alpha) / rank
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -174,7 +164,7 @@ class RMSNorm(nnx.Module):
     """HF Qwen2 RMSNorm: normalise in fp32, cast back to the input dtype, then multiply by the weight."""
 
     def __init__(self, dim: int, *, eps: float, param_dtype: str):
-        self.scale = init_param(ones, None, (dim,), as_dtype(param_dtype), (NORM,))
+        self.scale = init_param(nnx.initializers.ones, None, (dim,), as_dtype(param_dtype), (NORM,))
         self.eps = eps
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -187,8 +177,8 @@ class LayerNorm(nnx.Module):
     """torch.nn.LayerNorm (eps 1e-5 by default, as the audio tower uses): fp32 statistics, input dtype out."""
 
     def __init__(self, dim: int, *, eps: float = 1e-5, param_dtype: str):
-        self.scale = init_param(ones, None, (dim,), as_dtype(param_dtype), (NORM,))
-        self.bias = init_param(zeros, None, (dim,), as_dtype(param_dtype), (NORM,))
+        self.scale = init_param(nnx.initializers.ones, None, (dim,), as_dtype(param_dtype), (NORM,))
+        self.bias = init_param(nnx.initializers.zeros, None, (dim,), as_dtype(param_dtype), (NORM,))
         self.eps = eps
 
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -44,12 +44,13 @@ from flax import nnx
 from omnirrm_jax.decoding.constrained import judgement_constraint
 from omnirrm_jax.decoding.sampler import SamplingConfig, generate
 from omnirrm_jax.models.thinker import model_inputs
-from omnirrm_jax.training import run as run_lib
 from omnirrm_jax.parallel import sharding as S
+from omnirrm_jax.parallel.distributed import is_main
+from omnirrm_jax.training import run as run_lib
 from omnirrm_jax.training.grpo_config import GRPOConfig, GRPOSpec
 from omnirrm_jax.training.grpo_objective import jit_grpo_step, jit_logprobs
-from omnirrm_jax.training.lora import without_lora
 from omnirrm_jax.training.loop import NonFiniteGuard, data_counts
+from omnirrm_jax.training.lora import without_lora
 from omnirrm_jax.training.rollout import build_roll, rollout_metrics, sampling_config, score_rollout, to_host
 from omnirrm_jax.training.state import TrainState
 
@@ -179,7 +180,7 @@ def train(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None = No
         if n % cfg.run.log_every == 0 or n == total:
             record.update(data_counts(run.iterator))  # the iterator's state: read when logged, not every rollout
             run.writer.write(n, record)
-            if progress and run_lib.is_main_process():
+            if progress and is_main():
                 print(f"grpo {n}/{total} reward {record['reward/total_mean']:+.3f} "
                       f"acc {record['rollout/verdict_accuracy']:.2f} kl {record['train/kl']:.4f} "
                       f"len {record['rollout/completion_length']:.0f} "

@@ -175,7 +175,3 @@ def loop(run: Run, step: Callable[[int, dict, dict], None], *, save_meta: Callab
         run.close()
         preempt.restore()
     return n
-
-
-def is_main_process() -> bool:
-    return jax.process_index() == 0

@@ -17,9 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from omnirrm_jax.parallel import sharding as S
+from omnirrm_jax.parallel.distributed import is_main
 from omnirrm_jax.training import losses
 from omnirrm_jax.training import run as run_lib
-from omnirrm_jax.parallel import sharding as S
 from omnirrm_jax.training.loop import NonFiniteGuard, data_counts
 from omnirrm_jax.training.metrics import flops_per_token, peak_flops_per_device
 from omnirrm_jax.training.state import TrainState, step_out_shardings, tree_where
@@ -130,7 +131,7 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
                                       full_finetune=cfg.model.full_finetune, loss_window=pcfg.max_target_length)
                 last["train/mfu"] = fpt * tps / (peak * jax.device_count())
             run.writer.write(micro_p, last)
-            if progress and run_lib.is_main_process():
+            if progress and is_main():
                 print(f"step {micro_p}/{total} loss {last['train/loss']:.4f} "
                       f"lr {last['train/lr']:.2e} {tps:.0f} tok/s", flush=True)
             window = {"loss": [], "tokens": 0, "t": time.perf_counter()}
