@@ -8,6 +8,8 @@ import argparse
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="generate demo data, prep it, train a tiny judge, evaluate it (CPU: minutes)")
     p.add_argument("--workdir", default="runs/demo", help="where data, checkpoints and demo_report.json go")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data, the initial weights and every sampling "
+                   "step (the GRPO stage's too, unless --grpo-seed)")
     p.add_argument("--steps", type=int, default=None, help="SFT steps (default from DemoConfig)")
     p.add_argument("--no-control", action="store_true", help="skip the blanked-media control run")
     p.add_argument("--no-grpo", action="store_true", help="stop after SFT (skip the GRPO stage)")
@@ -20,12 +22,12 @@ def run(args: argparse.Namespace) -> int:
 
     from omnirrm_jax import demo
 
-    cfg = demo.DemoConfig(workdir=args.workdir, control=not args.no_control)
+    cfg = demo.DemoConfig(workdir=args.workdir, control=not args.no_control, seed=args.seed)
     if args.no_grpo:
         cfg = dataclasses.replace(cfg, grpo=None)
     elif args.grpo_seed is not None:
         cfg = dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, seed=args.grpo_seed))
     if args.steps:
         cfg = dataclasses.replace(cfg, steps=args.steps)
-    demo.run_demo(cfg)
-    return 0
+    report = demo.run_demo(cfg)
+    return 0 if report["passed"] else 1  # a FAIL line (demo.criteria) was printed

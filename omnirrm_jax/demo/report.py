@@ -3,7 +3,39 @@ training trend."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
+import platform
+
 import numpy as np
+
+# What decides the demo's numbers besides its code: the array stack, the media decoders, the tokenizer.
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy", "pillow", "av", "librosa",
+            "sentencepiece", "transformers")
+
+
+def environment() -> dict:
+    """Python, the packages above (None: not installed), the processor and its core count, for the top of the
+    report: the same seed can train differently on another processor or package version."""
+    def version(name):
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"python": platform.python_version(), "packages": {p: version(p) for p in PACKAGES},
+            "cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()}
+
+
+def environment_line(env: dict) -> str:
+    pk = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v is not None)
+    return f"Python {env['python']}, {pk}; {env['cpu']}, {env['cores']} cores"
 
 
 def table(results: dict) -> str:

@@ -7,6 +7,7 @@ import json
 import os
 import time
 
+from omnirrm_jax.demo import criteria as C
 from omnirrm_jax.demo import evaluate as E
 from omnirrm_jax.demo import grpo as demo_grpo
 from omnirrm_jax.demo import report as R
@@ -24,6 +25,8 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
     # the demo's time depends on what else the (shared) machine runs: 1-minute load average after each stage
     load = {"start": os.getloadavg()}
     n = 4 + int(cfg.control) + int(cfg.grpo is not None)  # stages printed as [i/n]
+    env = R.environment()
+    print(f"omnirrm demo, seed {cfg.seed}: {R.environment_line(env)}", flush=True)
 
     def lap(name):
         seconds[name] = round(time.time() - t0 - sum(seconds.values()), 1)
@@ -62,13 +65,20 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
         print(f"\n--- {modality} ---\n{text}")
     report["examples"] = examples
     lap("examples")
+    report = {"environment": env, "seed": cfg.seed, **report}  # first in demo_report.json
+    checks = C.check(report)
+    report["criteria"] = [{"passed": ok, "check": text} for ok, text in checks]
+    report["passed"] = all(ok for ok, _ in checks)
+    print("\n" + C.lines(checks), flush=True)
     report["seconds"] = time.time() - t0
     report["seconds_by_stage"] = seconds
     report["load_average"] = {**load, "end": os.getloadavg()}
     with open(os.path.join(cfg.workdir, "demo_report.json"), "w") as f:
         json.dump(report, f, indent=2)
+    failed = sum(not ok for ok, _ in checks)
     print(f"\nreport: {os.path.join(cfg.workdir, 'demo_report.json')} ({report['seconds']:.0f} s, "
-          f"load average {load['start'][0]:.1f} -> {report['load_average']['end'][0]:.1f})")
+          f"load average {load['start'][0]:.1f} -> {report['load_average']['end'][0]:.1f}); "
+          + (f"{failed} of {len(checks)} criteria FAILED" if failed else f"all {len(checks)} criteria passed"))
     return report
 
 
