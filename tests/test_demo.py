@@ -50,6 +50,11 @@ def test_small_demo_runs_end_to_end(tmp_path):
     assert training["prompts"]["rows"] == 10, training["prompts"]
     assert set(training["seconds"]) == {"probe", "train", "export"}
     assert set(report["examples"]) == MODALITIES
+    assert list(report)[:2] == ["environment", "seed"] and report["environment"]["packages"]["jax"]
+    # 20 steps learn nothing: the criteria say so in words, and the report's verdict is a fail
+    assert report["passed"] is False
+    assert {"passed": False, "check": f"SFT image: held-out accuracy {report['sft']['image']['accuracy']:.2f} "
+            "(needs >= 0.9)"} in report["criteria"]
     on_disk = json.load(open(os.path.join(tmp_path, "demo_report.json")))
     assert on_disk["sft"] == report["sft"] and on_disk["grpo"] == report["grpo"]
     rl_rows = [json.loads(line) for line in open(os.path.join(tmp_path, "data", "grporl.jsonl"))]
@@ -126,3 +131,51 @@ def test_demo_package_is_light_and_acyclic():
         code = f"import sys, {first}, omnirrm_jax.demo as d; assert d.run_demo and 'jax' not in sys.modules"
         subprocess.run([sys.executable, "-c", code], check=True)
 
+
+
+def _report(acc, control=None, grpo=None, first=0.5, last=0.8, reward=None):
+    row = lambda a: {"accuracy": a, "valid_json": 1.0, "mean_reward": reward if reward is not None else a, "n": 48,
+                     "blank_media_accuracy": None}
+    r = {"seed": 0, "sft": {m: row(a) for m, a in zip(sorted(MODALITIES), acc)}}
+    if control is not None:
+        r["control"] = {m: {"accuracy": a} for m, a in zip(sorted(MODALITIES), control)}
+    if grpo is not None:
+        r["grpo"] = {m: row(a) for m, a in zip(sorted(MODALITIES), grpo)}
+        r["grpo_training"] = {"first_reward": first, "last_reward": last}
+    return r
+
+
+def test_criteria_name_the_failing_modality_and_threshold():
+    from omnirrm_jax.demo import criteria
+
+    # sorted(MODALITIES): audio, image, text, video
+    ok = criteria.check(_report([1.0, 1.0, 0.94, 1.0], control=[0.5] * 4, grpo=[1.0, 1.0, 0.98, 1.0]))
+    assert all(passed for passed, _ in ok) and len(ok) == 4 + 3 + 4 + 2
+    bad = criteria.check(_report([1.0, 0.52, 0.94, 1.0], control=[0.5, 0.75, 0.9, 0.5], grpo=[1.0, 0.52, 0.9, 1.0],
+                                 first=0.9, last=0.9))
+    failed = [text for passed, text in bad if not passed]
+    assert failed == ["SFT image: held-out accuracy 0.52 (needs >= 0.9)",
+                      "control image: accuracy on blanked media 0.75 (needs <= 0.6)",
+                      "GRPO text: held-out accuracy 0.94 -> 0.90 (must not fall)",
+                      "GRPO: mean held-out reward 0.865 -> 0.855 (must not fall)",
+                      "GRPO: mean training-rollout reward 0.900 (first rollouts) -> 0.900 (last) (must rise)"]
+    assert "FAIL SFT image" in criteria.lines(bad) and "PASS SFT audio" in criteria.lines(bad)
+    # text has no media: a high text number on the control run is no failure of perception
+    assert all(passed for passed, _ in criteria.check(_report([1.0] * 4, control=[0.5, 0.5, 1.0, 0.5])))
+
+
+def test_seed_table_min_median_max_and_fails():
+    from omnirrm_jax.demo import criteria, seeds
+
+    reports = []
+    for seed, image in enumerate([1.0, 0.5, 0.96]):
+        r = _report([1.0, image, 1.0, 1.0], control=[0.5] * 4, grpo=[1.0, image, 1.0, 1.0])
+        r.update(seed=seed, seconds=700.0 + seed)
+        r["criteria"] = [{"passed": p, "check": t} for p, t in criteria.check(r)]
+        reports.append(r)
+    text = seeds.table(reports)
+    assert "| 3 seeds (0, 1, 2): min / median / max | text | image | video | audio |" in text
+    assert "| SFT accuracy | 1.00 | 0.50 / 0.96 / 1.00 | 1.00 | 1.00 |" in text
+    assert "control (blanked media)" not in text  # no blank_media_accuracy in these rows: no such row
+    assert "seed 1: SFT image: held-out accuracy 0.50 (needs >= 0.9)" in text
+    assert "700 / 701 / 702" in text

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from omnirrm_jax.models import config as config_lib
+from omnirrm_jax.models import fresh_dir
 from omnirrm_jax.models import params as P
 
 
@@ -21,13 +22,12 @@ def save_orbax(model: nnx.Module, path: str) -> None:
     """Writes the base parameters (LoRA merged beforehand if wanted) and the config."""
     import orbax.checkpoint as ocp
 
-    path = os.path.abspath(path)
-    os.makedirs(path, exist_ok=True)
     state = nnx.state(model, P.base_params_filter())
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.join(path, "params"), state, force=True)
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(config_lib.to_hf_dict(model.config), f, indent=2)
+    with fresh_dir.replacing(path) as tmp:  # nothing of an older export at `path` survives
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(os.path.join(tmp, "params"), state, force=True)
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(config_lib.to_hf_dict(model.config), f, indent=2)
 
 
 def load_orbax(path: str, dtype: str | None = None, *, compute_dtype: str | None = None,

@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from omnirrm_jax.models import hf_map
+from omnirrm_jax.models import fresh_dir, hf_map
 from omnirrm_jax.models import layers as L
 
 _PEFT_PREFIX = "base_model.model."
@@ -182,12 +182,12 @@ def save_adapter(model: nnx.Module, path: str) -> list[str]:
         raise AdapterError(f"LoRA branches with several ranks {sorted(ranks)} / scales {sorted(scales)}: "
                            "one adapter_config.json cannot describe them; export the merged model instead")
     rank, scale = ranks.pop(), scales.pop()
-    os.makedirs(path, exist_ok=True)
-    save_file(tensors, os.path.join(path, "adapter_model.safetensors"), metadata={"format": "pt"})
     config = {"peft_type": "LORA", "task_type": None, "base_model_name_or_path": None, "r": rank,
               "lora_alpha": scale * rank, "lora_dropout": 0.0, "bias": "none", "use_rslora": False,
               "use_dora": False, "fan_in_fan_out": False, "init_lora_weights": True,
               "target_modules": sorted(modules), "modules_to_save": None, "inference_mode": True}
-    with open(os.path.join(path, "adapter_config.json"), "w") as f:
-        json.dump(config, f, indent=2)
+    with fresh_dir.replacing(path) as tmp:  # nothing of an older adapter at `path` survives
+        save_file(tensors, os.path.join(tmp, "adapter_model.safetensors"), metadata={"format": "pt"})
+        with open(os.path.join(tmp, "adapter_config.json"), "w") as f:
+            json.dump(config, f, indent=2)
     return sorted(modules)

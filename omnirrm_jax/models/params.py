@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.flax import save_file
 
 from omnirrm_jax.models import config as config_lib
-from omnirrm_jax.models import hf_map, loading, lora_io
+from omnirrm_jax.models import fresh_dir, hf_map, loading, lora_io
 
 # The loaders' error and parameter filter, where callers have always found them.
 from omnirrm_jax.models.hf_map import CheckpointMismatchError, base_params_filter  # noqa: F401
@@ -132,10 +132,15 @@ def save_hf(model: nnx.Module, path: str, *, max_shard_bytes: int = 4 << 30) -> 
     """Writes `config.json` + safetensors that transformers' thinker `from_pretrained` loads.
 
     Base parameters only (merge LoRA first to export a fine-tuned judge); values keep their dtype, so
-    HF -> NNX -> HF is bit-exact.
+    HF -> NNX -> HF is bit-exact. The folder is written whole and swapped in (`fresh_dir.replacing`): nothing of
+    an older export at `path` survives.
     """
+    with fresh_dir.replacing(path) as tmp:
+        _write_hf(model, tmp, max_shard_bytes)
+
+
+def _write_hf(model: nnx.Module, path: str, max_shard_bytes: int) -> None:
     cfg = model.config
-    os.makedirs(path, exist_ok=True)
     tensors = module_to_hf_tensors(model, hf_shapes=hf_tensor_shapes(cfg))
     shards, current, size = [], {}, 0
     for name in sorted(tensors):

@@ -188,3 +188,56 @@ def test_ms_swift_style_adapter_names(hf_dir, tmp_path):
     model, _ = P.load_hf(hf_dir, lora_path=str(swift))
     ours, ref = _text_logits(model, IDS), _hf_logits(merged, IDS)
     assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-5
+
+
+def test_export_over_an_older_export_leaves_nothing_of_it(hf_dir, tmp_path):
+    """Issue 21 #3: a single-file export over a sharded one used to keep the old model.safetensors.index.json,
+    and loading the folder then read the old shards. Now the folder is replaced whole; a failed write leaves the
+    old export as it was; a folder that is not a model export is never replaced."""
+    from omnirrm_jax.models import fresh_dir
+
+    out = str(tmp_path / "export")
+    old, _ = P.load_hf(hf_dir)
+    P.save_hf(old, out, max_shard_bytes=20_000)  # several shards + index
+    assert os.path.isfile(os.path.join(out, "model.safetensors.index.json"))
+    new, _ = P.load_hf(hf_dir)
+    new.lm_head.kernel.set_value(new.lm_head.kernel[...] + 1.0)
+    P.save_hf(new, out)
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
+    back, _ = P.load_hf(out)
+    np.testing.assert_array_equal(np.asarray(back.lm_head.kernel[...]), np.asarray(new.lm_head.kernel[...]))
+    assert not [e for e in os.listdir(tmp_path) if e.startswith(".export.")]  # no temporary folders left
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        with fresh_dir.replacing(out) as tmp:
+            open(os.path.join(tmp, "config.json"), "w").close()
+            raise RuntimeError("disk full")
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
+    assert not [e for e in os.listdir(tmp_path) if e.startswith(".export.")]
+
+    data = tmp_path / "mydata"
+    data.mkdir()
+    (data / "notes.txt").write_text("keep me")
+    with pytest.raises(fresh_dir.NotAModelDir, match="not a model folder"):
+        P.save_hf(new, str(data))
+    assert (data / "notes.txt").read_text() == "keep me"
+
+
+def test_adapter_and_orbax_exports_replace_older_ones(hf_dir, tmp_path):
+    from omnirrm_jax.training.lora import LoraConfig, apply_lora
+
+    model, _ = P.load_hf(hf_dir)
+    out = tmp_path / "adapter"
+    out.mkdir()
+    (out / "adapter_model.bin").write_bytes(b"an older pickle adapter")  # PEFT would prefer none of ours
+    (out / "adapter_config.json").write_text("{}")
+    from flax import nnx
+
+    apply_lora(model, LoraConfig(rank=2, alpha=4.0), nnx.Rngs(0))
+    lora_io.save_adapter(model, str(out))
+    assert sorted(os.listdir(out)) == ["adapter_config.json", "adapter_model.safetensors"]
+    orbax_dir = tmp_path / "orbax"
+    convert.save_orbax(model, str(orbax_dir))
+    (orbax_dir / "stale.txt").write_text("x")
+    convert.save_orbax(model, str(orbax_dir))
+    assert "stale.txt" not in os.listdir(orbax_dir)
