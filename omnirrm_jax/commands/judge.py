@@ -3,17 +3,19 @@
 Why a command: the judge is the product; users need it without writing code. One pair prints its judgement JSON
 and verdict probabilities. A JSONL file is judged in batches with static shapes (bucketed lengths, so a long run
 compiles a few programs, never one per row) and written as one JSON line per input row, appended batch by batch:
-a rerun skips rows already in the output (by input line number), so a killed run resumes where it stopped; a
-partial last line is cut off and that row judged again. A row that cannot be judged (missing file or field,
-undecodable media, too long) becomes an error record in the output and the run goes on.
+a rerun skips rows already in the output (by input line number and a hash of the line's bytes, "row_sha"), so a
+killed run resumes where it stopped; a partial last line is cut off and that row judged again; an output made from
+other or edited input rows is refused. A row that cannot be judged (missing file or field, undecodable media, too
+long) becomes an error record in the output and the run goes on, unless more than --max-error-ratio of the rows
+fail; --retry-errors judges the error rows again. --output may not be the --input file.
 
-Output record: {"line", "id", "modality", "judgement" (the parsed JSON object or null), "text", "ok",
+Output record: {"line", "row_sha", "id", "modality", "judgement" (the parsed JSON object or null), "text", "ok",
 "parse_error", "better", "probs" (P(A), P(B), P(equal) at the verdict field, `eval.verdict`), "reward" (P(A) - P(B)),
 "verdict_mass", "verdict_field"}; gold `better` in the row adds "gold" and "correct". With --swap the pair is also
 judged as (B, A) - same prompt builder, answers exchanged - and "swap" holds that judgement with its verdict and
 probabilities mapped back to the original labels, and "combined" the mean probabilities, their reward and
-verdict, and whether the two verdicts agree ("consistent"). Error record: {"line", "id", "error": {"reason",
-"detail"}}.
+verdict, and whether the two verdicts agree ("consistent"). Error record: {"line", "row_sha", "id",
+"error": {"reason", "detail"}}.
 
 Heavy imports happen inside the functions so `omnirrm --help` stays instant.
 """
@@ -43,6 +45,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     many.add_argument("--output", help="JSONL of results (appended; rows already there are skipped)")
     many.add_argument("--media-root", help="media paths of --input resolve under this dir (default: its dir)")
     many.add_argument("--batch-size", type=int, default=8, help="prompts per batch (a swapped pair is two)")
+    many.add_argument("--retry-errors", action="store_true",
+                      help="judge again the rows whose records in --output are errors (after fixing the cause)")
+    many.add_argument("--max-error-ratio", type=float, default=0.25,
+                      help="stop once more than this share of the rows tried (32 at least) could not be judged; "
+                           "1 never stops (default 0.25)")
     p.add_argument("--modality", choices=MODALITIES, help="judge prompt modality (default: from the media)")
     p.add_argument("--template", help="a reference template name instead of the modality's default")
     p.add_argument("--swap", action="store_true", help="also judge (B, A) and combine (position-bias control)")
@@ -62,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     import os
     import sys
 
-    from omnirrm_jax.eval.judge_runner import Judge, UsageError
+    from omnirrm_jax.eval.judge_runner import Judge, TooManyErrors, UsageError, check_paths
 
     try:
         if args.input or args.output:
@@ -70,8 +77,10 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError("--input and --output go together")
             if args.question or args.answer_a or args.answer_b or args.image or args.video or args.audio:
                 raise UsageError("give either one pair (--question/--answer-a/--answer-b/media) or --input, not both")
+            check_paths(args.input, args.output)  # before the model loads
             judge = Judge.from_args(args)
-            summary = judge.run_file(args.input, args.output, media_root=args.media_root)
+            summary = judge.run_file(args.input, args.output, media_root=args.media_root,
+                                     retry_errors=args.retry_errors, max_error_ratio=args.max_error_ratio)
             print(json.dumps(summary, ensure_ascii=False))
             return 0
         if args.answer_a is None or args.answer_b is None:
@@ -88,3 +97,6 @@ def run(args: argparse.Namespace) -> int:
     except UsageError as e:
         print(f"omnirrm judge: error: {e}", file=sys.stderr)
         return 2
+    except TooManyErrors as e:
+        print(f"omnirrm judge: {e}", file=sys.stderr)
+        return 1

@@ -2,9 +2,12 @@
 checkpoint (`load_judge`) that judges pair rows in batches (`Judge`), one pair or a JSONL file, resumable.
 
 A JSONL file is judged in batches with static shapes (bucketed lengths, so a long run compiles a few programs,
-never one per row) and written as one JSON line per input row, appended batch by batch: a rerun skips rows
-already in the output (by input line number), so a killed run resumes where it stopped; a partial last line is
-cut off and that row judged again. A row that cannot be judged becomes an error record and the run goes on.
+never one per row) and written as one JSON line per input row, appended batch by batch. Each record carries its
+input line number and a hash of that line's bytes: a rerun skips rows already in the output, so a killed run
+resumes where it stopped; a partial last line is cut off and that row judged again; an output written for other
+(or edited) input rows is refused instead of being silently extended. A row that cannot be judged becomes an error
+record and the run goes on, unless more than `max_error_ratio` of the rows fail (a wrong --media-root, say): then
+it stops, and `retry_errors` judges the error rows again once the cause is fixed.
 Record fields: the docstring of `omnirrm_jax/commands/judge.py`.
 """
 
@@ -14,9 +17,11 @@ import argparse
 import collections
 import concurrent.futures as cf
 import copy
+import hashlib
 import json
 import os
 import sys
+import tempfile
 from typing import Any, Iterator
 
 from tqdm import tqdm
@@ -33,6 +38,13 @@ from omnirrm_jax.eval.verdict import combine_orders, swap_label, unswap_probs
 
 class UsageError(ValueError):
     """Bad flags or an unusable checkpoint/tokenizer: printed without a traceback."""
+
+
+class TooManyErrors(RuntimeError):
+    """More than the allowed share of rows could not be judged: the run stopped (what it wrote stays)."""
+
+
+MIN_ROWS_FOR_RATIO = 32  # the error ratio is judged only once this many rows were tried in the run
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -154,10 +166,20 @@ class Judge:
         return [done[key] for key, _ in rows]
 
     def run_file(self, input_path: str, output_path: str, *, media_root: str | None = None,
-                 window_batches: int = 8) -> dict[str, Any]:
-        """Judges every row of `input_path` not yet in `output_path`; returns a summary of this run's rows."""
+                 window_batches: int = 8, retry_errors: bool = False,
+                 max_error_ratio: float = 0.25) -> dict[str, Any]:
+        """Judges every row of `input_path` not yet in `output_path`; returns a summary of this run's rows.
+
+        retry_errors: error records already in the output are removed and their rows judged again.
+        max_error_ratio: once MIN_ROWS_FOR_RATIO rows were tried, stop (TooManyErrors) when a larger share of them
+          became error records; 1.0 never stops."""
+        if not 0.0 <= max_error_ratio <= 1.0:
+            raise UsageError(f"--max-error-ratio must be in [0, 1], got {max_error_ratio}")
+        check_paths(input_path, output_path)
         rows = list(read_pairs(input_path))
-        done = resume_output(output_path)
+        hashes = {n: h for n, _, h in rows}
+        done = resume_output(output_path, hashes, retry_errors=retry_errors, input_path=input_path)
+        rows = [(n, r) for n, r, _ in rows]
         pending = [(n, r) for n, r in rows if n not in done]
         opts = RowOptions(media_root=media_root or os.path.dirname(os.path.abspath(input_path)), media=self.media)
         window = self.batch_size * window_batches
@@ -175,10 +197,14 @@ class Judge:
                 prepared = nxt.result()
                 nxt = pool.submit(prep, chunks[c + 1]) if c + 1 < len(chunks) else None
                 records = [p for p in prepared if isinstance(p, dict)]
+                for r in records:
+                    r["row_sha"] = hashes[r["line"]]
                 _write(out, records)
                 bar.update(len(records))
                 for group in self.batches([p for p in prepared if not isinstance(p, dict)]):
                     recs = self.judge_prepared(group)
+                    for r in recs:
+                        r["row_sha"] = hashes[r["line"]]
                     _write(out, recs)
                     bar.update(len(recs))
                     records += recs
@@ -192,6 +218,16 @@ class Judge:
                     stats["labelled"] += int("gold" in r)
                     if "swap" in r:
                         agree.append((r["better"], r["swap"]["better"]))
+                tried = stats["judged"] + sum(errors.values())
+                if tried >= MIN_ROWS_FOR_RATIO and sum(errors.values()) > max_error_ratio * tried:
+                    if nxt is not None:
+                        nxt.cancel()
+                    common = ", ".join(f"{k} x{v}" for k, v in errors.most_common(3))
+                    raise TooManyErrors(
+                        f"stopped: {sum(errors.values())} of the {tried} rows tried could not be judged "
+                        f"({common}), more than --max-error-ratio {max_error_ratio}; the reasons are in the error "
+                        f"records of {output_path}. Fix the cause (--media-root? the input's fields?) and rerun "
+                        "with --retry-errors, or raise --max-error-ratio")
         summary = {"rows": len(rows), "skipped_done": len(rows) - len(pending), "judged": stats["judged"],
                    "errors": dict(errors), "parse_rate": stats["parsed"] / stats["judged"] if stats["judged"] else None}
         if stats["labelled"]:
@@ -251,8 +287,23 @@ def _write(out, records: list[dict]) -> None:
 # Files
 # ----------------------------------------------------------------------------------------------------
 
-def read_pairs(path: str) -> Iterator[tuple[int, Any]]:
-    """(1-based line number, row dict or PairError) for each non-blank line."""
+def check_paths(input_path: str, output_path: str) -> None:
+    """The input must be a file and the output another one (appending judgements to the pairs would corrupt
+    them, and a one-line input would read as an already-finished output)."""
+    if not os.path.isfile(input_path):
+        raise UsageError(f"--input {input_path} is not a file")
+    if os.path.exists(output_path) and os.path.samefile(input_path, output_path):
+        raise UsageError(f"--output {output_path} is the --input file: the judgements would be written into the "
+                         "pairs; choose another output file")
+
+
+def row_sha(raw: bytes) -> str:
+    """The identity of an input row in the output: a hash of its line's bytes (surrounding blanks ignored)."""
+    return hashlib.sha256(raw.strip()).hexdigest()[:16]
+
+
+def read_pairs(path: str) -> Iterator[tuple[int, Any, str]]:
+    """(1-based line number, row dict or PairError, `row_sha`) for each non-blank line."""
     if not os.path.isfile(path):
         raise UsageError(f"--input {path} is not a file")
     with open(path, "rb") as f:
@@ -260,19 +311,24 @@ def read_pairs(path: str) -> Iterator[tuple[int, Any]]:
             if not raw.strip():
                 continue
             try:
-                yield n, json.loads(raw.decode("utf-8"))
+                yield n, json.loads(raw.decode("utf-8")), row_sha(raw)
             except (UnicodeDecodeError, ValueError) as e:
-                yield n, PairError("malformed_json", f"{path} line {n}: {e}")
+                yield n, PairError("malformed_json", f"{path} line {n}: {e}"), row_sha(raw)
 
 
-def resume_output(path: str) -> set[int]:
-    """Input line numbers already in `path`. A partial (or unparsable) last line is cut off so it is redone; an
-    unparsable line before it means the file is not ours to append to, and stops the run."""
+def resume_output(path: str, hashes: dict[int, str] | None = None, *, retry_errors: bool = False,
+                  input_path: str = "the input") -> set[int]:
+    """Input line numbers already judged in `path`.
+
+    A partial (or unparsable) last line is cut off so it is redone; an unparsable line before it means the file is
+    not ours to append to, and stops the run. With `hashes` ({line: row_sha} of the input), every record must be
+    for the same bytes at the same line, else the output belongs to another (or an edited) input and the run
+    stops. `retry_errors` rewrites the file without its error records, so those rows are judged again."""
     if not os.path.exists(path):
         return set()
     with open(path, "rb") as f:
         data = f.read()
-    done, pos = set(), 0
+    done, pos, records = set(), 0, []
     lines = data.split(b"\n")
     for i, raw in enumerate(lines):
         last = i == len(lines) - 1 or (i == len(lines) - 2 and lines[-1] == b"")
@@ -280,7 +336,7 @@ def resume_output(path: str) -> set[int]:
         if raw.strip():
             try:
                 obj = json.loads(raw.decode("utf-8"))
-                done.add(int(obj["line"]))
+                line = int(obj["line"])
                 if i == len(lines) - 1:  # complete record without its newline: keep it, add the newline
                     with open(path, "ab") as f:
                         f.write(b"\n")
@@ -291,5 +347,20 @@ def resume_output(path: str) -> set[int]:
                 with open(path, "r+b") as f:
                     f.truncate(pos)
                 break
+            if hashes is not None and hashes.get(line) != obj.get("row_sha"):
+                what = ("has no such line" if line not in hashes else "has different content there"
+                        if obj.get("row_sha") else "cannot be matched: the record has no row hash (older omnirrm)")
+                raise UsageError(f"--output {path} line {i + 1} holds the judgement of input line {line}, but "
+                                 f"{input_path} {what}: the output was written for other input rows; use a new "
+                                 "output file (or the input it was made from)")
+            done.add(line)
+            records.append((raw, obj))
         pos = end
+    if retry_errors and any("error" in obj for _, obj in records):
+        keep = [raw for raw, obj in records if "error" not in obj]
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".judge-output.")
+        with os.fdopen(fd, "wb") as f:
+            f.writelines(raw + b"\n" for raw in keep)
+        os.replace(tmp, path)
+        done = {int(obj["line"]) for _, obj in records if "error" not in obj}
     return done

@@ -84,9 +84,84 @@ def test_resume_output_cuts_a_partial_last_line(tmp_path):
         CJ.resume_output(str(out))
 
 
+def test_resume_keys_rows_by_content_and_refuses_another_inputs_output(tmp_path):
+    """Issue 21 #2: resuming by line number alone skipped the first N rows of a different or edited input."""
+    inp, out = tmp_path / "pairs.jsonl", tmp_path / "out.jsonl"
+    inp.write_text('{"question": "q1", "answer_a": "a", "answer_b": "b"}\n\n{"question": "q2", "answer_a": "c", '
+                   '"answer_b": "d"}\n')
+    rows = list(CJ.read_pairs(str(inp)))
+    hashes = {n: h for n, _, h in rows}
+    assert sorted(hashes) == [1, 3] and len(set(hashes.values())) == 2
+    out.write_text(json.dumps({"line": 1, "row_sha": hashes[1], "ok": True}) + "\n")
+    assert CJ.resume_output(str(out), hashes) == {1}
+    edited = {1: CJ.row_sha(b'{"question": "q1 edited", "answer_a": "a", "answer_b": "b"}'), 3: hashes[3]}
+    with pytest.raises(CJ.UsageError, match="input line 1, but .* has different content there"):
+        CJ.resume_output(str(out), edited)
+    with pytest.raises(CJ.UsageError, match="has no such line"):
+        CJ.resume_output(str(out), {3: hashes[3]})
+    out.write_text(json.dumps({"line": 1, "ok": True}) + "\n")  # written before records had a row hash
+    with pytest.raises(CJ.UsageError, match="no row hash"):
+        CJ.resume_output(str(out), hashes)
+
+
+def test_retry_errors_rewrites_the_output_without_its_error_records(tmp_path):
+    out = tmp_path / "out.jsonl"
+    good = json.dumps({"line": 1, "row_sha": "h1", "ok": True}) + "\n"
+    bad = json.dumps({"line": 2, "row_sha": "h2", "error": {"reason": "missing_file", "detail": "x"}}) + "\n"
+    out.write_text(good + bad)
+    hashes = {1: "h1", 2: "h2"}
+    assert CJ.resume_output(str(out), hashes) == {1, 2}  # errors count as done by default
+    assert out.read_text() == good + bad
+    assert CJ.resume_output(str(out), hashes, retry_errors=True) == {1}
+    assert out.read_text() == good
+
+
+def test_output_may_not_be_the_input(tmp_path):
+    inp = tmp_path / "pairs.jsonl"
+    inp.write_text('{"question": "q", "answer_a": "a", "answer_b": "b"}\n')
+    with pytest.raises(CJ.UsageError, match="is the --input file"):
+        CJ.check_paths(str(inp), str(inp))
+    os.link(inp, tmp_path / "same.jsonl")  # another name for the same file
+    with pytest.raises(CJ.UsageError, match="is the --input file"):
+        CJ.check_paths(str(inp), str(tmp_path / "same.jsonl"))
+    CJ.check_paths(str(inp), str(tmp_path / "out.jsonl"))
+    with pytest.raises(CJ.UsageError, match="is not a file"):
+        CJ.check_paths(str(tmp_path / "missing.jsonl"), str(tmp_path / "out.jsonl"))
+
+
+def test_cli_refuses_output_equal_to_input_before_loading_a_model(tmp_path, capsys):
+    inp = tmp_path / "pairs.jsonl"
+    inp.write_text('{"question": "q", "answer_a": "a", "answer_b": "b"}\n')
+    before = inp.read_bytes()
+    code, _, err = _run(capsys, str(tmp_path / "no-checkpoint"), "--input", str(inp), "--output", str(inp))
+    assert code == 2 and "is the --input file" in err and "Traceback" not in err
+    assert inp.read_bytes() == before
+
+
 # ----------------------------------------------------------------------------------------------------
 # End to end
 # ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_wrong_media_root_stops_past_the_error_ratio_then_retry_errors(env, tmp_path, capsys):
+    """Every audio row errors under a wrong --media-root: the run stops once 32 rows were tried, keeping what it
+    wrote; with the right root, --retry-errors judges exactly the error rows again and nothing is duplicated."""
+    inp, out = tmp_path / "pairs.jsonl", tmp_path / "out.jsonl"
+    row = {"question": "Is the tone high or deep?", "answer_a": "deep", "answer_b": "high",
+           "audios": [os.path.basename(env["audio"])]}
+    inp.write_text("".join(json.dumps(dict(row, id=f"a{i}")) + "\n" for i in range(40)))
+    argv = [env["hf_dir"], "--tokenizer", env["tok_path"], "--input", str(inp), "--output", str(out),
+            "--max-new-tokens", "8", "--batch-size", "4"]
+    code, _, err = _run(capsys, *argv, "--media-root", str(tmp_path))
+    assert code == 1 and "could not be judged (missing_file x32)" in err and "--retry-errors" in err, err
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(recs) == 32 and all(r["error"]["reason"] == "missing_file" for r in recs)
+    code, stdout, err = _run(capsys, *argv, "--media-root", os.path.dirname(env["audio"]), "--retry-errors")
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["judged"] == 40 and summary["errors"] == {} and summary["skipped_done"] == 0
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(r["line"] for r in recs) == list(range(1, 41)) and not any("error" in r for r in recs)
 
 @pytest.mark.slow
 def test_one_pair_with_image_and_audio_swapped_and_constrained(env, capsys):
