@@ -146,7 +146,7 @@ def build_record(line: bytes, source: str, lineno: int, opts: RowOptions, ident:
         raise Quarantine("non_utf8", f"invalid UTF-8 at byte {e.start}: {e.reason}") from None
     try:
         row = json.loads(text, parse_constant=_reject_constant)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nesting deeper than Python's json follows
         raise Quarantine("malformed_json", str(e)) from None
     if not isinstance(row, dict):
         raise Quarantine("malformed_json", f"expected a JSON object, got {type(row).__name__}")

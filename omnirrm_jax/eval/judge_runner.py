@@ -312,7 +312,7 @@ def read_pairs(path: str) -> Iterator[tuple[int, Any, str]]:
                 continue
             try:
                 yield n, json.loads(raw.decode("utf-8")), row_sha(raw)
-            except (UnicodeDecodeError, ValueError) as e:
+            except (UnicodeDecodeError, ValueError, RecursionError) as e:  # RecursionError: nesting too deep
                 yield n, PairError("malformed_json", f"{path} line {n}: {e}"), row_sha(raw)
 
 
@@ -340,7 +340,7 @@ def resume_output(path: str, hashes: dict[int, str] | None = None, *, retry_erro
                 if i == len(lines) - 1:  # complete record without its newline: keep it, add the newline
                     with open(path, "ab") as f:
                         f.write(b"\n")
-            except (UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+            except (UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError) as e:
                 if not last:
                     raise UsageError(f"--output {path} line {i + 1} is not a judge record ({e}); only the last line "
                                      "may be partial - use a new output file") from None

@@ -32,6 +32,11 @@ from omnirrm_jax.rubric import prompts
 MEDIA_KEYS = ("images", "videos", "audios")
 _KNOWN = frozenset({"question", "answer_a", "answer_b", "modality", "id", "template", "better", "score_A", "score_B",
                     *MEDIA_KEYS})
+# Optional fields and the JSON types they may hold (answers and question are checked below, with their defaults).
+_FIELD_TYPES = {"modality": str, "template": str, "id": (str, int, float, bool), "better": str,
+                "score_A": (int, float), "score_B": (int, float)}
+_TYPE_NAMES = {"modality": "a string", "template": "a template name", "id": "a string or number",
+               "better": "a string", "score_A": "a number", "score_B": "a number"}
 # build_example's prompt-only mode ("grpo") also copies gold labels into the batch for the rewards. Judging needs
 # none, so unlabelled pairs carry this placeholder; it is never read back.
 _NO_GOLD = {"better": "equal", "score_A": 0, "score_B": 0}
@@ -73,6 +78,9 @@ def check_pair(row: Any, *, modality: str | None = None) -> dict:
     if unknown:
         raise PairError("bad_row", f"unknown field(s) {unknown}; expected some of {sorted(_KNOWN)}")
     pair = dict(row)
+    for key, types in _FIELD_TYPES.items():
+        if pair.get(key) is not None and not isinstance(pair[key], types):
+            raise PairError("bad_row", f"'{key}' must be {_TYPE_NAMES[key]}, got {type(pair[key]).__name__}")
     for key in MEDIA_KEYS:
         v = pair.get(key)
         v = [] if v is None else [v] if isinstance(v, str) else v

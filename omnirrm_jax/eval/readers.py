@@ -58,7 +58,7 @@ def _jsonl(path: str) -> Iterator[tuple[int, int | None, Any]]:
                 rec = json.loads(raw.decode("utf-8-sig" if n == 1 else "utf-8"))
                 if not isinstance(rec, dict):
                     raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
-            except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError; nesting too deep
                 rec = _Bad("malformed_json", f"{path} line {n}: {e}")
             yield index, n, rec
             index += 1
@@ -71,7 +71,7 @@ def _json_list(path: str) -> Iterator[tuple[int, int | None, Any]]:
     try:
         with open(path, encoding="utf-8-sig") as f:
             data = json.load(f)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise BenchmarkFileError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(data, list):
         raise BenchmarkFileError(f"{path}: expected a JSON list of rows, got a JSON {type(data).__name__}")

@@ -127,7 +127,7 @@ def _scan(path: str) -> tuple[list[dict], bool]:
             obj = json.loads(line.decode("utf-8"))
             if not isinstance(obj, dict) or "index" not in obj or obj.get("order") not in ("AB", "BA"):
                 raise ValueError("not a judgement line (needs 'index' and 'order')")
-        except (UnicodeDecodeError, ValueError) as e:
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
             if i == last:  # a run killed mid-write: the last line is cut off and redone
                 return out, True
             raise EvalError(f"{path} line {i + 1} is not a judgement line ({e}); use a new output file") from None
