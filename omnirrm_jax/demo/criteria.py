@@ -6,13 +6,16 @@ table. `omnirrm demo` exits 1 when any line is a FAIL.
   control  the judge trained on blanked media scores <= MAX_CONTROL on each media modality (text has no media:
            its control number is no perception test and is not checked)
   GRPO     no modality's held-out accuracy lower than after SFT; the mean held-out reward not lower; the mean
-           training-rollout reward higher over the last rollouts than over the first
+           training-rollout reward higher over the last rollouts than over the first - unless the probe found no
+           contested prompt (the SFT judge already earns the same reward on every sample): then GRPO has no
+           advantage to follow and must only keep that reward
 """
 
 from __future__ import annotations
 
 MIN_ACCURACY = 0.9
 MAX_CONTROL = 0.6
+RELEARN_TOLERANCE = 0.01  # sampling noise of the training rollouts' mean reward (temperature 1)
 MEDIA = ("image", "video", "audio")
 
 
@@ -41,8 +44,14 @@ def check(report: dict) -> list[tuple[bool, str]]:
         t = report.get("grpo_training", {})
         first, last = t.get("first_reward"), t.get("last_reward")
         if first is not None and last is not None:
-            out.append((last > first, f"GRPO: mean training-rollout reward {first:.3f} (first rollouts) -> "
-                                      f"{last:.3f} (last) (must rise)"))
+            trend = f"mean training-rollout reward {first:.3f} (first rollouts) -> {last:.3f} (last)"
+            if t.get("prompts", {}).get("contested", True):
+                out.append((last > first, f"GRPO: {trend} (must rise)"))
+            else:  # all-equal groups have zero advantage: GRPO has nothing to learn, it must only keep the judge
+                out.append((last >= first - RELEARN_TOLERANCE,
+                            f"GRPO: {trend}; the probe found no contested prompt (every sample of every probed "
+                            f"prompt earned the same reward), so there was nothing to raise (must not fall by more "
+                            f"than {RELEARN_TOLERANCE})"))
     return out
 
 

@@ -10,6 +10,8 @@ import argparse
 import json
 import statistics
 
+from omnirrm_jax.demo import criteria
+
 MODALITIES = ("text", "image", "video", "audio")
 ROWS = (  # (label, stage in the report, key in its per-modality row)
     ("SFT accuracy", "sft", "accuracy"),
@@ -22,12 +24,12 @@ ROWS = (  # (label, stage in the report, key in its per-modality row)
 )
 
 
-def _cell(values: list) -> str:
+def _cell(values: list, fmt: str = ".2f") -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "-"
     lo, mid, hi = min(values), statistics.median(values), max(values)
-    return f"{lo:.2f}" if lo == hi else f"{lo:.2f} / {mid:.2f} / {hi:.2f}"
+    return f"{lo:{fmt}}" if lo == hi else f"{lo:{fmt}} / {mid:{fmt}} / {hi:{fmt}}"
 
 
 def table(reports: list[dict]) -> str:
@@ -44,15 +46,17 @@ def table(reports: list[dict]) -> str:
             continue
         cells = [_cell(column) for column in values]
         if label.startswith("control"):
-            cells[0] = "(no media)"
+            cells[0] += " (no media: not a perception test)"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     training = [r["grpo_training"] for r in reports if "grpo_training" in r]
     extra = []
     if training:
         extra.append(f"GRPO training-rollout reward, first -> last rollouts: "
-                     f"{_cell([t['first_reward'] for t in training])} -> {_cell([t['last_reward'] for t in training])}")
-    extra.append(f"seconds by the demo's clock: {_cell([r['seconds'] for r in reports]).replace('.00', '')}")
-    fails = [f"seed {r.get('seed')}: {c['check']}" for r in reports for c in r.get("criteria", []) if not c["passed"]]
+                     f"{_cell([t['first_reward'] for t in training], '.3f')} -> "
+                     f"{_cell([t['last_reward'] for t in training], '.3f')}")
+    extra.append(f"seconds by the demo's clock: {_cell([r['seconds'] for r in reports], '.0f')}")
+    # checked again here, so every seed is judged by the same (current) criteria
+    fails = [f"seed {r.get('seed')}: {text}" for r in reports for ok, text in criteria.check(r) if not ok]
     extra.append("criteria: " + ("every one passed on every seed" if not fails else "FAIL " + "; FAIL ".join(fails)))
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {e}" for e in extra)
 
