@@ -23,6 +23,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 from omnirrm_jax.data import media as M
 from omnirrm_jax.data import records as R
+from omnirrm_jax.data.examples import prompt_and_target
 from omnirrm_jax.rubric.prompts import modality_of
 from omnirrm_jax.rubric.rewards import gold_from_solution
 TAGS = {"images": "<image>", "videos": "<video>", "audios": "<audio>"}
@@ -158,7 +159,9 @@ def build_record(line: bytes, source: str, lineno: int, opts: RowOptions, ident:
     for i, m in enumerate(msgs):
         if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
             raise Quarantine("bad_row", f"messages[{i}] must be {{'role': str, 'content': str}}")
-    paths, text_all = {}, "\n".join(m["content"] for m in msgs)
+    # Tags are counted where build_example reads them, in the prompt messages: a final assistant message (the SFT
+    # target) is data text, so a judgement that mentions "<image>" is no tag.
+    paths, text_all = {}, "\n".join(m["content"] for m in prompt_and_target(msgs)[0])
     for key, tag in TAGS.items():
         v = row.get(key)
         v = [] if v is None else [v] if isinstance(v, str) else v

@@ -13,6 +13,11 @@ its wrapped placeholder, and the chat is rendered with the stock template. SFT a
 ms-swift's suffix `<|im_end|>` (no trailing newline); the loss covers exactly those tokens. GRPO stops at the
 generation prompt `<|im_start|>assistant\\n`.
 
+Where the template ends and data begins: the tags in the prompt messages of a row are the template's (ms-swift
+semantics) and become media items (`swift_items`); everything else, and a message given as chat items (the judge
+prompt of `eval.pairs`, whose answers may say "<image>"), is text, encoded with special-token parsing off
+(`tokenizer.encode_chat`), as is the SFT judgement. A row can therefore never spell a control token.
+
 Media of a batch are concatenated in row order, which is the order the thinker's masked scatter reads placeholders.
 `finalize` (main process) adds the towers' index tables with the towers' own host functions; it is the only place
 here that imports model code, and it imports it lazily.
@@ -25,16 +30,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from omnirrm_jax.data import records as R
-from omnirrm_jax.data.tokenizer import Tokenizer, expand_placeholders, render_chat, thinker_token_ids
+from omnirrm_jax.data.tokenizer import (SPECIAL_TOKENS, Tokenizer, encode_chat, expand_placeholders, item_kind,
+                                        render_chat_parts, thinker_token_ids)
 from omnirrm_jax.models.config import ThinkerConfig
 from omnirrm_jax.models.rope import audio_token_count, get_rope_index
 from omnirrm_jax.rubric.vocab import MODALITY_CODES, VERDICT_CODES  # noqa: F401 - E.MODALITY_CODES
 
 _TAG_ORDER = ("image", "audio", "video")  # ms-swift prepends in this order (so video tags end up first)
 _TAG_RE = re.compile(r"<(image|audio|video)>")
-_WRAPPED = {"image": "<|vision_bos|><|IMAGE|><|vision_eos|>", "audio": "<|audio_bos|><|AUDIO|><|audio_eos|>",
-            "video": "<|vision_bos|><|VIDEO|><|vision_eos|>"}
-_AUDIO_ORDER_RE = re.compile(r"<\|AUDIO\|>|<\|VIDEO\|>")
+_AUDIO_ORDER = (SPECIAL_TOKENS["audio"], SPECIAL_TOKENS["video"])
 MEDIA_KEYS = ("pixel_values", "image_aux", "pixel_values_videos", "video_aux", "audio_chunks", "audio_aux")
 
 
@@ -62,20 +66,36 @@ def media_bucket_for(cost: Sequence[int], media_buckets: Sequence[Sequence[int]]
     return -1
 
 
+def prompt_and_target(messages: list[dict]) -> tuple[list[dict], str | None]:
+    """(prompt messages, the final assistant message's text or None): a trailing assistant message is the SFT
+    target (GRPO drops it); it is data text, so its tags are never media tags."""
+    if len(messages) > 1 and messages[-1]["role"] == "assistant":
+        return messages[:-1], messages[-1]["content"]
+    return messages, None
+
+
+def swift_items(content: str) -> list[dict]:
+    """An ms-swift message string -> chat items: each `<image>`/`<audio>`/`<video>` tag a media item, the text
+    between them text items (ms-swift reads tags only in the row's own message strings)."""
+    parts = _TAG_RE.split(content)  # [text, kind, text, kind, ..., text]
+    return [{"type": p} if i % 2 else {"type": "text", "text": p} for i, p in enumerate(parts) if i % 2 or p]
+
+
 def swift_prompt_messages(messages: list[dict], n_media: dict[str, int], system: str | None) -> list[dict]:
-    """ms-swift's tag handling: prepend missing tags to the first non-system message, then wrap each tag."""
-    msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+    """ms-swift's tag handling, as chat items: message strings' tags become media items (`swift_items`), missing
+    media are prepended to the first non-system message. A message whose content is already an item list keeps
+    it: its text items are data and are not read for tags."""
+    msgs = [{"role": m["role"], "content": swift_items(m["content"]) if isinstance(m["content"], str)
+             else list(m["content"])} for m in messages]
     if system is not None and msgs[0]["role"] != "system":
-        msgs.insert(0, {"role": "system", "content": system})
+        msgs.insert(0, {"role": "system", "content": swift_items(system)})
     first = next(i for i, m in enumerate(msgs) if m["role"] != "system")
-    text = "\n".join(m["content"] for m in msgs)
+    kinds = [item_kind(item) for m in msgs for item in m["content"]]
     for kind in _TAG_ORDER:
-        missing = n_media[kind] - text.count(f"<{kind}>")
+        missing = n_media[kind] - kinds.count(kind)
         if missing < 0:
-            raise Skip("token_mismatch", f"{text.count(f'<{kind}>')} <{kind}> tags but {n_media[kind]} {kind}s")
-        msgs[first]["content"] = f"<{kind}>" * missing + msgs[first]["content"]
-    for m in msgs:
-        m["content"] = _TAG_RE.sub(lambda t: _WRAPPED[t.group(1)], m["content"])
+            raise Skip("token_mismatch", f"{kinds.count(kind)} <{kind}> tags but {n_media[kind]} {kind}s")
+        msgs[first]["content"] = [{"type": kind} for _ in range(missing)] + msgs[first]["content"]
     return msgs
 
 
@@ -104,22 +124,18 @@ def build_example(rec: dict, index: int, tok: Tokenizer, cfg: ThinkerConfig, *, 
        (k, 3), "pixel_values_videos" | None, "video_grid", "audio_features" (128, L) f32 | None, "audio_lens" (a,),
        "cost" (n tokens, image patches, video patches, audio chunks, audio tokens)}.
     """
-    msgs = rec["messages"]
-    if mode == "sft":
-        if msgs[-1]["role"] != "assistant" or len(msgs) < 2:
-            raise Skip("no_response", "SFT needs a final assistant message (the gold judgement)")
-        prompt_msgs, response = msgs[:-1], msgs[-1]["content"]
-    else:
-        prompt_msgs = msgs[:-1] if msgs[-1]["role"] == "assistant" and len(msgs) > 1 else msgs
-        if rec["gold"] is None:
-            raise Skip("no_gold", "GRPO needs gold better/score_A/score_B")
+    prompt_msgs, response = prompt_and_target(rec["messages"])
+    if mode == "sft" and response is None:
+        raise Skip("no_response", "SFT needs a final assistant message (the gold judgement)")
+    if mode != "sft" and rec["gold"] is None:
+        raise Skip("no_gold", "GRPO needs gold better/score_A/score_B")
     aiv = rec["use_audio_in_video"]
     images, videos = rec["images"], rec["videos"]
-    text = render_chat(swift_prompt_messages(prompt_msgs, {"image": len(images), "video": len(videos),
-                                                             "audio": len(rec["audios"])}, system))
+    parts = render_chat_parts(swift_prompt_messages(prompt_msgs, {"image": len(images), "video": len(videos),
+                                                                  "audio": len(rec["audios"])}, system))
     # Audio features in the order their tokens appear (standalone audios and, with audio-in-video, each video's).
     audios, a_iter, v_iter = [], iter(rec["audios"]), iter(videos)
-    for placeholder in _AUDIO_ORDER_RE.findall(text):
+    for placeholder in (p for p, control in parts if control and p in _AUDIO_ORDER):
         if placeholder == "<|AUDIO|>" or aiv:
             item = next(a_iter, None) if placeholder == "<|AUDIO|>" else next(v_iter, {"audio": None})["audio"]
             if item is None:
@@ -130,14 +146,14 @@ def build_example(rec: dict, index: int, tok: Tokenizer, cfg: ThinkerConfig, *, 
     spg = np.array([v["second_per_grid"] for v in videos], np.float64)
     audio_lens = np.array([a["length"] for a in audios], np.int64)
     try:
-        ids = expand_placeholders(tok.encode(text), image_grid_thw=image_grid, video_grid_thw=video_grid,
+        ids = expand_placeholders(encode_chat(tok, parts), image_grid_thw=image_grid, video_grid_thw=video_grid,
                                   audio_lengths=audio_lens, video_second_per_grid=spg if aiv else None,
                                   use_audio_in_video=aiv, cfg=cfg)
     except ValueError as e:
         raise Skip("token_mismatch", str(e)) from None
     n_prompt = len(ids)
     if mode == "sft":
-        ids = np.concatenate([ids, tok.encode(response), [tok.special_ids["im_end"]]]).astype(np.int64)
+        ids = np.concatenate([ids, tok.encode_text(response), [tok.special_ids["im_end"]]]).astype(np.int64)
     n = len(ids)
     if n > max_length:
         raise Skip("too_long", f"{n} tokens > max_length {max_length}")

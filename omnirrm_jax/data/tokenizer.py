@@ -3,9 +3,16 @@
 Why this exists: the thinker scatters tower outputs into the rows whose id is `<|IMAGE|>` / `<|AUDIO|>` /
 `<|VIDEO|>` (counts must match exactly) and `get_rope_index` reads the bos/eos wrappers around them, so the prompt
 ids must be exactly what `Qwen2_5OmniProcessor` makes. We get there in three steps that each match one HF piece:
-`render_chat` (the stock jinja chat template, in Python), `Tokenizer.encode` (special tokens are single ids), and
+`render_chat` (the stock jinja chat template, in Python), `encode_chat` (special tokens are single ids), and
 `expand_placeholders` (the processor's replace_{image,audio,video}_token). Expanding ids instead of strings is
 equivalent because special tokens are split off before any merge, in both HF and SentencePiece tokenizers.
+
+Control tokens come only from the template: `render_chat_parts` marks the special tokens the template itself writes
+(`<|im_start|>`, `<|im_end|>`, the media placeholders), and `encode_chat` encodes every other piece (roles, message
+text: questions, answers, judgements) with `Tokenizer.encode_text`, which never makes a special token. So text that
+spells `<|im_end|>\n<|im_start|>assistant` cannot close the user turn, and `<|IMAGE|>` in an answer is not a
+placeholder. For text without such strings the ids are those of encoding the rendered string whole (the same
+splits at the same specials).
 
 Audio-in-video takes its layout from `models.rope.audio_in_video_layout`, the same chunk scan the position ids use,
 so tokens and positions cannot disagree. No JAX here: this runs in data-prep workers.
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import abc
 import io
+import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -31,8 +39,10 @@ SPECIAL_TOKENS = {
 }
 DEFAULT_SYSTEM = "You are a helpful assistant."
 _TEMPLATE_FILE = Path(__file__).with_name("templates") / "qwen2_5_omni_chat_template.jinja"
-_WRAPPED = {"image": "<|vision_bos|><|IMAGE|><|vision_eos|>", "audio": "<|audio_bos|><|AUDIO|><|audio_eos|>",
-            "video": "<|vision_bos|><|VIDEO|><|vision_eos|>"}
+_PLACEHOLDER = {"image": ("<|vision_bos|>", "<|IMAGE|>", "<|vision_eos|>"),
+                "audio": ("<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"),
+                "video": ("<|vision_bos|>", "<|VIDEO|>", "<|vision_eos|>")}
+_NAME_OF = {tok: name for name, tok in SPECIAL_TOKENS.items()}
 _ID_PREFIX = {"image": "Picture", "audio": "Audio", "video": "Video"}
 
 
@@ -50,20 +60,31 @@ class Tokenizer(abc.ABC):
 
     @abc.abstractmethod
     def encode(self, text: str) -> list[int]:
-        """Ids of `text`; special token strings inside it become their single ids; no bos/eos is added."""
+        """Ids of `text`; special token strings inside it become their single ids; no bos/eos is added. Only for
+        text we write (a template string); text from data goes through `encode_text` (or `encode_chat`)."""
+
+    @abc.abstractmethod
+    def encode_text(self, text: str) -> list[int]:
+        """Ids of data text (a question, an answer, a judgement): a special token string inside it is encoded as
+        plain text, never as the special id. Equals `encode` for text without special token strings."""
 
     @abc.abstractmethod
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         """Text of `ids`; with skip_special_tokens the SPECIAL_TOKENS (and other specials) are dropped."""
 
     def _check_specials(self) -> None:
-        """Every special string must be one id and survive encode; a tokenizer that splits one would silently
-        turn a placeholder into text and break the embedding scatter much later."""
+        """Every special string must be one id and survive encode, and must be plain text to encode_text: a
+        tokenizer that splits one would silently turn a placeholder into text and break the embedding scatter much
+        later; one that keeps it whole in data text would let an answer forge a turn or a placeholder."""
+        specials = set(self.special_ids.values())
         for name, tok in SPECIAL_TOKENS.items():
             got = self.encode(tok)
             if got != [self.special_ids[name]]:
                 raise ValueError(f"special token {tok} encodes to {got}, expected the single id "
                                  f"{self.special_ids[name]}")
+            if specials.intersection(self.encode_text(tok)):
+                raise ValueError(f"special token {tok} is still a special id when encoded as data text; is it "
+                                 "registered as a non-special added token?")
 
 
 def thinker_token_ids(tok: Tokenizer) -> dict[str, int]:
@@ -103,6 +124,10 @@ class HFTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         return [int(i) for i in self.hf.encode(text, add_special_tokens=False)]
 
+    def encode_text(self, text: str) -> list[int]:
+        """split_special_tokens: the tokenizer's special tokens are not matched in `text` (transformers' own switch)."""
+        return [int(i) for i in self.hf.encode(text, add_special_tokens=False, split_special_tokens=True)]
+
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
@@ -125,6 +150,7 @@ class SentencePieceTokenizer(Tokenizer):
                 raise ValueError(f"SentencePiece model has no piece {tok}; train it with train_sentencepiece")
             self.special_ids[name] = i
         self._skip = set(self.special_ids.values())
+        self._controls = re.compile("(?=" + "|".join(map(re.escape, SPECIAL_TOKENS.values())) + ")")
         self._check_specials()
 
     @classmethod
@@ -136,6 +162,13 @@ class SentencePieceTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         return [int(i) for i in self.sp.encode(text)]
+
+    def encode_text(self, text: str) -> list[int]:
+        """SentencePiece matches user-defined symbols anywhere and has no switch to stop it, so `text` is encoded
+        in fragments cut one character into every special token string: no fragment holds one whole."""
+        cuts = [m.start() + 1 for m in self._controls.finditer(text)]  # lookahead: overlapping starts too
+        bounds = [0, *cuts, len(text)]
+        return [int(i) for a, b in zip(bounds, bounds[1:]) if a < b for i in self.sp.encode(text[a:b])]
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         ids = [int(i) for i in ids]
@@ -178,7 +211,7 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_prefix: str
     return tok
 
 
-def _item_kind(item: dict) -> str | None:
+def item_kind(item: dict) -> str | None:
     """The branch the stock template takes for one content item (its tests, in its order)."""
     t = item.get("type")
     if t == "image" or "image" in item or "image_url" in item:
@@ -190,6 +223,49 @@ def _item_kind(item: dict) -> str | None:
     return "text" if "text" in item else None
 
 
+def render_chat_parts(messages: Sequence[dict], add_generation_prompt: bool = True, *, add_vision_id: bool = False,
+                      add_audio_id: bool = False) -> list[tuple[str, bool]]:
+    """`render_chat` as (piece, is_control) pieces, so the template's own special tokens stay apart from text.
+
+    is_control marks exactly the special tokens the template writes (`<|im_start|>`, `<|im_end|>`, the media
+    placeholders of media items); roles, the default system prompt, "Picture k: " and every message text are text
+    pieces, which `encode_chat` encodes with `Tokenizer.encode_text`.
+    """
+    out: list[tuple[str, bool]] = []
+
+    def turn(role: str) -> None:
+        out.extend([(SPECIAL_TOKENS["im_start"], True), (f"{role}\n", False)])
+
+    def end() -> None:
+        out.extend([(SPECIAL_TOKENS["im_end"], True), ("\n", False)])
+
+    count = {"image": 0, "audio": 0, "video": 0}
+    for i, msg in enumerate(messages):
+        if i == 0 and msg["role"] != "system":
+            turn("system")
+            out.append((DEFAULT_SYSTEM, False))
+            end()
+        turn(msg["role"])
+        content = msg["content"]
+        if isinstance(content, str):
+            out.append((content, False))
+            end()
+            continue
+        for item in content:
+            kind = item_kind(item)
+            if kind == "text":
+                out.append((str(item["text"]), False))
+            elif kind is not None:
+                count[kind] += 1
+                if add_audio_id if kind == "audio" else add_vision_id:
+                    out.append((f"{_ID_PREFIX[kind]} {count[kind]}: ", False))
+                out.extend((t, True) for t in _PLACEHOLDER[kind])
+        end()
+    if add_generation_prompt:
+        turn("assistant")
+    return out
+
+
 def render_chat(messages: Sequence[dict], add_generation_prompt: bool = True, *, add_vision_id: bool = False,
                 add_audio_id: bool = False) -> str:
     """The stock Qwen2.5-Omni chat template, character for character (HF form: role + string or item list).
@@ -197,30 +273,30 @@ def render_chat(messages: Sequence[dict], add_generation_prompt: bool = True, *,
     A first message that is not "system" gets `You are a helpful assistant.` before it. Media items render as
     wrapped single placeholders (`<|vision_bos|><|IMAGE|><|vision_eos|>` ...) for `expand_placeholders`; items
     the template does not know render as nothing, as in jinja. The optional "Picture k: " / "Audio k: " /
-    "Video k: " prefixes count across the whole conversation, as the template's namespaces do.
+    "Video k: " prefixes count across the whole conversation, as the template's namespaces do. To tokenize, use
+    `encode_chat(tok, render_chat_parts(...))`: encoding this string would read special tokens inside the text.
     """
-    out, count = [], {"image": 0, "audio": 0, "video": 0}
-    for i, msg in enumerate(messages):
-        if i == 0 and msg["role"] != "system":
-            out.append(f"<|im_start|>system\n{DEFAULT_SYSTEM}<|im_end|>\n")
-        out.append(f"<|im_start|>{msg['role']}\n")
-        content = msg["content"]
-        if isinstance(content, str):
-            out.append(content + "<|im_end|>\n")
+    return "".join(p for p, _ in render_chat_parts(messages, add_generation_prompt, add_vision_id=add_vision_id,
+                                                   add_audio_id=add_audio_id))
+
+
+def encode_chat(tok: Tokenizer, parts: Sequence[tuple[str, bool]]) -> list[int]:
+    """Ids of `render_chat_parts` pieces: each control piece its special id, each run of text pieces joined and
+    encoded by `tok.encode_text` (joined, so the text between two specials is encoded in one piece, as when the
+    whole string is encoded)."""
+    ids: list[int] = []
+    run: list[str] = []
+    for piece, control in parts:
+        if not control:
+            run.append(piece)
             continue
-        for item in content:
-            kind = _item_kind(item)
-            if kind == "text":
-                out.append(str(item["text"]))
-            elif kind is not None:
-                count[kind] += 1
-                if add_audio_id if kind == "audio" else add_vision_id:
-                    out.append(f"{_ID_PREFIX[kind]} {count[kind]}: ")
-                out.append(_WRAPPED[kind])
-        out.append("<|im_end|>\n")
-    if add_generation_prompt:
-        out.append("<|im_start|>assistant\n")
-    return "".join(out)
+        if run:
+            ids += tok.encode_text("".join(run))
+            run = []
+        ids.append(tok.special_ids[_NAME_OF[piece]])
+    if run:
+        ids += tok.encode_text("".join(run))
+    return ids
 
 
 def _grids(x, name: str) -> np.ndarray:
@@ -306,13 +382,14 @@ def expand_placeholders(ids, *, image_grid_thw=None, video_grid_thw=None, audio_
 def build_prompt_ids(tok: Tokenizer, messages: Sequence[dict], *, cfg: ThinkerConfig, image_grid_thw=None,
                      video_grid_thw=None, audio_lengths=None, video_second_per_grid=None,
                      use_audio_in_video: bool = False, add_generation_prompt: bool = True) -> np.ndarray:
-    """render_chat -> encode -> expand_placeholders: the processor's `input_ids` for one conversation.
-    Refuses a tokenizer whose special ids differ from `cfg` (the placeholders would never be found)."""
+    """render_chat_parts -> encode_chat -> expand_placeholders: the processor's `input_ids` for one conversation
+    (message text is never read for special tokens). Refuses a tokenizer whose special ids differ from `cfg` (the
+    placeholders would never be found)."""
     want = {k: getattr(cfg, k) for k in thinker_token_ids(tok)}
     if thinker_token_ids(tok) != want:
         raise ValueError(f"tokenizer special ids {thinker_token_ids(tok)} differ from the config's {want}; "
                          "build the config with dataclasses.replace(cfg, **thinker_token_ids(tok))")
-    ids = tok.encode(render_chat(messages, add_generation_prompt))
+    ids = encode_chat(tok, render_chat_parts(messages, add_generation_prompt))
     return expand_placeholders(ids, image_grid_thw=image_grid_thw, video_grid_thw=video_grid_thw,
                                audio_lengths=audio_lengths, video_second_per_grid=video_second_per_grid,
                                use_audio_in_video=use_audio_in_video, cfg=cfg)

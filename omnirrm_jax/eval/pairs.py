@@ -1,12 +1,15 @@
 """Judge pairs -> thinker prompt batches, built the way the data pipeline builds them (numpy only, no JAX).
 
 Why reuse the pipeline instead of a shortcut: the released weights only behave as published on exactly the
-prompts they were trained on. So a pair becomes an ms-swift row (user message = the reference judge prompt of
-its modality with the reference's media-tag prefix, `rubric.prompts`), the row goes through `data_prep.rows`
-(path checks, media decoding with the reference settings, gold parsing) and `data.examples.build_example`
-(ms-swift tag handling, chat template, placeholder expansion, TMRoPE ids), and batches through
-`examples.collate` / `finalize`. The swapped order (B, A) is the same row with the answers exchanged in the
-prompt; its media are decoded once and shared.
+prompts they were trained on. So a pair becomes an ms-swift row (its media, and a user message holding the
+reference's media-tag prefix of its modality, `rubric.prompts`), the row goes through `data_prep.rows` (path
+checks, media decoding with the reference settings, gold parsing), the judge prompt (`user_message`: those tags,
+then the filled reference prompt) through `data.examples.build_example` (ms-swift tag handling, chat template,
+placeholder expansion, TMRoPE ids), and batches through `examples.collate` / `finalize`. The swapped order (B, A)
+is the same row with the answers exchanged in the prompt; its media are decoded once and shared.
+
+The filled prompt is data, not template: it goes to build_example as a text item, never read for media tags or
+control tokens, so an answer that mentions "<image>" or spells `<|im_end|>` is judged as the text it is.
 
 A pair (one JSONL row, or the CLI flags): `question`, `answer_a`, `answer_b` (strings), optional `images` /
 `videos` / `audios` (a path or a list), `modality` (otherwise from the media, `prompts.modality_of`), `id`,
@@ -111,15 +114,21 @@ def check_pair(row: Any, *, modality: str | None = None) -> dict:
     return pair
 
 
+def _template(pair: dict) -> str:
+    return pair.get("template") or prompts.default_template(pair["modality"])
+
+
 def user_message(pair: dict, swapped: bool = False) -> dict:
-    """The user message of the judge prompt; `swapped` shows answer_b as A and answer_a as B. A template that states
-    the order (Multimodal RewardBench's "Order of answers in this task: A-B") says "B-A" when swapped, as the
-    reference's `prompt_string(ex, random_number=1)` does."""
+    """The user message of the judge prompt as chat items: the reference's media-tag prefix as media items, then
+    the filled prompt as one text item (its question and answers are data: never tags or control tokens); it
+    renders as `prompts.user_content` with each tag replaced by its placeholder. `swapped` shows answer_b as A and
+    answer_a as B. A template that states the order (Multimodal RewardBench's "Order of answers in this task: A-B")
+    says "B-A" when swapped, as the reference's `prompt_string(ex, random_number=1)` does."""
     a, b = (pair["answer_b"], pair["answer_a"]) if swapped else (pair["answer_a"], pair["answer_b"])
-    name = pair.get("template") or prompts.default_template(pair["modality"])
+    name = _template(pair)
     extra = {"order": "B-A" if swapped else "A-B"} if "order" in prompts.template_info(name)["fields"].values() else {}
     body = prompts.judge_prompt(pair["modality"], pair["question"], a, b, template=name, **extra)
-    return {"role": "user", "content": prompts.user_content(name, body)}
+    return {"role": "user", "content": E.swift_items(prompts.user_content(name, "")) + [{"type": "text", "text": body}]}
 
 
 def prepare_pair(pair: dict, key: Any, tok: Tokenizer, cfg: ThinkerConfig, opts, *, swap: bool = False,
@@ -136,7 +145,10 @@ def prepare_pair(pair: dict, key: Any, tok: Tokenizer, cfg: ThinkerConfig, opts,
     orders = orders or (("AB", "BA") if swap else ("AB",))
     from data_prep import rows
 
-    row = {"messages": [user_message(pair)], "modality": pair["modality"],
+    # The row's message holds only the template's tags (what rows checks against the media); the prompt text
+    # joins them in build_example, as a text item of `user_message`.
+    row = {"messages": [{"role": "user", "content": prompts.user_content(_template(pair), "")}],
+           "modality": pair["modality"],
            **{k: pair[k] for k in MEDIA_KEYS if pair[k]},
            **{k: pair[k] for k in ("id", "better", "score_A", "score_B") if k in pair}}
     try:
@@ -146,7 +158,7 @@ def prepare_pair(pair: dict, key: Any, tok: Tokenizer, cfg: ThinkerConfig, opts,
     rec = R.decode_record(data)
     gold = rec["gold"]
     exs = []
-    for msgs in (rec["messages"] if o == "AB" else [user_message(pair, swapped=True)] for o in orders):
+    for msgs in ([user_message(pair, swapped=o == "BA")] for o in orders):
         try:
             exs.append(E.build_example(dict(rec, messages=msgs, gold=gold or _NO_GOLD), key if isinstance(key, int)
                                        else 0, tok, cfg, mode="grpo",

@@ -351,6 +351,18 @@ def test_path_resolution(root):
         assert e.value.reason == reason, raw
 
 
+def test_tags_in_the_judgement_are_text_not_media(root):
+    """The final assistant message (the SFT target) is data: its "<image>" is not counted against the images; the
+    user message's tags still are."""
+    row = _row("images", "img.png")
+    row["messages"][1]["content"] = '{"better": "A", "reasoning": "A keeps the <image> tag"}'
+    data, modality = W.build_record(json.dumps(row).encode(), "t", 1, W.RowOptions(str(root)), [])
+    assert modality == "image" and R.decode_record(data)["messages"] == row["messages"]
+    row["messages"][0]["content"] += "<image>"
+    with pytest.raises(W.Quarantine, match="2 <image> tags but 1 images"):
+        W.build_record(json.dumps(row).encode(), "t", 1, W.RowOptions(str(root)), [])
+
+
 def test_bad_ratio_stops_prep(root, tmp_path):
     jsonl = tmp_path / "bad.jsonl"
     _write_jsonl(jsonl, [_row("images", f"missing{i}.png") for i in range(120)])
