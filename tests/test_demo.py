@@ -12,7 +12,6 @@ from omnirrm_jax.demo import DemoGRPOConfig
 
 MODALITIES = {"text", "image", "video", "audio"}
 ROW_KEYS = {"accuracy", "valid_json", "blank_media_accuracy", "mean_reward", "n"}
-SHORT_STEPS = 400  # the shortened demo of the CI guard below (the default demo: 1000)
 
 
 def _check_rows(rows: dict, stage: str) -> None:
@@ -63,18 +62,27 @@ def test_small_demo_runs_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_short_demo_learns_every_modality_beyond_its_blanked_control(tmp_path):
-    """Issue 20's regression guard, in CI: the demo's SFT, shortened, must still learn to perceive. Each media
-    modality beats the same training on blanked media by a wide margin, and the arithmetic is learned (its
-    control keeps the same text, so text is held to a threshold instead). A demo whose images stay at chance,
-    as they did on a newcomer's machine, fails here."""
-    cfg = demo.DemoConfig(workdir=str(tmp_path), steps=SHORT_STEPS, control=True, grpo=None)
-    report = demo.run_demo(cfg)
-    sft, control = report["sft"], report["control"]
+def test_demo_sft_perceives_every_modality(tmp_path):
+    """Issue 20's regression guard, in CI: the demo's own SFT run (default settings, seed 0; no control training,
+    no GRPO, so about a third of the demo) must learn every modality. Its judge is evaluated on the held-out set
+    and on the same set with the media blanked: each media modality must beat its blanked-media score by a wide
+    margin, and the arithmetic must be learned. A demo whose images stay at chance, as they did on a newcomer's
+    machine, fails here. (A 400-step run learned no modality at all: the verdict token needs the full schedule.)"""
+    from omnirrm_jax.demo import evaluate as E
+    from omnirrm_jax.demo import sft as demo_sft
+    from omnirrm_jax.demo.data import prepare_data, train_tokenizer
+
+    cfg = demo.DemoConfig(workdir=str(tmp_path), control=False, grpo=None)
+    real = prepare_data(cfg, "data")
+    tok, tok_path = train_tokenizer(cfg, real.root)
+    out, _ = demo_sft.train(cfg, real, tok_path, "sft")
+    model, thinker_cfg = out["state"].model(), out["thinker_config"]
+    seen = E.evaluate(model, tok, thinker_cfg, real.shards, cfg)
+    blank = E.evaluate(model, tok, thinker_cfg, prepare_data(cfg, "data_blank", blank=True).shards, cfg)
     for m in ("image", "video", "audio"):
-        assert sft[m]["accuracy"] >= control[m]["accuracy"] + 0.3, (m, sft[m], control[m])
-        assert control[m]["accuracy"] <= 0.6, (m, control[m])
-    assert sft["text"]["accuracy"] >= 0.75, sft["text"]
+        assert seen[m]["accuracy"] >= 0.8, (m, seen[m])
+        assert seen[m]["accuracy"] >= blank[m]["accuracy"] + 0.3, (m, seen[m], blank[m])
+    assert seen["text"]["accuracy"] >= 0.8, seen["text"]
 
 
 def test_same_params_sees_a_one_ulp_change():
