@@ -10,7 +10,8 @@ Modules, each one stage (imports run one way: config <- data <- sft, grpo, evalu
   config    DemoConfig, DemoGRPOConfig
   data      prepare_demo_data (tests' fixture), prepare_data, train_tokenizer, buckets and pipeline shapes
   sft       sft_config, train, reload          grpo      the GRPO stage (probe, RL split, train, export)
-  evaluate  held-out accuracy, example judgements      report   report rows, results table
+  evaluate  held-out accuracy, example judgements      report   report rows, results table, environment
+  criteria  the PASS/FAIL lines (what the demo promises)  seeds    min/median/max table over several seeds
   runner    run_demo
 Importing the package is light (numpy); JAX and the rest load when a stage runs.
 """
