@@ -128,6 +128,11 @@ def prep(jsonl_paths, media_root, out_dir, *, media_cfg: M.MediaConfig = M.Media
                         f"{max_bad_ratio}")
     if not os.path.isdir(media_root):
         raise PrepError(f"media root {media_root} is not a directory")
+    for path in jsonl_paths:
+        if not os.path.isfile(path):
+            raise PrepError(f"input JSONL {path} is not a file")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise PrepError(f"output {out_dir} exists and is not a folder")
     opts = RowOptions(os.path.abspath(media_root), media_cfg, use_audio_in_video,
                       tuple((str(a), str(b)) for a, b in path_rewrites))
     names = source_names(jsonl_paths)

@@ -23,6 +23,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 from omnirrm_jax.data import media as M
 from omnirrm_jax.data import records as R
+from omnirrm_jax.errors import UserError
 from omnirrm_jax.rubric.prompts import modality_of
 from omnirrm_jax.rubric.rewards import gold_from_solution
 TAGS = {"images": "<image>", "videos": "<video>", "audios": "<audio>"}
@@ -30,7 +31,7 @@ GOLD = ("better", "score_A", "score_B")
 _ROW_KEYS = frozenset({"messages", "id", "modality", "solution", "cmp_gt", *TAGS, *GOLD})
 
 
-class PrepError(RuntimeError):
+class PrepError(UserError, RuntimeError):
     """prep must stop: too many bad rows, or an out_dir prepared from other inputs/options."""
 
 
