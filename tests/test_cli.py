@@ -83,7 +83,7 @@ def test_no_command_prints_the_help(capsys):
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory):
     """Stand-ins the bad arguments below point at: shard and tokenizer files that exist (the configs get past the
-    path checks they do not test), run configs, a plain folder, and an SFT workdir with one
+    path checks they do not test), run configs, a plain folder, a folder of the user's, and an SFT workdir with one
     checkpoint (written as before SFT checkpoints named their trainer)."""
     import numpy as np
     import yaml
@@ -96,6 +96,8 @@ def paths(tmp_path_factory):
     (root / "tok.model").write_bytes(b"")
     (root / "plain").mkdir()
     (root / "plain" / "readme.txt").write_text("not a model")
+    (root / "mine" / "data").mkdir(parents=True)
+    (root / "mine" / "data" / "keep.txt").write_text("the user's")
     sft_workdir = root / "sft_run"
     mngr = CheckpointManager(str(sft_workdir / "checkpoints"))
     mngr.save(3, state={"x": np.zeros(2, np.float32)}, data_state={}, meta={"micro_step": 3}, force=True)
@@ -106,7 +108,7 @@ def paths(tmp_path_factory):
     (root / "sft.yaml").write_text(yaml.safe_dump(run))
     (root / "grpo.yaml").write_text(yaml.safe_dump({**run, "grpo": {"num_generations": 2}}))
     return {"root": str(root), "nowhere": str(root / "nowhere"), "plain": str(root / "plain"),
-            "sft_workdir": str(sft_workdir), "sft": str(root / "sft.yaml"),
+            "mine": str(root / "mine"), "sft_workdir": str(sft_workdir), "sft": str(root / "sft.yaml"),
             "grpo": str(root / "grpo.yaml"), "out": str(root / "out")}
 
 
@@ -152,6 +154,7 @@ BAD_ARGUMENTS = {
                            "folder"),
     "prep-missing-root": ("prep --jsonl {nowhere}/rows.jsonl --media-root {nowhere} --out {out}",
                           "media root {nowhere} is not a directory"),
+    "demo-not-a-demo-workdir": ("demo --workdir {mine}", "holds data but is not a demo workdir"),
     "demo-steps": ("demo --steps 0", "argument --steps: a whole number >= 1"),
     "bench-flag": ("bench decode --bogus", "unrecognized arguments: --bogus"),
 }
@@ -192,6 +195,11 @@ def test_grpo_refuses_an_sft_workdir_before_writing_into_it(paths, capsys):
     assert code == 2 and "give this run a new run.workdir" in err and "omnirrm export" in err
     assert snapshot(paths["sft_workdir"]) == before
     assert not os.path.exists(os.path.join(paths["root"], "new_run"))  # no run refused above made its workdir
+
+
+def test_demo_leaves_a_folder_that_is_not_its_own_alone(paths, capsys):
+    code, _ = _main(["demo", "--workdir", paths["mine"]], capsys)
+    assert code == 2 and open(os.path.join(paths["mine"], "data", "keep.txt")).read() == "the user's"
 
 
 def test_ctrl_c_is_one_line_and_130(monkeypatch, capsys):

@@ -13,7 +13,8 @@ def _positive(text: str) -> int:
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="generate demo data, prep it, train a tiny judge, evaluate it (CPU: minutes)")
-    p.add_argument("--workdir", default="runs/demo", help="where data, checkpoints and demo_report.json go")
+    p.add_argument("--workdir", default="runs/demo", help="where data, checkpoints and demo_report.json go (a rerun "
+                   "first removes what an earlier demo run wrote there: it starts clean, it does not resume)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the initial weights and every sampling "
                    "step (the GRPO stage's too, unless --grpo-seed)")
     p.add_argument("--steps", type=_positive, default=None, help="SFT steps (default from DemoConfig)")

@@ -33,6 +33,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     import json
+    import sys
 
     from data_prep.prep import prep
     from omnirrm_jax.data import media as M
@@ -42,4 +43,8 @@ def run(args: argparse.Namespace) -> int:
              records_per_shard=args.records_per_shard, max_bad_ratio=args.max_bad_ratio,
              use_audio_in_video=args.use_audio_in_video, path_rewrites=[list(r) for r in args.rewrite])
     print(json.dumps(s, indent=1))
+    cut = s.get("notes_by_reason", {}).get("audio_truncated")
+    if cut:  # kept, as the reference kept them, but the model hears only the start
+        print(f"omnirrm prep: note: {cut} audio clip(s) longer than {cfg.audio_max_seconds} s were cut to their first "
+              f"{cfg.audio_max_seconds} s; see {os.path.join(args.out, 'notes.jsonl')}", file=sys.stderr)
     return 0

@@ -11,6 +11,7 @@ Modules, each one stage (imports run one way: config <- data <- sft, grpo, evalu
   data      prepare_demo_data (tests' fixture), prepare_data, train_tokenizer, buckets and pipeline shapes
   sft       sft_config, train, reload          grpo      the GRPO stage (probe, RL split, train, export)
   evaluate  held-out accuracy, example judgements      report   report rows, results table
+  workdir   what a run writes under its workdir; a rerun's clean start
   runner    run_demo
 Importing the package is light (numpy); JAX and the rest load when a stage runs.
 """
