@@ -9,7 +9,10 @@ Layout of ``out_dir``::
 
     {split}-{shard:05d}-of-{n:05d}.array_record   shard i = non-blank input rows [i*R, (i+1)*R) in input order
     quarantine.jsonl   {"split","shard","source","line","id","media","reason","detail"} per bad row
-    summary.json       {"splits": {split: counts by modality / quarantine reason, shards written/skipped, timings}}
+    notes.jsonl        the same per written row that was changed (``audio_truncated``: audio cut to the processor's
+                       ``audio_max_seconds``, as the reference's processor cuts it)
+    summary.json       {"splits": {split: counts by modality / quarantine reason / note, shards written/skipped,
+                       timings}}
     .prep/             the plan (input hashes + options) and per-shard stats
 
 Resume: a shard is finished when its stats file and its final file both exist (the shard is written to ``.tmp``,
@@ -80,8 +83,9 @@ def _plan(jsonl_paths, names, split, media_root, opts, records_per_shard) -> dic
 
 
 def _write_reports(out: Path, split: str, run_info: dict) -> dict:
-    """Rebuild quarantine.jsonl (all splits) and this split's summary.json entry from the saved shard stats."""
-    state, entries, splits = out / STATE, [], {}
+    """Rebuild quarantine.jsonl and notes.jsonl (all splits) and this split's summary.json entry from the saved shard
+    stats."""
+    state, entries, noted, splits = out / STATE, [], [], {}
     try:
         splits = json.loads((out / "summary.json").read_text(encoding="utf-8")).get("splits", {})
     except (OSError, ValueError):
@@ -90,23 +94,27 @@ def _write_reports(out: Path, split: str, run_info: dict) -> dict:
         sp = plan_file.name[: -len(".plan.json")]
         stats = list(_load_stats(state, out, sp).values())
         entries += [dict(e, split=sp) for s in stats for e in s["quarantine"]]
+        noted += [dict(e, split=sp) for s in stats for e in s.get("notes", [])]  # stats of older preps have none
         if sp != split:
             continue
-        by_mod, by_reason = collections.Counter(), collections.Counter()
+        by_mod, by_reason, by_note = collections.Counter(), collections.Counter(), collections.Counter()
         for s in stats:
             by_mod.update(s["by_modality"])
             by_reason.update(e["reason"] for e in s["quarantine"])
+            by_note.update(e["reason"] for e in s.get("notes", []))
         plan = json.loads(plan_file.read_text(encoding="utf-8"))
         splits[sp] = {"rows": plan["rows"], "rows_done": sum(s["rows"] for s in stats),
                       "records": sum(by_mod.values()), "quarantined": sum(by_reason.values()),
                       "by_modality": dict(sorted(by_mod.items())),
-                      "quarantine_by_reason": dict(sorted(by_reason.items())), "bytes": sum(s["bytes"] for s in stats),
+                      "quarantine_by_reason": dict(sorted(by_reason.items())),
+                      "notes_by_reason": dict(sorted(by_note.items())), "bytes": sum(s["bytes"] for s in stats),
                       "shard_seconds": round(sum(s["seconds"] for s in stats), 3), **run_info}
-    tmp = out / "quarantine.jsonl.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for e in entries:
-            f.write(json.dumps(e, ensure_ascii=False, sort_keys=True) + "\n")
-    os.replace(tmp, out / "quarantine.jsonl")
+    for name, rows in (("quarantine.jsonl", entries), ("notes.jsonl", noted)):
+        tmp = out / (name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for e in rows:
+                f.write(json.dumps(e, ensure_ascii=False, sort_keys=True) + "\n")
+        os.replace(tmp, out / name)
     _atomic_json(out / "summary.json", {"schema_version": R.VERSION, "splits": splits})
     return splits[split]
 
@@ -128,6 +136,11 @@ def prep(jsonl_paths, media_root, out_dir, *, media_cfg: M.MediaConfig = M.Media
                         f"{max_bad_ratio}")
     if not os.path.isdir(media_root):
         raise PrepError(f"media root {media_root} is not a directory")
+    for path in jsonl_paths:
+        if not os.path.isfile(path):
+            raise PrepError(f"input JSONL {path} is not a file")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise PrepError(f"output {out_dir} exists and is not a folder")
     opts = RowOptions(os.path.abspath(media_root), media_cfg, use_audio_in_video,
                       tuple((str(a), str(b)) for a, b in path_rewrites))
     names = source_names(jsonl_paths)
@@ -170,6 +183,7 @@ def prep(jsonl_paths, media_root, out_dir, *, media_cfg: M.MediaConfig = M.Media
         with open(sh["tmp"], "rb+") as f:
             os.fsync(f.fileno())
         st = {"rows": sh["rows"], "by_modality": dict(sh["by_modality"]), "quarantine": sh["quarantine"],
+              "notes": sh["notes"],
               "bytes": sh["tmp"].stat().st_size, "seconds": round(time.time() - sh["t0"], 3)}
         _atomic_json(stats_path(sh["shard"]), st)  # stats first: a shard file without stats is redone
         os.replace(sh["tmp"], shard_path(sh["shard"]))
@@ -179,20 +193,21 @@ def prep(jsonl_paths, media_root, out_dir, *, media_cfg: M.MediaConfig = M.Media
                  len(st["quarantine"]))
         check_ratio(False)
 
-    for (*_, shard), (data, modality, bad) in map_rows(todo, opts, num_workers):
+    for (*_, shard), (data, modality, entries) in map_rows(todo, opts, num_workers):
         if shard != sh.get("shard"):
             if sh:
                 finish()
             tmp = shard_path(shard).with_name(shard_path(shard).name + ".tmp")
             tmp.unlink(missing_ok=True)
             sh = {"shard": shard, "tmp": tmp, "writer": ArrayRecordWriter(str(tmp), "group_size:1"), "rows": 0,
-                  "by_modality": collections.Counter(), "quarantine": [], "t0": time.time()}
+                  "by_modality": collections.Counter(), "quarantine": [], "notes": [], "t0": time.time()}
         sh["rows"] += 1
-        if data is not None:
+        if data is not None:  # `entries`: the record's notes (or None)
             sh["writer"].write(data)
             sh["by_modality"][modality] += 1
-        else:
-            sh["quarantine"].append(dict(bad, shard=shard))
+            sh["notes"] += [dict(e, shard=shard) for e in entries or ()]
+        else:  # `entries`: the quarantine entry
+            sh["quarantine"].append(dict(entries, shard=shard))
     if sh:
         finish()
     check_ratio(True)

@@ -7,7 +7,9 @@ the gold judgement in flat ``better``/``score_A``/``score_B`` fields (the reward
 ``solution`` (a JSON string); optional ``cmp_gt``, ``id``, ``modality``; other fields are kept in ``extra``. The
 released rows hold absolute paths (``/data/...``): map them under the media root with ``path_rewrites``.
 
-Every problem raises ``Quarantine(reason, detail, media)``; ``process_row`` never raises. No JAX here.
+Every problem raises ``Quarantine(reason, detail, media)``; ``process_row`` never raises. A record written with a
+change worth knowing (audio cut to the processor's ``audio_max_seconds``) carries notes, counted in prep's summary.
+No JAX here.
 """
 from __future__ import annotations
 
@@ -20,10 +22,12 @@ import multiprocessing
 import os
 import re
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
 from omnirrm_jax.data import media as M
 from omnirrm_jax.data import records as R
 from omnirrm_jax.data.examples import prompt_and_target
+from omnirrm_jax.errors import UserError
 from omnirrm_jax.rubric.prompts import modality_of
 from omnirrm_jax.rubric.rewards import gold_from_solution
 TAGS = {"images": "<image>", "videos": "<video>", "audios": "<audio>"}
@@ -31,7 +35,7 @@ GOLD = ("better", "score_A", "score_B")
 _ROW_KEYS = frozenset({"messages", "id", "modality", "solution", "cmp_gt", *TAGS, *GOLD})
 
 
-class PrepError(RuntimeError):
+class PrepError(UserError, RuntimeError):
     """prep must stop: too many bad rows, or an out_dir prepared from other inputs/options."""
 
 
@@ -139,8 +143,10 @@ def _gold(row: dict):
     return gold, sol
 
 
-def build_record(line: bytes, source: str, lineno: int, opts: RowOptions, ident: list) -> tuple[bytes, str]:
-    """One JSONL line -> (encoded record, modality); raises ``Quarantine``. ``ident`` receives the row id once known."""
+def build_record(line: bytes, source: str, lineno: int, opts: RowOptions, ident: list,
+                 notes: list | None = None) -> tuple[bytes, str]:
+    """One JSONL line -> (encoded record, modality); raises ``Quarantine``. ``ident`` receives the row id once known;
+    ``notes`` (reason, detail, media) of what the record changed, e.g. audio cut to ``audio_max_seconds``."""
     try:
         text = line.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
     except UnicodeDecodeError as e:
@@ -180,22 +186,30 @@ def build_record(line: bytes, source: str, lineno: int, opts: RowOptions, ident:
     if not R._is_json_scalar(cmp_gt):
         raise Quarantine("bad_gold", f"cmp_gt={cmp_gt!r} is not a JSON scalar")
     cfg = opts.media
+    notes = [] if notes is None else notes
 
-    def video(path):
+    def audio_item(wave, raw):
+        seconds = wave.size / cfg.sampling_rate
+        if seconds > cfg.audio_max_seconds:  # whisper_features keeps the first audio_max_seconds, as the processor
+            notes.append(("audio_truncated", f"{seconds:.1f} s of audio cut to its first {cfg.audio_max_seconds} s "
+                                             "(the processor's limit, MediaConfig.audio_max_seconds)", raw))
+        return R.audio_item(wave, cfg)
+
+    def video(path, raw):
         x, grid, spg, times = R.video_frames(path, cfg.video)
         audio = None
         if opts.use_audio_in_video:
-            wave = M.extract_audio_track(path, cfg.sampling_rate)
+            wave = M.extract_audio_track(path, cfg.sampling_rate, cfg.audio_max_input_seconds)
             if wave is None:
                 raise M.MediaError(path, "use_audio_in_video is set but the video has no audio track")
-            audio = R.audio_item(wave, cfg)
+            audio = audio_item(wave, raw)
         return {"frames": x, "grid_thw": grid, "second_per_grid": spg, "frame_times": times, "audio": audio}
 
     images = [dict(zip(("frames", "grid_thw"), _extract("image", p, opts, lambda f: R.image_frames(f, cfg.image))))
               for p in paths["images"]]
-    videos = [_extract("video", p, opts, video) for p in paths["videos"]]
-    audios = [_extract("audio", p, opts, lambda f: R.audio_item(M.load_audio(f, cfg.sampling_rate), cfg))
-              for p in paths["audios"]]
+    videos = [_extract("video", p, opts, lambda f, raw=p: video(f, raw)) for p in paths["videos"]]
+    audios = [_extract("audio", p, opts, lambda f, raw=p: audio_item(
+        M.load_audio(f, cfg.sampling_rate, cfg.audio_max_input_seconds), raw)) for p in paths["audios"]]
     rec = {"id": ident[-1], "modality": modality, "messages": msgs, "gold": gold, "solution": sol, "cmp_gt": cmp_gt,
            "source": {"file": source, "line": lineno}, "media_paths": paths,
            "use_audio_in_video": opts.use_audio_in_video, "extra": {k: v for k, v in row.items() if k not in _ROW_KEYS},
@@ -214,13 +228,17 @@ def _init_worker(opts: RowOptions) -> None:
     _OPTS = opts
 
 
-def process_row(item: tuple, opts: RowOptions | None = None) -> tuple[bytes | None, str | None, dict | None]:
-    """(source, line, bytes, ...) -> (record bytes, modality, None) or (None, None, quarantine entry). Never raises."""
+def process_row(item: tuple, opts: RowOptions | None = None) -> tuple[bytes | None, str | None, Any]:
+    """(source, line, bytes, ...) -> (record bytes, modality, its note entries or None) or (None, None, quarantine
+    entry). Entries: {"source", "line", "id", "media", "reason", "detail"}. Never raises."""
     source, lineno, line = item[:3]
     ident: list = []
+    notes: list = []
     try:
-        data, modality = build_record(line, source, lineno, opts or _OPTS, ident)
-        return data, modality, None
+        data, modality = build_record(line, source, lineno, opts or _OPTS, ident, notes)
+        entries = [{"source": source, "line": lineno, "id": ident[-1], "media": media, "reason": reason,
+                    "detail": detail} for reason, detail, media in notes]
+        return data, modality, entries or None
     except Quarantine as q:
         reason, detail, media = q.reason, q.detail, q.media
     except Exception as e:  # noqa: BLE001 - a bug or an unexpected decoder error must not stop the run

@@ -213,3 +213,44 @@ def test_seed_table_min_median_max_and_fails():
     reports[1]["sft"]["image"]["accuracy"] = 0.95  # checked again from the numbers, not the stored lines
     assert "seed 1: SFT image" not in seeds.table(reports)
     assert "seconds by the demo's clock: 700 / 701 / 702" in text
+
+
+def test_a_rerun_starts_clean_and_removes_only_the_demos_own_outputs(tmp_path):
+    """A rerun resumed the old SFT checkpoint while it printed "from random weights": now it removes what an earlier
+    demo run wrote (and nothing else) and starts again; a folder that was never a demo workdir is refused."""
+    from omnirrm_jax.demo import workdir as W
+    from omnirrm_jax.errors import UserError
+
+    used = tmp_path / "used"
+    (used / "sft" / "checkpoints" / "1000").mkdir(parents=True)
+    (used / "data" / "shards").mkdir(parents=True)
+    (used / "tokenizer.model").write_bytes(b"sp")
+    (used / "demo_report.json").write_text("{}")
+    (used / "my_notes.txt").write_text("mine")
+    (used / "my_runs").mkdir()
+    assert W.start_clean(str(used)) == ["data", "tokenizer.model", "sft", "demo_report.json"]
+    assert sorted(os.listdir(used)) == [W.MARKER, "my_notes.txt", "my_runs"]
+    (used / "grpo").mkdir()  # a later run, interrupted before its report: the marker says whose folder it is
+    assert W.start_clean(str(used)) == ["grpo"]
+    stranger = tmp_path / "project"
+    (stranger / "data").mkdir(parents=True)
+    with pytest.raises(UserError, match="holds data but is not a demo workdir"):
+        W.start_clean(str(stranger))
+    assert os.listdir(stranger) == ["data"]
+    assert W.start_clean(str(tmp_path / "new")) == [] and os.listdir(tmp_path / "new") == [W.MARKER]
+
+
+@pytest.mark.slow
+def test_rerunning_the_demo_reproduces_it(tmp_path, capsys):
+    cfg = demo.DemoConfig(workdir=str(tmp_path), n_train_per_modality=4, n_train_text=4, n_eval_per_modality=2,
+                          steps=3, batch_size=8, control=False, max_new_tokens=8, grpo=None)
+    first = demo.run_demo(cfg)
+    capsys.readouterr()
+    second = demo.run_demo(cfg)
+    out = capsys.readouterr().out
+    assert f"starting clean: removed the earlier demo run's data, tokenizer.model, sft, demo_report.json from " \
+           f"{tmp_path}" in out and "SFT of a tiny thinker from random weights (3 steps)" in out
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "sft" / "metrics.jsonl")]
+    assert steps == [3]  # one run's log line, not a resumed one's after the old ones
+    assert second["sft"] == first["sft"] and second["checkpoint"] == first["checkpoint"] == {"reloaded_equal": True,
+                                                                                           "step": 3}

@@ -10,7 +10,6 @@ Host-side dimensions come from the 7B thinker config (patch size, audio window);
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import json
@@ -19,6 +18,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from omnirrm_jax.cli import Parser
 
 
 def _tokenizer(texts, path: str | None, vocab: int):
@@ -128,7 +129,7 @@ def run(source, tok, cfg, *, batches: int, warmup: int) -> dict:
 
 def main(argv=None) -> int:
     from omnirrm_jax.data.pipeline import PipelineConfig
-    p = argparse.ArgumentParser(prog="omnirrm bench data", description=__doc__.split("\n")[0])
+    p = Parser(prog="omnirrm bench data", description=__doc__.split("\n")[0])
     p.add_argument("--case", choices=["demo", "synthetic", "both"], default="both")
     p.add_argument("--data", default=None, help="prepared shards (folder or files) instead of the demo set")
     p.add_argument("--tokenizer", default=None, help="HF checkpoint dir or SentencePiece .model (default: train one)")

@@ -9,13 +9,14 @@ end to end (`generate`) and per program (`prefill`, then `decode`, whose tokens/
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
 import time
 
 import numpy as np
+
+from omnirrm_jax.cli import Parser
 
 
 def _copy_bandwidth_gbs(repeats: int = 3, iters: int = 10) -> float:
@@ -156,7 +157,7 @@ def floor_tokens_per_s(cfg, batch: int, prompt: int, new: int, bandwidth_gbs: fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="omnirrm bench decode", description=__doc__.split("\n")[0])
+    p = Parser(prog="omnirrm bench decode", description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="omni_3b")
     p.add_argument("--batch", default="16,64", help="comma-separated batch sizes; BxG = B prompts x G samples "
                    "sharing each prompt (GRPO's shape; no HF baseline: HF greedy cannot return G sequences)")

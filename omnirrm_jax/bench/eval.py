@@ -19,12 +19,13 @@ Each side runs in its own process (`--side`), so neither inherits the other's me
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
 
 import numpy as np
+
+from omnirrm_jax.cli import Parser
 
 # (t, h, w) patch grids of the three image sizes: 448x448, 672x896 and 980x1008 pixels (14-pixel patches)
 GRIDS = ((1, 32, 32), (1, 48, 64), (1, 70, 72))
@@ -161,7 +162,7 @@ def _side(args, side: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="omnirrm bench eval", description=__doc__.split("\n")[0])
+    p = Parser(prog="omnirrm bench eval", description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="omni_7b")
     p.add_argument("--rows", type=int, default=48, help="rows in the mix (ours and HF batched)")
     p.add_argument("--batch", type=int, default=8, help="prompts per batch (ours and HF batched)")

@@ -13,12 +13,13 @@ Both sides report peak device memory; with `--no-hf --preset omni_7b` it checks 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
 
 import numpy as np
+
+from omnirrm_jax.cli import Parser
 
 
 class _IdTokenizer:
@@ -166,7 +167,7 @@ def bench_hf(cfg, prompts: int, G: int, prompt_len: int, completion: int, steps:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="omnirrm bench grpo", description=__doc__.split("\n")[0])
+    p = Parser(prog="omnirrm bench grpo", description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="omni_3b")
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--generations", type=int, default=8)

@@ -19,7 +19,6 @@ HF runs first and releases its memory before JAX starts (JAX allocates on demand
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gc
 import json
@@ -28,6 +27,7 @@ import time
 
 import numpy as np
 
+from omnirrm_jax.cli import Parser
 from omnirrm_jax.training.metrics import flops_per_token, matmul_params  # noqa: F401 - the MFU definition
 
 
@@ -219,7 +219,7 @@ def _release_torch_memory() -> None:
 # ----------------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="omnirrm bench sft", description=__doc__.split("\n")[0])
+    p = Parser(prog="omnirrm bench sft", description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="omni_3b")
     p.add_argument("--seq", type=int, default=3072)
     p.add_argument("--batch", type=int, default=1, help="sequences per device and step")

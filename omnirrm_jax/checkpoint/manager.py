@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 
+from omnirrm_jax.errors import UserError
 from omnirrm_jax.parallel.distributed import allgather_json
 
 TRASH = "deleted"  # old checkpoints go here by rename before they are removed
@@ -79,7 +80,7 @@ class CheckpointManager:
         if "processes" not in data:  # written before per-process states (single process)
             return data
         if data["process_count"] != jax.process_count():
-            raise ValueError(f"checkpoint {self.directory} step {step} was written by {data['process_count']} "
+            raise UserError(f"checkpoint {self.directory} step {step} was written by {data['process_count']} "
                              f"processes; this run has {jax.process_count()}. Resume with the same number of "
                              "processes (the data-iterator positions are per process)")
         return dict(data["processes"][jax.process_index()] or {})
@@ -91,6 +92,23 @@ class CheckpointManager:
         self._mngr.wait_until_finished()
         self._mngr.close()
         self._empty_trash()
+
+
+def read_meta(directory: str, step: int | None = None) -> tuple[int, dict] | None:
+    """(step, JSON meta) of `step` (default: the newest finished checkpoint) in `directory`, or None when there is
+    none. Writes nothing (no clean-up, no folder created), so a run can check whose checkpoints a workdir holds
+    before it touches the workdir."""
+    import orbax.checkpoint as ocp
+
+    if not os.path.isdir(directory):
+        return None
+    steps = ocp.utils.checkpoint_steps(os.path.abspath(directory))  # finished steps (no temporary folders)
+    step = max(steps, default=None) if step is None else step
+    if step is None or step not in steps:
+        return None
+    meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(os.path.join(os.path.abspath(directory), str(step),
+                                                                              "meta"))
+    return step, dict(meta or {})
 
 
 def abstract_like(tree: Any, shardings: Any | None = None) -> Any:

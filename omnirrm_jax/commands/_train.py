@@ -14,7 +14,6 @@ def add_config_args(p: argparse.ArgumentParser, configs: str) -> argparse.Argume
 def train_from_config(args: argparse.Namespace, trainer: str) -> dict:
     """Runs `omnirrm_jax.training.<trainer>.train` on the config named in `args`; returns its result."""
     import importlib
-    import logging
 
     from omnirrm_jax.parallel.distributed import initialize_from_env
 
@@ -22,7 +21,6 @@ def train_from_config(args: argparse.Namespace, trainer: str) -> dict:
     from omnirrm_jax.training import config as config_lib
     from omnirrm_jax.training.grpo_config import GRPOConfig
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = config_lib.load_config(args.config, args.overrides,
                                  cls=GRPOConfig if trainer == "grpo" else config_lib.SFTConfig)
     return importlib.import_module(f"omnirrm_jax.training.{trainer}").train(cfg)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from omnirrm_jax.commands._model import DTYPES
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert weights: HF safetensors dir <-> Orbax checkpoint")
     p.add_argument("src", help="HF checkpoint directory (config.json + *.safetensors) or Orbax directory")
     p.add_argument("dst", help="output directory")
     p.add_argument("--to", choices=["orbax", "hf"], required=True, help="output format")
-    p.add_argument("--dtype", default="float32", help="parameter dtype to store (float32, bfloat16)")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="parameter dtype to store")
     p.add_argument("--lora", default=None, help="PEFT/ms-swift LoRA adapter dir to merge (HF -> Orbax)")
     return p
 

@@ -5,12 +5,19 @@ from __future__ import annotations
 import argparse
 
 
+def _positive(text: str) -> int:
+    if not text.lstrip("-").isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="generate demo data, prep it, train a tiny judge, evaluate it (CPU: minutes)")
-    p.add_argument("--workdir", default="runs/demo", help="where data, checkpoints and demo_report.json go")
+    p.add_argument("--workdir", default="runs/demo", help="where data, checkpoints and demo_report.json go (a rerun "
+                   "first removes what an earlier demo run wrote there: it starts clean, it does not resume)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the initial weights and every sampling "
                    "step (the GRPO stage's too, unless --grpo-seed)")
-    p.add_argument("--steps", type=int, default=None, help="SFT steps (default from DemoConfig)")
+    p.add_argument("--steps", type=_positive, default=None, help="SFT steps (default from DemoConfig)")
     p.add_argument("--no-control", action="store_true", help="skip the blanked-media control run")
     p.add_argument("--no-grpo", action="store_true", help="stop after SFT (skip the GRPO stage)")
     p.add_argument("--grpo-seed", type=int, default=None, help="seed of the GRPO stage (default: the demo's)")

@@ -21,14 +21,17 @@ import json
 import os
 import sys
 
+from omnirrm_jax.commands._model import DTYPES
+
 BENCHES = ("vl_rewardbench", "mm_rewardbench", "sharegpt_video", "audio_hh_rlhf", "ta2t", "hh_rlhf")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="HF thinker dir (config.json + *.safetensors) or Orbax dir from `omnirrm convert`")
+    p.add_argument("checkpoint", help="HF thinker dir (config.json + *.safetensors), Orbax dir from `omnirrm convert` "
+                   "or `export`, or an sft/grpo run's workdir (its newest checkpoint, LoRA merged)")
     p.add_argument("--lora", help="PEFT / ms-swift LoRA adapter dir merged into an HF checkpoint")
     p.add_argument("--tokenizer", help="SentencePiece .model file or HF tokenizer dir (default: the checkpoint dir)")
-    p.add_argument("--dtype", default="bfloat16", help="parameter/compute dtype (bfloat16, float32)")
+    p.add_argument("--dtype", default="bfloat16", choices=DTYPES, help="parameter/compute dtype")
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -88,11 +91,6 @@ def _options(args: argparse.Namespace):
                       top_p=args.top_p, max_length=args.max_length, max_error_ratio=args.max_error_ratio)
 
 
-def _fail(e: Exception) -> int:
-    print(f"omnirrm eval: error: {e}", file=sys.stderr)
-    return 2
-
-
 def _dump(report: dict, path: str | None) -> None:
     text = json.dumps(report, indent=2, ensure_ascii=False)
     print(text)
@@ -102,28 +100,26 @@ def _dump(report: dict, path: str | None) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    from omnirrm_jax.commands._model import load_judge_or_run
     from omnirrm_jax.eval import benchmarks as B
-    from omnirrm_jax.eval.judge_runner import Judge, UsageError, load_judge
-    from omnirrm_jax.eval.readers import BenchmarkFileError, read_benchmark
-    from omnirrm_jax.eval.runner import BenchmarkRun, EvalError, RunStopped, read_lines
+    from omnirrm_jax.eval.judge_runner import Judge
+    from omnirrm_jax.eval.readers import read_benchmark
+    from omnirrm_jax.eval.runner import BenchmarkRun, RunStopped, read_lines
     from omnirrm_jax.eval.score import score
 
     proto = B.protocol(args.bench)
     media_root = args.media_root or os.path.dirname(os.path.abspath(args.data))
     stopped = None
+    rows = read_benchmark(args.bench, args.data, media_root=media_root, limit=args.limit)
+    model, cfg, tok = load_judge_or_run(args.checkpoint, lora=args.lora, tokenizer=args.tokenizer, dtype=args.dtype)
+    judge = Judge(model, cfg, tok, batch_size=args.batch_size)
+    run = BenchmarkRun(judge, proto, _options(args), media_root=media_root, output=args.judgements)
     try:
-        rows = read_benchmark(args.bench, args.data, media_root=media_root, limit=args.limit)
-        model, cfg, tok = load_judge(args.checkpoint, lora=args.lora, tokenizer=args.tokenizer, dtype=args.dtype)
-        judge = Judge(model, cfg, tok, batch_size=args.batch_size)
-        run = BenchmarkRun(judge, proto, _options(args), media_root=media_root, output=args.judgements)
-        try:
-            summary = run.run(rows)
-        except RunStopped as e:  # what was judged is still scored, and the reason printed
-            stopped, summary = str(e), {**e.summary, "stopped": str(e)}
-        report = score(proto, rows, read_lines(args.judgements), path=args.judgements,
-                       literal_labels=args.literal_labels, subset=args.limit is not None)
-    except (BenchmarkFileError, EvalError, UsageError) as e:
-        return _fail(e)
+        summary = run.run(rows)
+    except RunStopped as e:  # what was judged is still scored, and the reason printed
+        stopped, summary = str(e), {**e.summary, "stopped": str(e)}
+    report = score(proto, rows, read_lines(args.judgements), path=args.judgements,
+                   literal_labels=args.literal_labels, subset=args.limit is not None)
     _dump({**report, "run": summary}, args.json)
     if stopped is not None:  # the scores above are partial
         print(f"omnirrm eval: stopped: {stopped}", file=sys.stderr)
@@ -133,29 +129,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_score(args: argparse.Namespace) -> int:
     from omnirrm_jax.eval import benchmarks as B
-    from omnirrm_jax.eval.readers import BenchmarkFileError
-    from omnirrm_jax.eval.runner import EvalError
     from omnirrm_jax.eval.score import score_files
 
     media_root = args.media_root or os.path.dirname(os.path.abspath(args.data))
-    try:
-        report = score_files(B.protocol(args.bench), args.data, args.judgements, media_root=media_root,
-                             literal_labels=args.literal_labels, limit=args.limit)
-    except (BenchmarkFileError, EvalError) as e:
-        return _fail(e)
+    report = score_files(B.protocol(args.bench), args.data, args.judgements, media_root=media_root,
+                         literal_labels=args.literal_labels, limit=args.limit)
     _dump(report, args.json)
     return 0
 
 
 def _cmd_suite(args: argparse.Namespace) -> int:
+    from omnirrm_jax.commands._model import load_judge_or_run
     from omnirrm_jax.eval import suite
-    from omnirrm_jax.eval.judge_runner import UsageError
-    from omnirrm_jax.eval.readers import BenchmarkFileError
-    from omnirrm_jax.eval.runner import EvalError
 
-    try:
-        out = suite.run_suite(args.config, progress=not args.no_progress)
-    except (suite.SuiteConfigError, BenchmarkFileError, EvalError, UsageError) as e:
-        return _fail(e)
+    out = suite.run_suite(args.config, progress=not args.no_progress, load=load_judge_or_run)
     print(f"report: {out['report_md']}\n        {out['report_json']}\n        {out['report_png']}")
     return 0

@@ -24,16 +24,18 @@ from __future__ import annotations
 
 import argparse
 
+from omnirrm_jax.commands._model import DTYPES
 from omnirrm_jax.rubric.vocab import MODALITIES
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("judge", help="judge answer pairs with a checkpoint (one pair from flags, or --input JSONL)",
                        description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="HF thinker dir (config.json + *.safetensors) or Orbax dir from `omnirrm convert`")
+    p.add_argument("checkpoint", help="HF thinker dir (config.json + *.safetensors), Orbax dir from `omnirrm convert` "
+                   "or `export`, or an sft/grpo run's workdir (its newest checkpoint, LoRA merged)")
     p.add_argument("--lora", help="PEFT / ms-swift LoRA adapter dir merged into an HF checkpoint")
     p.add_argument("--tokenizer", help="SentencePiece .model file or HF tokenizer dir (default: the checkpoint dir)")
-    p.add_argument("--dtype", default="float32", help="parameter/compute dtype (float32, bfloat16)")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="parameter/compute dtype")
     one = p.add_argument_group("one pair")
     one.add_argument("--question", help="the question (audio prompts default to the reference's own)")
     one.add_argument("--answer-a", help="answer A")
@@ -69,34 +71,32 @@ def run(args: argparse.Namespace) -> int:
     import os
     import sys
 
+    from omnirrm_jax.commands._model import load_judge_or_run
     from omnirrm_jax.eval.judge_runner import Judge, TooManyErrors, UsageError, check_paths
 
-    try:
-        if args.input or args.output:
-            if not (args.input and args.output):
-                raise UsageError("--input and --output go together")
-            if args.question or args.answer_a or args.answer_b or args.image or args.video or args.audio:
-                raise UsageError("give either one pair (--question/--answer-a/--answer-b/media) or --input, not both")
-            check_paths(args.input, args.output)  # before the model loads
-            judge = Judge.from_args(args)
+    if args.input or args.output:
+        if not (args.input and args.output):
+            raise UsageError("--input and --output go together")
+        if args.question or args.answer_a or args.answer_b or args.image or args.video or args.audio:
+            raise UsageError("give either one pair (--question/--answer-a/--answer-b/media) or --input, not both")
+        check_paths(args.input, args.output)  # before the model loads
+        judge = Judge.from_args(args, load=load_judge_or_run)
+        try:
             summary = judge.run_file(args.input, args.output, media_root=args.media_root,
                                      retry_errors=args.retry_errors, max_error_ratio=args.max_error_ratio)
-            print(json.dumps(summary, ensure_ascii=False))
-            return 0
-        if args.answer_a is None or args.answer_b is None:
-            raise UsageError("one pair needs --answer-a and --answer-b (or use --input/--output)")
-        row = {"answer_a": args.answer_a, "answer_b": args.answer_b, "question": args.question,
-               "images": [os.path.abspath(p) for p in args.image], "videos": [os.path.abspath(p) for p in args.video],
-               "audios": [os.path.abspath(p) for p in args.audio]}
-        if args.template:
-            row["template"] = args.template
-        judge = Judge.from_args(args, batch_size=2 if args.swap else 1)
-        record = judge.judge_rows([(None, row)], media_root=os.sep)[0]
-        print(json.dumps(record, indent=2, ensure_ascii=False))
-        return 1 if "error" in record else 0
-    except UsageError as e:
-        print(f"omnirrm judge: error: {e}", file=sys.stderr)
-        return 2
-    except TooManyErrors as e:
-        print(f"omnirrm judge: {e}", file=sys.stderr)
-        return 1
+        except TooManyErrors as e:
+            print(f"omnirrm judge: {e}", file=sys.stderr)
+            return 1
+        print(json.dumps(summary, ensure_ascii=False))
+        return 0
+    if args.answer_a is None or args.answer_b is None:
+        raise UsageError("one pair needs --answer-a and --answer-b (or use --input/--output)")
+    row = {"answer_a": args.answer_a, "answer_b": args.answer_b, "question": args.question,
+           "images": [os.path.abspath(p) for p in args.image], "videos": [os.path.abspath(p) for p in args.video],
+           "audios": [os.path.abspath(p) for p in args.audio]}
+    if args.template:
+        row["template"] = args.template
+    judge = Judge.from_args(args, batch_size=2 if args.swap else 1, load=load_judge_or_run)
+    record = judge.judge_rows([(None, row)], media_root=os.sep)[0]
+    print(json.dumps(record, indent=2, ensure_ascii=False))
+    return 1 if "error" in record else 0

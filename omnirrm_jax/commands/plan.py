@@ -8,10 +8,11 @@ import argparse
 PLATFORMS = ("gpu", "h100", "h200", "tpu-v4", "tpu-v5e", "tpu-v5p")  # sorted(training.plan.HBM_GIB) (a test checks)
 
 
-class _IntermixedParser(argparse.ArgumentParser):
+class _Intermixed:
     """Parses intermixed, so overrides may follow the options (`omnirrm plan CONFIG --devices 8 key=value`).
     The top-level parser cannot parse intermixed (it has subcommands), so this one does it for its own
-    arguments; the guard lets argparse's intermixed pass call the plain parse underneath."""
+    arguments; the guard lets argparse's intermixed pass call the plain parse underneath. A mixin over the
+    parser class the CLI gives its subcommands (so errors stay one line)."""
 
     _mixing = False
 
@@ -29,7 +30,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="per-device memory of a run config on a mesh: `omnirrm plan --help`",
                        description="`omnirrm plan`: per-device memory of a training run on a given mesh, before "
                                    "renting the machines.")
-    p.__class__ = _IntermixedParser  # subparsers are built by the parent's class; only this one mixes
+    p.__class__ = type("IntermixedParser", (_Intermixed, type(p)), {})  # subparsers share the parent's class
     p.add_argument("config", help="SFT or GRPO YAML run config")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     p.add_argument("--devices", type=int, default=None, help="devices; default: the three standard layouts")

@@ -27,26 +27,24 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--use-audio-in-video", action="store_true", help="also extract each video's audio track")
     p.add_argument("--rewrite", action="append", default=[], metavar="OLD=NEW", type=_rewrite,
                    help="replace a path prefix before resolving, e.g. /data/= (repeatable; first match wins)")
-    p.add_argument("--max-bad-ratio", type=float, default=0.1)
+    p.add_argument("--max-bad-ratio", type=float, default=0.1, help="stop when a larger share of rows is quarantined")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     import json
-    import logging
     import sys
 
-    from data_prep.prep import PrepError, prep
+    from data_prep.prep import prep
     from omnirrm_jax.data import media as M
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = {"sft": M.MediaConfig, "grpo": M.MediaConfig.grpo, "env": M.MediaConfig.from_env}[args.media]()
-    try:
-        s = prep(args.jsonl, args.media_root, args.out, media_cfg=cfg, split=args.split, num_workers=args.workers,
-                 records_per_shard=args.records_per_shard, max_bad_ratio=args.max_bad_ratio,
-                 use_audio_in_video=args.use_audio_in_video, path_rewrites=[list(r) for r in args.rewrite])
-    except PrepError as e:
-        print(f"omnirrm prep: error: {e}", file=sys.stderr)
-        return 2
+    s = prep(args.jsonl, args.media_root, args.out, media_cfg=cfg, split=args.split, num_workers=args.workers,
+             records_per_shard=args.records_per_shard, max_bad_ratio=args.max_bad_ratio,
+             use_audio_in_video=args.use_audio_in_video, path_rewrites=[list(r) for r in args.rewrite])
     print(json.dumps(s, indent=1))
+    cut = s.get("notes_by_reason", {}).get("audio_truncated")
+    if cut:  # kept, as the reference kept them, but the model hears only the start
+        print(f"omnirrm prep: note: {cut} audio clip(s) longer than {cfg.audio_max_seconds} s were cut to their first "
+              f"{cfg.audio_max_seconds} s; see {os.path.join(args.out, 'notes.jsonl')}", file=sys.stderr)
     return 0

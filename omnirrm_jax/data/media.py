@@ -80,7 +80,10 @@ class MediaConfig:
     image: ImageConfig = dataclasses.field(default_factory=ImageConfig)
     video: VideoConfig = dataclasses.field(default_factory=VideoConfig)
     sampling_rate: int = SAMPLE_RATE
-    audio_max_seconds: int = 300
+    audio_max_seconds: int = 300  # the processor's Whisper window: longer audio is cut to its first 300 s (prep notes it)
+    # Longer audio is refused without being decoded (from the file's header where it has one, else by decoding no
+    # more than this): the model sees at most audio_max_seconds, and a one-hour WAV took 2.3 GB to decode.
+    audio_max_input_seconds: float = 600.0
 
     @classmethod
     def grpo(cls) -> "MediaConfig":
@@ -369,37 +372,78 @@ def _checked(path, wave: np.ndarray) -> np.ndarray:
     return wave.astype(np.float32, copy=False)
 
 
-def load_audio(path, sr: int = SAMPLE_RATE) -> np.ndarray:
-    """ms-swift ``vision_utils.load_audio``: ``librosa.load(path, sr=sr)`` (mono mean, soxr_hq resample) -> float32."""
+def _too_long(path, seconds: float, max_seconds: float) -> MediaError:
+    return MediaError(path, f"{seconds:.0f} s of audio exceeds the decode budget of {max_seconds:g} s "
+                            "(MediaConfig.audio_max_input_seconds)")
+
+
+def audio_seconds(path) -> float | None:
+    """The duration a file's header gives (soundfile: WAV, FLAC, OGG, MP3; else the PyAV container), without decoding
+    the samples; None when neither reader knows it (the decoder then reports what is wrong)."""
+    try:
+        import soundfile
+        info = soundfile.info(str(path))
+        if info.samplerate > 0 and info.frames > 0:
+            return info.frames / info.samplerate
+    except Exception:  # noqa: BLE001 - not a format libsndfile reads: ask the container
+        pass
+    try:
+        import av
+        with av.open(str(path)) as c:
+            if c.duration:
+                return c.duration / av.time_base
+    except Exception:  # noqa: BLE001 - unreadable header: unknown
+        pass
+    return None
+
+
+def load_audio(path, sr: int = SAMPLE_RATE, max_seconds: float | None = None) -> np.ndarray:
+    """ms-swift ``vision_utils.load_audio``: ``librosa.load(path, sr=sr)`` (mono mean, soxr_hq resample) -> float32.
+
+    ``max_seconds``: refuse longer audio (``MediaError``, "exceeds the decode budget") before decoding it when the
+    header tells the duration, else after decoding at most a second more than that (memory stays bounded)."""
     import librosa
     if not os.path.exists(path):
         raise MediaError(path, "file not found")
+    duration = None
+    if max_seconds is not None:
+        seconds = audio_seconds(path)
+        if seconds is not None and seconds > max_seconds:
+            raise _too_long(path, seconds, max_seconds)
+        duration = max_seconds + 1.0  # a shorter file decodes whole, as without the limit
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # librosa's audioread fallback is deprecated and noisy
-            wave, _ = librosa.load(path, sr=sr, mono=True)
+            wave, _ = librosa.load(path, sr=sr, mono=True, duration=duration)
     except Exception as e:  # soundfile, audioread and soxr each raise their own types
         if "not finite" in str(e):  # librosa's to_mono/resample validate the buffer first
             raise MediaError(path, "non-finite samples (NaN/Inf)") from e
         raise MediaError(path, f"cannot decode audio: {type(e).__name__}: {e}") from e
+    if max_seconds is not None and wave.size > max_seconds * sr:
+        raise _too_long(path, wave.size / sr, max_seconds)
     return _checked(path, wave)
 
 
-def extract_audio_track(path, sr: int = SAMPLE_RATE) -> np.ndarray | None:
+def extract_audio_track(path, sr: int = SAMPLE_RATE, max_seconds: float | None = None) -> np.ndarray | None:
     """Audio-in-video: first audio stream -> 16 kHz mono float32 like ``librosa.load(video, sr)`` in ms-swift's
-    Omni template (channel mean, then soxr_hq resample); None when the file has no audio (or it decodes empty)."""
+    Omni template (channel mean, then soxr_hq resample); None when the file has no audio (or it decodes empty).
+    ``max_seconds`` as in ``load_audio``: a longer track is refused, from the container's duration or mid-decode."""
     import av
     import librosa
     try:
         with av.open(str(path)) as c:
             if not c.streams.audio:
                 return None
+            if max_seconds is not None and c.duration and c.duration / av.time_base > max_seconds:
+                raise _too_long(path, c.duration / av.time_base, max_seconds)
             st = c.streams.audio[0]
-            resampler, chunks, rate = av.AudioResampler(format="fltp"), [], st.rate
+            resampler, chunks, rate, n = av.AudioResampler(format="fltp"), [], st.rate, 0
             for fr in c.decode(st):
                 for out in resampler.resample(fr):
                     chunks.append(out.to_ndarray())
-                    rate = out.sample_rate
+                    rate, n = out.sample_rate, n + out.samples
+                if max_seconds is not None and n > (max_seconds + 1.0) * rate:
+                    raise _too_long(path, n / rate, max_seconds)
             chunks += [out.to_ndarray() for out in resampler.resample(None)]
     except FileNotFoundError:
         raise MediaError(path, "file not found") from None

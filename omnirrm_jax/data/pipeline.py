@@ -47,6 +47,7 @@ import numpy as np
 from omnirrm_jax.data import examples as E
 from omnirrm_jax.data import records as R
 from omnirrm_jax.data.tokenizer import Tokenizer
+from omnirrm_jax.errors import UserError
 from omnirrm_jax.models.config import ThinkerConfig
 
 # (image patches, video patches, audio chunks, audio tokens) per batch; patches are multiples of merge^2 = 4.
@@ -120,7 +121,7 @@ class PipelineConfig:
         return tuple(self.media_buckets[-1])
 
 
-class SkipRatioError(RuntimeError):
+class SkipRatioError(UserError, RuntimeError):
     """Too many records were skipped: the data or the settings are wrong, and training on the rest would mislead."""
 
 

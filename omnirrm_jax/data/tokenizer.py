@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import abc
 import io
+import os
 import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from omnirrm_jax.errors import MissingPathError, UserError
 from omnirrm_jax.models.config import ThinkerConfig
 from omnirrm_jax.models.rope import audio_in_video_layout, audio_token_count  # numpy-only (models.audio imports JAX)
 
@@ -109,7 +111,7 @@ class HFTokenizer(Tokenizer):
         for name, tok in SPECIAL_TOKENS.items():
             i = hf_tokenizer.convert_tokens_to_ids(tok)
             if i is None or i == unk:
-                raise ValueError(f"tokenizer has no token {tok}; not a Qwen2.5-Omni tokenizer?")
+                raise UserError(f"tokenizer has no token {tok}; not a Qwen2.5-Omni tokenizer?")
             self.special_ids[name] = int(i)
         self.vocab_size = len(hf_tokenizer)
         self._check_specials()
@@ -147,7 +149,7 @@ class SentencePieceTokenizer(Tokenizer):
         for name, tok in SPECIAL_TOKENS.items():
             i = int(self.sp.piece_to_id(tok))
             if self.sp.id_to_piece(i) != tok:  # unknown pieces map to <unk>
-                raise ValueError(f"SentencePiece model has no piece {tok}; train it with train_sentencepiece")
+                raise UserError(f"SentencePiece model has no piece {tok}; train it with train_sentencepiece")
             self.special_ids[name] = i
         self._skip = set(self.special_ids.values())
         self._controls = re.compile("(?=" + "|".join(map(re.escape, SPECIAL_TOKENS.values())) + ")")
@@ -179,11 +181,19 @@ class SentencePieceTokenizer(Tokenizer):
 
 def load_tokenizer(path: str | Path | None) -> Tokenizer:
     """The one tokenizer loader: a SentencePiece `.model` file or an HF checkpoint / tokenizer directory."""
+    what = "a SentencePiece .model file or an HF checkpoint / tokenizer folder"
     if path is None:
-        raise ValueError("data.tokenizer is required (an HF checkpoint dir or a SentencePiece .model)")
-    if str(path).endswith(".model"):
-        return SentencePieceTokenizer.from_file(path)
-    return HFTokenizer.from_dir(path)
+        raise UserError(f"a tokenizer is required (data.tokenizer, or --tokenizer): {what}")
+    if not os.path.exists(path):
+        raise MissingPathError(f"tokenizer {path} does not exist ({what})")
+    try:
+        if str(path).endswith(".model"):
+            return SentencePieceTokenizer.from_file(path)
+        return HFTokenizer.from_dir(path)
+    except UserError:
+        raise
+    except (OSError, RuntimeError, ValueError, TypeError) as e:  # what sentencepiece / transformers raise
+        raise UserError(f"cannot load a tokenizer from {path} ({type(e).__name__}: {e}); give {what}") from e
 
 
 def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_prefix: str | Path | None = None, *,

@@ -12,6 +12,7 @@ Modules, each one stage (imports run one way: config <- data <- sft, grpo, evalu
   sft       sft_config, train, reload          grpo      the GRPO stage (probe, RL split, train, export)
   evaluate  held-out accuracy, example judgements      report   report rows, results table, environment
   criteria  the PASS/FAIL lines (what the demo promises)  seeds    min/median/max table over several seeds
+  workdir   what a run writes under its workdir; a rerun's clean start
   runner    run_demo
 Importing the package is light (numpy); JAX and the rest load when a stage runs.
 """

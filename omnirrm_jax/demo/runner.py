@@ -14,10 +14,12 @@ from omnirrm_jax.demo import report as R
 from omnirrm_jax.demo import sft as demo_sft
 from omnirrm_jax.demo.config import DemoConfig
 from omnirrm_jax.demo.data import DemoData, prepare_data, train_tokenizer
+from omnirrm_jax.demo.workdir import start_clean
 
 
 def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
-    """Runs the whole demo under `cfg.workdir`, prints progress and results; returns the report it writes to
+    """Runs the whole demo under `cfg.workdir` (an earlier demo run's outputs there are removed first: a rerun
+    reproduces the demo, it does not resume), prints progress and results; returns the report it writes to
     `demo_report.json` (per-modality rows "sft"/"grpo", "checkpoint", "control", "grpo_checkpoint",
     "grpo_training", "examples", timings and load averages)."""
     t0 = time.time()
@@ -32,7 +34,9 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
         seconds[name] = round(time.time() - t0 - sum(seconds.values()), 1)
         load[name] = round(os.getloadavg()[0], 2)
 
-    os.makedirs(cfg.workdir, exist_ok=True)
+    removed = start_clean(cfg.workdir)
+    if removed:
+        print(f"starting clean: removed the earlier demo run's {', '.join(removed)} from {cfg.workdir}", flush=True)
     print(f"[1/{n}] generating and preparing demo data (images, mp4 videos, wav audio, arithmetic)", flush=True)
     real = prepare_data(cfg, "data", blank=False)
     tok, tok_path = train_tokenizer(cfg, real.root)

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from data_prep.rows import RowOptions
 from omnirrm_jax.data.media import MediaConfig
 from omnirrm_jax.data.tokenizer import HFTokenizer, SentencePieceTokenizer, load_tokenizer, thinker_token_ids
+from omnirrm_jax.errors import UserError
 from omnirrm_jax.eval import pairs
 from omnirrm_jax.eval.benchmarks import INFERENCE_MEDIA_ENV
 from omnirrm_jax.eval.judge import judge_with_verdicts
@@ -36,7 +37,7 @@ from omnirrm_jax.eval.pairs import PairError
 from omnirrm_jax.eval.verdict import combine_orders, swap_label, unswap_probs
 
 
-class UsageError(ValueError):
+class UsageError(UserError):
     """Bad flags or an unusable checkpoint/tokenizer: printed without a traceback."""
 
 
@@ -62,22 +63,31 @@ def load_judge(checkpoint: str, *, lora: str | None = None, tokenizer: str | Non
         from omnirrm_jax.models.convert import load_orbax
 
         model, cfg = load_orbax(checkpoint, dtype)
-    else:
+    elif os.path.isfile(os.path.join(checkpoint, "config.json")):
         from omnirrm_jax.models.params import load_hf
 
         model, cfg = load_hf(checkpoint, dtype=dtype, lora_path=lora)
-    source = tokenizer or checkpoint
+    else:
+        raise UsageError(f"checkpoint {checkpoint} is neither an HF thinker folder (config.json + *.safetensors) nor "
+                         "an Orbax one (config.json + params/, from `omnirrm convert` or `omnirrm export`)")
+    return model, cfg, judge_tokenizer(tokenizer or checkpoint, cfg)
+
+
+def judge_tokenizer(source: str, cfg):
+    """The tokenizer at `source`, refused (UsageError, naming --tokenizer) unless its ids fit the model `cfg`."""
+    hint = "pass --tokenizer (a SentencePiece .model file or an HF tokenizer dir)"
     try:
         tok = load_tokenizer(source)
+    except UserError as e:  # missing, or not loadable (load_tokenizer names the cause)
+        raise UsageError(f"{e}; {hint}") from None
     except Exception as e:  # noqa: BLE001 - transformers raises OSError/ValueError/TypeError for a missing tokenizer
-        raise UsageError(f"cannot load a tokenizer from {source} ({type(e).__name__}: {e}); pass --tokenizer "
-                         "(a SentencePiece .model file or an HF tokenizer dir)") from None
+        raise UsageError(f"cannot load a tokenizer from {source} ({type(e).__name__}: {e}); {hint}") from None
     want = {k: getattr(cfg, k) for k in thinker_token_ids(tok)}
     if thinker_token_ids(tok) != want:
         raise UsageError(f"tokenizer {source} special ids {thinker_token_ids(tok)} differ from the checkpoint's {want}")
     if tok.vocab_size > cfg.text.vocab_size:
         raise UsageError(f"tokenizer {source} has {tok.vocab_size} ids, the model only {cfg.text.vocab_size}")
-    return model, cfg, tok
+    return tok
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -106,8 +116,9 @@ class Judge:
                                  f"({need} tokens with this tokenizer)")
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, batch_size: int | None = None) -> "Judge":
-        model, cfg, tok = load_judge(args.checkpoint, lora=args.lora, tokenizer=args.tokenizer, dtype=args.dtype)
+    def from_args(cls, args: argparse.Namespace, batch_size: int | None = None, load=load_judge) -> "Judge":
+        """The judge `omnirrm judge` flags describe; `load` (a `load_judge` alike) reads the checkpoint."""
+        model, cfg, tok = load(args.checkpoint, lora=args.lora, tokenizer=args.tokenizer, dtype=args.dtype)
         return cls(model, cfg, tok, swap=args.swap, constrained=args.constrained, max_new_tokens=args.max_new_tokens,
                    max_length=args.max_length, batch_size=batch_size or args.batch_size, field=args.verdict_field,
                    modality=args.modality, template=args.template, media_limits=args.media_limits)

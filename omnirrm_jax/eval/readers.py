@@ -19,13 +19,14 @@ import os
 import re
 from typing import Any, Callable, Iterator
 
+from omnirrm_jax.errors import UserError
 from omnirrm_jax.eval.benchmarks import RESERVED, BenchRow, mm_category, mm_label, protocol, vl_preferred
 
 PLACEHOLDER = "/path/to/resource"  # the release's anonymised media path
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 
 
-class BenchmarkFileError(ValueError):
+class BenchmarkFileError(UserError):
     """The whole file is unusable (missing, not a JSON list, unreadable parquet, no rows)."""
 
 

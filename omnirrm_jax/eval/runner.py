@@ -36,6 +36,7 @@ import jax
 from tqdm import tqdm
 
 from data_prep.rows import RowOptions
+from omnirrm_jax.errors import UserError
 from omnirrm_jax.eval import pairs
 from omnirrm_jax.eval.benchmarks import BenchRow, Protocol, reference_order
 from omnirrm_jax.eval.judge import judge_with_verdicts
@@ -45,7 +46,7 @@ _SNIFF = ((b"\x89PNG", ".png"), (b"\xff\xd8", ".jpg"), (b"GIF8", ".gif"), (b"RIF
           (b"ID3", ".mp3"), (b"OggS", ".ogg"))
 
 
-class EvalError(ValueError):
+class EvalError(UserError):
     """A run that cannot start or must stop (unusable output file, too many bad rows): printed without a traceback."""
 
 

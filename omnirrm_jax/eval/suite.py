@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from omnirrm_jax.errors import UserError
 from omnirrm_jax.eval import benchmarks as B
 from omnirrm_jax.eval import report
 from omnirrm_jax.eval.judge_runner import Judge, load_judge
@@ -34,7 +35,7 @@ _MODEL = {"checkpoint", "lora", "tokenizer", "dtype"}
 _BENCH = {"data", "media_root", "limit"}
 
 
-class SuiteConfigError(ValueError):
+class SuiteConfigError(UserError):
     """A config that names an unknown key, benchmark or a missing file."""
 
 
@@ -94,14 +95,16 @@ def _has(md, name: str) -> bool:
         return False
 
 
-def run_suite(config_path: str, *, progress: bool = True) -> dict[str, str]:
+def run_suite(config_path: str, *, progress: bool = True, load=load_judge) -> dict[str, str]:
+    """Judges and scores every benchmark of the config with one model load; `load` (a `load_judge` alike) reads
+    model.checkpoint (`omnirrm eval suite` passes one that also takes a training workdir)."""
     cfg = load_config(config_path)
     opts = RunOptions(**cfg["run"])
     rows_of = {name: read_benchmark(name, spec["data"], media_root=spec["media_root"], limit=spec.get("limit"))
                for name, spec in cfg["benchmarks"].items()}  # every file checked before the model loads
     m = cfg["model"]
-    model, tcfg, tok = load_judge(m["checkpoint"], lora=m.get("lora"), tokenizer=m.get("tokenizer"),
-                                  dtype=m.get("dtype") or "bfloat16")
+    model, tcfg, tok = load(m["checkpoint"], lora=m.get("lora"), tokenizer=m.get("tokenizer"),
+                            dtype=m.get("dtype") or "bfloat16")
     judge = Judge(model, tcfg, tok, batch_size=opts.batch_size)
     out_dir = cfg["output_dir"]
     os.makedirs(out_dir, exist_ok=True)

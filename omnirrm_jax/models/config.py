@@ -96,6 +96,9 @@ class AudioConfig:
 #   dots  matmul outputs without batch dims (the projections) are kept, attention and elementwise work is
 #         recomputed (jax.checkpoint_policies.dots_with_no_batch_dims_saveable).
 REMAT_POLICIES = ("none", "full", "dots")
+# Parameter and compute dtypes a run, `omnirrm convert`, `export`, `judge` and `eval` accept (others are refused up
+# front instead of failing deep inside JAX).
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True)

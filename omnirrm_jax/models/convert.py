@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from omnirrm_jax.errors import MissingPathError, UserError
 from omnirrm_jax.models import config as config_lib
 from omnirrm_jax.models import fresh_dir
 from omnirrm_jax.models import params as P
@@ -41,6 +42,9 @@ def load_orbax(path: str, dtype: str | None = None, *, compute_dtype: str | None
     import orbax.checkpoint as ocp
 
     path = os.path.abspath(path)
+    if not os.path.isdir(os.path.join(path, "params")) or not os.path.isfile(os.path.join(path, "config.json")):
+        raise MissingPathError(f"{path} is not an Orbax thinker folder (config.json + params/, written by `omnirrm "
+                               "convert --to orbax` or `omnirrm export`)")
     with open(os.path.join(path, "config.json")) as f:
         raw = json.load(f)
     stored = raw.get("dtype") or raw.get("torch_dtype") or "float32"
@@ -78,14 +82,24 @@ def cast_params(model: nnx.Module, dtype: str):
 
 
 def run(src: str, dst: str, *, to: str, dtype: str = "float32", lora_path: str | None = None) -> None:
+    """`omnirrm convert`: `src` (HF folder for --to orbax, Orbax folder for --to hf) written to `dst`."""
+    if to not in ("orbax", "hf"):
+        raise UserError(f"unknown target format {to!r} (orbax or hf)")
+    if not os.path.isdir(src):
+        raise MissingPathError(f"{src} is not a folder")
+    if os.path.isdir(os.path.join(src, "checkpoints")) and not os.path.isfile(os.path.join(src, "config.json")):
+        raise UserError(f"{src} is a training workdir; write its checkpoint out with `omnirrm export {src} OUT`")
+    is_orbax = os.path.isdir(os.path.join(src, "params"))
     if to == "orbax":
+        if is_orbax:
+            raise UserError(f"{src} is already an Orbax checkpoint; `--to hf` converts it to HF safetensors")
         model, _ = P.load_hf(src, dtype=dtype, lora_path=lora_path, merge_lora=True)
         save_orbax(model, dst)
-    elif to == "hf":
+    else:
         if lora_path:
-            raise ValueError("--lora applies to HF -> Orbax; merge it before exporting to HF")
+            raise UserError("--lora applies to HF -> Orbax; merge it before exporting to HF")
+        if not is_orbax and os.path.isfile(os.path.join(src, "config.json")):
+            raise UserError(f"{src} is already an HF checkpoint; `--to orbax` converts it to Orbax")
         model, _ = load_orbax(src, dtype)
         P.save_hf(model, dst)
-    else:
-        raise ValueError(f"unknown target format {to!r} (orbax or hf)")
     print(f"wrote {to} checkpoint to {dst}")

@@ -13,11 +13,13 @@ import os
 import shutil
 import tempfile
 
+from omnirrm_jax.errors import UserError
+
 # What our writers put at a folder's top level: an existing target holding anything else is not ours to replace.
 MODEL_FILES = ("config.json", "adapter_config.json", "params", "model.safetensors", "model.safetensors.index.json")
 
 
-class NotAModelDir(ValueError):
+class NotAModelDir(UserError):
     """The target exists and holds files that none of our writers made."""
 
 

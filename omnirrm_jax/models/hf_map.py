@@ -18,6 +18,8 @@ from typing import Mapping
 
 from flax import nnx
 
+from omnirrm_jax.errors import UserError
+
 THINKER_PREFIX = "thinker."  # full Qwen2.5-Omni checkpoints (and ms-swift adapters) keep the thinker under it
 IGNORED_PREFIXES = ("talker.", "token2wav.")  # full-model tensors the thinker does not use
 # checkpoint module-name part <-> NNX attribute ({n}: a number)
@@ -37,7 +39,7 @@ _TO_NNX = [_rule(hf, ours) for hf, ours in MODULE_RENAMES]
 _TO_HF = [_rule(ours, hf) for hf, ours in MODULE_RENAMES]
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError):
     """A checkpoint does not fit the model: lists every offending tensor with both shapes."""
 
 

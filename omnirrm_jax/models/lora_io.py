@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from omnirrm_jax.errors import UserError
 from omnirrm_jax.models import fresh_dir, hf_map
 from omnirrm_jax.models import layers as L
 
@@ -26,7 +27,7 @@ _PEFT_PREFIX = "base_model.model."
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[A-Za-z0-9_]+)?\.weight$")
 
 
-class AdapterError(ValueError):
+class AdapterError(UserError):
     """An adapter directory that cannot be applied; the message names the file and tensor."""
 
 

@@ -18,6 +18,7 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.flax import save_file
 
+from omnirrm_jax.errors import MissingPathError, UserError
 from omnirrm_jax.models import config as config_lib
 from omnirrm_jax.models import fresh_dir, hf_map, loading, lora_io
 
@@ -84,12 +85,12 @@ def read_safetensors_dir(path: str) -> dict[str, jax.Array]:
 def read_config(path: str, **runtime: Any) -> config_lib.ThinkerConfig:
     cfg_file = os.path.join(path, "config.json")
     if not os.path.exists(cfg_file):
-        raise FileNotFoundError(f"{path} has no config.json")
+        raise MissingPathError(f"{path} has no config.json: not an HF thinker checkpoint folder")
     with open(cfg_file) as f:
         try:
             return config_lib.from_hf_dict(json.load(f), **runtime)
         except (KeyError, ValueError) as e:
-            raise ValueError(f"{cfg_file}: {e}") from e
+            raise UserError(f"{cfg_file}: not a Qwen2.5-Omni thinker config ({type(e).__name__}: {e})") from e
 
 
 def abstract_thinker(cfg: config_lib.ThinkerConfig):

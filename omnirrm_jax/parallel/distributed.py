@@ -28,10 +28,12 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from omnirrm_jax.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class LaunchError(ValueError):
+class LaunchError(UserError):
     """The environment describes a multi-process launch that cannot work; names the variable."""
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from omnirrm_jax.errors import UserError
 from omnirrm_jax.models import layers as L
 
 log = logging.getLogger(__name__)
@@ -51,15 +52,16 @@ class MeshConfig:
     def shape(self, n_devices: int) -> tuple[int, ...]:
         dims = [self.data, self.fsdp, self.tensor]
         if dims.count(-1) > 1:
-            raise ValueError(f"at most one mesh axis may be -1, got {dims}")
+            raise UserError(f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, dims))}")
         known = math.prod(d for d in dims if d != -1)
         if -1 in dims:
             if n_devices % known:
-                raise ValueError(f"{n_devices} devices cannot fill mesh {dict(zip(MESH_AXES, dims))}")
+                raise UserError(f"{n_devices} devices cannot fill mesh {dict(zip(MESH_AXES, dims))} (set mesh.data, "
+                                "mesh.fsdp, mesh.tensor so their product divides the device count)")
             dims[dims.index(-1)] = n_devices // known
         if math.prod(dims) != n_devices:
-            raise ValueError(f"mesh {dict(zip(MESH_AXES, dims))} needs {math.prod(dims)} devices, "
-                             f"{n_devices} available")
+            raise UserError(f"mesh {dict(zip(MESH_AXES, dims))} needs {math.prod(dims)} devices, "
+                            f"{n_devices} available (set mesh.data=-1 to fill them)")
         return tuple(dims)
 
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from omnirrm_jax.models.config import REMAT_POLICIES
+from omnirrm_jax.errors import UserError
+from omnirrm_jax.models.config import DTYPES, PRESETS, REMAT_POLICIES
 from omnirrm_jax.training.lora import LoraConfig
 from omnirrm_jax.training.optim import OptimConfig
 from omnirrm_jax.parallel.sharding import MeshConfig
@@ -40,6 +41,14 @@ class ModelSpec:
             raise ConfigError(f"model.remat: {self.remat!r} is not one of {', '.join(REMAT_POLICIES)} "
                               "(or true = full, false = none)")
         object.__setattr__(self, "remat", remat)
+        if self.preset is None and not self.hf_path:
+            raise ConfigError("model: set model.hf_path (an HF checkpoint folder) or model.preset "
+                              f"(one of {', '.join(PRESETS)})")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ConfigError(f"model.preset: {self.preset!r} is not one of {', '.join(PRESETS)}")
+        for key in ("dtype", "param_dtype"):
+            if getattr(self, key) not in DTYPES:
+                raise ConfigError(f"model.{key}: {getattr(self, key)!r} is not one of {', '.join(DTYPES)}")
         if self.lora_path and not self.hf_path:
             raise ConfigError(f"model.lora_path={self.lora_path!r} needs model.hf_path: an adapter trains on the HF "
                               "base it was made for (a preset base is random)")
@@ -54,6 +63,31 @@ class DataSpec:
     eval: tuple[str, ...] = ()
     tokenizer: str | None = None  # HF checkpoint dir or a SentencePiece .model
     pipeline: dict = dataclasses.field(default_factory=dict)  # fields of data.pipeline.PipelineConfig
+
+    def __post_init__(self):
+        if self.pipeline:
+            pipeline_config(self.pipeline)  # an unknown key or a bad value fails here, naming it
+
+
+# data.pipeline keys a run may not set: the trainer sets them (a value there would be silently replaced)
+TRAINER_SET = {"mode": "the trainer sets it", "num_epochs": "a run's length is run.num_epochs or run.max_steps"}
+
+
+def pipeline_config(pipeline: dict, mode: str = "sft"):
+    """`data.pipeline` as the `data.pipeline.PipelineConfig` of a `mode` run; an unknown key or a bad value is a
+    ConfigError naming it."""
+    from omnirrm_jax.data.pipeline import PipelineConfig
+
+    names = [f.name for f in dataclasses.fields(PipelineConfig) if f.name not in TRAINER_SET]
+    for key in pipeline:
+        if key in TRAINER_SET:
+            raise ConfigError(f"data.pipeline.{key} cannot be set: {TRAINER_SET[key]}")
+        if key not in names:
+            raise unknown_key(key, names, "data.pipeline")
+    try:
+        return PipelineConfig(**{**pipeline, "mode": mode})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"data.pipeline: {e}") from e
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,8 +133,8 @@ class SFTConfig:
             raise ConfigError(f"run.eval_every={self.run.eval_every} needs data.eval shards (none given)")
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(UserError):
+    """A run config that cannot work: names the key (or file) and the valid values."""
 
 
 def _coerce(hint, value: Any, where: str) -> Any:
@@ -127,6 +161,14 @@ def _coerce(hint, value: Any, where: str) -> Any:
     raise ConfigError(f"{where}: {value!r} is not a valid {hint}")
 
 
+def unknown_key(key: str, names: list[str], where: str) -> ConfigError:
+    """The error for `where.key`, naming the closest valid key (a typo costs a whole run when ignored)."""
+    prefix = f"{where}." if where else ""
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+    return ConfigError(f"unknown config key {prefix}{key}{hint} (valid: {', '.join(names)})")
+
+
 def _build(cls, raw: Any, where: str):
     if not dataclasses.is_dataclass(cls):
         return _coerce(cls, raw, where)
@@ -139,10 +181,7 @@ def _build(cls, raw: Any, where: str):
     kwargs = {}
     for key, value in raw.items():
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f"; did you mean {where + '.' if where else ''}{close[0]}?" if close else ""
-            raise ConfigError(f"unknown config key {where + '.' if where else ''}{key}{hint} "
-                              f"(valid: {', '.join(names)})")
+            raise unknown_key(key, names, where)
         kwargs[key] = _build(hints[key], value, f"{where}.{key}" if where else key)
     try:
         return cls(**kwargs)

@@ -21,6 +21,7 @@ import jax
 from flax import nnx
 
 from omnirrm_jax.checkpoint.manager import abstract_like
+from omnirrm_jax.errors import MissingPathError, UserError
 from omnirrm_jax.models import config as model_config
 from omnirrm_jax.models import convert, lora_io
 from omnirrm_jax.models import params as P
@@ -45,41 +46,45 @@ def _model_spec(raw: dict, where: str):
         spec["lora"] = LoraConfig(**spec.get("lora") or {})
         return ModelSpec(**spec), int(raw["config"]["run"]["seed"])
     except (KeyError, TypeError) as e:
-        raise ValueError(f"{where}: checkpoint meta has no usable config.model / config.run.seed ({e!r}); "
+        raise UserError(f"{where}: checkpoint meta has no usable config.model / config.run.seed ({e!r}); "
                          "was it written by omnirrm sft or grpo?") from e
 
 
-def load_trained(workdir: str, step: int | None = None, *, base_hf: str | None = None) -> Trained:
+def load_trained(workdir: str, step: int | None = None, *, base_hf: str | None = None,
+                 compute_dtype: str | None = None) -> Trained:
     """Rebuilds the trained thinker of a training workdir (LoRA unmerged).
 
     Args:
       workdir: the run's `run.workdir` (with `checkpoints/`).
       step: checkpoint step; default the newest finished one.
       base_hf: the base HF checkpoint dir, when the run's `model.hf_path` has moved.
+      compute_dtype: the model's compute dtype (default: the run's model.dtype); parameters keep the run's.
     """
     import orbax.checkpoint as ocp
 
-
     ckdir = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    if not os.path.isdir(workdir):
+        raise MissingPathError(f"workdir {workdir} does not exist (give the run.workdir of an omnirrm sft/grpo run)")
     if not os.path.isdir(ckdir):
-        raise FileNotFoundError(f"{workdir} has no checkpoints/ directory (not an omnirrm sft/grpo workdir)")
+        raise MissingPathError(f"{workdir} has no checkpoints/ directory: not the run.workdir of an omnirrm sft/grpo "
+                               "run")
     mngr = ocp.CheckpointManager(ckdir)
     try:
         step = mngr.latest_step() if step is None else step
         if step is None or step not in mngr.all_steps():
-            raise FileNotFoundError(f"{ckdir}: no finished checkpoint {'' if step is None else step} "
-                                    f"(steps: {list(mngr.all_steps())})")
+            raise MissingPathError(f"{ckdir}: no finished checkpoint {'' if step is None else step} "
+                                   f"(steps: {list(mngr.all_steps())})")
         where = f"{ckdir}/{step}"
         meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         spec, seed = _model_spec(meta, where)
         if "thinker" not in meta:
-            raise ValueError(f"{where}: checkpoint meta lacks the thinker config")
+            raise UserError(f"{where}: checkpoint meta lacks the thinker config")
         hf_path = base_hf or spec.hf_path
         if hf_path and not os.path.isdir(hf_path):
-            raise FileNotFoundError(f"{where}: the run's base model.hf_path {hf_path} is not there; "
-                                    "pass the base checkpoint directory (--base-hf)")
-        cfg = model_config.from_hf_dict(meta["thinker"], dtype=spec.dtype, param_dtype=spec.param_dtype,
-                                        attention_backend=spec.attention_backend)
+            raise MissingPathError(f"{where}: the run's base model.hf_path {hf_path} is not there; "
+                                   "pass the base checkpoint directory (--base-hf)")
+        cfg = model_config.from_hf_dict(meta["thinker"], dtype=compute_dtype or spec.dtype,
+                                        param_dtype=spec.param_dtype, attention_backend=spec.attention_backend)
         model = build_model(cfg, hf_path=hf_path, lora_cfg=None if spec.full_finetune else spec.lora,
                             lora_path=spec.lora_path, seed=seed)
         graphdef, trainable, rest = nnx.split(model, trainable_filter(spec.full_finetune), ...)
@@ -90,7 +95,7 @@ def load_trained(workdir: str, step: int | None = None, *, base_hf: str | None =
                 item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                 partial_restore=True)))["state"]
         except (ValueError, KeyError) as e:
-            raise ValueError(f"{where}: the stored trainable state does not fit the model rebuilt from its "
+            raise UserError(f"{where}: the stored trainable state does not fit the model rebuilt from its "
                              f"config: {e}") from e
     finally:
         mngr.close()
@@ -114,10 +119,10 @@ def export(workdir: str, out: str, *, formats: Sequence[str] = ("orbax", "hf"), 
     `dtype` (float32, bfloat16, ...) applies to the merged parameters; default: the training param_dtype."""
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
-        raise ValueError(f"unknown export format(s) {bad or formats}; choose from {FORMATS}")
+        raise UserError(f"unknown export format(s) {bad or formats}; choose from {', '.join(FORMATS)}")
     trained = load_trained(workdir, step, base_hf=base_hf)
     if "adapter" in formats and trained.full_finetune:
-        raise ValueError(f"{workdir} is a full fine-tuning run: there is no LoRA adapter to export "
+        raise UserError(f"{workdir} is a full fine-tuning run: there is no LoRA adapter to export "
                          "(export orbax or hf)")
     written = {}
     if "adapter" in formats:

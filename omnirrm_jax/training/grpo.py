@@ -153,7 +153,7 @@ def train(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None = No
     by `omnirrm export`) or a preset."""
     spec = cfg.grpo
     full_reference = cfg.model.full_finetune and spec.beta != 0
-    run = run_lib.setup(cfg, mode="grpo", schedule=schedule(cfg), progress=progress, meta={"trainer": "grpo"},
+    run = run_lib.setup(cfg, mode="grpo", schedule=schedule(cfg), progress=progress,
                         start_of=lambda meta: int(meta["rollout"]), keep_initial=full_reference)
     total, tok = run.schedule.total, run.tok
     constraint = None

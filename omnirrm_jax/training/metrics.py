@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Callable
 
 import jax
 
@@ -59,6 +60,36 @@ class CompileCounter:
             jax.monitoring.unregister_event_duration_listener(self._listen)
         except (AttributeError, ValueError):
             pass
+
+
+class Throughput:
+    """Tokens per second over the steps of a log window that compiled nothing.
+
+    Why: a trainer reads each step's metrics one step late (the next step is already dispatched), and the time
+    between two reads is one step's time only in steady state. An interval in which XLA compiled (the first step, a
+    new shape bucket, the first held-out evaluation) holds the compile, and the last read of a run follows no
+    dispatch (on a synchronous backend it times nothing): counted, they logged 60 tokens/s and then 2.8 M. Both are
+    left out; a window with nothing left has no rate (None)."""
+
+    def __init__(self, compile_count: Callable[[], int]):
+        self._count = compile_count
+        self._t, self._seen = time.perf_counter(), None  # the first interval holds setup and compile: never counted
+        self.tokens, self.seconds = 0, 0.0
+
+    def step(self, tokens: int, *, dispatched_next: bool = True) -> None:
+        """After a step's metrics were read: its interval counts unless something compiled in it or no step was
+        dispatched after it (`dispatched_next=False`: the run's last read)."""
+        now, count = time.perf_counter(), self._count()
+        if count == self._seen and dispatched_next:
+            self.tokens += tokens
+            self.seconds += now - self._t
+        self._t, self._seen = now, count
+
+    def rate(self) -> float | None:
+        """Tokens/s of the counted steps since the last call, or None when none counted; starts the next window."""
+        out = self.tokens / self.seconds if self.tokens and self.seconds > 0 else None
+        self.tokens, self.seconds = 0, 0.0
+        return out
 
 
 # ----------------------------------------------------------------------------------------------------

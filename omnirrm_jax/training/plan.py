@@ -42,7 +42,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AbstractMesh, AxisType
 
-from omnirrm_jax.data.pipeline import PipelineConfig
+from omnirrm_jax.errors import UserError
 from omnirrm_jax.models import config as model_config
 from omnirrm_jax.models import params as P
 from omnirrm_jax.models.thinker import Thinker
@@ -125,13 +125,13 @@ def thinker_config(cfg, preset: str | None = None):
         name = "omni_7b" if "7b" in base else "omni_3b" if "3b" in base else None
         note = f"{spec.hf_path} not found here; preset {name} guessed from its name (--preset to choose)"
     if name not in model_config.PRESETS:
-        raise ValueError(f"no model config: model.hf_path {spec.hf_path!r} is not readable here and no preset "
+        raise UserError(f"no model config: model.hf_path {spec.hf_path!r} is not readable here and no preset "
                          f"is given; pass --preset one of {sorted(model_config.PRESETS)}")
     return model_config.PRESETS[name](**runtime), note
 
 
 def workload(cfg) -> Workload:
-    pcfg = PipelineConfig(**{**cfg.data.pipeline, "mode": "sft"})
+    pcfg = config_lib.pipeline_config(cfg.data.pipeline)
     seq = pcfg.length_limit if pcfg.max_length else max(pcfg.seq_buckets)
     seq = min(b for b in pcfg.seq_buckets if b >= seq)
     grpo = getattr(cfg, "grpo", None)
@@ -157,7 +157,7 @@ def parse_mesh(text: str | None, devices: int, default) -> dict:
         for part in text.split(","):
             k, _, v = part.partition("=")
             if k.strip() not in MESH_AXES or not v.strip().lstrip("-").isdigit():
-                raise ValueError(f"--mesh {text!r}: {part!r} is not one of {'/'.join(MESH_AXES)}=INT")
+                raise UserError(f"--mesh {text!r}: {part!r} is not one of {'/'.join(MESH_AXES)}=INT")
             vals[k.strip()] = int(v)
         default = MeshConfig(**{a: vals.get(a, 1) for a in MESH_AXES})
     return dict(zip(MESH_AXES, default.shape(devices)))

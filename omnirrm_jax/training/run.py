@@ -1,7 +1,7 @@
 """The run skeleton both trainers share, in big_vision's order:
 
-  mesh -> data -> abstract state -> shardings -> sharded init and weight loading -> (trainer: jitted step with
-  donation and out-shardings) -> resume -> evaluation -> loop
+  preflight -> mesh -> data -> abstract state -> shardings -> sharded init and weight loading -> (trainer: jitted
+  step with donation and out-shardings) -> resume -> evaluation -> loop
 
 `setup` builds everything up to the trainer's own programs and resumes from the newest checkpoint; `loop` runs the
 steps with what SFT and GRPO share around them (preemption agreed by every process, periodic held-out evaluation,
@@ -30,7 +30,7 @@ from omnirrm_jax.data import tokenizer as tok_lib
 from omnirrm_jax.models import config as model_config
 from omnirrm_jax.models import params as P
 from omnirrm_jax.training import config as config_lib
-from omnirrm_jax.training import optim
+from omnirrm_jax.training import optim, preflight
 from omnirrm_jax.parallel import sharding as S
 from omnirrm_jax.training.loop import PeriodicEval, Preemption, RunCheckpoints
 from omnirrm_jax.training.metrics import CompileCounter, MetricWriter
@@ -104,22 +104,25 @@ def setup(cfg, *, mode: str, schedule: Callable[[int, pipeline.PipelineConfig], 
 
     Args:
       cfg: an `SFTConfig` or `GRPOConfig`.
-      mode: the pipeline mode ("sft": prompt + judgement; "grpo": prompt + gold labels).
+      mode: the trainer, "sft" or "grpo": the pipeline mode (prompt + judgement; prompt + gold labels), and whose
+        checkpoints the workdir may hold.
       schedule: (records in the training set, pipeline config) -> the run's length.
-      meta: what the trainer adds to every checkpoint's meta (e.g. {"trainer": "grpo"}).
+      meta: what the trainer adds to every checkpoint's meta (besides {"trainer": mode}).
       start_of: a resumed checkpoint's meta -> the steps it had done.
       keep_initial: keep a copy of the starting trainable state (`Run.initial_trainable`), taken before a resume
         replaces it (GRPO's KL reference under full fine-tuning is the starting weights, not the resumed ones).
     """
     run = cfg.run
-    os.makedirs(run.workdir, exist_ok=True)
+    preflight.check_run(cfg, mode)  # before anything is written
     # ---- mesh -------------------------------------------------------------------------------------
     mesh = S.make_mesh(cfg.mesh)
+    pcfg = config_lib.pipeline_config(cfg.data.pipeline, mode)
+    preflight.check_batch(pcfg.batch_size, mesh)
     log.info("mesh %s", S.describe(mesh))
+    os.makedirs(run.workdir, exist_ok=True)
     # ---- data -------------------------------------------------------------------------------------
     tok = tok_lib.load_tokenizer(cfg.data.tokenizer)
     thinker_cfg = resolve_thinker_config(cfg.model, tok)
-    pcfg = pipeline.PipelineConfig(**{**cfg.data.pipeline, "mode": mode})
     train_paths = shards.expand_paths(cfg.data.train)
     length = schedule(shards.count_records(train_paths), pcfg)
     dataset = pipeline.make_dataset(train_paths, tok, thinker_cfg, dataclasses.replace(pcfg, num_epochs=None))
@@ -138,7 +141,8 @@ def setup(cfg, *, mode: str, schedule: Callable[[int, pipeline.PipelineConfig], 
         state, resumed_meta = resumed
         start = start_of(resumed_meta)
         log.info("resumed after step %d", start)
-    meta_base = {"config": config_lib.to_dict(cfg), "thinker": model_config.to_hf_dict(thinker_cfg), **(meta or {})}
+    meta_base = {"config": config_lib.to_dict(cfg), "thinker": model_config.to_hf_dict(thinker_cfg), "trainer": mode,
+                 **(meta or {})}
     return Run(cfg, mesh, tok, thinker_cfg, pcfg, length, tx, state, shardings, writer, evaluate, ckpt, iterator,
                start, resumed_meta, meta_base, initial)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import time
 from typing import Any, Callable
 
 import jax
@@ -22,7 +21,7 @@ from omnirrm_jax.parallel.distributed import is_main
 from omnirrm_jax.training import losses
 from omnirrm_jax.training import run as run_lib
 from omnirrm_jax.training.loop import NonFiniteGuard, data_counts
-from omnirrm_jax.training.metrics import flops_per_token, peak_flops_per_device
+from omnirrm_jax.training.metrics import Throughput, flops_per_token, peak_flops_per_device
 from omnirrm_jax.training.state import TrainState, step_out_shardings, tree_where
 
 log = logging.getLogger(__name__)
@@ -107,46 +106,51 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
     guard = NonFiniteGuard(cfg.run.max_consecutive_nonfinite)
     peak = peak_flops_per_device()
     lr_fn = run.lr_fn
-    window = {"loss": [], "tokens": 0, "t": time.perf_counter()}
+    window_losses: list[float] = []
+    throughput = Throughput(lambda: run.compiles.count if run.compiles is not None else 0)
     last: dict = {}
     pending = []  # the previous step's (micro, host, metrics, step): read one step late
 
-    def record(micro_p, host_p, m_p, step_p):
+    def record(micro_p, host_p, m_p, step_p, dispatched_next: bool):
         """Host-side bookkeeping of a finished step. Called one step late, so reading its metrics never
         stalls the device: step n+1 is already dispatched when step n's values are fetched."""
-        nonlocal window, last
+        nonlocal last
         guard.update(bool(m_p["finite"]), micro_p, host_p)
         if int(m_p.get("targets_outside_window", 0)):
             raise loss_window_error(host_p, pcfg.max_target_length, micro_p, int(m_p["targets_outside_window"]))
-        window["loss"].append(float(m_p["loss"]))
-        window["tokens"] += int(m_p["tokens"])  # global metrics are replicated: every process can read them
+        window_losses.append(float(m_p["loss"]))
+        # global metrics are replicated: every process can read them
+        throughput.step(int(m_p["tokens"]), dispatched_next=dispatched_next)
         if micro_p % cfg.run.log_every == 0 or micro_p == total:
-            tps = window["tokens"] / (time.perf_counter() - window["t"])
-            last = {"train/loss": float(np.mean(window["loss"])), "train/grad_norm": float(m_p["grad_norm"]),
-                    "train/lr": float(lr_fn(int(step_p))), "train/tokens_per_s": tps,
-                    "train/skipped_nonfinite": guard.total, "compiles": run.compiles.count,
-                    **data_counts(run.iterator)}
-            if peak:
-                fpt = flops_per_token(thinker_cfg, int(np.shape(host_p["input_ids"])[1]),
-                                      full_finetune=cfg.model.full_finetune, loss_window=pcfg.max_target_length)
-                last["train/mfu"] = fpt * tps / (peak * jax.device_count())
+            tps = throughput.rate()  # None: every step of the window compiled (or ended the run)
+            last = {"train/loss": float(np.mean(window_losses)), "train/grad_norm": float(m_p["grad_norm"]),
+                    "train/lr": float(lr_fn(int(step_p))), "train/skipped_nonfinite": guard.total,
+                    "compiles": run.compiles.count, **data_counts(run.iterator)}
+            if tps is not None:
+                last["train/tokens_per_s"] = tps
+                if peak:
+                    fpt = flops_per_token(thinker_cfg, int(np.shape(host_p["input_ids"])[1]),
+                                          full_finetune=cfg.model.full_finetune, loss_window=pcfg.max_target_length)
+                    last["train/mfu"] = fpt * tps / (peak * jax.device_count())
             run.writer.write(micro_p, last)
             if progress and is_main():
-                print(f"step {micro_p}/{total} loss {last['train/loss']:.4f} "
-                      f"lr {last['train/lr']:.2e} {tps:.0f} tok/s", flush=True)
-            window = {"loss": [], "tokens": 0, "t": time.perf_counter()}
+                rate = f"{tps:.0f} tok/s" if tps is not None else "tok/s n/a (compiling or last step)"
+                print(f"step {micro_p}/{total} loss {last['train/loss']:.4f} lr {last['train/lr']:.2e} {rate}",
+                      flush=True)
+            window_losses.clear()
 
     def step(micro, host, batch):
         s = run.state
         trainable, opt_state, count, m = step_fn(s.trainable, s.frozen, s.opt_state, s.step, batch)
         run.state = TrainState(s.graphdef, trainable, s.frozen, opt_state, count)
-        flush()
+        drain(dispatched_next=True)
         pending.append((micro, host, m, count))
 
-    def flush():
+    def drain(dispatched_next: bool):
         while pending:
-            record(*pending.pop())
+            record(*pending.pop(), dispatched_next)
 
-    micro = run_lib.loop(run, step, save_meta=lambda n: {"micro_step": n}, stop_after=stop_after, flush=flush)
+    micro = run_lib.loop(run, step, save_meta=lambda n: {"micro_step": n}, stop_after=stop_after,
+                         flush=lambda: drain(dispatched_next=False))
     return {"micro_steps": micro, "preempted": micro < total, "metrics": last, "eval": run.last_eval,
             "state": run.state, "tokenizer": run.tok, "thinker_config": thinker_cfg}

@@ -121,3 +121,21 @@ def test_bad_requests_are_named(tmp_path):
         export.export(str(tmp_path), str(tmp_path / "o"), formats=("onnx",))
     with pytest.raises(FileNotFoundError, match="has no checkpoints/ directory"):
         export.export(str(tmp_path), str(tmp_path / "o"))
+
+
+@pytest.mark.slow
+def test_judge_takes_a_training_workdir(lora_run, tmp_path, capsys):
+    """`omnirrm judge WORKDIR` judges with the run's newest checkpoint (LoRA merged) and its own tokenizer: the same
+    judgement as the HF export of that checkpoint."""
+    workdir, _ = lora_run
+    tok = export.load_trained(workdir).meta["config"]["data"]["tokenizer"]
+    export.export(workdir, str(tmp_path / "exp"), formats=("hf",))
+    argv = ["--question", "What is 3 + 4?", "--answer-a", "7", "--answer-b", "5", "--max-new-tokens", "6"]
+    capsys.readouterr()
+    assert cli.main(["judge", workdir, *argv]) == 0
+    from_run = json.loads(capsys.readouterr().out)
+    assert cli.main(["judge", str(tmp_path / "exp" / "hf"), "--tokenizer", tok, *argv]) == 0
+    from_export = json.loads(capsys.readouterr().out)
+    assert from_run["text"] == from_export["text"] and from_run["probs"] == from_export["probs"]
+    assert cli.main(["judge", workdir, "--lora", str(tmp_path), *argv]) == 2
+    assert "is a training workdir" in capsys.readouterr().err

@@ -3,6 +3,7 @@ bit, every fault quarantined with its reason while the rest of the shard is writ
 independence, the bad-ratio stop, and the TFDS builder yielding the same record bytes.
 
 All media are generated here (PIL images, PyAV mp4s, stdlib-``wave`` / hand-written float WAVs)."""
+import dataclasses
 import json
 import os
 import shutil
@@ -282,6 +283,57 @@ def test_faults_are_quarantined_and_the_rest_written(serial_run, mixed_jsonl):
                                                "tag_mismatch": 1, "video_undecodable": 2}
     assert summary["shards"] == 3 and summary["shards_written"] == 3 and summary["finished"]
     assert json.loads((out / "summary.json").read_text())["splits"]["train"] == summary
+
+
+@dataclasses.dataclass(frozen=True)
+class ShortAudio(M.MediaConfig):
+    """MediaConfig with second-scale audio limits (the defaults, 300 s kept and 600 s decoded, need long files)."""
+
+    audio_max_seconds: int = 2
+    audio_max_input_seconds: float = 6.0
+
+
+def test_long_audio_is_refused_unread_and_cut_audio_is_reported(tmp_path, monkeypatch, capsys):
+    """Audio longer than audio_max_input_seconds is quarantined from its header, never decoded (a one-hour WAV took
+    2.3 GB); audio longer than audio_max_seconds is kept, cut as the processor cuts it, and counted."""
+    import librosa
+
+    media = tmp_path / "media"
+    media.mkdir()
+    for name, seconds in (("short.wav", 1), ("four.wav", 4), ("long.wav", 9)):
+        _wav(media / name, 0.3 * np.sin(np.arange(seconds * 16000) / 5))
+    jsonl = tmp_path / "rows.jsonl"
+    _write_jsonl(jsonl, [_row("audios", n, id=n[:-4]) for n in ("short.wav", "four.wav", "long.wav")])
+    decoded, load = [], librosa.load
+    monkeypatch.setattr(librosa, "load", lambda path, **kw: decoded.append(os.path.basename(path)) or load(path, **kw))
+    summary = _prep(jsonl, media, tmp_path / "out", media_cfg=ShortAudio())
+    assert decoded == ["short.wav", "four.wav"]
+    assert summary["records"] == 2 and summary["quarantine_by_reason"] == {"audio_too_large": 1}
+    q = json.loads((tmp_path / "out" / "quarantine.jsonl").read_text())
+    assert q["media"] == "long.wav" and "9 s of audio exceeds the decode budget of 6 s" in q["detail"]
+    assert summary["notes_by_reason"] == {"audio_truncated": 1}
+    notes = [json.loads(line) for line in (tmp_path / "out" / "notes.jsonl").read_text().splitlines()]
+    assert [(n["id"], n["media"], n["reason"], n["line"]) for n in notes] == [("four", "four.wav", "audio_truncated", 2)]
+    assert "4.0 s of audio cut to its first 2 s" in notes[0]["detail"]
+    # `omnirrm prep` says so on stderr, besides the summary
+    monkeypatch.setattr(M, "MediaConfig", ShortAudio)
+    assert cli.main(["prep", "--jsonl", str(jsonl), "--media-root", str(media), "--out", str(tmp_path / "o2"),
+                     "--workers", "0", "--max-bad-ratio", "0.5"]) == 0
+    err = capsys.readouterr().err
+    assert "omnirrm prep: note: 1 audio clip(s) longer than 2 s were cut to their first 2 s" in err
+
+
+def test_audio_without_a_readable_header_decodes_no_more_than_the_budget(tmp_path, monkeypatch):
+    import librosa
+
+    _wav(tmp_path / "four.wav", 0.3 * np.sin(np.arange(4 * 16000) / 5))
+    monkeypatch.setattr(M, "audio_seconds", lambda path: None)  # as for a format whose header holds no length
+    durations, load = [], librosa.load
+    monkeypatch.setattr(librosa, "load", lambda path, **kw: durations.append(kw["duration"]) or load(path, **kw))
+    with pytest.raises(M.MediaError, match="exceeds the decode budget of 2 s"):
+        M.load_audio(str(tmp_path / "four.wav"), max_seconds=2.0)
+    assert durations == [3.0]
+    assert M.load_audio(str(tmp_path / "four.wav"), max_seconds=5.0).size == 4 * 16000
 
 
 def test_workers_give_byte_identical_output(serial_run, mixed_jsonl, root, tmp_path):

@@ -80,7 +80,7 @@ def test_cli_config_errors_are_one_line_with_status_2(tmp_path, capsys):
 
     assert cli.main(["sft", "configs/sft_3b_lora.yaml", "optim.learning_rte=1e-5"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("omnirrm: config error: unknown config key optim.learning_rte; did you mean "
+    assert err.startswith("omnirrm sft: error: unknown config key optim.learning_rte; did you mean "
                           "optim.learning_rate") and "Traceback" not in err
     assert cli.main(["plan", str(tmp_path / "missing.yaml")]) == 2
     assert f"cannot read config file {tmp_path / 'missing.yaml'}" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""MetricWriter's TensorBoard event files (tensorboardX) load in TensorBoard's own reader; its JSONL matches."""
+"""MetricWriter's TensorBoard event files (tensorboardX) load in TensorBoard's own reader; its JSONL matches.
+Throughput leaves out the steps that compiled and the run's last read."""
 import json
 
 from omnirrm_jax.training import metrics
@@ -39,3 +40,26 @@ def test_flops_per_token_counts_weight_gradients_only_when_the_base_trains():
     assert full - lora == 2 * matmul_params(cfg)
     head = cfg.text.vocab_size * cfg.text.hidden_size  # run on 1024 of 3072 positions (max_target_length)
     assert abs(flops_per_token(cfg, 3072, loss_window=1024) - (lora - 4 * head * 2 / 3)) < 1e-6 * lora
+
+
+def test_throughput_skips_compiling_steps_and_the_last_read(monkeypatch):
+    """A run's log once read 60 tokens/s (step 1, compile included) and then 2.8 M (step 2, timed over nothing)."""
+    clock, compiles = [0.0], [0]
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: clock[0])
+    tp = metrics.Throughput(lambda: compiles[0])
+
+    def read(seconds, tokens=100, compiled=0, dispatched_next=True):
+        clock[0] += seconds
+        compiles[0] += compiled
+        tp.step(tokens, dispatched_next=dispatched_next)
+
+    read(30.0, compiled=5)  # step 1: setup and compile
+    assert tp.rate() is None
+    read(0.5)  # steady steps: 100 tokens in 0.5 s each
+    read(0.5)
+    assert tp.rate() == 200.0
+    read(9.0, compiled=1)  # a new shape bucket compiles
+    read(0.25)
+    assert tp.rate() == 400.0  # only the steady step counts
+    read(0.0001, dispatched_next=False)  # the last read follows no dispatch: nothing timed
+    assert tp.rate() is None
