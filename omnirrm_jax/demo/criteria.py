@@ -6,16 +6,16 @@ table. `omnirrm demo` exits 1 when any line is a FAIL.
   control  the judge trained on blanked media scores <= MAX_CONTROL on each media modality (text has no media:
            its control number is no perception test and is not checked)
   GRPO     no modality's held-out accuracy lower than after SFT; the mean held-out reward not lower; the mean
-           training-rollout reward higher over the last rollouts than over the first - unless the probe found no
-           contested prompt (the SFT judge already earns the same reward on every sample): then GRPO has no
-           advantage to follow and must only keep that reward
+           training-rollout reward higher over the last rollouts than over the first - unless it started at the
+           ceiling (>= 0.99 of the most a judgement earns: almost every group is uncontested, GRPO has almost no
+           advantage to follow), where it must only stay there
 """
 
 from __future__ import annotations
 
 MIN_ACCURACY = 0.9
 MAX_CONTROL = 0.6
-RELEARN_TOLERANCE = 0.01  # sampling noise of the training rollouts' mean reward (temperature 1)
+CEILING_TOLERANCE = 0.01  # sampling noise of the training rollouts' mean reward (temperature 1) near reward 1
 MEDIA = ("image", "video", "audio")
 
 
@@ -45,13 +45,12 @@ def check(report: dict) -> list[tuple[bool, str]]:
         first, last = t.get("first_reward"), t.get("last_reward")
         if first is not None and last is not None:
             trend = f"mean training-rollout reward {first:.3f} (first rollouts) -> {last:.3f} (last)"
-            if t.get("prompts", {}).get("contested", True):
+            if first < 1.0 - CEILING_TOLERANCE:
                 out.append((last > first, f"GRPO: {trend} (must rise)"))
-            else:  # all-equal groups have zero advantage: GRPO has nothing to learn, it must only keep the judge
-                out.append((last >= first - RELEARN_TOLERANCE,
-                            f"GRPO: {trend}; the probe found no contested prompt (every sample of every probed "
-                            f"prompt earned the same reward), so there was nothing to raise (must not fall by more "
-                            f"than {RELEARN_TOLERANCE})"))
+            else:  # already at the ceiling (reward 1 is the most a judgement earns): nothing to raise, keep it
+                out.append((last >= first - CEILING_TOLERANCE,
+                            f"GRPO: {trend}; the SFT judge started at the ceiling, so there was nothing to raise "
+                            f"(must not fall by more than {CEILING_TOLERANCE})"))
     return out
 
 
