@@ -370,8 +370,10 @@ def resume_output(path: str, hashes: dict[int, str] | None = None, *, retry_erro
     if retry_errors and any("error" in obj for _, obj in records):
         keep = [raw for raw, obj in records if "error" not in obj]
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".judge-output.")
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "wb") as f:  # on disk before it replaces the output, as eval.runner._rewrite does
             f.writelines(raw + b"\n" for raw in keep)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
         done = {int(obj["line"]) for _, obj in records if "error" not in obj}
     return done
