@@ -298,8 +298,7 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def make_demo(out_dir, *, n_train_per_modality: int = 192, n_eval_per_modality: int = 48, seed: int = 0,
-              n_train_text: int | None = None,
-              compact: bool = False, blank_media: bool = False) -> dict:
+              n_train: dict[str, int] | None = None, compact: bool = False, blank_media: bool = False) -> dict:
     """Write the demo set under `out_dir` and return what was written.
 
     Files: ``media/{images,videos,audios}/{split}_NNNNN.{png,mp4,wav}``; ``train.jsonl`` / ``eval.jsonl`` (SFT rows:
@@ -311,8 +310,8 @@ def make_demo(out_dir, *, n_train_per_modality: int = 192, n_eval_per_modality: 
     Args:
       n_train_per_modality, n_eval_per_modality: items per modality and split; multiples of 24 keep the
         image/video/audio labels exactly balanced (text: 32; see the module docstring).
-      n_train_text: train items of the text modality (default n_train_per_modality); the arithmetic has one
-        decision token per item and no media to learn from, so the demo gives it more items.
+      n_train: train items of some modalities, overriding n_train_per_modality for them (the demo gives the
+        arithmetic and the colours more: see `omnirrm_jax.demo.config.DemoConfig.train_mix`).
       seed: everything is a function of it; the same arguments give byte-identical files.
       compact: use a short judge prompt (same JSON schema) instead of the long reference prompt.
       blank_media: write the same records (identical JSONL) but grey images, static grey videos and faint fixed
@@ -325,8 +324,10 @@ def make_demo(out_dir, *, n_train_per_modality: int = 192, n_eval_per_modality: 
         (out / "media" / folder).mkdir(parents=True, exist_ok=True)
     sizes = {"train": dict.fromkeys(MODALITIES, n_train_per_modality),
              "eval": dict.fromkeys(MODALITIES, n_eval_per_modality)}
-    if n_train_text is not None:
-        sizes["train"]["text"] = n_train_text
+    unknown = set(n_train or {}) - set(MODALITIES)
+    if unknown:
+        raise ValueError(f"n_train: unknown modalities {sorted(unknown)} (known: {MODALITIES})")
+    sizes["train"].update(n_train or {})
     files, counts, n_media = {}, {}, {folder: 0 for folder, _ in MEDIA.values()}
     for split in SPLITS:
         specs = {m: _specs(m, split, sizes[split][m], seed) for m in MODALITIES}
@@ -347,7 +348,7 @@ def make_demo(out_dir, *, n_train_per_modality: int = 192, n_eval_per_modality: 
             _write_jsonl(out / f"{name}.jsonl", rows)
         counts[split] = dict(sizes[split])
     meta = {"seed": seed, "n_train_per_modality": n_train_per_modality, "n_eval_per_modality": n_eval_per_modality,
-            "n_train_text": sizes["train"]["text"],
+            "n_train": sizes["train"],
             "compact": compact, "blank_media": blank_media, "image_size": IMAGE_SIZE,
             "video": {"size": VIDEO_SIZE, "frames": VIDEO_FRAMES, "fps": VIDEO_FPS, "codec": video_codec()},
             "audio": {"sample_rate": AUDIO_SR, "seconds": AUDIO_SECONDS}}

@@ -241,7 +241,7 @@ def test_a_rerun_starts_clean_and_removes_only_the_demos_own_outputs(tmp_path):
 
 @pytest.mark.slow
 def test_rerunning_the_demo_reproduces_it(tmp_path, capsys):
-    cfg = demo.DemoConfig(workdir=str(tmp_path), n_train_per_modality=4, n_train_text=4, n_eval_per_modality=2,
+    cfg = demo.DemoConfig(workdir=str(tmp_path), n_train_per_modality=4, train_mix=(1, 1, 1, 1), n_eval_per_modality=2,
                           steps=3, batch_size=8, control=False, max_new_tokens=8, grpo=None)
     first = demo.run_demo(cfg)
     capsys.readouterr()

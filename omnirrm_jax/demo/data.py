@@ -31,6 +31,15 @@ def pipeline_config(mode: str, batch: int, seq_buckets: tuple = SEQ_BUCKETS, **k
                                    media_buckets=media_buckets(batch), **kw)
 
 
+def train_sizes(cfg: DemoConfig) -> dict[str, int]:
+    """Train items per modality: `cfg.train_mix` times `cfg.n_train_per_modality`."""
+    from omnirrm_jax.rubric.vocab import MODALITIES
+
+    if len(cfg.train_mix) != len(MODALITIES) or min(cfg.train_mix) < 1:
+        raise ValueError(f"train_mix needs a positive multiple for each of {MODALITIES}, got {cfg.train_mix}")
+    return {m: int(k) * cfg.n_train_per_modality for m, k in zip(MODALITIES, cfg.train_mix)}
+
+
 @dataclasses.dataclass(frozen=True)
 class DemoData:
     """Prepared demo data.
@@ -59,7 +68,7 @@ def prepare_data(cfg: DemoConfig, name: str = "data", *, blank: bool = False) ->
     from data_prep.make_demo import make_demo
 
     root = os.path.join(cfg.workdir, name)
-    info = make_demo(root, n_train_per_modality=cfg.n_train_per_modality, n_train_text=cfg.n_train_text,
+    info = make_demo(root, n_train_per_modality=cfg.n_train_per_modality, n_train=train_sizes(cfg),
                      n_eval_per_modality=cfg.n_eval_per_modality, seed=cfg.seed, compact=True, blank_media=blank)
     shards = os.path.join(root, "shards")
     # eval: prompts + gold labels (greedy judgements); eval_sft: prompts + gold judgements (held-out loss)
