@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import logging
 from typing import Any, Protocol, Sequence
 
 import jax
@@ -30,6 +31,7 @@ from omnirrm_jax.bon.items import BonItem
 from omnirrm_jax.eval import pairs
 from omnirrm_jax.eval.verdict import VerdictSite, candidate_logprobs, locate, to_probs
 
+log = logging.getLogger(__name__)
 JUDGE_TEMPLATES = {"mmmu": "bon_mmmu", "videomme": "bon_videomme", "avqa": "bon_avqa"}
 VERDICT_OPENING = '{"better": "'
 JUDGE_MAX_NEW_TOKENS = 64  # the selection scripts' --max_new_tokens
@@ -97,6 +99,8 @@ class ModelScorer:
         self._records: collections.OrderedDict = collections.OrderedDict()
         self._cache_items = cache_items
         self.model_calls = 0  # prompts sent to the device
+        self.errors: collections.Counter = collections.Counter()
+        self._warned: set = set()
 
     def _record(self, item: BonItem, pair: dict) -> dict:
         key = (item.bench, item.key, item.where)
@@ -108,19 +112,28 @@ class ModelScorer:
                 self._records.popitem(last=False)
         return self._records[key]
 
-    def examples(self, requests: Sequence[PairRequest]) -> list[dict]:
-        """One prompt example per request (raises `pairs.PairError` for an item whose media cannot be read)."""
+    def examples(self, requests: Sequence[PairRequest]) -> list[dict | None]:
+        """One prompt example per request; None for a request whose item cannot be judged (media missing or
+        unreadable, prompt too long), counted in `errors` by reason: the selection scripts' `except` turns such a
+        comparison into "equal", and so does `verdicts` (`rewards`: 0)."""
         out = []
         for r in requests:
-            pair = pairs.check_pair(judge_row(r.item, r.answer_a, r.answer_b))
-            rec = self._record(r.item, pair)
-            out += pairs.prompt_examples(rec, [[pairs.user_message(pair)]], r.item.key, self.tok, self.cfg,
-                                         max_length=self.max_length)
+            try:
+                pair = pairs.check_pair(judge_row(r.item, r.answer_a, r.answer_b))
+                rec = self._record(r.item, pair)
+                out += pairs.prompt_examples(rec, [[pairs.user_message(pair)]], r.item.key, self.tok, self.cfg,
+                                             max_length=self.max_length)
+            except pairs.PairError as e:
+                if (r.item.where, e.reason) not in self._warned:
+                    self._warned.add((r.item.where, e.reason))
+                    log.warning("%s: cannot judge (%s); its comparisons count as equal", r.item.where, e)
+                self.errors[e.reason] += 1
+                out.append(None)
         return out
 
     def _batches(self, requests: Sequence[PairRequest]):
         exs = self.examples(requests)
-        order = sorted(range(len(exs)), key=lambda i: int(exs[i]["cost"][0]))
+        order = sorted((i for i in range(len(exs)) if exs[i] is not None), key=lambda i: int(exs[i]["cost"][0]))
         for s in range(0, len(order), self.batch_size):
             idx = order[s:s + self.batch_size]
             self.model_calls += len(idx)
@@ -134,7 +147,7 @@ class ModelScorer:
         stop = (self.tok.special_ids["im_end"],)
         sampling = SamplingConfig(max_new_tokens=self.max_new_tokens, greedy=True, stop_token_ids=stop,
                                   pad_token_id=self.tok.special_ids["pad"])
-        out: list[str] = [""] * len(requests)
+        out: list[str] = ["equal"] * len(requests)
         for idx, batch in self._batches(requests):
             result = generate(self.model, model_inputs(batch), sampling, jax.random.key(0))
             tokens, lengths = np.asarray(result.tokens)[:, 0], np.asarray(result.lengths)[:, 0]
