@@ -40,8 +40,8 @@ def item_example(item: BonItem, tok, cfg, opts, *, letters: str = "double", max_
 def sample_candidates(model, cfg, tok, items: Sequence[BonItem], *, n: int, media_root: str, temperature: float = 0.7,
                       max_new_tokens: int | None = None, batch_size: int = 4, seed: int = 0, letters: str = "double",
                       max_length: int = 8192, media=None) -> list[dict]:
-    """Per item, in order: {"qwen_all_runs", "qwen_votes", "qwen_majority", "runs_raw"} or {"error": {reason,
-    detail}} for an item whose media or prompt cannot be used."""
+    """Per item, in order: {"qwen_all_runs", "qwen_votes", "qwen_majority", "runs_raw"}, plus "error": {reason,
+    detail} (and no runs) for an item whose media or prompt cannot be used."""
     from data_prep.rows import RowOptions
     from omnirrm_jax.data.media import MediaConfig
     from omnirrm_jax.decoding.sampler import SamplingConfig, generate
@@ -56,7 +56,9 @@ def sample_candidates(model, cfg, tok, items: Sequence[BonItem], *, n: int, medi
         try:
             ready.append((pos, item_example(item, tok, cfg, opts, letters=letters, max_length=max_length)))
         except pairs.PairError as e:
-            out[pos] = {"error": {"reason": e.reason, "detail": e.detail}}
+            # no runs, as the reference stores a question it could not ask (its rows with qwen_majority "error")
+            out[pos] = {"qwen_all_runs": [], "qwen_votes": {}, "qwen_majority": "error", "runs_raw": [],
+                        "error": {"reason": e.reason, "detail": e.detail}}
     stop = (tok.special_ids["im_end"],)
     ready.sort(key=lambda r: int(r[1]["cost"][0]))
     by_cap: dict[int, list] = collections.defaultdict(list)

@@ -3,6 +3,7 @@ policy prompt and the reference's parsing of its answers."""
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -10,7 +11,7 @@ from omnirrm_jax.bon import answers as A
 from omnirrm_jax.bon.items import BonDataError, ReadOptions, read_items
 from omnirrm_jax.rubric import prompts
 
-BENCH_DIR = os.environ.get("OMNIRRM_BENCHMARKS", "/work/shared/benchmarks")
+BENCH_DIR = str(Path(__file__).resolve().parents[2].parent / "shared" / "benchmarks")  # as tests/eval/test_readers
 FILES = {"mmmu": "mmmu_bon_100.jsonl", "videomme": "videomme_100.jsonl", "avqa": "avqa_100.json"}
 needs_excerpts = pytest.mark.skipif(not os.path.isdir(BENCH_DIR), reason="benchmark excerpts not available")
 
