@@ -32,12 +32,13 @@ def _template(media: dict) -> str:
 
 def reward(prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str], *,
            media: Sequence[dict | None] | None = None, judge: Any, template: str | None = None, swap: bool = False,
-           batch_size: int = 8, media_root: str = "/", max_length: int = 8192, return_probs: bool = False):
+           batch_size: int = 8, media_root: str | None = None, max_length: int = 8192, return_probs: bool = False):
     """Scalar judge rewards for a batch of (prompt, response A, response B).
 
     Args:
       prompts, responses_a, responses_b: equal-length sequences of strings.
-      media: per pair None or {"images"|"videos"|"audios": [paths]} (relative paths resolve under `media_root`).
+      media: per pair None or {"images"|"videos"|"audios": [paths]} (relative paths resolve under `media_root`,
+        default the working directory).
       judge: (model, config, tokenizer) as `omnirrm_jax.load_judge` returns, or a checkpoint path (loaded each
         call: pass the tuple in a loop).
       template: a reference template name for every pair (default: by media, see the module docstring).
@@ -66,11 +67,15 @@ def reward(prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequ
 
         judge = load_judge(judge)
     model, cfg, tok = judge
-    opts = RowOptions(media_root=media_root, media=MediaConfig.from_env(dict(INFERENCE_MEDIA_ENV)))
+    import os
+
+    root = os.path.abspath(media_root or os.getcwd())
+    opts = RowOptions(media_root=os.sep, media=MediaConfig.from_env(dict(INFERENCE_MEDIA_ENV)))
     orders = ("AB", "BA") if swap else ("AB",)
     exs = []
     for i in range(n):
-        m = dict((media or [None] * n)[i] or {})
+        m = {k: [os.path.join(root, p) for p in ([v] if isinstance(v, str) else v)]
+             for k, v in ((media or [None] * n)[i] or {}).items()}
         name = template or _template(m)
         row = {"question": prompts[i], "answer_a": responses_a[i], "answer_b": responses_b[i], "template": name,
                "modality": "video" if m.get("videos") else "image", **m}

@@ -11,7 +11,7 @@ import pytest
 
 import omnirrm_jax
 from omnirrm_jax import cli
-from omnirrm_jax.bon.items import read_items
+from omnirrm_jax.bon.items import ReadOptions, read_items
 from omnirrm_jax.bon.scorers import VERDICT_OPENING
 from omnirrm_jax.eval import pairs, verdict
 from omnirrm_jax.eval.judge_runner import load_judge
@@ -64,8 +64,7 @@ def _mmmu_media(env, root, items):
 @needs_excerpts
 @pytest.mark.slow
 def test_bon_select_on_the_mmmu_excerpt(env, tmp_path, capsys):
-    items = read_items("mmmu", excerpt("mmmu"), options=__import__("omnirrm_jax.bon.items").bon.items.ReadOptions(
-        limit=3)).items
+    items = read_items("mmmu", excerpt("mmmu"), options=ReadOptions(limit=3)).items
     _mmmu_media(env, str(tmp_path / "media"), items)
     out = tmp_path / "report"
     code = cli.main(["bon", "select", env["hf_dir"], "--tokenizer", env["tok_path"], "--dtype", "float32",
