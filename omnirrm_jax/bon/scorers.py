@@ -11,6 +11,10 @@ A scorer answers batches of `PairRequest`s (an item, the text shown as answer A,
   of the prompt per pair, one chunk for the opening, one for the labels). These are exactly the probabilities
   `eval.verdict.verdict_probabilities` reads from a judgement that wrote that opening.
 
+Deviation, not yet switchable: the Video-MME selection script sends the judge 8 uniformly sampled frames as
+*images* (OpenCV, `--max_frames 8`); here the video goes through the inference video settings of `omnirrm eval`
+(`eval.benchmarks.INFERENCE_MEDIA_ENV`) as a video. MMMU and AVQA media are sent as the reference sends them.
+
 `ModelScorer` runs a `Thinker`; tests put hand-built verdicts behind the same two methods. Prompts are built by the
 judge's own pipeline (`eval.pairs`): each item's media decoded once (kept for the item's later pairs), the prompt
 through the chat template, batches with bucketed static shapes.
