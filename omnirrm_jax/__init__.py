@@ -11,6 +11,8 @@ The public API, by task:
               combined_reward, reward_components (the GRPO rewards, reference-compatible)
   training    train_sft(SFTConfig), train_grpo(GRPOConfig), load_config(yaml, overrides); ModelSpec, DataSpec,
               RunSpec, GRPOSpec, LoraConfig, OptimConfig, MeshConfig
+  best-of-N   reward(prompts, responses_a, responses_b, media=..., judge=...) -> P(A) - P(B) per pair (scalar,
+              no generation; `omnirrm bon` for the whole Best-of-N evaluation)
   export      export(workdir, out, formats=...) -> merged Orbax / HF safetensors / PEFT adapter
   demo        run_demo(DemoConfig()) (`omnirrm demo`)
 Everything else is internal and may change.
@@ -62,6 +64,8 @@ _LAZY = {
     "LoraConfig": ("omnirrm_jax.training.lora", "LoraConfig"),
     "OptimConfig": ("omnirrm_jax.training.optim", "OptimConfig"),
     "MeshConfig": ("omnirrm_jax.parallel.sharding", "MeshConfig"),
+    # best-of-N
+    "reward": ("omnirrm_jax.bon.reward", "reward"),
     # export and demo
     "export": ("omnirrm_jax.training.export", "export"),
     "run_demo": ("omnirrm_jax.demo", "run_demo"),

@@ -157,6 +157,9 @@ BAD_ARGUMENTS = {
     "demo-not-a-demo-workdir": ("demo --workdir {mine}", "holds data but is not a demo workdir"),
     "demo-steps": ("demo --steps 0", "argument --steps: a whole number >= 1"),
     "bench-flag": ("bench decode --bogus", "unrecognized arguments: --bogus"),
+    "bon-missing-data": ("bon select --bench mmmu --data {nowhere}/m.jsonl --out {out}", "{nowhere}/m.jsonl: no such file"),
+    "bon-strategy": ("bon select --bench mmmu --data x --out {out} --strategies best", "unknown strategy best"),
+    "bon-bench": ("bon sample {plain} --bench gsm8k --data x --output y", "argument --bench: invalid choice: 'gsm8k'"),
 }
 
 

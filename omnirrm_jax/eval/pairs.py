@@ -131,6 +131,40 @@ def user_message(pair: dict, swapped: bool = False) -> dict:
     return {"role": "user", "content": E.swift_items(prompts.user_content(name, "")) + [{"type": "text", "text": body}]}
 
 
+def media_record(row: dict, tags: str, opts) -> dict:
+    """A row's media decoded once, as a data record (`data.records`): `row` holds the MEDIA_KEYS lists (and
+    optionally modality, id, gold fields); `tags` is the user message's media-tag prefix (`prompts.user_content(
+    template, "")`), which `data_prep.rows` checks against the media. Raises `PairError`."""
+    from data_prep import rows
+
+    # The row's message holds only the template's tags (what rows checks against the media); the prompt text
+    # joins them in build_example, as a text item of the user message.
+    msg = {"messages": [{"role": "user", "content": tags}],
+           **({"modality": row["modality"]} if row.get("modality") else {}),
+           **{k: row[k] for k in MEDIA_KEYS if row.get(k)},
+           **{k: row[k] for k in ("id", "better", "score_A", "score_B") if k in row}}
+    try:
+        data, _ = rows.build_record(json.dumps(msg, ensure_ascii=False).encode(), "pair", 0, opts, [])
+    except rows.Quarantine as q:
+        raise PairError(q.reason, q.detail) from None
+    return R.decode_record(data)
+
+
+def prompt_examples(rec: dict, conversations: Sequence[list[dict]], key: Any, tok: Tokenizer, cfg: ThinkerConfig, *,
+                    max_length: int) -> list[dict]:
+    """One prompt-only example per conversation (chat messages whose items are data), all over `rec`'s media
+    (`media_record`); raises `PairError` (e.g. "too_long")."""
+    exs = []
+    for msgs in conversations:
+        try:
+            exs.append(E.build_example(dict(rec, messages=list(msgs), gold=rec["gold"] or _NO_GOLD),
+                                       key if isinstance(key, int) else 0, tok, cfg, mode="grpo",
+                                       max_length=max_length, max_media=NO_MEDIA_LIMIT))
+        except E.Skip as s:
+            raise PairError(s.reason, s.detail) from None
+    return exs
+
+
 def prepare_pair(pair: dict, key: Any, tok: Tokenizer, cfg: ThinkerConfig, opts, *, swap: bool = False,
                  max_length: int, orders: tuple[str, ...] | None = None) -> PreparedPair:
     """A checked pair -> its examples (media decoded once); raises `PairError`.
@@ -143,28 +177,10 @@ def prepare_pair(pair: dict, key: Any, tok: Tokenizer, cfg: ThinkerConfig, opts,
       orders: the shown orders to build, in this order ("AB" = as given, "BA" = exchanged); overrides `swap`.
     """
     orders = orders or (("AB", "BA") if swap else ("AB",))
-    from data_prep import rows
-
-    # The row's message holds only the template's tags (what rows checks against the media); the prompt text
-    # joins them in build_example, as a text item of `user_message`.
-    row = {"messages": [{"role": "user", "content": prompts.user_content(_template(pair), "")}],
-           "modality": pair["modality"],
-           **{k: pair[k] for k in MEDIA_KEYS if pair[k]},
-           **{k: pair[k] for k in ("id", "better", "score_A", "score_B") if k in pair}}
-    try:
-        data, _ = rows.build_record(json.dumps(row, ensure_ascii=False).encode(), "pair", 0, opts, [])
-    except rows.Quarantine as q:
-        raise PairError(q.reason, q.detail) from None
-    rec = R.decode_record(data)
+    rec = media_record(pair, prompts.user_content(_template(pair), ""), opts)
+    exs = prompt_examples(rec, [[user_message(pair, swapped=o == "BA")] for o in orders], key, tok, cfg,
+                          max_length=max_length)
     gold = rec["gold"]
-    exs = []
-    for msgs in ([user_message(pair, swapped=o == "BA")] for o in orders):
-        try:
-            exs.append(E.build_example(dict(rec, messages=msgs, gold=gold or _NO_GOLD), key if isinstance(key, int)
-                                       else 0, tok, cfg, mode="grpo",
-                                       max_length=max_length, max_media=NO_MEDIA_LIMIT))
-        except E.Skip as s:
-            raise PairError(s.reason, s.detail) from None
     return PreparedPair(key=key, id=pair.get("id"), modality=pair["modality"], gold=gold, examples=exs)
 
 
