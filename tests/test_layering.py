@@ -23,6 +23,7 @@ ALLOWED = {
     "data_prep": {"errors", "models", "rubric", "parallel", "data"},
     "eval": {"errors", "models", "rubric", "parallel", "data", "decoding", "checkpoint", "data_prep"},
     "training": {"errors", "models", "rubric", "parallel", "data", "decoding", "checkpoint", "data_prep", "eval"},
+    "serve": {"errors", "models", "rubric", "parallel", "data", "decoding", "checkpoint", "data_prep", "eval"},
 }
 RUBRIC_FORBIDDEN = ("jax", "flax", "optax", "orbax", "numpy", "torch")
 
