@@ -1,5 +1,6 @@
-"""`omnirrm bench serve`: judgements/s and latency of `omnirrm serve` under 1, 16 and 64 concurrent clients on
-/v1/judge, next to the offline batch judge (`Judge.judge_prepared`, what `omnirrm judge --input` runs) on the same
+"""`omnirrm bench serve`: judgements/s and p50/p99 latency of `omnirrm serve` at 1/16/64 clients next to the offline judge
+
+Measured on /v1/judge, next to the offline batch judge (`Judge.judge_prepared`, what `omnirrm judge --input` runs) on the same
 pairs, same card, same call.
 
 Setup, as the other benchmarks: random weights at the preset's real dimensions (3B by default; bf16 on GPU, fp32 on
