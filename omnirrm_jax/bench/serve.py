@@ -1,11 +1,11 @@
-"""`omnirrm bench serve`: judgements/s and p50/p99 latency of `omnirrm serve` at 1/16/64 clients next to the offline judge
+"""`omnirrm bench serve`: /v1/judge judgements/s and p50/p99 latency at 1/16/64 clients, and the offline judge's
 
-Measured on /v1/judge, next to the offline batch judge (`Judge.judge_prepared`, what `omnirrm judge --input` runs) on the same
-pairs, same card, same call.
+The server (`omnirrm serve`) next to the offline batch judge (`Judge.judge_prepared`, what `omnirrm judge --input`
+runs) on the same pairs, same card, same call.
 
 Setup, as the other benchmarks: random weights at the preset's real dimensions (3B by default; bf16 on GPU, fp32 on
-CPU), and a synthetic tokenizer - a SentencePiece vocabulary trained on the judge prompts (it spells every prompt,
-about 1.2x the tokens of Qwen's), whose special ids the config takes. Judgements are schema-constrained, so every
+CPU), and a synthetic tokenizer - a SentencePiece vocabulary trained on the judge prompts (it spells every prompt;
+its token counts are not Qwen's), whose special ids the config takes. Judgements are schema-constrained, so every
 one parses and reaches the verdict, and the verdict-probability pass runs as for a trained judge; random weights make
 each write a different length, the same on both sides. Each side runs in its own process: the server
 (`--side server`, `omnirrm serve`'s own `serve()` with the synthetic model) is driven over localhost HTTP by

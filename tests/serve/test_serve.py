@@ -47,8 +47,9 @@ def test_openai_client_chat_completion_streamed_and_not(server):
     assert chunks[-1].choices[0].finish_reason == done.choices[0].finish_reason
     with open(server_image(server), "rb") as f:
         url = "data:image/png;base64," + base64.b64encode(f.read()).decode()
-    multi = oc.chat.completions.create(model="omnirrm", max_tokens=4, n=2, seed=3, messages=[{"role": "user", "content": [
-        {"type": "text", "text": "What colour?"}, {"type": "image_url", "image_url": {"url": url}}]}])
+    content = [{"type": "text", "text": "What colour?"}, {"type": "image_url", "image_url": {"url": url}}]
+    multi = oc.chat.completions.create(model="omnirrm", max_tokens=4, n=2, seed=3,
+                                       messages=[{"role": "user", "content": content}])
     assert len(multi.choices) == 2 and multi.usage.completion_tokens <= 8
 
 
