@@ -51,6 +51,14 @@ def test_openai_client_chat_completion_streamed_and_not(server):
     multi = oc.chat.completions.create(model="omnirrm", max_tokens=4, n=2, seed=3,
                                        messages=[{"role": "user", "content": content}])
     assert len(multi.choices) == 2 and multi.usage.completion_tokens <= 8
+    with open(server.env_audio, "rb") as f:
+        wav = base64.b64encode(f.read()).decode()
+    content = [{"type": "video", "video": [url, url, url]}, {"type": "input_audio", "input_audio": {"data": wav,
+                                                                                                   "format": "wav"}},
+               {"type": "text", "text": "What happens?"}]
+    av = oc.chat.completions.create(model="omnirrm", max_tokens=3, temperature=0,
+                                    messages=[{"role": "user", "content": content}])
+    assert av.usage.prompt_tokens > multi.usage.prompt_tokens  # the frames and the audio are in the prompt
 
 
 def server_image(server) -> str:
@@ -59,7 +67,7 @@ def server_image(server) -> str:
 
 @pytest.fixture(autouse=True, scope="module")
 def _image(server, env):
-    server.env_image = env["image"]
+    server.env_image, server.env_audio = env["image"], env["audio"]
 
 
 def test_judge_and_reward_equal_the_offline_judge(client, env, offline):
