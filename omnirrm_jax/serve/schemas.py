@@ -66,7 +66,7 @@ class ChatRequest(Strict):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, lt=2 ** 32)
     stop: str | list[str] | None = None
     user: str | None = None
 
