@@ -131,6 +131,11 @@ BAD_ARGUMENTS = {
     "judge-not-a-model": ("judge {plain} --answer-a a --answer-b b", "is neither an HF thinker folder"),
     "judge-dtype": ("judge {plain} --dtype bogus", "argument --dtype: invalid choice: 'bogus'"),
     "judge-no-pair": ("judge {plain}", "one pair needs --answer-a and --answer-b"),
+    "serve-missing": ("serve {nowhere}", "checkpoint {nowhere} is not a directory"),
+    "serve-batch": ("serve {plain} --max-batch 1", "--max-batch 1: at least 2"),
+    "serve-media-root": ("serve {plain} --media-root {nowhere}", "--media-root {nowhere} is not a directory"),
+    "serve-key": ("serve {plain} --api-key-env OMNIRRM_TEST_UNSET_KEY", "OMNIRRM_TEST_UNSET_KEY: that environment "
+                  "variable is unset or empty"),
     "convert-missing": ("convert {nowhere} {out} --to hf", "{nowhere} is not a folder"),
     "convert-not-hf": ("convert {plain} {out} --to orbax", "{plain} has no config.json"),
     "convert-not-orbax": ("convert {plain} {out} --to hf", "is not an Orbax thinker folder"),

@@ -24,6 +24,7 @@ ALLOWED = {
     "eval": {"errors", "models", "rubric", "parallel", "data", "decoding", "checkpoint", "data_prep"},
     "training": {"errors", "models", "rubric", "parallel", "data", "decoding", "checkpoint", "data_prep", "eval"},
     "bon": {"errors", "models", "rubric", "parallel", "data", "decoding", "data_prep", "eval"},
+    "serve": {"errors", "models", "rubric", "parallel", "data", "decoding", "checkpoint", "data_prep", "eval"},
 }
 RUBRIC_FORBIDDEN = ("jax", "flax", "optax", "orbax", "numpy", "torch")
 

@@ -33,11 +33,12 @@ import numpy as np
 
 from omnirrm_jax.bon.items import BonItem
 from omnirrm_jax.eval import pairs
-from omnirrm_jax.eval.verdict import VerdictSite, candidate_logprobs, locate, to_probs
+from omnirrm_jax.eval.reward import FORCED_PREFIX, forced_site
+from omnirrm_jax.eval.verdict import candidate_logprobs, to_probs
 
 log = logging.getLogger(__name__)
 JUDGE_TEMPLATES = {"mmmu": "bon_mmmu", "videomme": "bon_videomme", "avqa": "bon_avqa"}
-VERDICT_OPENING = '{"better": "'
+VERDICT_OPENING = FORCED_PREFIX["better"]
 JUDGE_MAX_NEW_TOKENS = 64  # the selection scripts' --max_new_tokens
 
 
@@ -63,18 +64,9 @@ def reference_verdict(text: str) -> str:
     return value if isinstance(value, str) else "equal"
 
 
-def scalar_site(tok) -> VerdictSite:
-    """Where the scalar is read: after the teacher-forced `{"better": "`, the tokenizer's spellings of A, B, equal
-    (`eval.verdict.locate` on that reply, so the same tokens a written judgement would be scored on)."""
-    site = locate(tok, tok.encode(VERDICT_OPENING + 'A"}'), "better")
-    if site is None:
-        raise ValueError("the tokenizer does not round-trip the verdict opening")
-    return site
-
-
 def scalar_probs(model, tok, batch: dict[str, Any]) -> list[dict | None]:
     """P(A), P(B), P(equal) at the verdict token for each valid row of a prompt batch (None for padding rows)."""
-    site = scalar_site(tok)
+    site = forced_site(tok, "better")
     valid = np.asarray(batch.get("valid", np.ones(np.asarray(batch["input_ids"]).shape[0], bool)))
     lp = candidate_logprobs(model, batch, [site if v else None for v in valid])
     return [to_probs(lp[b], "better").probs if v else None for b, v in enumerate(valid)]

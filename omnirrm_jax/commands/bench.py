@@ -12,6 +12,7 @@ BENCHMARKS = {
     "eval": "judgements per second on a VL-RewardBench-like mix, ours next to transformers",
     "grpo": "one GRPO step (rollout -> rewards -> reference log-probs -> update) of our trainer",
     "bon": "Best-of-N candidates ranked per second, the scalar reward next to the reference's elimination",
+    "serve": "/v1/judge judgements/s and p50/p99 latency at 1/16/64 clients, and the offline judge's",
     "sft": "tokens/s and MFU of our LoRA SFT step next to HF transformers + PEFT",
 }
 

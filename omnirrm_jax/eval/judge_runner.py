@@ -140,10 +140,11 @@ class Judge:
         rid = row.get("id") if isinstance(row, dict) else None
         return {"line": key, "id": rid, "error": {"reason": reason, "detail": detail}}
 
-    def judge_prepared(self, prepared: list) -> list[dict]:
-        """Prepared pairs (at most batch_size examples together) -> output records, via one batch."""
+    def judge_prepared(self, prepared: list, seq_len: int | None = None) -> list[dict]:
+        """Prepared pairs (at most batch_size examples together) -> output records, via one batch (padded to
+        `seq_len` if given, else to `pairs.seq_bucket`)."""
         exs = [ex for p in prepared for ex in p.examples]
-        batch = pairs.make_batch(exs, self.batch_size, self.tok, self.cfg)
+        batch = pairs.make_batch(exs, self.batch_size, self.tok, self.cfg, seq_len)
         results = judge_with_verdicts(self.model, self.tok, batch, max_new_tokens=self.max_new_tokens,
                                       constrained=self.constrained, field=self.field)
         out, i = [], 0

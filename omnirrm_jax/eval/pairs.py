@@ -201,11 +201,16 @@ def media_bucket(total: Sequence[int], minimum: Sequence[int] = (16, 16, 1, 8)) 
     return tuple(1 << (max(int(t), m) - 1).bit_length() for t, m in zip(total, minimum))
 
 
-def make_batch(exs: Sequence[dict], batch_size: int, tok: Tokenizer, cfg: ThinkerConfig) -> dict[str, Any]:
-    """Examples -> one left-padded host batch of `batch_size` rows (rows past len(exs) are padding, valid False)."""
+def make_batch(exs: Sequence[dict], batch_size: int, tok: Tokenizer, cfg: ThinkerConfig,
+               seq_len: int | None = None) -> dict[str, Any]:
+    """Examples -> one left-padded host batch of `batch_size` rows (rows past len(exs) are padding, valid False).
+    `seq_len`: pad to this length instead of `seq_bucket` (a server with its own, coarser length buckets)."""
     if not exs or len(exs) > batch_size:
         raise ValueError(f"{len(exs)} examples for a batch of {batch_size}")
-    seq = seq_bucket(max(int(ex["cost"][0]) for ex in exs))
+    longest = max(int(ex["cost"][0]) for ex in exs)
+    if seq_len is not None and seq_len < longest:
+        raise ValueError(f"seq_len {seq_len} is shorter than the longest prompt ({longest} tokens)")
+    seq = seq_bucket(longest) if seq_len is None else seq_len
     media = media_bucket(np.sum([ex["cost"][1:] for ex in exs], axis=0))
     patch_dim = cfg.vision.in_channels * cfg.vision.temporal_patch_size * cfg.vision.patch_size ** 2
     pre = E.collate(exs, batch_size=batch_size, seq_len=seq, media=media, pad_id=tok.special_ids["pad"],

@@ -1,0 +1,256 @@
+"""The HTTP face of the server (FastAPI): routes, bearer-key check, error answers, and the wait on a batch.
+
+Every route does its host work (validation, media decoding, tokenising) in the thread pool, queues one job per
+prompt with the engine and awaits it, watching the deadline (--request-timeout -> 504) and the client (gone ->
+its job is cancelled and skipped by the worker). Every refusal is an OpenAI-style error body
+`{"error": {"message", "type", "param", "code"}}` with a 4xx status; nothing a client sends takes the server down.
+Chat streaming (`stream: true`) sends the finished completion as OpenAI SSE chunks ending with `data: [DONE]`: the
+decode loop is one compiled program, so the text is complete before the first chunk."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import json
+import logging
+import time
+import uuid
+from typing import Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from omnirrm_jax.serve.engine import Engine, QueueFull
+from omnirrm_jax.serve.inputs import Inputs, RequestError
+from omnirrm_jax.serve.metrics import Metrics
+from omnirrm_jax.serve.schemas import ChatRequest, JudgeRequest, RewardRequest
+
+log = logging.getLogger(__name__)
+OPEN_PATHS = ("/health",)
+
+
+@dataclasses.dataclass
+class ServerState:
+    inputs: Inputs
+    engine: Engine
+    metrics: Metrics
+    model_name: str
+    max_tokens: int
+    request_timeout: float
+    chat_len: Callable[[int], int]  # a request's max_tokens -> the decode length of its batch (`Runner.chat_len`)
+    api_key: str | None = None
+
+
+class ClientGone(Exception):
+    """The client disconnected while its request waited."""
+
+
+def _error(status: int, message: str, *, param=None, code: str = "invalid_request", headers=None) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status,
+                        headers=headers)
+
+
+def _param(loc) -> str:
+    out = ""
+    for part in loc[1:] if loc and loc[0] == "body" else loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out or "body"
+
+
+class BearerAuth:
+    """ASGI middleware: every path but /health needs `Authorization: Bearer <key>` (checked before the body is
+    read; the key is never logged)."""
+
+    def __init__(self, app, key: str):
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            got = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(got, b"Bearer " + self.key):
+                resp = _error(401, "missing or wrong API key (Authorization: Bearer ...)", code="invalid_api_key",
+                              headers={"WWW-Authenticate": "Bearer"})
+                return await resp(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+class Timing:
+    """ASGI middleware: latency and status of every /v1/ answer (pure ASGI, so streaming and disconnect
+    detection pass through untouched)."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            return await self.app(scope, receive, send)
+        t0, status = time.perf_counter(), [500]
+
+        async def send_(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_)
+        finally:
+            self.metrics.answer(scope["path"], status[0], time.perf_counter() - t0)
+
+
+def create_app(state: ServerState) -> FastAPI:
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        log.info("draining: %d queued jobs", state.engine.depth)
+        await run_in_threadpool(state.engine.stop)
+
+    app = FastAPI(title="omnirrm serve", lifespan=lifespan, docs_url=None, redoc_url=None)
+    if state.api_key:
+        app.add_middleware(BearerAuth, key=state.api_key)
+    app.add_middleware(Timing, metrics=state.metrics)  # outermost: 401s are counted too
+    m = state.metrics
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request", "type": "invalid"}
+        if first.get("type") == "json_invalid":
+            msg, param = f"the body is not valid JSON ({first.get('ctx', {}).get('error', first['msg'])})", "body"
+        else:
+            param = _param(first.get("loc", ()))
+            msg = f"{param}: {first['msg']}"
+        m.error(first.get("type", "invalid"))
+        return _error(400, msg, param=param, code=first.get("type", "invalid"))
+
+    @app.exception_handler(RequestError)
+    async def refused(request: Request, exc: RequestError):
+        m.error(exc.code)
+        headers = {"Retry-After": "1"} if exc.status == 429 else None
+        return _error(exc.status, str(exc), param=exc.param, code=exc.code, headers=headers)
+
+    @app.exception_handler(ClientGone)
+    async def gone(request: Request, exc: ClientGone):
+        m.error("client_disconnected")
+        return Response(status_code=499)
+
+    async def prepare(fn, *args, deadline: float):
+        try:
+            return await asyncio.wait_for(run_in_threadpool(fn, *args), max(deadline - time.monotonic(), 0.001))
+        except asyncio.TimeoutError:
+            raise RequestError(f"not prepared within --request-timeout {state.request_timeout} s", code="timeout",
+                               status=504) from None
+
+    def submit(kind, key, item, cost):
+        try:
+            return state.engine.submit(kind, key, item, cost)
+        except QueueFull as e:
+            raise RequestError(f"server busy: {e}; retry later", code="queue_full", status=429) from None
+        except RuntimeError as e:
+            raise RequestError(str(e), code="shutting_down", status=503) from None
+
+    async def wait(request: Request, futures: list, deadline: float) -> list:
+        waiting = [asyncio.wrap_future(f) for f in futures]
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RequestError(f"no answer within --request-timeout {state.request_timeout} s",
+                                       code="timeout", status=504)
+                done, pending = await asyncio.wait(waiting, timeout=min(0.2, left))
+                if not pending:
+                    return [w.result() for w in waiting]
+                if await request.is_disconnected():
+                    raise ClientGone()
+        finally:
+            for f in futures:
+                f.cancel()  # a no-op for finished or running jobs; queued ones are skipped by the worker
+
+    def deadline() -> float:
+        return time.monotonic() + state.request_timeout
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": state.model_name, "queue_depth": state.engine.depth,
+                "max_batch": state.engine.max_batch}
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(m.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.post("/v1/judge")
+    async def judge(body: JudgeRequest, request: Request):
+        end = deadline()
+        prepared = await prepare(state.inputs.pair, body, body.both_orders, deadline=end)
+        rec, = await wait(request, [submit("judge", "judge", prepared, len(prepared.examples))], end)
+        rec = {k: v for k, v in rec.items() if k != "line"}
+        return {**rec, "id": body.id}
+
+    @app.post("/v1/reward")
+    async def reward(body: RewardRequest, request: Request):
+        end = deadline()
+        prepared = await prepare(lambda: [state.inputs.pair(p, body.both_orders, f"pairs[{i}].")
+                                          for i, p in enumerate(body.pairs)], deadline=end)
+        futures = []
+        try:
+            for p in prepared:
+                futures.append(submit("reward", "reward", p, len(p.examples)))
+        except RequestError:
+            for f in futures:
+                f.cancel()
+            raise
+        recs = await wait(request, futures, end)
+        return {"rewards": [r["reward"] for r in recs], "results": recs,
+                "scored": "P(A) - P(B) after the forced prefix '{\"better\": \"' (omnirrm_jax/eval/reward.py)"}
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatRequest, request: Request):
+        end = deadline()
+        max_tokens = body.max_completion_tokens or body.max_tokens or min(256, state.max_tokens)
+        if max_tokens > state.max_tokens:
+            raise RequestError(f"max_tokens {max_tokens} is above the server's --max-tokens {state.max_tokens}",
+                               param="max_tokens")
+        if body.n > state.engine.max_batch:
+            raise RequestError(f"n {body.n} is above the server's --max-batch {state.engine.max_batch}", param="n")
+        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        if len(stop) > 4 or not all(stop):
+            raise RequestError("stop: at most 4 non-empty strings", param="stop")
+        example = await prepare(state.inputs.chat, body, deadline=end)
+        key = ("chat", state.chat_len(max_tokens), 0.0 if body.temperature == 0 else float(body.temperature),
+               1.0 if body.temperature == 0 else float(body.top_p),
+               None if body.seed is None else (body.seed, uuid.uuid4().hex))
+        item = {"example": example, "n": body.n, "max_tokens": max_tokens, "stop": stop}
+        choices, = await wait(request, [submit("chat", key, item, body.n)], end)
+        prompt_tokens = int(example["cost"][0])
+        completion = sum(c["tokens"] for c in choices)
+        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if not body.stream:
+            return {"id": cid, "object": "chat.completion", "created": created, "model": state.model_name,
+                    "choices": [{"index": i, "message": {"role": "assistant", "content": c["text"]},
+                                 "finish_reason": c["finish_reason"], "logprobs": None}
+                                for i, c in enumerate(choices)],
+                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                              "total_tokens": prompt_tokens + completion}}
+        return StreamingResponse(_sse(cid, created, state.model_name, choices), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+    return app
+
+
+def _sse(cid: str, created: int, model: str, choices: list, piece: int = 16):
+    """OpenAI `chat.completion.chunk` events: the role, the text in pieces, the finish reason, then [DONE]."""
+    def event(i, delta, finish=None):
+        chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                 "choices": [{"index": i, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+        return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+    for i, c in enumerate(choices):
+        yield event(i, {"role": "assistant", "content": ""})
+        for k in range(0, len(c["text"]), piece):
+            yield event(i, {"content": c["text"][k:k + piece]})
+        yield event(i, {}, c["finish_reason"])
+    yield "data: [DONE]\n\n"

@@ -1,0 +1,143 @@
+"""The device side of the server: one batch of judge pairs, reward pairs or chat prompts -> results, always at one
+of a bounded set of static shapes, and the warm-up that compiles that set before the first request.
+
+Why a fixed set: every new (batch, length) shape is a new XLA program, seconds to minutes of compile in the middle
+of someone's request. So the batch is always `max_batch` rows (padding rows are free to skip), prompts are padded
+to a power of two between 128 and --max-prompt-tokens (`length_buckets`; coarser than the offline judge's, which
+only changes padding, not results), judgements decode `max_new_tokens` (the verdict pass buckets its chunks to
+powers of two), chat decodes one of `chat_buckets` lengths, cut to the request's `max_tokens`. `warm_up` compiles,
+for every length bucket: the judge's decode and verdict passes, the reward pass, and chat at temperature 0
+(greedy) and at temperature 1 / top_p 1 (the OpenAI defaults) for every chat length. What it leaves out, compiled
+on first use and counted in `omnirrm_serve_compiles_total`: media batches (their patch and audio buckets, powers of
+two) and chat at other temperature / top_p values (both are constants of the decode program)."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+
+import jax
+import numpy as np
+
+from omnirrm_jax.decoding.sampler import SamplingConfig, generate
+from omnirrm_jax.eval import pairs, reward, verdict
+from omnirrm_jax.eval.judge import _decodable, judge_with_verdicts
+from omnirrm_jax.models.thinker import model_inputs
+
+log = logging.getLogger(__name__)
+MIN_BUCKET = 128
+VERDICT_MIN_PREFIX = 16
+
+
+def length_buckets(max_prompt_tokens: int) -> list[int]:
+    """Prompt lengths the server pads to: powers of two from 128 up to the first >= max_prompt_tokens."""
+    out = [MIN_BUCKET]
+    while out[-1] < max_prompt_tokens:
+        out.append(out[-1] * 2)
+    return out
+
+
+def chat_buckets(max_tokens: int) -> list[int]:
+    """Decode lengths of chat batches: 16, 64, 256, ... below the cap, then the cap."""
+    out = [n for n in (16 << 2 * i for i in range(16)) if n < max_tokens]
+    return out + [max_tokens]
+
+
+def _verdict_buckets(max_new_tokens: int) -> list[int]:
+    out = [VERDICT_MIN_PREFIX]
+    while out[-1] < max_new_tokens:
+        out.append(out[-1] * 2)
+    return out
+
+
+class Runner:
+    """Runs batches for the engine (only ever from its one worker thread)."""
+
+    def __init__(self, judge, *, max_prompt_tokens: int, max_tokens: int, metrics=None):
+        self.judge, self.tok, self.model, self.cfg = judge, judge.tok, judge.model, judge.cfg
+        self.batch_size = judge.batch_size
+        self.lengths = length_buckets(max_prompt_tokens)
+        self.chat_lengths = chat_buckets(max_tokens)
+        self.max_tokens = max_tokens
+        self.metrics = metrics
+        self._seeds = itertools.count(1)
+
+    def seq_len(self, exs) -> int:
+        longest = max(int(ex["cost"][0]) for ex in exs)
+        return next((b for b in self.lengths if b >= longest), self.lengths[-1])
+
+    def chat_len(self, max_tokens: int) -> int:
+        return next(n for n in self.chat_lengths if n >= min(max_tokens, self.max_tokens))
+
+    def run(self, kind: str, key, items: list) -> list:
+        """One batch of `kind` ("judge" | "reward" | "chat") jobs (their items) -> one result per item."""
+        exs = [ex for it in items for ex in (it.examples if kind != "chat" else [it["example"]] * it["n"])]
+        if self.metrics:
+            self.metrics.batch(kind, len(exs), sum(int(ex["cost"][0]) for ex in exs))
+        if kind == "judge":
+            return self.judge.judge_prepared(items, self.seq_len(exs))
+        if kind == "reward":
+            return reward.reward_records(self.judge, items, self.seq_len(exs))
+        return self._chat(key, items, exs)
+
+    # ------------------------------------------------------------ chat
+
+    def sampling(self, key) -> SamplingConfig:
+        _, n_new, temperature, top_p, _ = key
+        s = self.tok.special_ids
+        if temperature == 0:
+            return SamplingConfig(max_new_tokens=n_new, greedy=True, stop_token_ids=(s["im_end"],),
+                                  pad_token_id=s["pad"])
+        return SamplingConfig(max_new_tokens=n_new, temperature=temperature, top_p=top_p, top_k=0,
+                              stop_token_ids=(s["im_end"],), pad_token_id=s["pad"])
+
+    def _chat(self, key, items: list, exs: list) -> list:
+        seed = key[4]
+        rng = jax.random.key(seed[0] if seed is not None else next(self._seeds) + (1 << 40))
+        batch = pairs.make_batch(exs, self.batch_size, self.tok, self.cfg, self.seq_len(exs))
+        result = generate(self.model, model_inputs(batch), self.sampling(key), rng)
+        tokens, lengths = np.asarray(result.tokens)[:, 0], np.asarray(result.lengths)[:, 0]
+        finished = np.asarray(result.finished)[:, 0]
+        out, row = [], 0
+        for it in items:
+            choices = []
+            for _ in range(it["n"]):
+                n = int(lengths[row]) - int(finished[row])  # the stop token is not text
+                ids = _decodable(self.tok, tokens[row, :n])
+                reason = "stop" if finished[row] else "length"
+                if len(ids) > it["max_tokens"]:
+                    ids, reason = ids[:it["max_tokens"]], "length"
+                text = self.tok.decode(ids)
+                cut = [i for i in (text.find(s) for s in it["stop"]) if i >= 0]
+                if cut:
+                    text, reason = text[:min(cut)], "stop"
+                choices.append({"text": text, "finish_reason": reason, "tokens": len(ids)})
+                row += 1
+            out.append(choices)
+        if self.metrics:
+            self.metrics.generated(sum(c["tokens"] for cs in out for c in cs))
+        return out
+
+    # ------------------------------------------------------------ warm-up
+
+    def warm_up(self, example: dict) -> float:
+        """Compiles every program of the bounded set (module docstring) with `example` (a short text prompt)
+        padded to each length bucket; returns the seconds it took."""
+        t0 = time.perf_counter()
+        site = reward.forced_site(self.tok, self.judge.field)
+        for S in self.lengths:
+            batch = pairs.make_batch([example], self.batch_size, self.tok, self.cfg, S)
+            inputs = model_inputs(batch)
+            judge_with_verdicts(self.model, self.tok, batch, max_new_tokens=self.judge.max_new_tokens,
+                                constrained=self.judge.constrained, field=self.judge.field)
+            for k in _verdict_buckets(self.judge.max_new_tokens):
+                fake = verdict.VerdictSite(prefix=(int(self.tok.special_ids["pad"]),) * k, candidates=site.candidates)
+                verdict.candidate_logprobs(self.model, inputs, [fake] + [None] * (self.batch_size - 1))
+            reward.forced_verdicts(self.model, self.tok, batch, 1, self.judge.field)
+            for n_new in self.chat_lengths:
+                for temperature in (0.0, 1.0):
+                    generate(self.model, inputs, self.sampling(("chat", n_new, temperature, 1.0, None)),
+                             jax.random.key(0))
+            log.info("warm-up: prompt length %d compiled (%.0f s so far)", S, time.perf_counter() - t0)
+        return time.perf_counter() - t0

@@ -1,0 +1,100 @@
+"""Request bodies of the server, as pydantic models that refuse unknown fields (`extra="forbid"`): a typo in a
+trainer's request must be a 400 naming the field, not a silently ignored option.
+
+Media items are strings: a `data:` URL (base64) or a path under the server's --media-root (`serve.inputs`)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from omnirrm_jax.rubric.vocab import MODALITIES
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------- OpenAI chat completions
+
+class ImageURL(Strict):
+    url: str
+    detail: str | None = None
+
+
+class InputAudio(Strict):
+    data: str = Field(description="base64 of the audio file")
+    format: Literal["wav", "mp3", "flac", "ogg"] = "wav"
+
+
+class TextPart(Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ImagePart(Strict):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class VideoPart(Strict):
+    type: Literal["video"]
+    video: str | list[str] = Field(description="a video (data: URL or media-root path), or its frames as images")
+
+
+class AudioPart(Strict):
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+Part = Annotated[Union[TextPart, ImagePart, VideoPart, AudioPart], Field(discriminator="type")]
+
+
+class Message(Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[Part]
+    name: str | None = None
+
+
+class ChatRequest(Strict):
+    model: str | None = None
+    messages: list[Message] = Field(min_length=1)
+    stream: bool = False
+    n: int = Field(1, ge=1, le=16)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    seed: int | None = Field(None, ge=0, lt=2 ** 32)
+    stop: str | list[str] | None = None
+    user: str | None = None
+
+
+# ---------------------------------------------------------------- judge and reward
+
+class Media(Strict):
+    images: list[str] = []
+    videos: list[str] = []
+    audios: list[str] = []
+
+
+class PairIn(Strict):
+    """One answer pair, the fields of a `omnirrm judge --input` row (media grouped under `media`)."""
+
+    question: str | None = None
+    answer_a: str
+    answer_b: str
+    media: Media | None = None
+    modality: Literal[MODALITIES] | None = None  # type: ignore[valid-type]
+    template: str | None = None
+    id: str | int | None = None
+
+
+class JudgeRequest(PairIn):
+    both_orders: bool = False
+
+
+class RewardRequest(Strict):
+    pairs: list[PairIn] = Field(min_length=1, max_length=256)
+    both_orders: bool = False

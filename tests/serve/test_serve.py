@@ -1,0 +1,201 @@
+"""`omnirrm serve` end to end: the real server in a subprocess (tiny judge, free localhost port), real HTTP.
+The OpenAI client gets chat completions (streamed and not); /v1/judge and /v1/reward give the offline judge's
+answers; bad and hostile requests are 4xx naming the field and leave the server healthy; the API key is enforced;
+a full queue is 429 with Retry-After, a late answer 504, and jobs whose clients left are never run; SIGTERM under
+load answers every in-flight request, then exits 0."""
+import asyncio
+import base64
+import os
+
+import httpx
+import pytest
+
+from tests.serve.conftest import KEY, assert_same_judgement, pair_rows, request_body
+from tests.serve.server_proc import ServerProc
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def server(env, tmp_path_factory):
+    s = ServerProc(env, str(tmp_path_factory.mktemp("srv")), "--warmup", "none", "--max-batch", "8",
+                   "--max-prompt-tokens", "1024", "--max-tokens", "32", "--media-root", os.path.dirname(env["image"]),
+                   "--api-key-env", "OMNIRRM_TEST_KEY", extra_env={"OMNIRRM_TEST_KEY": KEY})
+    yield s
+    assert s.stop() == 0, s.log()
+    assert KEY not in s.log()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=300) as c:
+        yield c
+
+
+def test_openai_client_chat_completion_streamed_and_not(server):
+    import openai
+
+    oc = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY)
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 3 + 4?"}]
+    done = oc.chat.completions.create(model="omnirrm", messages=msgs, max_tokens=12, temperature=0)
+    text = done.choices[0].message.content
+    assert isinstance(text, str) and done.choices[0].finish_reason in ("stop", "length")
+    assert done.usage.completion_tokens <= 12 and done.usage.prompt_tokens > 10
+    stream = oc.chat.completions.create(model="omnirrm", messages=msgs, max_tokens=12, temperature=0, stream=True)
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == text  # greedy: the same completion
+    assert chunks[-1].choices[0].finish_reason == done.choices[0].finish_reason
+    with open(server_image(server), "rb") as f:
+        url = "data:image/png;base64," + base64.b64encode(f.read()).decode()
+    content = [{"type": "text", "text": "What colour?"}, {"type": "image_url", "image_url": {"url": url}}]
+    multi = oc.chat.completions.create(model="omnirrm", max_tokens=4, n=2, seed=3,
+                                       messages=[{"role": "user", "content": content}])
+    assert len(multi.choices) == 2 and multi.usage.completion_tokens <= 8
+    with open(server.env_audio, "rb") as f:
+        wav = base64.b64encode(f.read()).decode()
+    content = [{"type": "video", "video": [url, url, url]}, {"type": "input_audio", "input_audio": {"data": wav,
+                                                                                                   "format": "wav"}},
+               {"type": "text", "text": "What happens?"}]
+    av = oc.chat.completions.create(model="omnirrm", max_tokens=3, temperature=0,
+                                    messages=[{"role": "user", "content": content}])
+    assert av.usage.prompt_tokens > multi.usage.prompt_tokens  # the frames and the audio are in the prompt
+
+
+def server_image(server) -> str:
+    return server.env_image
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _image(server, env):
+    server.env_image, server.env_audio = env["image"], env["audio"]
+
+
+def test_judge_and_reward_equal_the_offline_judge(client, env, offline):
+    rows = pair_rows(env)
+    for i, row in enumerate(rows):
+        for data_url in ((False, True) if row.get("images") else (False,)):
+            r = client.post("/v1/judge", json={**request_body(row, env, data_url), "both_orders": True})
+            assert r.status_code == 200, r.text
+            assert_same_judgement(r.json(), offline["judge"][i])
+    one = client.post("/v1/judge", json=request_body(rows[0], env)).json()
+    assert "swap" not in one
+    assert_same_judgement(one, {k: v for k, v in offline["judge"][0].items() if k not in ("swap", "combined")})
+    r = client.post("/v1/reward", json={"pairs": [request_body(row, env) for row in rows], "both_orders": True})
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert len(got["rewards"]) == len(rows)
+    for served, want in zip(got["results"], offline["reward"]):
+        assert abs(served["reward"] - want["reward"]) < 2e-5
+        assert abs(served["combined"]["reward"] - want["combined"]["reward"]) < 2e-5
+
+
+def _bad_requests(env) -> list[tuple[str, object, int, str]]:
+    """(path, JSON body or raw bytes, status, a word the message must name)."""
+    ok = {"question": "q", "answer_a": "a", "answer_b": "b"}
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    outside = os.path.abspath(os.path.join(os.path.dirname(env["image"]), "..", "x.png"))
+    return [
+        ("/v1/judge", b"{not json", 400, "JSON"),
+        ("/v1/judge", {**ok, "colour": "red"}, 400, "colour"),
+        ("/v1/judge", {**ok, "answer_a": 3}, 400, "answer_a"),
+        ("/v1/judge", {"question": "q", "answer_a": "a"}, 400, "answer_b"),
+        ("/v1/judge", {**ok, "both_orders": "maybe"}, 400, "both_orders"),
+        ("/v1/judge", {**ok, "media": {"images": ["../../etc/passwd"]}}, 400, "media.images[0]"),
+        ("/v1/judge", {**ok, "media": {"images": ["/etc/passwd"]}}, 400, "outside the media root"),
+        ("/v1/judge", {**ok, "media": {"images": [outside]}}, 400, "media.images[0]"),
+        ("/v1/judge", {**ok, "media": {"images": ["nothere.png"]}}, 404, "not found"),
+        ("/v1/judge", {**ok, "media": {"images": ["data:image/png;base64,@@@notbase64"]}}, 400, "base64"),
+        ("/v1/judge", {**ok, "media": {"images": ["data:image/png;base64," + base64.b64encode(b"junk").decode()]}},
+         400, "media"),
+        ("/v1/judge", {**ok, "media": {"images": ["http://example.com/x.png"]}}, 400, "URLs are not fetched"),
+        ("/v1/judge", {**ok, "question": "word " * 5000}, 400, "max-prompt-tokens"),
+        ("/v1/judge", {**ok, "question": "word " * 900}, 400, "max_length"),
+        ("/v1/judge", {**ok, "modality": "smell"}, 400, "modality"),
+        ("/v1/reward", {"pairs": []}, 400, "pairs"),
+        ("/v1/reward", {"pairs": [ok, {**ok, "answer_b": None}]}, 400, "pairs[1]"),
+        ("/v1/reward", {"pairs": [ok, {**ok, "media": {"audios": ["data:audio/wav;base64,AAAA"]}}]}, 400, "pairs[1]"),
+        ("/v1/chat/completions", {**chat, "temperature": "hot"}, 400, "temperature"),
+        ("/v1/chat/completions", {**chat, "max_tokens": 10_000}, 400, "max_tokens"),
+        ("/v1/chat/completions", {**chat, "n": 99}, 400, "n"),
+        ("/v1/chat/completions", {**chat, "seed": 2 ** 70}, 400, "seed"),
+        ("/v1/chat/completions", {**chat, "logit_bias": {}}, 400, "logit_bias"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": [
+            {"type": "input_audio", "input_audio": {"data": "!!", "format": "wav"}}]}]}, 400, "content[0]"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "../shape.png"}}]}]}, 400, "outside the media root"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": [
+            {"type": "video", "video": ["data:image/png;base64,AAAA"]}]}]}, 400, "messages[0].content[0]"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi " * 3000}]}, 400, "messages"),
+        ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, 400, "role"),
+    ]
+
+
+def test_bad_and_hostile_requests_are_4xx_naming_the_field(client, env):
+    for path, body, status, word in _bad_requests(env):
+        r = client.post(path, content=body, headers={"Content-Type": "application/json"}) \
+            if isinstance(body, bytes) else client.post(path, json=body)
+        assert r.status_code == status, (path, body if isinstance(body, bytes) else str(body)[:200], r.text)
+        err = r.json()["error"]
+        assert word in err["message"] or word == err["param"], (word, err)
+    assert client.get("/health").json()["status"] == "ok"
+    assert client.post("/v1/judge", json={"question": "q", "answer_a": "a", "answer_b": "b"}).status_code == 200
+
+
+def test_api_key_is_required_but_not_for_health(server):
+    body = {"question": "q", "answer_a": "a", "answer_b": "b"}
+    assert httpx.post(server.url + "/v1/judge", json=body).status_code == 401
+    r = httpx.post(server.url + "/v1/judge", json=body, headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer"
+    assert httpx.get(server.url + "/metrics").status_code == 401
+    assert httpx.get(server.url + "/health").status_code == 200
+
+
+def test_full_queue_429_timeout_504_and_left_clients_are_never_run(env, tmp_path):
+    """Batches wait 3 s to fill, requests time out after 1.5 s: two queue, the rest get 429 at once; the two
+    answer 504 and their jobs are cancelled, so no batch ever runs; a client that hangs up is cancelled too."""
+    s = ServerProc(env, str(tmp_path), "--warmup", "none", "--max-batch", "8", "--max-queue", "2",
+                   "--max-wait-ms", "3000", "--request-timeout", "1.5")
+    try:
+        body = {"question": "q", "answer_a": "a", "answer_b": "b"}
+
+        async def burst():
+            async with httpx.AsyncClient(base_url=s.url, timeout=30) as c:
+                first = [asyncio.create_task(c.post("/v1/judge", json=body)) for _ in range(2)]
+                await asyncio.sleep(0.5)  # the two are queued
+                rest = await asyncio.gather(*(c.post("/v1/judge", json=body) for _ in range(4)))
+                return await asyncio.gather(*first), rest
+
+        queued, refused = asyncio.run(burst())
+        assert [r.status_code for r in refused] == [429] * 4
+        assert all(r.headers["Retry-After"] == "1" and r.json()["error"]["code"] == "queue_full" for r in refused)
+        assert [r.status_code for r in queued] == [504, 504]
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(s.url + "/v1/judge", json=body, timeout=0.5)
+        import time
+        time.sleep(4)  # past the batch wait: the worker found only cancelled jobs
+        assert s.metric("omnirrm_serve_batch_rows_count") == 0
+        assert s.metric("omnirrm_serve_errors_total", ) >= 7
+        assert 'reason="client_disconnected"' in httpx.get(s.url + "/metrics").text
+        assert httpx.get(s.url + "/health").json()["queue_depth"] == 0
+    finally:
+        assert s.stop() == 0, s.log()
+
+
+def test_sigterm_under_load_answers_in_flight_requests_then_exits_0(env, tmp_path):
+    s = ServerProc(env, str(tmp_path), "--warmup", "none", "--max-batch", "4", "--max-wait-ms", "100")
+    rows = pair_rows(env)[:3]
+
+    async def load():
+        async with httpx.AsyncClient(base_url=s.url, timeout=300) as c:
+            tasks = [asyncio.create_task(c.post("/v1/reward" if i % 2 else "/v1/judge",
+                                                json={"pairs": [rows[i % 3]]} if i % 2 else rows[i % 3]))
+                     for i in range(12)]
+            await asyncio.sleep(1.5)  # all sent and in flight (the first batch is still compiling)
+            s.proc.send_signal(15)
+            return await asyncio.gather(*tasks)
+
+    answers = asyncio.run(load())
+    assert [r.status_code for r in answers] == [200] * 12, [r.text for r in answers]
+    assert s.proc.wait(120) == 0, s.log()
+    assert "draining" in s.log()
+    s.stop()
