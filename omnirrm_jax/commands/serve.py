@@ -44,12 +44,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="image/video limits, as `omnirrm judge --media-limits`")
     p.add_argument("--warmup", choices=("full", "none"), default="full",
                    help="compile every text shape before serving (none: compile on first use)")
+    p.add_argument("--compile-cache", metavar="DIR", default=None,
+                   help="persistent XLA compilation cache: a restarted server reads its compiled shapes back instead "
+                        "of compiling them again (default: $OMNIRRM_COMPILE_CACHE or ~/.cache/omnirrm/jax; none: off)")
     p.add_argument("--model-name", default="omnirrm", help="the `model` the chat endpoint reports")
     p.add_argument("--access-log", action="store_true", help="log every request line")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
     import os
 
     from omnirrm_jax.commands._model import load_judge_or_run
@@ -64,6 +68,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--request-timeout must be positive and --max-wait-ms not negative")
     if args.media_root and not os.path.isdir(args.media_root):
         raise UsageError(f"--media-root {args.media_root} is not a directory")
+    from omnirrm_jax import compile_cache
+
+    cache = compile_cache.enable(args.compile_cache or compile_cache.default_dir())
+    logging.getLogger("omnirrm_jax.serve").info("persistent compilation cache: %s", cache or "off")
     api_key = None
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)

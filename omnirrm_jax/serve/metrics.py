@@ -1,8 +1,9 @@
 """Prometheus metrics of the server (`GET /metrics`): what an operator needs to size it and to see it degrade.
 
 Queue depth, batch sizes, prompt and generated tokens (rates give tokens/s), request latency per endpoint, answers
-by status and errors by reason, and XLA compilations: `omnirrm_serve_compiles_total` counts every backend compile
-in the process (a `jax.monitoring` listener), `omnirrm_serve_compiles_after_warmup` those after warm-up ended,
+by status and errors by reason, and XLA compilations: `omnirrm_serve_compiles_total` counts every program the
+process compiled or read from the persistent cache (a `jax.monitoring` listener), `..._compile_cache_hits_total`
+those read from the cache (`--compile-cache`), `omnirrm_serve_compiles_after_warmup` those after warm-up ended,
 which should stay 0 for text traffic (`serve.runner`)."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import jax
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300)
 
 
@@ -32,10 +34,17 @@ class Metrics:
         self.compiles = Counter("omnirrm_serve_compiles", "XLA compilations in this process", registry=r)
         self.compiles_after = Counter("omnirrm_serve_compiles_after_warmup", "XLA compilations after warm-up",
                                       registry=r)
+        self.cache_hits = Counter("omnirrm_serve_compile_cache_hits", "programs read from the persistent "
+                                  "compilation cache (--compile-cache) instead of compiled", registry=r)
         self.warmup_seconds = Gauge("omnirrm_serve_warmup_seconds", "warm-up compile time", registry=r)
         self._warm = False
         self._lock = threading.Lock()
         jax.monitoring.register_event_duration_secs_listener(self._on_event)
+        jax.monitoring.register_event_listener(self._on_count)
+
+    def _on_count(self, event: str, **kw) -> None:
+        if event == _CACHE_HIT_EVENT:
+            self.cache_hits.inc()
 
     def _on_event(self, event: str, duration: float, **kw) -> None:
         if event == _COMPILE_EVENT:

@@ -32,6 +32,7 @@ class ServerProc:
                "--port", str(self.port), "--max-new-tokens", MAX_NEW, "--constrained", *flags]
         penv = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", **(extra_env or {}))
         penv.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+        penv.setdefault("OMNIRRM_COMPILE_CACHE", "none")  # tests compile afresh unless they pass --compile-cache
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=penv, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + startup_s

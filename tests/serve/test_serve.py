@@ -199,3 +199,25 @@ def test_sigterm_under_load_answers_in_flight_requests_then_exits_0(env, tmp_pat
     assert s.proc.wait(120) == 0, s.log()
     assert "draining" in s.log()
     s.stop()
+
+
+@pytest.mark.slow
+def test_restarted_server_reads_its_compiled_shapes_from_the_cache(env, tmp_path):
+    """--compile-cache: every program of the second start is read back from the cache; same answers."""
+    cache = str(tmp_path / "xla-cache")
+    flags = ("--compile-cache", cache, "--max-prompt-tokens", "512", "--max-tokens", "8")
+    body = {"question": "What is 3 + 4?", "answer_a": "7", "answer_b": "5"}
+    seen = []
+    for _ in range(2):
+        s = ServerProc(env, str(tmp_path), *flags)
+        try:
+            r = httpx.post(s.url + "/v1/judge", json=body, timeout=120)
+            assert r.status_code == 200, r.text
+            seen.append((s.metric("omnirrm_serve_compiles_total"), s.metric("omnirrm_serve_compile_cache_hits_total"),
+                         r.json()))
+        finally:
+            assert s.stop() == 0
+    (cold, cold_hits, first), (warm, warm_hits, second) = seen
+    assert os.listdir(cache) and cold > 0 and cold_hits == 0
+    assert warm == cold and warm_hits == cold, (cold, warm, warm_hits)  # the same programs, all from the cache
+    assert second["text"] == first["text"] and second["probs"] == first["probs"]  # the same programs, bitwise
