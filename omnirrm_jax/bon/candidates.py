@@ -85,8 +85,10 @@ def generate_texts(model, cfg, tok, jobs: Sequence[tuple], *, n: int = 1, temper
     key = jax.random.key(seed)
     step, out = 0, {}
     for cap, group in by_cap.items():
-        sampling = SamplingConfig(max_new_tokens=cap, temperature=temperature, top_k=0, top_p=1.0, num_samples=n,
-                                  stop_token_ids=stop, pad_token_id=tok.special_ids["pad"])
+        greedy = temperature <= 0
+        sampling = SamplingConfig(max_new_tokens=cap, temperature=1.0 if greedy else temperature, top_k=0,
+                                  top_p=1.0, num_samples=n, greedy=greedy, stop_token_ids=stop,
+                                  pad_token_id=tok.special_ids["pad"])
         for s in range(0, len(group), batch_size):
             chunk = group[s:s + batch_size]
             batch = pairs.make_batch([ex for _, ex in chunk], batch_size, tok, cfg)
