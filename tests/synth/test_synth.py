@@ -109,7 +109,9 @@ def test_injected_crash_then_resume_repays_nothing(src, tmp_path, key_env):
     try:
         clean = _clean_output(src, tmp_path, teacher)
         start = len(teacher.requests())
-        cfg = write_config(str(tmp_path / "synth.yaml"), src, str(tmp_path / "out"), teacher.url)
+        # one request in flight, so none is answered-but-uncached at the crash (the SIGKILL test covers those)
+        cfg = write_config(str(tmp_path / "synth.yaml"), src, str(tmp_path / "out"), teacher.url,
+                           teacher_run={"concurrency": 1})
         n = len(seed_candidates(cfg))
         p = _cli(cfg, {"OMNIRRM_SYNTH_CRASH_AFTER": "5"})
         assert p.wait(300) == 17, p.stderr.read()
