@@ -16,7 +16,8 @@ import sys
 from omnirrm_jax.errors import UserError
 
 # `omnirrm --help` lists them in this order
-COMMANDS = ("convert", "bench", "demo", "sft", "grpo", "judge", "eval", "serve", "bon", "export", "plan", "prep")
+COMMANDS = ("convert", "bench", "demo", "sft", "grpo", "judge", "eval", "serve", "bon", "synth", "export", "plan",
+            "prep")
 # loggers whose INFO lines are ours; others (Orbax's absl lines: 152 of a 30-step run's 155) need --verbose
 OWN_LOGGERS = ("omnirrm_jax", "omnirrm", "data_prep", "__main__")
 

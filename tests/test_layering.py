@@ -25,6 +25,7 @@ ALLOWED = {
     "training": {"errors", "models", "rubric", "parallel", "data", "decoding", "checkpoint", "data_prep", "eval"},
     "bon": {"errors", "models", "rubric", "parallel", "data", "decoding", "data_prep", "eval"},
     "serve": {"errors", "models", "rubric", "parallel", "data", "decoding", "checkpoint", "data_prep", "eval"},
+    "synth": {"errors", "models", "rubric", "parallel", "data", "decoding", "data_prep", "eval", "bon"},
 }
 RUBRIC_FORBIDDEN = ("jax", "flax", "optax", "orbax", "numpy", "torch")
 

@@ -44,14 +44,34 @@ INPUTS = [
 
 # The policy's multiple-choice prompts of the Best-of-N scripts (checked in tests/bon/test_items.py).
 POLICY_TEMPLATES = {"mcq_mmmu", "mcq_videomme", "mcq_avqa"}
+# The teacher prompts of Omni-Preference construction (`omnirrm synth`): sha256 of the f-string literal's source,
+# read from "Omni Preference Construction/{image,video}/doubao_example.py" and ".../audio/gpt_example.py".
+ANNOTATION_DIGESTS = {
+    "annotate_image": "d171dd211ad2c6e7b06a47abea93e95a25c21fc3458381c65a1d539f3f547d20",
+    "annotate_video": "ea345cc78550b1925aa10fc0598b51016f7ee4e9e493ae60b08d912d93b28fdc",
+    "annotate_audio": "c4a21f2702d258a5d628760aa231517ffffe4b2bac547811ca7338653d934f87",
+}
 
 
 def test_manifest_lists_every_template_with_attribution():
-    assert set(rubric.template_names()) == set(DIGESTS) | POLICY_TEMPLATES
+    assert set(rubric.template_names()) == set(DIGESTS) | POLICY_TEMPLATES | set(ANNOTATION_DIGESTS)
     for name in DIGESTS:
         info = rubric.template_info(name)
         assert info["source_path"].startswith("inference/") and info["source_function"]
     assert prompts._manifest()["source_repo"] == "tmfk418/Omni-RRM"
+
+
+@pytest.mark.parametrize("name", sorted(ANNOTATION_DIGESTS))
+def test_annotation_templates(name):
+    body = prompts.template_body(name)
+    assert hashlib.sha256(body.encode()).hexdigest() == ANNOTATION_DIGESTS[name]
+    info = rubric.template_info(name)
+    assert info["source_path"].startswith("Omni Preference Construction/") and info["modality"] in name
+    text = prompts.render(name, "Q {x}?", "ans A", "ans B", media_name="clip_1")
+    assert "Q {x}?" in text and "ans A" in text and "ans B" in text and "clip_1" in text
+    assert '"score_A"' in text and "{{" not in text and "Safety and Ethical Alignment" in text
+    # image and video: textwrap.dedent(f"...").strip(); audio: the bare f-string (leading and trailing newline)
+    assert text.startswith("\n") == (name == "annotate_audio")
 
 
 @pytest.mark.parametrize("name", sorted(DIGESTS))

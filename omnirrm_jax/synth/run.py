@@ -1,0 +1,149 @@
+"""`omnirrm synth`: the stages in order, each resumable from what it left under `out_dir`.
+
+  prompts.jsonl, bad_inputs.jsonl   stage 1, rewritten each run (cheap and deterministic)
+  candidates.jsonl                  stage 2, append-only: {id, model, text | error}
+  teacher_cache.jsonl               stage 3, append-only: one row per answered (pair, teacher, prompt hash)
+  sft.jsonl, grpo.jsonl, rejected.jsonl, synth_report.json   stages 4-5, rewritten from the two logs each run
+
+A rerun (after a kill, a budget stop, or with more sources) pays only for what is missing; rows already in the two
+logs are never dropped. Pairs whose two answers are identical are not sent to the teachers (a tie either way).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+
+from omnirrm_jax.synth import consensus as C
+from omnirrm_jax.synth import output as O
+from omnirrm_jax.synth.candidates import done_answers, write_candidates
+from omnirrm_jax.synth.config import SynthConfig
+from omnirrm_jax.synth.sources import read_prompts
+from omnirrm_jax.synth.store import jsonl_text, write_atomic
+from omnirrm_jax.synth.teacher import annotate, read_cache
+
+log = logging.getLogger(__name__)
+
+
+def _bar(desc: str, total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, file=sys.stderr, mininterval=1.0, dynamic_ncols=True, leave=True)
+
+
+def order_pairs(pairs: list[dict], seed: int) -> None:
+    """Per modality, the strong writer's answer goes first in exactly half the pairs (rounded down), which half
+    drawn with `seed` over the pairs sorted by id: balanced labels, stable for a given prompt set."""
+    by_mod = collections.defaultdict(list)
+    for p in sorted(pairs, key=lambda p: p["id"]):
+        by_mod[p["modality"]].append(p)
+    for mod, group in sorted(by_mod.items()):
+        rng = np.random.default_rng([seed, sum(map(ord, mod))])
+        for rank, i in enumerate(rng.permutation(len(group))):
+            group[i]["strong_first"] = rank % 2 == 1
+
+
+def make_pairs(prompts, answers: dict, strong: str, weak: str, seed: int) -> tuple[list[dict], dict]:
+    """Prompts with both answers -> pairs in A/B order; counts of the prompts left out, by reason."""
+    pairs, skipped = [], collections.Counter()
+    for p in prompts:
+        s, w = answers.get((p.id, strong)), answers.get((p.id, weak))
+        if s is None or w is None:
+            skipped["no_candidate"] += 1
+        elif "error" in s or "error" in w:
+            skipped["candidate_error"] += 1
+        elif not s["text"].strip() or not w["text"].strip():
+            skipped["empty_answer"] += 1
+        elif s["text"].strip() == w["text"].strip():
+            skipped["identical_answers"] += 1
+        else:
+            pairs.append({**p.row(), "strong": s["text"], "weak": w["text"]})
+    order_pairs(pairs, seed)
+    for pair in pairs:
+        first, second = ("strong", "weak") if pair["strong_first"] else ("weak", "strong")
+        pair.update(answer_a=pair[first], answer_b=pair[second],
+                    model_a=strong if first == "strong" else weak, model_b=weak if first == "strong" else strong)
+    return pairs, dict(skipped)
+
+
+def run(cfg: SynthConfig, load: Callable | None = None) -> dict:
+    """Runs every stage; returns the report (also written to out_dir/synth_report.json). `load(policy)` ->
+    (model, config, tokenizer), called only when answers are missing."""
+    t0 = time.perf_counter()
+    out = cfg.out_dir
+    os.makedirs(out, exist_ok=True)
+    # 1. prompts
+    res = read_prompts(cfg.sources, cfg.media_root)
+    write_atomic(os.path.join(out, "prompts.jsonl"), jsonl_text(p.row() for p in res.prompts))
+    write_atomic(os.path.join(out, "bad_inputs.jsonl"), jsonl_text(res.bad))
+    log.info("prompts: %d kept from %d sources; bad rows %s", len(res.prompts), len(cfg.sources), res.bad_by_reason)
+    # 2. candidates
+    cand_path = os.path.join(out, "candidates.jsonl")
+    with _bar("candidates", 2 * len(res.prompts)) as bar:
+        bar.update(sum(1 for k in done_answers(cand_path) if k[0] in {p.id for p in res.prompts}))
+
+        def no_model(policy):
+            raise RuntimeError(f"answers of {policy.label!r} are missing and no model loader was given")
+        cand_counts = write_candidates(res.prompts, cfg.candidates, cand_path, cfg.media_root, load or no_model,
+                                       progress=bar)
+    strong, weak = cfg.candidates.strong.label, cfg.candidates.weak.label
+    pairs, skipped = make_pairs(res.prompts, done_answers(cand_path), strong, weak, cfg.seed)
+    # 3. teachers
+    teachers = tuple(t.resolved() for t in cfg.teachers)
+    cache_path = os.path.join(out, "teacher_cache.jsonl")
+    with _bar("teachers", 0) as bar:
+        t_stats = annotate(pairs, teachers, cfg.teacher_run, cache_path, cfg.media_root, progress=bar)
+    cache = read_cache(cache_path)
+    # 4. consensus
+    names = tuple(t.name for t in teachers)
+    cons = C.consensus(pairs, cache, names, cfg.rejected_sample)
+    # 5. output
+    chosen = cfg.sft_teacher or names[0]
+    sft, grpo = [], []
+    for pair, judgements in cons.kept:
+        s, g = O.rows(pair, judgements[chosen])
+        sft.append(s)
+        grpo.append(g)
+    write_atomic(os.path.join(out, "sft.jsonl"), jsonl_text(sft))
+    write_atomic(os.path.join(out, "grpo.jsonl"), jsonl_text(grpo))
+    write_atomic(os.path.join(out, "rejected.jsonl"), jsonl_text(cons.rejected_sample))
+    balance = O.label_balance(grpo)
+    share = balance.get("all", {}).get("A_share")
+    if share is not None and abs(share - 0.5) > 0.1:
+        log.warning("labels are unbalanced: A share %.2f of %d kept pairs", share, len(grpo))
+    pair_ids = {p["id"] for p in pairs}
+    tokens = {n: {"prompt_tokens": 0, "completion_tokens": 0} for n in names}
+    for r in cache.values():
+        if r.get("pair") in pair_ids and r.get("teacher") in tokens:
+            for k in tokens[r["teacher"]]:
+                tokens[r["teacher"]][k] += int((r.get("usage") or {}).get(k, 0))
+    prices = {t.name: (t.price_input_per_1m, t.price_output_per_1m) for t in teachers}
+    run_tokens = {n: {k: t_stats["teachers"][n][k] for k in ("prompt_tokens", "completion_tokens")} for n in names}
+    unparseable = collections.Counter(r["reason"] for r in cache.values() if r.get("pair") in pair_ids
+                                      and r.get("judgement") is None)
+    report = {
+        "prompts": {"kept": len(res.prompts), "by_source": res.counts, "bad_by_reason": res.bad_by_reason,
+                    "bad_sample": res.bad[:20]},
+        "candidates": {"writers": {strong: cfg.candidates.strong.checkpoint, weak: cfg.candidates.weak.checkpoint},
+                       "this_run": cand_counts, "pairs": len(pairs), "prompts_skipped": skipped},
+        "teachers": {"models": {t.name: t.model for t in teachers}, "this_run": t_stats["teachers"],
+                     "requests_this_run": t_stats["requests"], "tokens_this_run": t_stats["tokens"],
+                     "unparseable_replies": dict(unparseable),
+                     "mended_replies": sum(1 for r in cache.values() if r.get("pair") in pair_ids and r.get("mended")
+                                           and r.get("judgement"))},
+        "consensus": {"kept": len(cons.kept), "rejected": cons.rejected, "by_modality": cons.by_modality,
+                      "rejected_sample": cons.rejected_sample[:5]},
+        "output": {"sft": os.path.join(out, "sft.jsonl"), "grpo": os.path.join(out, "grpo.jsonl"), "rows": len(sft),
+                   "sft_teacher": chosen, "label_balance": balance, "media_root": cfg.media_root},
+        "tokens": {"all_runs": tokens, "this_run": run_tokens},
+        "cost_usd": {"all_runs": O.cost(tokens, prices), "this_run": O.cost(run_tokens, prices)},
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    write_atomic(os.path.join(out, "synth_report.json"), __import__("json").dumps(report, indent=1) + "\n")
+    return report

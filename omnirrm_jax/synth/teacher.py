@@ -1,0 +1,213 @@
+"""Stage 3 of `omnirrm synth`: two teachers judge each pair over an OpenAI-compatible chat API.
+
+Each (pair, teacher) is one chat request: the reference's annotation prompt of the modality (`rubric/templates/
+annotate_*`, from "Omni Preference Construction/*/{doubao,gpt}_example.py"; text pairs, for which the reference
+published no annotation script, get its HH-RLHF judge prompt) after the media parts (`media_parts`), at the
+reference's temperature 0.2 and 2048 reply tokens. Requests run on one asyncio loop through httpx with at most
+`concurrency` in flight; 429, 5xx, timeouts and connection errors are retried with exponential backoff (a
+Retry-After header wins, capped); other statuses fail at once. A per-run budget caps HTTP attempts and the tokens the
+teachers report; past it no request starts and the pairs left are counted, not lost (a later run continues).
+
+Every answered request is appended to teacher_cache.jsonl (fsync) under (pair, teacher, prompt hash) before
+anything else happens, so a killed run resumes without paying twice; the hash covers the prompt text, the media
+bytes and the teacher's model and settings, so a changed prompt is asked again. A reply that cannot be mended into
+a judgement (`repair`) is cached and counted as unparseable. The key is sent as a Bearer header and never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import time
+
+from omnirrm_jax.rubric import prompts
+from omnirrm_jax.synth.config import TeacherRun, TeacherSpec
+from omnirrm_jax.synth.media_parts import media_digest, media_parts
+from omnirrm_jax.synth.repair import repair_judgement
+from omnirrm_jax.synth.store import AppendLog, read_jsonl
+
+log = logging.getLogger(__name__)
+TEMPLATES = {"image": "annotate_image", "video": "annotate_video", "audio": "annotate_audio", "text": "hh_rlhf"}
+CRASH_ENV = "OMNIRRM_SYNTH_CRASH_AFTER"   # tests: exit hard after this many cache appends (a kill at a known point)
+
+
+class TeacherFailure(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason, detail)
+        self.reason, self.detail = reason, detail
+
+
+class Budget:
+    """Per-run caps on HTTP attempts and reported tokens (None: no cap)."""
+
+    def __init__(self, max_requests: int | None, max_tokens: int | None):
+        self.max_requests, self.max_tokens = max_requests, max_tokens
+        self.requests = self.tokens = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return ((self.max_requests is not None and self.requests >= self.max_requests)
+                or (self.max_tokens is not None and self.tokens >= self.max_tokens))
+
+    def take_request(self) -> bool:
+        if self.exhausted:
+            return False
+        self.requests += 1
+        return True
+
+
+def prompt_text(pair: dict) -> str:
+    """The annotation prompt of a pair (answers in its A/B order)."""
+    name = TEMPLATES[pair["modality"]]
+    extra = {"media_name": pair["media"]} if pair["media"] else {}
+    return prompts.render(name, pair["question"], pair["answer_a"], pair["answer_b"], **extra)
+
+
+def prompt_hash(pair: dict, spec: TeacherSpec, media_path: str | None) -> str:
+    h = hashlib.sha256(json.dumps([TEMPLATES[pair["modality"]], prompt_text(pair), spec.model, spec.temperature,
+                                   spec.max_tokens]).encode())
+    if media_path:
+        h.update(media_digest(media_path).encode())
+    return h.hexdigest()[:24]
+
+
+def cache_key(pair_id: str, teacher: str, phash: str) -> str:
+    return f"{pair_id}|{teacher}|{phash}"
+
+
+def read_cache(path: str) -> dict:
+    out: dict = {}
+    for r in read_jsonl(path):
+        out.setdefault(r.get("key"), r)
+    return out
+
+
+async def chat(client, spec: TeacherSpec, run: TeacherRun, messages: list, budget: Budget) -> tuple[str, dict]:
+    """One chat completion with retries -> (reply text, usage); raises TeacherFailure."""
+    import httpx
+
+    url = spec.base_url.rstrip("/") + "/chat/completions"
+    headers = {"Authorization": f"Bearer {spec.api_key}"} if spec.api_key else {}
+    body = {"model": spec.model, "messages": messages, "temperature": spec.temperature,
+            "max_tokens": spec.max_tokens}
+    reason = detail = ""
+    for attempt in range(run.max_retries + 1):
+        if not budget.take_request():
+            raise TeacherFailure("budget_exhausted", f"{budget.requests} requests, {budget.tokens} tokens used")
+        wait = run.backoff_s * 2 ** attempt
+        try:
+            r = await client.post(url, json=body, headers=headers, timeout=run.timeout_s)
+        except httpx.TimeoutException:
+            reason, detail = "timeout", f"no reply within {run.timeout_s} s"
+        except httpx.TransportError as e:
+            reason, detail = "connection_error", type(e).__name__
+        else:
+            if r.status_code == 200:
+                try:
+                    data = r.json()
+                    content = data["choices"][0]["message"]["content"]
+                    if isinstance(content, list):
+                        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+                except (ValueError, KeyError, IndexError, TypeError):
+                    raise TeacherFailure("bad_response", r.text[:200]) from None
+                usage = data.get("usage") or {}
+                usage = {k: int(usage.get(k) or 0) for k in ("prompt_tokens", "completion_tokens")}
+                budget.tokens += sum(usage.values())
+                return content if isinstance(content, str) else "", usage
+            reason, detail = f"http_{r.status_code}", r.text[:200]
+            if r.status_code != 429 and r.status_code < 500:
+                raise TeacherFailure(reason, detail)
+            try:
+                wait = float(r.headers.get("retry-after", wait))
+            except ValueError:
+                pass
+        if attempt < run.max_retries:
+            await asyncio.sleep(min(wait, run.max_backoff_s))
+    raise TeacherFailure(reason, detail)
+
+
+async def _annotate(jobs, run: TeacherRun, cache: AppendLog, budget: Budget, progress, crash_after: int | None,
+                    stats: dict) -> None:
+    import httpx
+
+    queue: asyncio.Queue = asyncio.Queue()
+    for job in jobs:
+        queue.put_nowait(job)
+    appended = [0]
+
+    async def worker(client):
+        while True:
+            try:
+                key, pair, spec, path = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            t = stats["teachers"][spec.name]
+            try:
+                if budget.exhausted:
+                    raise TeacherFailure("budget_exhausted", "")
+                parts = await asyncio.to_thread(media_parts, pair["modality"], path, fps=run.video_fps,
+                                                max_frames=run.video_max_frames, size=run.frame_size)
+                messages = [{"role": "user", "content": parts + [{"type": "text", "text": prompt_text(pair)}]}]
+                text, usage = await chat(client, spec, run, messages, budget)
+            except TeacherFailure as f:
+                t["failed"][f.reason] = t["failed"].get(f.reason, 0) + 1
+                if len(t["failed_pairs"]) < 20:
+                    t["failed_pairs"].append({"pair": pair["id"], "reason": f.reason, "detail": f.detail[:200]})
+            except (OSError, ValueError) as e:
+                t["failed"]["unreadable_media"] = t["failed"].get("unreadable_media", 0) + 1
+                t["failed_pairs"].append({"pair": pair["id"], "reason": "unreadable_media", "detail": str(e)[:200]})
+            else:
+                judgement, why, mended = repair_judgement(text)
+                cache.append({"key": key, "pair": pair["id"], "teacher": spec.name, "reply": text,
+                              "judgement": judgement, "reason": why, "mended": mended, "usage": usage,
+                              "time": round(time.time(), 3)})
+                t["answered"] += 1
+                for k, v in usage.items():
+                    t[k] += v
+                appended[0] += 1
+                if crash_after is not None and appended[0] >= crash_after:
+                    os._exit(17)
+            if progress is not None:
+                progress.update(1)
+
+    limits = httpx.Limits(max_connections=run.concurrency, max_keepalive_connections=run.concurrency)
+    async with httpx.AsyncClient(limits=limits) as client:
+        await asyncio.gather(*(worker(client) for _ in range(max(1, run.concurrency))))
+
+
+def annotate(pairs: list[dict], teachers: tuple[TeacherSpec, ...], run: TeacherRun, cache_path: str,
+             media_root: str, progress=None) -> dict:
+    """Asks every (pair, teacher) missing from the cache. Returns per-teacher counts of this run and the cache:
+    {"teachers": {name: {"cached", "answered", "failed": {reason: n}, "failed_pairs", prompt/completion tokens}},
+     "requests", "tokens"}; the judgements themselves are read back from the cache (`read_cache`)."""
+    from data_prep.rows import RowOptions, resolve_media_path
+
+    cached = read_cache(cache_path)
+    crash = os.environ.get(CRASH_ENV)
+    stats = {"teachers": {t.name: {"cached": 0, "answered": 0, "failed": {}, "failed_pairs": [],
+                                   "prompt_tokens": 0, "completion_tokens": 0} for t in teachers}}
+    jobs = []
+    opts = RowOptions(media_root=media_root)
+    for pair in pairs:
+        path = resolve_media_path(pair["media"], opts) if pair["media"] else None
+        for spec in teachers:
+            key = cache_key(pair["id"], spec.name, prompt_hash(pair, spec, path))
+            pair.setdefault("keys", {})[spec.name] = key
+            if key in cached:
+                stats["teachers"][spec.name]["cached"] += 1
+            else:
+                jobs.append((key, pair, spec, path))
+    if progress is not None:
+        progress.reset(total=len(jobs))
+    budget = Budget(run.max_requests, run.max_tokens)
+    cache = AppendLog(cache_path)
+    try:
+        if jobs:
+            asyncio.run(_annotate(jobs, run, cache, budget, progress, int(crash) if crash else None, stats))
+    finally:
+        cache.close()
+    stats.update(requests=budget.requests, tokens=budget.tokens)
+    return stats

@@ -1,0 +1,184 @@
+"""`omnirrm synth` against a real teacher server on localhost (tests.synth.fake_teacher, a FastAPI + uvicorn
+subprocess): faults (429, 500, fenced and sloppy JSON, unparseable replies, a teacher that never answers, a budget),
+consensus, outputs that `omnirrm prep` accepts, and resume after a kill with no teacher request paid twice."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from omnirrm_jax import cli
+from tests.synth.fake_teacher import FakeTeacher
+from tests.synth.helpers import demo_sources, seed_candidates, write_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+KEY = "sk-synth-test-never-logged-93c1"
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory):
+    return demo_sources(str(tmp_path_factory.mktemp("synth_src")), n=2)
+
+
+@pytest.fixture()
+def key_env(monkeypatch):
+    monkeypatch.setenv("SYNTH_TEST_KEY", KEY)
+
+
+def _ok(reqs, model=None):
+    return [r for r in reqs if r["status"] == 200 and (model is None or r["model"] == model)]
+
+
+def _read(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def _cli(cfg_path, env_extra=None, timeout=300):
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", SYNTH_TEST_KEY=KEY, **(env_extra or {}))
+    return subprocess.Popen([sys.executable, "-m", "omnirrm_jax.cli", "synth", cfg_path], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_faults_consensus_outputs_and_prep(src, tmp_path, key_env, capsys):
+    teacher = FakeTeacher(str(tmp_path), {"t1": {"fail_429": 2, "fail_500": 1, "fenced": True},
+                                          "t2": {"sloppy": True, "contrary": True}})
+    try:
+        cfg = write_config(str(tmp_path / "synth.yaml"), src, str(tmp_path / "out"), teacher.url)
+        prompts = seed_candidates(cfg, markers={0: "SPLIT", 2: "TIE", 4: "CONTRA", 6: "GARBLE"})
+        assert cli.main(["synth", cfg]) == 0
+        report = json.load(open(tmp_path / "out" / "synth_report.json"))
+        reqs = teacher.requests()
+        n = len(prompts)
+        assert n == 8  # 2 per modality; the duplicate and the bad rows are out
+        assert report["prompts"]["bad_by_reason"] == {"missing_media": 1, "path_escape": 1, "bad_csv_row": 1,
+                                                       "malformed_json": 1}
+        assert report["prompts"]["by_source"]["rlaif_v.json"]["duplicate"] == 1
+        # t1: 429, 429, 500, then the answer, for every pair; t2 once each
+        assert len([r for r in reqs if r["model"] == "t1"]) == 4 * n and len(_ok(reqs, "t1")) == n
+        assert len(_ok(reqs, "t2")) == n
+        assert {r["auth"] for r in reqs if r["model"] == "t1"} == {f"Bearer {KEY}"}
+        assert {r["auth"] for r in reqs if r["model"] == "t2"} == {""}
+        parts = {tuple(r["parts"]) for r in _ok(reqs)}
+        assert ("image_url", "text") in parts and ("input_audio", "text") in parts and ("text",) in parts
+        assert ("image_url", "image_url", "text") in parts  # the 2 s demo video at 1 fps
+        cons = report["consensus"]
+        assert cons["rejected"] == {"disagree": 1, "tie": 1, "scores_contradict_verdict": 1,
+                                    "teacher_unparseable": 1}
+        assert cons["kept"] == n - 4 == report["output"]["rows"]
+        assert report["teachers"]["unparseable_replies"] == {"no_json": 1}
+        assert report["teachers"]["mended_replies"] >= n - 1  # t2's sloppy JSON and t1's fences
+        assert report["cost_usd"]["all_runs"] > 0 and report["tokens"]["all_runs"]["alpha"]["prompt_tokens"] > 0
+        bal = report["output"]["label_balance"]["all"]
+        assert bal["A"] + bal["B"] == n - 4
+        for name in os.listdir(tmp_path / "out"):
+            assert KEY not in open(tmp_path / "out" / name).read(), name
+        assert KEY not in capsys.readouterr().err
+        sft, grpo = _read(tmp_path / "out" / "sft.jsonl"), _read(tmp_path / "out" / "grpo.jsonl")
+        assert [r["id"] for r in sft] == [r["id"] for r in grpo]
+        for s, g in zip(sft, grpo):
+            assert json.loads(s["messages"][1]["content"])["better"] == g["better"] in ("A", "B")
+            assert g["solution"] == s["messages"][1]["content"]
+        # a rerun pays for nothing and writes the same files
+        before = {f: open(tmp_path / "out" / f, "rb").read() for f in ("sft.jsonl", "grpo.jsonl")}
+        assert cli.main(["synth", cfg]) == 0
+        assert len(teacher.requests()) == len(reqs)
+        assert before == {f: open(tmp_path / "out" / f, "rb").read() for f in before}
+    finally:
+        teacher.stop()
+    for split, name in (("train", "sft.jsonl"), ("grpo", "grpo.jsonl")):
+        assert cli.main(["prep", "--jsonl", str(tmp_path / "out" / name), "--media-root", src["media_root"],
+                         "--out", str(tmp_path / "prep"), "--split", split, "--workers", "0",
+                         "--max-bad-ratio", "0"]) == 0
+        summary = json.load(open(tmp_path / "prep" / "summary.json"))["splits"][split]
+        assert summary["records"] == n - 4 and summary["by_modality"] == dict.fromkeys(("audio", "image", "text", "video"), 1), summary
+
+
+def _clean_output(src, tmp_path, teacher) -> bytes:
+    cfg = write_config(str(tmp_path / "clean.yaml"), src, str(tmp_path / "clean"), teacher.url)
+    seed_candidates(cfg)
+    assert cli.main(["synth", cfg]) == 0
+    return open(tmp_path / "clean" / "sft.jsonl", "rb").read() + open(tmp_path / "clean" / "grpo.jsonl", "rb").read()
+
+
+def test_injected_crash_then_resume_repays_nothing(src, tmp_path, key_env):
+    teacher = FakeTeacher(str(tmp_path), {})
+    try:
+        clean = _clean_output(src, tmp_path, teacher)
+        start = len(teacher.requests())
+        # one request in flight, so none is answered-but-uncached at the crash (the SIGKILL test covers those)
+        cfg = write_config(str(tmp_path / "synth.yaml"), src, str(tmp_path / "out"), teacher.url,
+                           teacher_run={"concurrency": 1})
+        n = len(seed_candidates(cfg))
+        p = _cli(cfg, {"OMNIRRM_SYNTH_CRASH_AFTER": "5"})
+        assert p.wait(300) == 17, p.stderr.read()
+        assert len(_read(tmp_path / "out" / "teacher_cache.jsonl")) == 5
+        p = _cli(cfg)
+        assert p.wait(300) == 0, p.stderr.read()
+        new = _ok(teacher.requests()[start:])
+        assert len(new) == 2 * n and len({(r["model"], r["key"]) for r in new}) == 2 * n   # none asked twice
+        out = open(tmp_path / "out" / "sft.jsonl", "rb").read() + open(tmp_path / "out" / "grpo.jsonl", "rb").read()
+        assert out == clean
+    finally:
+        teacher.stop()
+
+
+def test_sigkill_at_a_random_point_then_resume(src, tmp_path, key_env):
+    teacher = FakeTeacher(str(tmp_path), {"t1": {"slow_s": 0.2}, "t2": {"slow_s": 0.2}})
+    try:
+        clean = _clean_output(src, tmp_path, teacher)
+        cfg = write_config(str(tmp_path / "synth.yaml"), src, str(tmp_path / "out"), teacher.url,
+                           teacher_run={"concurrency": 2})
+        n = len(seed_candidates(cfg))
+        cache = tmp_path / "out" / "teacher_cache.jsonl"
+        k = random.Random(os.getpid()).randint(1, 2 * n - 2)
+        p = _cli(cfg)
+        deadline = time.monotonic() + 120
+        while not (cache.exists() and len(cache.read_bytes().splitlines()) >= k) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        time.sleep(0.5)  # requests in flight at the kill finish at the teacher (paid, never cached)
+        at_kill = len(_read(cache))
+        start = len(teacher.requests())
+        p = _cli(cfg)
+        assert p.wait(300) == 0, p.stderr.read()
+        assert len(_ok(teacher.requests()[start:])) == 2 * n - at_kill, (k, at_kill)
+        assert len(_read(cache)) == 2 * n
+        out = open(tmp_path / "out" / "sft.jsonl", "rb").read() + open(tmp_path / "out" / "grpo.jsonl", "rb").read()
+        assert out == clean
+    finally:
+        teacher.stop()
+
+
+def test_silent_teacher_and_budget_are_counted_not_fatal(src, tmp_path, key_env):
+    teacher = FakeTeacher(str(tmp_path), {"t2": {"hang": True}})
+    try:
+        cfg = write_config(str(tmp_path / "synth.yaml"), src, str(tmp_path / "out"), teacher.url,
+                           teacher_run={"timeout_s": 0.5, "max_retries": 1})
+        n = len(seed_candidates(cfg))
+        assert cli.main(["synth", cfg]) == 0
+        report = json.load(open(tmp_path / "out" / "synth_report.json"))
+        beta = report["teachers"]["this_run"]["beta"]
+        assert beta["failed"] == {"timeout": n} and beta["failed_pairs"][0]["reason"] == "timeout"
+        assert report["consensus"]["rejected"] == {"teacher_missing": n} and report["output"]["rows"] == 0
+        assert report["teachers"]["this_run"]["alpha"]["answered"] == n
+        # a budget of 3 requests: 3 answered, the rest counted; a rerun without it asks only for the rest
+        cfg2 = write_config(str(tmp_path / "b.yaml"), src, str(tmp_path / "out2"), teacher.url, t2="t1",
+                            teacher_run={"max_requests": 3})
+        seed_candidates(cfg2)
+        start = len(teacher.requests())
+        assert cli.main(["synth", cfg2]) == 0
+        r2 = json.load(open(tmp_path / "out2" / "synth_report.json"))
+        assert r2["teachers"]["requests_this_run"] == 3
+        failed = sum(t["failed"].get("budget_exhausted", 0) for t in r2["teachers"]["this_run"].values())
+        assert failed == 2 * n - 3
+        cfg3 = write_config(str(tmp_path / "b.yaml"), src, str(tmp_path / "out2"), teacher.url, t2="t1")
+        assert cli.main(["synth", cfg3]) == 0
+        assert len(_ok(teacher.requests()[start:])) == 2 * n
+        assert json.load(open(tmp_path / "out2" / "synth_report.json"))["consensus"]["kept"] == n
+    finally:
+        teacher.stop()
