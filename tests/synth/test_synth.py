@@ -182,3 +182,37 @@ def test_silent_teacher_and_budget_are_counted_not_fatal(src, tmp_path, key_env)
         assert json.load(open(tmp_path / "out2" / "synth_report.json"))["consensus"]["kept"] == n
     finally:
         teacher.stop()
+
+
+@pytest.mark.slow
+def test_sft_trains_on_the_synth_output(src, tmp_path, key_env):
+    """The whole path a user takes: synth -> `omnirrm prep` -> SFT (a few steps of a tiny thinker with a tokenizer
+    trained on the synthesized rows) -> a finite loss and a saved checkpoint."""
+    import dataclasses
+
+    from omnirrm_jax.data.tokenizer import train_sentencepiece
+    from omnirrm_jax.demo import DemoConfig
+    from omnirrm_jax.demo.sft import sft_config
+    from omnirrm_jax.training import sft
+
+    teacher = FakeTeacher(str(tmp_path), {})
+    try:
+        _clean_output(src, tmp_path, teacher)
+    finally:
+        teacher.stop()
+    rows = _read(tmp_path / "clean" / "sft.jsonl")
+    assert rows and all(r["messages"][-1]["role"] == "assistant" for r in rows)
+    shards = str(tmp_path / "shards")
+    assert cli.main(["prep", "--jsonl", str(tmp_path / "clean" / "sft.jsonl"), "--media-root", src["media_root"],
+                     "--out", shards, "--split", "train", "--workers", "0", "--max-bad-ratio", "0"]) == 0
+    tok_prefix = str(tmp_path / "tok")
+    train_sentencepiece([m["content"] for r in rows for m in r["messages"]], 800, tok_prefix, split_digits=True)
+    demo_cfg = DemoConfig(workdir=str(tmp_path), steps=3, batch_size=8)
+    cfg = sft_config(demo_cfg, shards, tok_prefix + ".model", str(tmp_path / "sft"))
+    pipeline = dict(cfg.data.pipeline, seq_buckets=(1024, 2048, 4096))
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, eval=(), pipeline=pipeline))
+    out = sft.train(cfg)
+    logged = [json.loads(line) for line in open(tmp_path / "sft" / "metrics.jsonl")]
+    losses = [m["train/loss"] for m in logged if "train/loss" in m]
+    assert losses and all(0 < x < 100 for x in losses), losses
+    assert os.listdir(tmp_path / "sft" / "checkpoints") and int(out["state"].step) == 3
