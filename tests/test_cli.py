@@ -164,6 +164,8 @@ BAD_ARGUMENTS = {
     "bench-flag": ("bench decode --bogus", "unrecognized arguments: --bogus"),
     "bon-missing-data": ("bon select --bench mmmu --data {nowhere}/m.jsonl --out {out}", "{nowhere}/m.jsonl: no such file"),
     "bon-strategy": ("bon select --bench mmmu --data x --out {out} --strategies best", "unknown strategy best"),
+    "synth-missing-config": ("synth {nowhere}/synth.yaml", "config {nowhere}/synth.yaml does not exist"),
+    "synth-not-a-synth-config": ("synth {sft}", "config: "),
     "bon-bench": ("bon sample {plain} --bench gsm8k --data x --output y", "argument --bench: invalid choice: 'gsm8k'"),
 }
 
