@@ -112,6 +112,28 @@ def _build(cls, raw: Any, where: str, **fixed):
         raise UserError(f"{where}: {e}") from None
 
 
+_RUN_LIMITS = {  # field: (type, lowest allowed, None allowed)
+    "concurrency": (int, 1, False), "timeout_s": (float, 1e-3, False), "max_retries": (int, 0, False),
+    "backoff_s": (float, 0.0, False), "max_backoff_s": (float, 0.0, False), "max_requests": (int, 0, True),
+    "max_tokens": (int, 0, True), "video_fps": (float, 1e-3, False), "video_max_frames": (int, 1, False),
+    "frame_size": (int, 28, False)}
+
+
+def _check_run(run: TeacherRun) -> TeacherRun:
+    """teacher_run values of the right type and range (a 0 concurrency would wait forever, a quoted "30" would
+    fail deep in the client)."""
+    for name, (kind, low, nullable) in _RUN_LIMITS.items():
+        v = getattr(run, name)
+        if v is None and nullable:
+            continue
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (kind is float or isinstance(v, int))
+        if not ok or v < low:
+            want = "a whole number" if kind is int else "a number"
+            raise UserError(f"teacher_run.{name}: expected {want} >= {low}{' or null' if nullable else ''}, "
+                            f"got {v!r}")
+    return run
+
+
 def from_dict(raw: Any, base_dir: str = ".") -> SynthConfig:
     """A parsed YAML mapping -> SynthConfig; relative paths are taken from `base_dir` (the config's folder)."""
     if not isinstance(raw, dict):
@@ -144,7 +166,7 @@ def from_dict(raw: Any, base_dir: str = ".") -> SynthConfig:
     if teachers[0].name == teachers[1].name:
         raise UserError(f"teachers: both are named {teachers[0].name!r}; give them different names")
     cand = dict(raw.pop("candidates", None) or {})
-    teacher_run = _build(TeacherRun, raw.pop("teacher_run", None) or {}, "teacher_run")
+    teacher_run = _check_run(_build(TeacherRun, raw.pop("teacher_run", None) or {}, "teacher_run"))
     for role in ("strong", "weak"):
         p = _build(PolicySpec, cand.get(role) or {}, f"candidates.{role}", label=(cand.get(role) or {}).get(
             "label", role))

@@ -5,7 +5,8 @@ judge_content`, what the demo data and the released Omni-Preference rows hold); 
 teacher's judgement in the reference schema (`rubric.schema.format_judgement`), and a GRPO row carries the same
 judgement as `solution` with its `better`, `score_A` and `score_B`. The A/B order was fixed before the teachers saw
 the pair (`run.order_pairs`: per modality, half the pairs show the strong writer's answer first, picked with the
-seed), so the teachers' position bias is averaged out and the labels come out balanced; `label_balance` checks it.
+seed and kept across runs), so the teachers' position bias is averaged out and the labels come out balanced;
+`label_balance` checks it.
 """
 
 from __future__ import annotations

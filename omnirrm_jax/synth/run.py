@@ -2,6 +2,7 @@
 
   prompts.jsonl, bad_inputs.jsonl   stage 1, rewritten each run (cheap and deterministic)
   candidates.jsonl                  stage 2, append-only: {id, model, text | error}
+  pair_order.json                   each pair's A/B order, kept across runs (a pair's order is decided once)
   teacher_cache.jsonl               stage 3, append-only: one row per answered (pair, teacher, prompt hash)
   sft.jsonl, grpo.jsonl, rejected.jsonl, synth_report.json   stages 4-5, rewritten from the two logs each run
 
@@ -12,13 +13,14 @@ logs are never dropped. Pairs whose two answers are identical are not sent to th
 from __future__ import annotations
 
 import collections
+import hashlib
+import json
 import logging
 import os
 import sys
 import time
 from typing import Callable
 
-import numpy as np
 
 from omnirrm_jax.synth import consensus as C
 from omnirrm_jax.synth import output as O
@@ -37,20 +39,34 @@ def _bar(desc: str, total: int):
     return tqdm(total=total, desc=desc, file=sys.stderr, mininterval=1.0, dynamic_ncols=True, leave=True)
 
 
-def order_pairs(pairs: list[dict], seed: int) -> None:
-    """Per modality, the strong writer's answer goes first in exactly half the pairs (rounded down), which half
-    drawn with `seed` over the pairs sorted by id: balanced labels, stable for a given prompt set."""
+def order_pairs(pairs: list[dict], seed: int, known: dict[str, bool] | None = None) -> dict[str, bool]:
+    """Sets each pair's `strong_first` (the strong writer's answer shown as A); returns {pair id: strong_first}.
+
+    A pair in `known` (the orders of earlier runs, `pair_order.json`) keeps its order, so its prompt hash and cached
+    teacher replies stay valid when sources are added or caps change. New pairs, taken in an order hashed from
+    (seed, id), fill each modality toward half strong-first: labels balanced, and the same choice on every run."""
+    known = dict(known or {})
     by_mod = collections.defaultdict(list)
-    for p in sorted(pairs, key=lambda p: p["id"]):
+    for p in pairs:
         by_mod[p["modality"]].append(p)
-    for mod, group in sorted(by_mod.items()):
-        rng = np.random.default_rng([seed, sum(map(ord, mod))])
-        for rank, i in enumerate(rng.permutation(len(group))):
-            group[i]["strong_first"] = rank % 2 == 1
+    for group in by_mod.values():
+        first = sum(known[p["id"]] for p in group if p["id"] in known)
+        second = sum(1 for p in group if p["id"] in known) - first
+        new = sorted((p for p in group if p["id"] not in known),
+                     key=lambda p: hashlib.sha256(f"{seed}|{p['id']}".encode()).hexdigest())
+        for p in new:
+            known[p["id"]] = first < second or (first == second and
+                                                 hashlib.sha256(f"{seed}|{p['id']}".encode()).digest()[0] & 1 == 1)
+            first, second = first + known[p["id"]], second + (not known[p["id"]])
+        for p in group:
+            p["strong_first"] = known[p["id"]]
+    return known
 
 
-def make_pairs(prompts, answers: dict, strong: str, weak: str, seed: int) -> tuple[list[dict], dict]:
-    """Prompts with both answers -> pairs in A/B order; counts of the prompts left out, by reason."""
+def make_pairs(prompts, answers: dict, strong: str, weak: str, seed: int,
+               known: dict[str, bool] | None = None) -> tuple[list[dict], dict, dict]:
+    """Prompts with both answers -> (pairs in A/B order, counts of the prompts left out by reason, the orders of
+    every pair decided so far: `known` plus the new ones)."""
     pairs, skipped = [], collections.Counter()
     for p in prompts:
         s, w = answers.get((p.id, strong)), answers.get((p.id, weak))
@@ -64,12 +80,12 @@ def make_pairs(prompts, answers: dict, strong: str, weak: str, seed: int) -> tup
             skipped["identical_answers"] += 1
         else:
             pairs.append({**p.row(), "strong": s["text"], "weak": w["text"]})
-    order_pairs(pairs, seed)
+    orders = order_pairs(pairs, seed, known)
     for pair in pairs:
         first, second = ("strong", "weak") if pair["strong_first"] else ("weak", "strong")
         pair.update(answer_a=pair[first], answer_b=pair[second],
                     model_a=strong if first == "strong" else weak, model_b=weak if first == "strong" else strong)
-    return pairs, dict(skipped)
+    return pairs, dict(skipped), orders
 
 
 def run(cfg: SynthConfig, load: Callable | None = None) -> dict:
@@ -86,14 +102,18 @@ def run(cfg: SynthConfig, load: Callable | None = None) -> dict:
     # 2. candidates
     cand_path = os.path.join(out, "candidates.jsonl")
     with _bar("candidates", 2 * len(res.prompts)) as bar:
-        bar.update(sum(1 for k in done_answers(cand_path) if k[0] in {p.id for p in res.prompts}))
+        ids, labels = {p.id for p in res.prompts}, {cfg.candidates.strong.label, cfg.candidates.weak.label}
+        bar.update(sum(1 for pid, label in done_answers(cand_path) if pid in ids and label in labels))
 
         def no_model(policy):
             raise RuntimeError(f"answers of {policy.label!r} are missing and no model loader was given")
         cand_counts = write_candidates(res.prompts, cfg.candidates, cand_path, cfg.media_root, load or no_model,
                                        progress=bar)
     strong, weak = cfg.candidates.strong.label, cfg.candidates.weak.label
-    pairs, skipped = make_pairs(res.prompts, done_answers(cand_path), strong, weak, cfg.seed)
+    order_path = os.path.join(out, "pair_order.json")
+    known = json.load(open(order_path)) if os.path.isfile(order_path) else {}
+    pairs, skipped, orders = make_pairs(res.prompts, done_answers(cand_path), strong, weak, cfg.seed, known)
+    write_atomic(order_path, json.dumps(orders, sort_keys=True) + "\n")
     # 3. teachers
     teachers = tuple(t.resolved() for t in cfg.teachers)
     cache_path = os.path.join(out, "teacher_cache.jsonl")

@@ -85,6 +85,18 @@ def read_cache(path: str) -> dict:
     return out
 
 
+def _usage(raw) -> dict:
+    """The reply's token counts; anything that is not a whole number counts 0 (a paid reply is never lost to it)."""
+    raw = raw if isinstance(raw, dict) else {}
+    out = {}
+    for k in ("prompt_tokens", "completion_tokens"):
+        try:
+            out[k] = max(0, int(raw.get(k) or 0))
+        except (TypeError, ValueError):
+            out[k] = 0
+    return out
+
+
 async def chat(client, spec: TeacherSpec, run: TeacherRun, messages: list, budget: Budget) -> tuple[str, dict]:
     """One chat completion with retries -> (reply text, usage); raises TeacherFailure."""
     import httpx
@@ -104,6 +116,8 @@ async def chat(client, spec: TeacherSpec, run: TeacherRun, messages: list, budge
             reason, detail = "timeout", f"no reply within {run.timeout_s} s"
         except httpx.TransportError as e:
             reason, detail = "connection_error", type(e).__name__
+        except httpx.HTTPError as e:  # a corrupt body, too many redirects, a bad URL: not worth retrying
+            raise TeacherFailure("http_error", f"{type(e).__name__}: {e}"[:200]) from None
         else:
             if r.status_code == 200:
                 try:
@@ -113,8 +127,7 @@ async def chat(client, spec: TeacherSpec, run: TeacherRun, messages: list, budge
                         content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
                 except (ValueError, KeyError, IndexError, TypeError):
                     raise TeacherFailure("bad_response", r.text[:200]) from None
-                usage = data.get("usage") or {}
-                usage = {k: int(usage.get(k) or 0) for k in ("prompt_tokens", "completion_tokens")}
+                usage = _usage(data.get("usage"))
                 budget.tokens += sum(usage.values())
                 return content if isinstance(content, str) else "", usage
             reason, detail = f"http_{r.status_code}", r.text[:200]
@@ -159,6 +172,11 @@ async def _annotate(jobs, run: TeacherRun, cache: AppendLog, budget: Budget, pro
             except (OSError, ValueError) as e:
                 t["failed"]["unreadable_media"] = t["failed"].get("unreadable_media", 0) + 1
                 t["failed_pairs"].append({"pair": pair["id"], "reason": "unreadable_media", "detail": str(e)[:200]})
+            except Exception as e:  # noqa: BLE001 - one pair's surprise must not abort the run (counted, retried next run)
+                t["failed"]["internal_error"] = t["failed"].get("internal_error", 0) + 1
+                if len(t["failed_pairs"]) < 20:
+                    t["failed_pairs"].append({"pair": pair["id"], "reason": "internal_error",
+                                              "detail": f"{type(e).__name__}: {e}"[:200]})
             else:
                 judgement, why, mended = repair_judgement(text)
                 cache.append({"key": key, "pair": pair["id"], "teacher": spec.name, "reply": text,

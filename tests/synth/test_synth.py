@@ -216,3 +216,36 @@ def test_sft_trains_on_the_synth_output(src, tmp_path, key_env):
     losses = [m["train/loss"] for m in logged if "train/loss" in m]
     assert losses and all(0 < x < 100 for x in losses), losses
     assert os.listdir(tmp_path / "sft" / "checkpoints") and int(out["state"].step) == 3
+
+
+def test_pair_order_is_stable_when_sources_grow():
+    """A pair's A/B order (so its prompt hash and cached replies) is decided once and kept when pairs come or go;
+    new pairs fill each modality toward half strong-first."""
+    from omnirrm_jax.synth.run import order_pairs
+
+    pairs = [{"id": f"p{i}", "modality": m} for i in range(9) for m in ("image", "audio")]
+    first = order_pairs(pairs, seed=0)
+    assert [sum(first[p["id"]] for p in pairs if p["modality"] == m) for m in ("image", "audio")] in ([4, 4], [4, 5],
+                                                                                                    [5, 4], [5, 5])
+    assert order_pairs([dict(p) for p in pairs], seed=0) == first  # the same choice on every run
+    more = [dict(p) for p in pairs[:10]] + [{"id": f"q{i}", "modality": "image"} for i in range(7)]
+    orders = order_pairs(more, seed=0, known=first)
+    assert all(p["strong_first"] == first[p["id"]] for p in more if p["id"] in first)
+    image = [orders[p["id"]] for p in more if p["modality"] == "image"]
+    assert abs(2 * sum(image) - len(image)) <= 1 + abs(2 * sum(first[p["id"]] for p in pairs[:10]
+                                                           if p["modality"] == "image") - 5)
+
+
+@pytest.mark.parametrize("bad", [{"concurrency": 0}, {"max_retries": -1}, {"timeout_s": "30"},
+                                 {"max_requests": 1.5}, {"concurrency": True}])
+def test_bad_teacher_run_values_are_one_line_errors(src, tmp_path, bad):
+    import yaml
+
+    from omnirrm_jax.errors import UserError
+    from omnirrm_jax.synth import config as C
+
+    path = write_config(str(tmp_path / "s.yaml"), src, str(tmp_path / "out"), "http://127.0.0.1:9")
+    raw = yaml.safe_load(open(path))
+    raw["teacher_run"] = {**(raw.get("teacher_run") or {}), **bad}
+    with pytest.raises(UserError, match=f"teacher_run.{next(iter(bad))}: expected"):
+        C.from_dict(raw, str(tmp_path))
