@@ -33,6 +33,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=8, help="rows per device batch (a both_orders pair is two)")
     p.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a batch waits to fill")
     p.add_argument("--max-queue", type=int, default=256, help="waiting jobs beyond this are refused with 429")
+    p.add_argument("--max-body-mb", type=float, default=64.0, help="larger request bodies are refused (413)")
     p.add_argument("--request-timeout", type=float, default=120.0, help="seconds until a request answers 504")
     p.add_argument("--max-prompt-tokens", type=int, default=8192, help="longer prompts are refused (400)")
     p.add_argument("--max-new-tokens", type=int, default=1024, help="judgement length cap (/v1/judge)")
@@ -64,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
     for flag in ("max_queue", "max_prompt_tokens", "max_new_tokens", "max_tokens"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be at least 1")
-    if args.request_timeout <= 0 or args.max_wait_ms < 0:
-        raise UsageError("--request-timeout must be positive and --max-wait-ms not negative")
+    if args.request_timeout <= 0 or args.max_wait_ms < 0 or args.max_body_mb <= 0:
+        raise UsageError("--request-timeout and --max-body-mb must be positive and --max-wait-ms not negative")
     if args.media_root and not os.path.isdir(args.media_root):
         raise UsageError(f"--media-root {args.media_root} is not a directory")
     from omnirrm_jax import compile_cache
@@ -117,7 +118,7 @@ def serve(judges: dict, args: argparse.Namespace, api_key: str | None) -> int:
     engine_ref.append(engine)
     state = ServerState(inputs=inputs, engine=engine, metrics=metrics, model_name=args.model_name,
                         max_tokens=args.max_tokens, request_timeout=args.request_timeout, chat_len=runner.chat_len,
-                        api_key=api_key)
+                        api_key=api_key, max_body_bytes=int(args.max_body_mb * (1 << 20)))
     config = uvicorn.Config(create_app(state), host=args.host, port=args.port, access_log=args.access_log,
                             timeout_graceful_shutdown=args.request_timeout + 5, log_config=None)
     server = Server(config)

@@ -3,7 +3,9 @@
 Every route does its host work (validation, media decoding, tokenising) in the thread pool, queues one job per
 prompt with the engine and awaits it, watching the deadline (--request-timeout -> 504) and the client (gone ->
 its job is cancelled and skipped by the worker). Every refusal is an OpenAI-style error body
-`{"error": {"message", "type", "param", "code"}}` with a 4xx status; nothing a client sends takes the server down.
+`{"error": {"message", "type", "param", "code"}}` with a 4xx status (a body over --max-body-mb 413); a fault of the
+server is the same body with 500 and code "internal_error"; nothing a client sends takes the server down.
+Metrics label only the known routes (anything else is "other"), so no client can grow the label set.
 Chat streaming (`stream: true`) sends the finished completion as OpenAI SSE chunks ending with `data: [DONE]`: the
 decode loop is one compiled program, so the text is complete before the first chunk."""
 
@@ -30,6 +32,7 @@ from omnirrm_jax.serve.schemas import ChatRequest, JudgeRequest, RewardRequest
 
 log = logging.getLogger(__name__)
 OPEN_PATHS = ("/health",)
+ROUTES = ("/v1/judge", "/v1/reward", "/v1/chat/completions")  # metric labels; every other /v1/ path is "other"
 
 
 @dataclasses.dataclass
@@ -42,6 +45,7 @@ class ServerState:
     request_timeout: float
     chat_len: Callable[[int], int]  # a request's max_tokens -> the decode length of its batch (`Runner.chat_len`)
     api_key: str | None = None
+    max_body_bytes: int = 64 << 20
 
 
 class ClientGone(Exception):
@@ -54,11 +58,24 @@ def _error(status: int, message: str, *, param=None, code: str = "invalid_reques
                         headers=headers)
 
 
+_UNION_TAGS = {"str", "int", "float", "bool", "none"}
+
+
 def _param(loc) -> str:
-    out = ""
+    """A pydantic error location -> `messages[0].content[1].video` (union branch tags dropped)."""
+    out, last = "", None
     for part in loc[1:] if loc and loc[0] == "body" else loc:
+        if isinstance(part, str) and ("[" in part or part in _UNION_TAGS or part == last):
+            continue
+        last = part
         out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
     return out or "body"
+
+
+def _most_specific(errors: list) -> dict:
+    """The error to report: the deepest one, a constraint over a type mismatch (for `str | list[str]`, a too-long
+    list is reported, not "not a string")."""
+    return max(errors, key=lambda e: (len(e.get("loc", ())), not str(e.get("type", "")).endswith("_type")))
 
 
 class BearerAuth:
@@ -76,6 +93,46 @@ class BearerAuth:
                               headers={"WWW-Authenticate": "Bearer"})
                 return await resp(scope, receive, send)
         return await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `max_bytes` answers 413, by its Content-Length before anything is read,
+    or (chunked, or a lying length) as soon as the bytes read pass the limit. The body is read here and replayed
+    to the app; later `receive` calls go to the client, so disconnects are still seen."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            return await self._refuse(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left before sending its body
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await self._refuse(scope, receive, send)
+            if not message.get("more_body", False):
+                break
+        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+        del chunks
+
+        async def receive_():
+            return replay.pop() if replay else await receive()
+
+        return await self.app(scope, receive_, send)
+
+    async def _refuse(self, scope, receive, send):
+        mb = self.max_bytes / (1 << 20)
+        resp = _error(413, f"the request body is larger than the server's --max-body-mb {mb:g}", param="body",
+                      code="body_too_large", headers={"Connection": "close"})
+        return await resp(scope, receive, send)
 
 
 class Timing:
@@ -98,7 +155,8 @@ class Timing:
         try:
             await self.app(scope, receive, send_)
         finally:
-            self.metrics.answer(scope["path"], status[0], time.perf_counter() - t0)
+            path = scope["path"]
+            self.metrics.answer(path if path in ROUTES else "other", status[0], time.perf_counter() - t0)
 
 
 def create_app(state: ServerState) -> FastAPI:
@@ -111,6 +169,7 @@ def create_app(state: ServerState) -> FastAPI:
         await run_in_threadpool(state.engine.stop)
 
     app = FastAPI(title="omnirrm serve", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.add_middleware(BodyLimit, max_bytes=state.max_body_bytes)  # inside the key check: strangers send nothing
     if state.api_key:
         app.add_middleware(BearerAuth, key=state.api_key)
     app.add_middleware(Timing, metrics=state.metrics)  # outermost: 401s are counted too
@@ -118,7 +177,8 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request", "type": "invalid"}
+        first = _most_specific(exc.errors()) if exc.errors() else {"loc": (), "msg": "invalid request",
+                                                                     "type": "invalid"}
         if first.get("type") == "json_invalid":
             msg, param = f"the body is not valid JSON ({first.get('ctx', {}).get('error', first['msg'])})", "body"
         else:
@@ -133,6 +193,13 @@ def create_app(state: ServerState) -> FastAPI:
         headers = {"Retry-After": "1"} if exc.status == 429 else None
         return _error(exc.status, str(exc), param=exc.param, code=exc.code, headers=headers)
 
+    @app.exception_handler(Exception)
+    async def fault(request: Request, exc: Exception):
+        """Anything unexpected (a failed batch, a bug): logged by the server, answered as JSON 500."""
+        m.error("internal_error")
+        log.error("internal error on %s: %s: %s", request.url.path, type(exc).__name__, exc)
+        return _error(500, f"internal server error ({type(exc).__name__})", code="internal_error")
+
     @app.exception_handler(ClientGone)
     async def gone(request: Request, exc: ClientGone):
         m.error("client_disconnected")
@@ -146,8 +213,12 @@ def create_app(state: ServerState) -> FastAPI:
                                status=504) from None
 
     def submit(kind, key, item, cost):
+        return submit_all([(kind, key, item, cost)])[0]
+
+    def submit_all(jobs):
+        """Queues every job of one request, or none (429 / 503)."""
         try:
-            return state.engine.submit(kind, key, item, cost)
+            return state.engine.submit_many(jobs)
         except QueueFull as e:
             raise RequestError(f"server busy: {e}; retry later", code="queue_full", status=429) from None
         except RuntimeError as e:
@@ -192,17 +263,13 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.post("/v1/reward")
     async def reward(body: RewardRequest, request: Request):
+        if len(body.pairs) > state.engine.max_queue:
+            raise RequestError(f"pairs: {len(body.pairs)} pairs are more than the server's --max-queue "
+                               f"{state.engine.max_queue}; send them in smaller requests", param="pairs")
         end = deadline()
         prepared = await prepare(lambda: [state.inputs.pair(p, body.both_orders, f"pairs[{i}].")
                                           for i, p in enumerate(body.pairs)], deadline=end)
-        futures = []
-        try:
-            for p in prepared:
-                futures.append(submit("reward", "reward", p, len(p.examples)))
-        except RequestError:
-            for f in futures:
-                f.cancel()
-            raise
+        futures = submit_all([("reward", "reward", p, len(p.examples)) for p in prepared])
         recs = await wait(request, futures, end)
         return {"rewards": [r["reward"] for r in recs], "results": recs,
                 "scored": "P(A) - P(B) after the forced prefix '{\"better\": \"' (omnirrm_jax/eval/reward.py)"}
@@ -216,6 +283,7 @@ def create_app(state: ServerState) -> FastAPI:
                                param="max_tokens")
         if body.n > state.engine.max_batch:
             raise RequestError(f"n {body.n} is above the server's --max-batch {state.engine.max_batch}", param="n")
+        _check_openai_options(body)
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if len(stop) > 4 or not all(stop):
             raise RequestError("stop: at most 4 non-empty strings", param="stop")
@@ -235,14 +303,35 @@ def create_app(state: ServerState) -> FastAPI:
                                 for i, c in enumerate(choices)],
                     "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
                               "total_tokens": prompt_tokens + completion}}
-        return StreamingResponse(_sse(cid, created, state.model_name, choices), media_type="text/event-stream",
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                 "total_tokens": prompt_tokens + completion} \
+            if body.stream_options and body.stream_options.include_usage else None
+        return StreamingResponse(_sse(cid, created, state.model_name, choices, usage=usage),
+                                 media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
 
     return app
 
 
-def _sse(cid: str, created: int, model: str, choices: list, piece: int = 16):
-    """OpenAI `chat.completion.chunk` events: the role, the text in pieces, the finish reason, then [DONE]."""
+def _check_openai_options(body: ChatRequest) -> None:
+    """Options standard OpenAI clients send: accepted at their defaults, a 400 naming the field otherwise."""
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(body, name) not in (None, 0):
+            raise RequestError(f"{name}: only 0 is supported", param=name, code="unsupported_value")
+    if body.logprobs or body.top_logprobs:
+        name = "logprobs" if body.logprobs else "top_logprobs"
+        raise RequestError(f"{name}: log probabilities are not returned (use /v1/judge for verdict probabilities)",
+                           param=name, code="unsupported_value")
+    if body.response_format is not None and body.response_format.type != "text":
+        raise RequestError('response_format: only {"type": "text"} is supported (for schema-constrained '
+                           "judgements use /v1/judge)", param="response_format", code="unsupported_value")
+    if body.stream_options is not None and not body.stream:
+        raise RequestError("stream_options: only with stream: true", param="stream_options")
+
+
+def _sse(cid: str, created: int, model: str, choices: list, piece: int = 16, usage: dict | None = None):
+    """OpenAI `chat.completion.chunk` events: the role, the text in pieces, the finish reason, the usage if asked
+    (`stream_options.include_usage`: a last chunk with no choices), then [DONE]."""
     def event(i, delta, finish=None):
         chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                  "choices": [{"index": i, "delta": delta, "finish_reason": finish, "logprobs": None}]}
@@ -253,4 +342,8 @@ def _sse(cid: str, created: int, model: str, choices: list, piece: int = 16):
         for k in range(0, len(c["text"]), piece):
             yield event(i, {"content": c["text"][k:k + piece]})
         yield event(i, {}, c["finish_reason"])
+    if usage is not None:
+        chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [],
+                 "usage": usage}
+        yield f"data: {json.dumps(chunk)}\n\n"
     yield "data: [DONE]\n\n"

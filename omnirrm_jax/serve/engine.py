@@ -56,18 +56,25 @@ class Engine:
 
     def submit(self, kind: str, key: Hashable, item: Any, cost: int) -> cf.Future:
         """Queues one job; raises QueueFull when the queue is full, RuntimeError once stopping."""
-        if cost > self.max_batch:
-            raise ValueError(f"a job of {cost} rows cannot fit a batch of {self.max_batch}")
-        job = Job(kind, key, item, cost)
+        return self.submit_many([(kind, key, item, cost)])[0]
+
+    def submit_many(self, jobs: list[tuple[str, Hashable, Any, int]]) -> list[cf.Future]:
+        """Queues all the (kind, key, item, cost) jobs of one request, or none: QueueFull unless the queue has
+        room for every one (a request larger than --max-queue can never fit; the route refuses it first)."""
+        for _, _, _, cost in jobs:
+            if cost > self.max_batch:
+                raise ValueError(f"a job of {cost} rows cannot fit a batch of {self.max_batch}")
+        new = [Job(*j) for j in jobs]
         with self._cv:
             if self._stopping:
                 raise RuntimeError("the server is shutting down")
             self._drop_cancelled()
-            if len(self._queue) >= self.max_queue:
-                raise QueueFull(f"{len(self._queue)} requests are waiting (--max-queue {self.max_queue})")
-            self._queue.append(job)
+            if len(self._queue) + len(new) > self.max_queue:
+                raise QueueFull(f"{len(self._queue)} requests are waiting, {len(new)} more do not fit "
+                                f"(--max-queue {self.max_queue})")
+            self._queue.extend(new)
             self._cv.notify()
-        return job.future
+        return [j.future for j in new]
 
     def stop(self, timeout: float | None = None) -> None:
         """Runs what is queued, then ends the worker."""

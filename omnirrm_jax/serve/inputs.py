@@ -19,6 +19,7 @@ import threading
 from data_prep.rows import Quarantine, RowOptions, resolve_media_path
 from omnirrm_jax.data import examples as E
 from omnirrm_jax.data import records as R
+from omnirrm_jax.data.media import MediaError
 from omnirrm_jax.errors import UserError
 from omnirrm_jax.eval import pairs
 from omnirrm_jax.eval.judge_runner import _thread_copy
@@ -106,10 +107,12 @@ class Inputs:
             raise RequestError(f"{param} has no frames", param=param, code="bad_media")
         out = os.path.join(tmpdir, f"frames{len(names)}.mkv")
         try:
-            write_video(paths, out)
+            write_video(paths, out, image_cfg=self.judge.media.image)
+        except MediaError as e:  # a frame over the judge's image limits, or not an image
+            raise RequestError(self._named(str(e), names), param=param, code="bad_media") from None
         except Exception as e:  # noqa: BLE001 - an undecodable frame is the client's problem, named
-            raise RequestError(f"{param}: cannot read the frames ({type(e).__name__}: {e})", param=param,
-                               code="video_undecodable") from None
+            raise RequestError(f"{param}: cannot read the frames ({type(e).__name__}: {self._named(str(e), names)})",
+                               param=param, code="video_undecodable") from None
         names[out] = param
         return out
 
@@ -153,8 +156,10 @@ class Inputs:
             err = p["error"]
             param_ = f"{param}media" if any(n in err["reason"] for n in ("image", "video", "audio", "file")) \
                 else f"{param}question" if err["reason"] == "too_long" else param or None
+            status = 500 if err["reason"] == "internal_error" else 400  # the server's fault, not the request's
             raise RequestError(f"{param}: {self._named(err['detail'], names)}" if param
-                               else self._named(err["detail"], names), param=param_, code=err["reason"])
+                               else self._named(err["detail"], names), param=param_, code=err["reason"],
+                               status=status)
         return p
 
     # ------------------------------------------------------------ chat

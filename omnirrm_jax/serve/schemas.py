@@ -1,7 +1,9 @@
 """Request bodies of the server, as pydantic models that refuse unknown fields (`extra="forbid"`): a typo in a
 trainer's request must be a 400 naming the field, not a silently ignored option.
 
-Media items are strings: a `data:` URL (base64) or a path under the server's --media-root (`serve.inputs`)."""
+Media items are strings: a `data:` URL (base64) or a path under the server's --media-root (`serve.inputs`).
+Lists are capped (MAX_MEDIA items, MAX_FRAMES frames of a video) so no request makes the server decode without
+bound; the body itself is capped by --max-body-mb (`serve.app.BodyLimit`)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,10 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 from omnirrm_jax.rubric.vocab import MODALITIES
+
+
+MAX_FRAMES = 64  # frames of a video sent as images (32 s at the 2 fps they are played at)
+MAX_MEDIA = 64  # media items of one list (a pair's images/videos/audios, a message's content parts)
 
 
 class Strict(BaseModel):
@@ -40,7 +46,8 @@ class ImagePart(Strict):
 
 class VideoPart(Strict):
     type: Literal["video"]
-    video: str | list[str] = Field(description="a video (data: URL or media-root path), or its frames as images")
+    video: str | Annotated[list[str], Field(max_length=MAX_FRAMES)] = Field(
+        description=f"a video (data: URL or media-root path), or its frames as images (at most {MAX_FRAMES})")
 
 
 class AudioPart(Strict):
@@ -53,13 +60,22 @@ Part = Annotated[Union[TextPart, ImagePart, VideoPart, AudioPart], Field(discrim
 
 class Message(Strict):
     role: Literal["system", "user", "assistant"]
-    content: str | list[Part]
+    content: str | Annotated[list[Part], Field(max_length=MAX_MEDIA)]
     name: str | None = None
+
+
+class StreamOptions(Strict):
+    include_usage: bool = False
+
+
+class ResponseFormat(BaseModel):  # json_schema etc. carry more fields; any type but "text" is refused by the route
+    model_config = ConfigDict(extra="allow")
+    type: str
 
 
 class ChatRequest(Strict):
     model: str | None = None
-    messages: list[Message] = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1, max_length=256)
     stream: bool = False
     n: int = Field(1, ge=1, le=16)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
@@ -69,14 +85,21 @@ class ChatRequest(Strict):
     seed: int | None = Field(None, ge=0, lt=2 ** 32)
     stop: str | list[str] | None = None
     user: str | None = None
+    # sent by standard OpenAI clients; accepted at the values the server honours, refused otherwise (`serve.app`)
+    stream_options: StreamOptions | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    response_format: ResponseFormat | None = None
 
 
 # ---------------------------------------------------------------- judge and reward
 
 class Media(Strict):
-    images: list[str] = []
-    videos: list[str] = []
-    audios: list[str] = []
+    images: list[str] = Field([], max_length=MAX_MEDIA)
+    videos: list[str] = Field([], max_length=MAX_MEDIA)
+    audios: list[str] = Field([], max_length=MAX_MEDIA)
 
 
 class PairIn(Strict):

@@ -20,7 +20,8 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 def server(env, tmp_path_factory):
     s = ServerProc(env, str(tmp_path_factory.mktemp("srv")), "--warmup", "none", "--max-batch", "8",
                    "--max-prompt-tokens", "1024", "--max-tokens", "32", "--media-root", os.path.dirname(env["image"]),
-                   "--api-key-env", "OMNIRRM_TEST_KEY", extra_env={"OMNIRRM_TEST_KEY": KEY})
+                   "--api-key-env", "OMNIRRM_TEST_KEY", "--max-body-mb", "0.25",
+                   extra_env={"OMNIRRM_TEST_KEY": KEY})
     yield s
     assert s.stop() == 0, s.log()
     assert KEY not in s.log()
@@ -127,6 +128,13 @@ def _bad_requests(env) -> list[tuple[str, object, int, str]]:
             {"type": "video", "video": ["data:image/png;base64,AAAA"]}]}]}, 400, "messages[0].content[0]"),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi " * 3000}]}, 400, "messages"),
         ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, 400, "role"),
+        ("/v1/chat/completions", {**chat, "presence_penalty": 0.5}, 400, "presence_penalty"),
+        ("/v1/chat/completions", {**chat, "frequency_penalty": -1}, 400, "frequency_penalty"),
+        ("/v1/chat/completions", {**chat, "logprobs": True}, 400, "logprobs"),
+        ("/v1/chat/completions", {**chat, "response_format": {"type": "json_object"}}, 400, "response_format"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": [
+            {"type": "video", "video": ["data:image/png;base64,AAAA"] * 65}]}]}, 400, "messages[0].content[0].video"),
+        ("/v1/judge", {**ok, "media": {"images": ["x.png"] * 65}}, 400, "media.images"),
     ]
 
 
@@ -221,3 +229,121 @@ def test_restarted_server_reads_its_compiled_shapes_from_the_cache(env, tmp_path
     assert os.listdir(cache) and cold > 0 and cold_hits == 0
     assert warm == cold and warm_hits == cold, (cold, warm, warm_hits)  # the same programs, all from the cache
     assert second["text"] == first["text"] and second["probs"] == first["probs"]  # the same programs, bitwise
+
+
+def _png_header(w: int, h: int) -> bytes:
+    """A PNG that declares w x h pixels but carries almost no data (a decoder that trusted it would allocate)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + \
+        chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_openai_client_options_frames_limit_and_body_limit(server, client):
+    """Options standard clients send at their defaults are accepted (include_usage honoured); a video frame over the
+    image pixel limit is refused by name before decoding; a body over --max-body-mb is 413 (by Content-Length, and
+    chunked); unknown /v1/ paths are labelled "other" in /metrics."""
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0, "n": 1,
+            "presence_penalty": 0, "frequency_penalty": 0.0, "logprobs": False, "response_format": {"type": "text"},
+            "user": "u1", "stream": True, "stream_options": {"include_usage": True}}
+    r = client.post("/v1/chat/completions", json=chat)
+    assert r.status_code == 200, r.text
+    events = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    import json
+    last = json.loads(events[-2])
+    assert last["choices"] == [] and last["usage"]["completion_tokens"] <= 2
+
+    big = "data:image/png;base64," + base64.b64encode(_png_header(15000, 12000)).decode()
+    with open(server.env_image, "rb") as f:
+        ok = "data:image/png;base64," + base64.b64encode(f.read()).decode()
+    r = client.post("/v1/chat/completions", json={"max_tokens": 2, "messages": [{"role": "user", "content": [
+        {"type": "video", "video": [ok, big]}]}]})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "messages[0].content[0]" and "messages[0].content[0][1]" in err["message"], err
+
+    pair = {"question": "q " * 150_000, "answer_a": "a", "answer_b": "b"}  # 300 kB > 0.25 MB
+    r = client.post("/v1/judge", json=pair)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large", r.text
+    body = json.dumps(pair).encode()
+    r = client.post("/v1/judge", content=(body[i:i + 65536] for i in range(0, len(body), 65536)),
+                    headers={"Content-Type": "application/json"})  # chunked: no Content-Length
+    assert r.status_code == 413 and "--max-body-mb" in r.json()["error"]["message"], r.text
+    assert client.get("/health").json()["status"] == "ok"
+
+    for i in range(3):
+        assert client.post(f"/v1/nothere-{i}-x7", json={}).status_code == 404
+    text = client.get("/metrics").text
+    assert "nothere" not in text and 'endpoint="other",status="404"' in text
+
+
+class _FailingJudge:
+    """Judge.prepare hitting a bug in the server: {"error": {"reason": "internal_error", ...}}."""
+    from omnirrm_jax.data.media import MediaConfig
+    media = MediaConfig()
+
+    def prepare(self, *a, **k):
+        return {"error": {"reason": "internal_error", "detail": "KeyError: 'x'"}}
+
+
+def _app(inputs, max_queue=2):
+    """The app in this process over stub inputs and an engine whose batches raise."""
+    from fastapi.testclient import TestClient
+
+    from omnirrm_jax.serve.app import ServerState, create_app
+    from omnirrm_jax.serve.engine import Engine
+    from omnirrm_jax.serve.metrics import Metrics
+
+    def run(kind, key, items):
+        raise RuntimeError("device fell over")
+
+    engine = Engine(run, max_batch=8, max_wait_s=0.0, max_queue=max_queue).start()
+    state = ServerState(inputs=inputs, engine=engine, metrics=Metrics(), model_name="m", max_tokens=8,
+                        request_timeout=10.0, chat_len=lambda n: n)
+    return TestClient(create_app(state), raise_server_exceptions=False), state
+
+
+def test_server_faults_are_json_500_and_oversized_reward_is_400():
+    import threading
+    import types
+
+    from omnirrm_jax.serve.inputs import Inputs
+
+    inp = Inputs.__new__(Inputs)
+    judge = _FailingJudge()
+    inp.judges, inp.judge, inp.max_prompt_tokens, inp.tmp_root = {False: judge, True: judge}, judge, 100, None
+    inp._local = threading.local()
+    inp._local.tok = None
+    c, state = _app(inp)
+    try:
+        pair = {"question": "q", "answer_a": "a", "answer_b": "b"}
+        r = c.post("/v1/judge", json=pair)  # Judge.prepare's internal_error: the server's fault
+        assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error", r.text
+        c2, state2 = _app(types.SimpleNamespace(pair=lambda p, both, param="": types.SimpleNamespace(examples=[0])))
+        r = c2.post("/v1/judge", json=pair)  # the batch raises: JSON 500, not plain text
+        assert r.status_code == 500 and r.headers["content-type"] == "application/json", r.text
+        assert r.json()["error"] == {"message": "internal server error (RuntimeError)", "type": "server_error",
+                                     "param": None, "code": "internal_error"}
+        r = c2.post("/v1/reward", json={"pairs": [pair] * 3})  # more pairs than --max-queue 2: never fits
+        assert r.status_code == 400 and r.json()["error"]["param"] == "pairs", r.text
+        state2.engine.stop()
+        state2.metrics.close()
+    finally:
+        state.engine.stop()
+        state.metrics.close()
+
+
+def test_engine_queues_all_jobs_of_a_request_or_none():
+    from omnirrm_jax.serve.engine import Engine, QueueFull
+
+    e = Engine(lambda kind, key, items: items, max_batch=4, max_wait_s=0.0, max_queue=3)  # not started: jobs wait
+    e.submit("reward", "k", 0, 1)
+    with pytest.raises(QueueFull):
+        e.submit_many([("reward", "k", i, 1) for i in range(3)])
+    assert e.depth == 1  # nothing of the refused request was queued
+    futures = e.submit_many([("reward", "k", i, 1) for i in range(2)])
+    assert e.depth == 3 and len(futures) == 2
