@@ -50,12 +50,11 @@ def reward(prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequ
       float32 (n,) scores P(A) - P(B), or (scores, probs) with return_probs.
     """
     from data_prep.rows import RowOptions
-    from omnirrm_jax.bon.scorers import scalar_probs
+    from omnirrm_jax.eval.reward import forced_verdicts
     from omnirrm_jax.data.media import MediaConfig
     from omnirrm_jax.eval import pairs
     from omnirrm_jax.eval.benchmarks import INFERENCE_MEDIA_ENV
     from omnirrm_jax.eval.verdict import combine_orders
-    from omnirrm_jax.models.thinker import model_inputs
     from omnirrm_jax.rubric import prompts as P
 
     n = len(prompts)
@@ -91,8 +90,8 @@ def reward(prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequ
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
         batch = pairs.make_batch([exs[j] for j in idx], batch_size, tok, cfg)
-        for j, p in zip(idx, scalar_probs(model, tok, dict(model_inputs(batch), valid=batch["valid"]))):
-            probs[j] = p
+        for j, vp in zip(idx, forced_verdicts(model, tok, batch)):
+            probs[j] = vp.probs
     k = len(orders)
     per_pair = [probs[i * k] if k == 1 else combine_orders(probs[i * k], probs[i * k + 1]) for i in range(n)]
     table = np.array([[p["A"], p["B"], p["equal"]] for p in per_pair], np.float32).reshape(n, 3)

@@ -26,15 +26,14 @@ import collections
 import dataclasses
 import json
 import logging
-from typing import Any, Protocol, Sequence
+from typing import Protocol, Sequence
 
 import jax
 import numpy as np
 
 from omnirrm_jax.bon.items import BonItem
 from omnirrm_jax.eval import pairs
-from omnirrm_jax.eval.reward import FORCED_PREFIX, forced_site
-from omnirrm_jax.eval.verdict import candidate_logprobs, to_probs
+from omnirrm_jax.eval.reward import FORCED_PREFIX, forced_verdicts
 
 log = logging.getLogger(__name__)
 JUDGE_TEMPLATES = {"mmmu": "bon_mmmu", "videomme": "bon_videomme", "avqa": "bon_avqa"}
@@ -62,14 +61,6 @@ def reference_verdict(text: str) -> str:
     except (ValueError, AttributeError, TypeError, RecursionError):
         return "equal"
     return value if isinstance(value, str) else "equal"
-
-
-def scalar_probs(model, tok, batch: dict[str, Any]) -> list[dict | None]:
-    """P(A), P(B), P(equal) at the verdict token for each valid row of a prompt batch (None for padding rows)."""
-    site = forced_site(tok, "better")
-    valid = np.asarray(batch.get("valid", np.ones(np.asarray(batch["input_ids"]).shape[0], bool)))
-    lp = candidate_logprobs(model, batch, [site if v else None for v in valid])
-    return [to_probs(lp[b], "better").probs if v else None for b, v in enumerate(valid)]
 
 
 def judge_row(item: BonItem, answer_a: str, answer_b: str, template: str | None = None) -> dict:
@@ -153,11 +144,8 @@ class ModelScorer:
         return out
 
     def rewards(self, requests: Sequence[PairRequest]) -> list[float]:
-        from omnirrm_jax.models.thinker import model_inputs
-
         out: list[float] = [0.0] * len(requests)
         for idx, batch in self._batches(requests):
-            probs = scalar_probs(self.model, self.tok, dict(model_inputs(batch), valid=batch["valid"]))
-            for i, p in zip(idx, probs):
-                out[i] = p["A"] - p["B"]
+            for i, vp in zip(idx, forced_verdicts(self.model, self.tok, batch)):
+                out[i] = vp.reward
         return out

@@ -28,12 +28,15 @@ def forced_site(tok, field: str = "better") -> verdict.VerdictSite:
     return site
 
 
-def forced_verdicts(model, tok, batch: dict, n_rows: int, field: str = "better") -> list[verdict.VerdictProbs]:
-    """The forced-site verdict probabilities of the first `n_rows` rows of a prompt batch (the rest is padding)."""
+def forced_verdicts(model, tok, batch: dict, n_rows: int | None = None,
+                    field: str = "better") -> list[verdict.VerdictProbs | None]:
+    """The forced-site verdict probabilities of each row of a prompt batch; None for padding rows (those past
+    `n_rows`, or, without it, those whose batch["valid"] is False)."""
     B = batch["input_ids"].shape[0]
-    sites = [forced_site(tok, field)] * n_rows + [None] * (B - n_rows)
-    lp = verdict.candidate_logprobs(model, model_inputs(batch), sites)
-    return [verdict.to_probs(lp[b], field) for b in range(n_rows)]
+    valid = [bool(v) for v in batch["valid"]] if n_rows is None else [b < n_rows for b in range(B)]
+    site = forced_site(tok, field)
+    lp = verdict.candidate_logprobs(model, model_inputs(batch), [site if v else None for v in valid])
+    return [verdict.to_probs(lp[b], field) if v else None for b, v in enumerate(valid)]
 
 
 def reward_records(judge, prepared: Sequence[pairs.PreparedPair], seq_len: int | None = None) -> list[dict]:
