@@ -1,8 +1,8 @@
 """The demo's second stage: GRPO with the rubric rewards on top of the SFT judge, as the reference does it.
 
-  SFT model -> HF checkpoint (the GRPO base) -> probe: the SFT judge samples 16 judgements of each distinct train
-  prompt (all 32 arithmetic questions, 8 per media modality) -> RL split = contested prompts (rewards differ
-  within the group) x3 + solved anchors (every solved arithmetic prompt, 2 per media modality) -> LoRA on every
+  SFT model -> HF checkpoint (the GRPO base) -> probe: the SFT judge samples 8 judgements of each distinct train
+  prompt (all 32 arithmetic questions, 32 per media modality) -> RL split = contested prompts (rewards differ
+  within the group) x3 + every solved probed prompt as an anchor -> LoRA on every
   linear layer, `training.grpo.train` (28 rollouts of 16 prompts x 8 samples) -> merged export (HF safetensors)
   read back -> held-out greedy judgements of the reloaded export, set against the SFT model's.
 
@@ -11,9 +11,12 @@ Why the probe: a group whose G samples all earn the same reward has zero advanta
 reward 1 on every media prompt and on most arithmetic ones, so random train prompts give a few contested groups
 in a short run - too few to move it (40 rollouts of 8 random prompts left every held-out judgement unchanged).
 
-Why every solved arithmetic prompt stays in: the update that fixes the contested prompts also moves their
-neighbours (with 8 of 25 anchors, lr 2e-3, a solved "2 + 3" prompt fell from p = 0.998 to 0.58). A solved prompt
-in the rollouts that starts to slip draws wrong samples, and GRPO pushes it back; one that is not, drifts.
+Why every solved prompt stays in: the update that fixes the contested prompts also moves their neighbours (with
+8 of 25 arithmetic anchors, lr 2e-3, a solved "2 + 3" prompt fell from p = 0.998 to 0.58; with 2 image anchors
+and one contested image prompt, held-out image accuracy fell 0.98 -> 0.90). A solved prompt in the rollouts that
+starts to slip draws wrong samples, and GRPO pushes it back; one that is not, drifts. Probing 32 prompts of each
+media modality also finds several contested ones where 8 found one, so the update follows what they share
+instead of fitting a single prompt.
 Why small steps (lr 3e-3, 16 prompts a rollout) rather than fewer, larger ones: at lr 6e-3 to 1e-2 the same
 budget also moved the media rationales (held-out video fell to 0.98 and, on one seed, 0.50 valid JSON) -
 the media judgements ride on the same decoder and their anchors only hold them while the drift is small.
@@ -172,7 +175,8 @@ def grpo_config(demo_cfg: DemoConfig, gcfg: DemoGRPOConfig, base_dir: str, train
         # max_steps counts optimizer updates: num_iterations of them per rollout batch
         run=C.RunSpec(workdir=workdir, seed=seed, max_steps=gcfg.rollouts * gcfg.num_iterations, log_every=5,
                       save_every=10 ** 9, keep_checkpoints=1),
-        grpo=GRPOSpec(num_generations=gcfg.num_generations, beta=gcfg.beta, temperature=gcfg.temperature,
+        grpo=GRPOSpec(num_generations=gcfg.num_generations, beta=gcfg.beta, scale_rewards=gcfg.scale_rewards,
+                      temperature=gcfg.temperature,
                       top_p=gcfg.top_p, top_k=gcfg.top_k, num_iterations=gcfg.num_iterations,
                       max_completion_length=gcfg.max_completion_length or demo_cfg.max_new_tokens))
 
