@@ -28,10 +28,12 @@ from omnirrm_jax.cli import Parser
 STRATEGIES = ("reward", "reward_ref", "elimination")
 
 
-def make_prompts(cfg, count: int, text: int, seed: int = 0) -> list[dict]:
-    """count judge prompts: {"ids" (L,), "grid", "pixels"}, image placeholders between vision markers."""
+def make_prompts(cfg, count: int, text: int, seed: int = 0, grids=None) -> list[dict]:
+    """count judge prompts: {"ids" (L,), "grid", "pixels"}, image placeholders between vision markers; image sizes
+    cycle through `grids` (default: the three of `bench eval`)."""
     from omnirrm_jax.bench.eval import GRIDS
 
+    GRIDS = tuple(grids or GRIDS)
     rng = np.random.default_rng(seed)
     patch_dim = cfg.vision.in_channels * cfg.vision.temporal_patch_size * cfg.vision.patch_size ** 2
     special = (cfg.image_token_id, cfg.video_token_id, cfg.audio_token_id, cfg.vision_start_token_id,
@@ -91,8 +93,8 @@ def _elimination(cfg, model, prompts: list[list[dict]], batch: int, new: int) ->
 
 
 def bench(cfg, model, *, questions: int, n: int, batch: int, new: int, text: int,
-          strategies=STRATEGIES) -> dict:
-    pool = make_prompts(cfg, questions * n * (n - 1), text)
+          strategies=STRATEGIES, grids=None) -> dict:
+    pool = make_prompts(cfg, questions * n * (n - 1), text, grids=grids)
     per_q = {"reward": n * (n - 1), "reward_ref": 2 * (n - 1), "elimination": n - 1}
     out = {}
     for name in strategies:
@@ -115,9 +117,15 @@ def bench(cfg, model, *, questions: int, n: int, batch: int, new: int, text: int
     return out
 
 
+def _grids(image: str):
+    from omnirrm_jax.bench.eval import GRIDS
+
+    return None if image == "mixed" else [GRIDS[("small", "medium", "large").index(image)]]
+
+
 def table(result: dict) -> str:
     lines = [f"Best-of-N ranking, {result['preset']} on {result['device']}: {result['questions']} questions x N = "
-             f"{result['n']}, batch {result['batch']}", "",
+             f"{result['n']}, batch {result['batch']}, images {result.get('image', 'mixed')}", "",
              "| strategy | judge calls | seconds | candidates ranked / s | questions / s | first pass (compile) s |",
              "|---|---|---|---|---|---|"]
     for name, r in result["strategies"].items():
@@ -134,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8, help="prompts per device batch")
     p.add_argument("--new", type=int, default=8, help="reply tokens of an elimination comparison")
     p.add_argument("--text", type=int, default=160, help="text tokens of a judge prompt besides the image")
+    p.add_argument("--image", choices=("mixed", "small", "medium", "large"), default="mixed",
+                   help="image size of every prompt (256 / 768 / 1260 image tokens) or the three in turn; one size "
+                        "compiles one program per strategy, the mix one per batch shape")
     p.add_argument("--strategies", default=",".join(STRATEGIES), help=f"comma-separated, of {', '.join(STRATEGIES)}")
     p.add_argument("--out", "--json", dest="out", default=None, help="also write the results here (JSON)")
     args = p.parse_args(argv)
@@ -148,9 +159,9 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = C.PRESETS[args.preset](dtype="bfloat16", param_dtype="bfloat16")
     result = {"preset": args.preset, "device": jax.devices()[0].device_kind, "questions": args.questions, "n": args.n,
-              "batch": args.batch, "new": args.new, "text": args.text}
+              "batch": args.batch, "new": args.new, "text": args.text, "image": args.image}
     result["strategies"] = bench(cfg, _init_model(cfg), questions=args.questions, n=args.n, batch=args.batch,
-                                 new=args.new, text=args.text, strategies=names)
+                                 new=args.new, text=args.text, strategies=names, grids=_grids(args.image))
     print(table(result), flush=True)
     if args.out:
         with open(args.out, "w") as f:

@@ -10,7 +10,9 @@ one parses and reaches the verdict, and the verdict-probability pass runs as for
 each write a different length, the same on both sides. Each side runs in its own process: the server
 (`--side server`, `omnirrm serve`'s own `serve()` with the synthetic model) is driven over localhost HTTP by
 asyncio clients; the offline side (`--side offline`) judges the pairs in batches of --max-batch. Both are timed after
-warm-up (the server compiles its shapes before it listens; the offline side after one untimed pass).
+an untimed pass over the pairs (the server's at the highest concurrency; with `--warmup none` that pass compiles the
+shapes the pairs use, with `--warmup full` the server compiled its whole set before it listened).
+One client sends `--single-requests` pairs, the other concurrencies all of them.
 """
 
 from __future__ import annotations
@@ -152,6 +154,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _compiles(metrics: str) -> float:
+    """The server's count of XLA compilations after its warm-up, from its /metrics text."""
+    late = [line for line in metrics.splitlines() if line.startswith("omnirrm_serve_compiles_after_warmup_total")]
+    if not late:
+        raise RuntimeError("the server's /metrics has no omnirrm_serve_compiles_after_warmup_total")
+    return float(late[0].split()[-1])
+
+
 def run_all(args) -> dict:
     """Server side, driven at each concurrency, then the offline side; returns the results."""
     import httpx
@@ -176,7 +186,11 @@ def run_all(args) -> dict:
                     pass
                 time.sleep(1)
             ready_s = time.perf_counter() - t0
-            served = [asyncio.run(drive(url, pairs, c)) for c in args.concurrency]
+            # untimed: with --warmup none this is where the used shapes compile (the offline side's warm pass)
+            warm = asyncio.run(drive(url, pairs, max(args.concurrency)))
+            compiled_before = _compiles(httpx.get(url + "/metrics", timeout=10).text)
+            served = [asyncio.run(drive(url, pairs[:args.single_requests] if c == 1 else pairs, c))
+                      for c in args.concurrency]
             metrics = httpx.get(url + "/metrics", timeout=10).text
         finally:
             server.send_signal(signal.SIGTERM)
@@ -185,17 +199,20 @@ def run_all(args) -> dict:
         subprocess.run(_sub(args, "offline", tmp, json=out), check=True)
         with open(out) as f:
             offline = json.load(f)
-    late = [line for line in metrics.splitlines() if line.startswith("omnirrm_serve_compiles_after_warmup_total")]
     return {"preset": args.preset, "device": offline["device"], "requests": args.requests,
             "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "new": args.new,
-            "server_ready_s": ready_s, "compiles_after_warmup": float(late[0].split()[-1]) if late else None,
+            "server_ready_s": ready_s, "warm_pass_s": warm["seconds"], "warmup": args.warmup,
+            "compiles_after_warmup": _compiles(metrics),
+            "compiles_while_timed": _compiles(metrics) - compiled_before,
             "served": served, "offline": offline["offline"]}
 
 
 def table(result: dict) -> str:
     off = result["offline"]["judgements_per_s"]
     lines = [f"`omnirrm bench serve` on {result['device']}, {result['preset']}, {result['requests']} pairs, "
-             f"max batch {result['max_batch']}, constrained judgements of <= {result['new']} tokens",
+             f"max batch {result['max_batch']}, constrained judgements of <= {result['new']} tokens; server ready "
+             f"after {result['server_ready_s']:.0f} s (--warmup {result['warmup']}), untimed warm pass "
+             f"{result['warm_pass_s']:.0f} s, {result['compiles_while_timed']:.0f} compilations while timed",
              "", "| clients | judgements/s | p50 latency (s) | p99 latency (s) | vs offline |", "|---|---|---|---|---|"]
     for s in result["served"]:
         lines.append(f"| {s['concurrency']} | {s['judgements_per_s']:.2f} | {s['p50_s']:.3f} | {s['p99_s']:.3f} | "
@@ -209,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="omni_3b")
     p.add_argument("--requests", type=int, default=256, help="pairs judged at each concurrency (and offline)")
     p.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
+    p.add_argument("--single-requests", type=int, default=16,
+                   help="pairs sent by one client (one at a time: its latency is the point, not the count)")
     p.add_argument("--max-batch", type=int, default=16, help="the server's --max-batch and the offline batch")
     p.add_argument("--max-wait-ms", type=float, default=10.0)
     p.add_argument("--new", type=int, default=256, help="judgement length cap (constrained judgements)")

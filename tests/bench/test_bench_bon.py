@@ -13,6 +13,9 @@ def test_prompts_have_one_image_each():
     merge = cfg.vision.spatial_merge_size ** 2
     for r in rows:
         assert int((r["ids"] == cfg.image_token_id).sum()) == int(r["grid"][0] * r["grid"][1] * r["grid"][2]) // merge
+    assert len({r["grid"] for r in bench_bon.make_prompts(cfg, 45, text=20)}) == 3
+    one = bench_bon.make_prompts(cfg, 45, text=20, grids=bench_bon._grids("medium"))
+    assert {r["grid"] for r in one} == {(1, 48, 64)} and bench_bon._grids("mixed") is None
 
 
 @pytest.mark.slow
