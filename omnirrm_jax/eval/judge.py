@@ -68,11 +68,13 @@ def _decodable(tok, ids) -> list[int]:
 
 def judge_with_verdicts(model, tok, batch: dict, *, max_new_tokens: int, constrained: bool = False,
                         field: str = "better", rng: jax.Array | None = None,
-                        decoding: dict | None = None) -> list[dict | None]:
+                        decoding: dict | None = None, verdict_min_prefix: int = 16) -> list[dict | None]:
     """Greedy (optionally constrained) judgements plus their verdict probabilities (`verdict`), per row.
 
     `decoding`: sample instead ({"temperature", "top_p"}, and "top_k" (default 0 = off, as the reference's
-    RequestConfig leaves it)), drawn with `rng`.
+    RequestConfig leaves it)), drawn with `rng`. `verdict_min_prefix`: the verdict pass pads the judgement up to
+    the verdict to a power of two at least this long (one compiled program per length; a server passes the
+    longest, so one program serves every judgement).
     Returns per row None for padding rows (batch["valid"] False), else {"text", "parsed" (`ParseResult`),
     "verdict" (`VerdictProbs` or None when the judgement never reached `field`)}.
     """
@@ -93,7 +95,7 @@ def judge_with_verdicts(model, tok, batch: dict, *, max_new_tokens: int, constra
     valid = np.asarray(batch.get("valid", np.ones(len(tokens), bool)))
     generated = [_decodable(tok, tokens[b, :lengths[b] - int(finished[b])]) if valid[b] else None
                  for b in range(len(tokens))]
-    probs = verdict.verdict_probabilities(model, tok, inputs, generated, field=field)
+    probs = verdict.verdict_probabilities(model, tok, inputs, generated, field=field, min_prefix=verdict_min_prefix)
     out = []
     for ids, p in zip(generated, probs):
         if ids is None:

@@ -105,6 +105,7 @@ class Judge:
         self.swap, self.constrained, self.field = swap, constrained, field
         self.max_new_tokens, self.max_length, self.batch_size = max_new_tokens, max_length, batch_size
         self.modality, self.template = modality, template
+        self.verdict_min_prefix = 16  # `judge_with_verdicts`; the server sets the longest (one program)
         if batch_size < (2 if swap else 1):
             raise UsageError(f"--batch-size {batch_size} cannot hold a pair{' in both orders' if swap else ''}")
         if constrained:
@@ -146,7 +147,8 @@ class Judge:
         exs = [ex for p in prepared for ex in p.examples]
         batch = pairs.make_batch(exs, self.batch_size, self.tok, self.cfg, seq_len)
         results = judge_with_verdicts(self.model, self.tok, batch, max_new_tokens=self.max_new_tokens,
-                                      constrained=self.constrained, field=self.field)
+                                      constrained=self.constrained, field=self.field,
+                                      verdict_min_prefix=self.verdict_min_prefix)
         out, i = [], 0
         for p in prepared:
             n = len(p.examples)

@@ -4,12 +4,13 @@ of a bounded set of static shapes, and the warm-up that compiles that set before
 Why a fixed set: every new (batch, length) shape is a new XLA program, seconds to minutes of compile in the middle
 of someone's request. So the batch is always `max_batch` rows (padding rows are free to skip), prompts are padded
 to a power of two between 128 and --max-prompt-tokens (`length_buckets`; coarser than the offline judge's, which
-only changes padding, not results), judgements decode `max_new_tokens` (the verdict pass buckets its chunks to
-powers of two), chat decodes one of `chat_buckets` lengths, cut to the request's `max_tokens`. `warm_up` compiles,
-for every length bucket: the judge's decode and verdict passes, the reward pass, and chat at temperature 0
-(greedy) and at temperature 1 / top_p 1 (the OpenAI defaults) for every chat length. What it leaves out, compiled
-on first use and counted in `omnirrm_serve_compiles_total`: media batches (their patch and audio buckets, powers of
-two) and chat at other temperature / top_p values (both are constants of the decode program)."""
+only changes padding, not results), judgements decode `max_new_tokens`, the verdict pass pads every judgement to
+the longest prefix (one program per prompt length, where the offline judge compiles one per power of two), chat
+decodes one of `chat_buckets` lengths, cut to the request's `max_tokens`. `warm_up` compiles, for every length
+bucket: the judge's decode and verdict passes, the reward pass, and chat at temperature 0 (greedy) and at
+temperature 1 / top_p 1 (the OpenAI defaults) for every chat length. What it leaves out, compiled on first use and
+counted in `omnirrm_serve_compiles_total`: media batches (their patch and audio buckets, powers of two) and chat at
+other temperature / top_p values (both are constants of the decode program)."""
 
 from __future__ import annotations
 
@@ -61,6 +62,9 @@ class Runner:
         self.chat_lengths = chat_buckets(max_tokens)
         self.max_tokens = max_tokens
         self.metrics = metrics
+        # one verdict-pass program per prompt length: every judgement's prefix padded to the longest it can be
+        # (a longer pass over at most max_new_tokens more positions, instead of one compile per power of two)
+        judge.verdict_min_prefix = _verdict_buckets(judge.max_new_tokens)[-1]
         self._seeds = itertools.count(1)
 
     def seq_len(self, exs) -> int:
@@ -130,10 +134,11 @@ class Runner:
             batch = pairs.make_batch([example], self.batch_size, self.tok, self.cfg, S)
             inputs = model_inputs(batch)
             judge_with_verdicts(self.model, self.tok, batch, max_new_tokens=self.judge.max_new_tokens,
-                                constrained=self.judge.constrained, field=self.judge.field)
-            for k in _verdict_buckets(self.judge.max_new_tokens):
-                fake = verdict.VerdictSite(prefix=(int(self.tok.special_ids["pad"]),) * k, candidates=site.candidates)
-                verdict.candidate_logprobs(self.model, inputs, [fake] + [None] * (self.batch_size - 1))
+                                constrained=self.judge.constrained, field=self.judge.field,
+                                verdict_min_prefix=self.judge.verdict_min_prefix)
+            fake = verdict.VerdictSite(prefix=(int(self.tok.special_ids["pad"]),), candidates=site.candidates)
+            verdict.candidate_logprobs(self.model, inputs, [fake] + [None] * (self.batch_size - 1),
+                                       min_prefix=self.judge.verdict_min_prefix)
             reward.forced_verdicts(self.model, self.tok, batch, 1, self.judge.field)
             for n_new in self.chat_lengths:
                 for temperature in (0.0, 1.0):
