@@ -1,9 +1,14 @@
-"""JAX's persistent compilation cache for long-lived processes (`omnirrm serve`).
+"""JAX's persistent compilation cache for servers and training runs.
 
-Why: the server compiles every bucketed shape before it listens, and at the 3B shape on an H100 that took ~140 s
-per prompt length (docs/PERFORMANCE.md). With the cache on disk, a restarted server (same model shapes, same JAX
-and device) reads those programs back instead of compiling them again. Programs are cached however short their
-compile (JAX's default skips those under 1 s, which on a small model is all of them).
+Why: the server compiles every bucketed shape before it listens (at the 3B shape on an H100, ~140 s per prompt
+length), and a 3B GRPO run's first step spent 93 of its 98 s compiling (docs/PERFORMANCE.md). With the cache on
+disk, a restarted server or a resumed run (same model shapes, same JAX and device) reads those programs back
+instead of compiling them again. Programs are cached however short their compile (JAX's default skips those under
+1 s, which on a small model is all of them).
+
+Training runs (`run.compile_cache`, default "auto") use it on GPU and TPU only: there the compiles are long, and on
+CPU they are short while a cached CPU executable is tied to the instruction set of the host that compiled it (a
+home directory shared between machines would hand one host another's code). Name a directory to use it on CPU too.
 """
 
 from __future__ import annotations
@@ -21,15 +26,28 @@ def default_dir() -> str:
     return os.path.join(base, "omnirrm", "jax")
 
 
+def for_run(setting: str | None) -> str | None:
+    """A training run's `compile_cache` -> the directory to use, or None: "auto" is `default_dir()` on GPU / TPU
+    and off on CPU (module docstring), "none" / empty is off, anything else a directory."""
+    if setting == "auto":
+        import jax
+
+        return None if jax.default_backend() == "cpu" else default_dir()
+    return setting or None
+
+
 def enable(path: str | None) -> str | None:
     """Turns the cache on at `path` (made if missing); "none" or empty leaves it off. Returns the dir or None.
-    Call before the first compilation of the process."""
+    Programs compiled before the call are not in it; later ones are (the cache is re-read from the new dir)."""
     if not path or path == "none":
         return None
     import jax
+    from jax.experimental.compilation_cache import compilation_cache as cc
 
     os.makedirs(path, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", path)
+    if jax.config.jax_compilation_cache_dir != path:
+        jax.config.update("jax_compilation_cache_dir", path)
+        cc.reset_cache()  # a process that already compiled has initialised the cache (or its absence) once
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return path

@@ -104,6 +104,9 @@ class RunSpec:
     eval_every: int = 0  # steps between held-out evals on data.eval (+ at the end; GRPO: rollouts); 0 = none
     eval_batches: int | None = None  # batches per evaluation; None = the whole eval set
     eval_max_new_tokens: int = 1024  # greedy judgement length cap for the pairwise accuracy
+    # persistent XLA compilation cache (a resumed run reads its programs back): "auto" = ~/.cache/omnirrm/jax (or
+    # $OMNIRRM_COMPILE_CACHE) on GPU / TPU, off on CPU; "none"; or a directory (`omnirrm_jax.compile_cache`)
+    compile_cache: str = "auto"
 
     def __post_init__(self):
         """Values that used to train the wrong length or crash mid-run (ZeroDivisionError) are refused up front."""

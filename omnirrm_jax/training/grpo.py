@@ -175,7 +175,7 @@ def train(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None = No
         for m in updates:
             guard.update(bool(m["finite"]), n, host)
         record.update({"train/lr": float(lr_fn(max(int(count) - 1, 0))), "train/skipped_nonfinite": guard.total,
-                       "compiles": run.compiles.count})
+                       **run.compiles.metrics()})
         history.append(record)
         if n % cfg.run.log_every == 0 or n == total:
             record.update(data_counts(run.iterator))  # the iterator's state: read when logged, not every rollout

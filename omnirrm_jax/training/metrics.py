@@ -6,6 +6,7 @@ TensorFlow nor the tensorboard package). Only process 0 writes (multi-host runs 
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import time
@@ -45,21 +46,42 @@ class MetricWriter:
 
 
 class CompileCounter:
-    """XLA compilations since start (logged: after warm-up the count must stay flat)."""
+    """XLA programs built since start (logged: after warm-up the count must stay flat), the seconds each took and
+    how many were read from the persistent compilation cache instead of compiled (a resumed run's first step)."""
 
     def __init__(self):
-        self.count = 0
+        self.count, self.cache_hits = 0, 0
+        self.seconds: dict[str, float] = collections.defaultdict(float)  # per jitted function's name
         jax.monitoring.register_event_duration_secs_listener(self._listen)
+        jax.monitoring.register_event_listener(self._hit)
 
     def _listen(self, event, duration, **kw):
-        if event == "/jax/core/compile/backend_compile_duration":
+        if event == "/jax/core/compile/backend_compile_duration":  # compiled or read from the cache
             self.count += 1
+            self.seconds[str(kw.get("fun_name", "?"))] += duration
+
+    def _hit(self, event, **kw):
+        if event == "/jax/compilation_cache/cache_hits":
+            self.cache_hits += 1
+
+    def metrics(self) -> dict:
+        """The logged counters: programs built, seconds building them, how many came from the cache."""
+        return {"compiles": self.count, "compile/seconds": round(sum(self.seconds.values()), 3),
+                "compile/cache_hits": self.cache_hits}
+
+    def summary(self, top: int = 5) -> str:
+        """One line: programs, seconds, cache hits and the slowest functions."""
+        slow = sorted(self.seconds.items(), key=lambda kv: -kv[1])[:top]
+        return (f"{self.count} XLA programs in {sum(self.seconds.values()):.1f} s ({self.cache_hits} read from the "
+                f"compilation cache); slowest: " + ", ".join(f"{k} {v:.1f} s" for k, v in slow))
 
     def close(self):
-        try:
-            jax.monitoring.unregister_event_duration_listener(self._listen)
-        except (AttributeError, ValueError):
-            pass
+        for unregister, fn in ((jax.monitoring.unregister_event_duration_listener, self._listen),
+                               (jax.monitoring.unregister_event_listener, self._hit)):
+            try:
+                unregister(fn)
+            except (AttributeError, ValueError):
+                pass
 
 
 class Throughput:

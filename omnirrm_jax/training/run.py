@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from omnirrm_jax import compile_cache
 from omnirrm_jax.data import pipeline, shards
 from omnirrm_jax.data import tokenizer as tok_lib
 from omnirrm_jax.models import config as model_config
@@ -95,6 +96,7 @@ class Run:
         self.ckpt.close()
         self.writer.close()
         if self.compiles is not None:
+            log.info("compiles: %s", self.compiles.summary())
             self.compiles.close()
 
 
@@ -114,6 +116,9 @@ def setup(cfg, *, mode: str, schedule: Callable[[int, pipeline.PipelineConfig], 
     """
     run = cfg.run
     preflight.check_run(cfg, mode)  # before anything is written
+    cache_dir = compile_cache.enable(compile_cache.for_run(run.compile_cache))  # before the first compile
+    if cache_dir:
+        log.info("persistent compilation cache: %s", cache_dir)
     # ---- mesh -------------------------------------------------------------------------------------
     mesh = S.make_mesh(cfg.mesh)
     pcfg = config_lib.pipeline_config(cfg.data.pipeline, mode)

@@ -125,7 +125,7 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
             tps = throughput.rate()  # None: every step of the window compiled (or ended the run)
             last = {"train/loss": float(np.mean(window_losses)), "train/grad_norm": float(m_p["grad_norm"]),
                     "train/lr": float(lr_fn(int(step_p))), "train/skipped_nonfinite": guard.total,
-                    "compiles": run.compiles.count, **data_counts(run.iterator)}
+                    **run.compiles.metrics(), **data_counts(run.iterator)}
             if tps is not None:
                 last["train/tokens_per_s"] = tps
                 if peak:

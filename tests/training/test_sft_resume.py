@@ -43,3 +43,40 @@ def test_resume_is_bitwise_exact(prepared, tmp_path):
     with open(tmp_path / "full" / "metrics.jsonl") as f:
         counts = [r["compiles"] for r in map(json.loads, f) if "compiles" in r]
     assert len(counts) == 3 and counts[0] == counts[-1] > 0, counts
+
+
+@pytest.fixture
+def restore_compile_cache():
+    """The persistent-cache settings are process-wide: put them back for the tests that follow."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes")
+    saved = {k: getattr(jax.config, k) for k in keys}
+    yield
+    for k, v in saved.items():
+        jax.config.update(k, v)
+    cc.reset_cache()
+
+
+@pytest.mark.slow
+def test_resumed_run_reads_its_programs_from_the_compile_cache(prepared, tmp_path, restore_compile_cache):
+    """run.compile_cache: the first run writes its programs, the resumed one (in-memory caches dropped, as in a new
+    process) reads them back instead of compiling; the counts are logged."""
+    import json
+
+    cfg = _cfg(prepared, tmp_path / "run")
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, compile_cache=str(tmp_path / "xla")))
+    jax.clear_caches()  # programs earlier tests left in memory would not be compiled, so not written
+    sft.train(cfg, progress=False, stop_after=2)
+    assert os.listdir(tmp_path / "xla")
+    jax.clear_caches()
+    sft.train(cfg, progress=False)
+    with open(tmp_path / "run" / "metrics.jsonl") as f:
+        rows = [r for r in map(json.loads, f) if "compiles" in r]
+    first, resumed = rows[0], rows[-1]
+    assert first["step"] == 2 and first["compile/cache_hits"] == 0 and first["compiles"] > 0
+    assert resumed["step"] == 6 and resumed["compile/cache_hits"] > 0 and resumed["compile/seconds"] > 0
+    # every program the resumed run built came from the cache, in a fraction of the first run's compile time
+    assert resumed["compile/cache_hits"] == resumed["compiles"]
+    assert resumed["compile/seconds"] < first["compile/seconds"] / 3
