@@ -2,7 +2,8 @@
 
 One code path serves training (no cache), prefill (cache written from slot 0) and one-token decode
 steps (cache written at `cache_index`): keys always come from the tokens seen so far, and a boolean
-mask combines causality with the per-row padding mask, so left-padded batches decode correctly. The caches
+mask combines causality with the per-row padding mask, so left-padded batches decode correctly. Packed training
+rows (several examples per row, `segment_ids`) attend causally within their own segment. The caches
 themselves live in `decoding.cache` (a copy per row, or the prompt's keys/values once for its G samples); the
 decoder only calls the methods `DecodeCache` names, so each cache writes and attends in its own layout.
 """
