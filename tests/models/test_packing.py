@@ -129,3 +129,21 @@ def test_backends_get_the_causal_segment_mask(monkeypatch):
     for mask, is_causal in seen:
         assert not is_causal
         np.testing.assert_array_equal(mask[0], want)
+
+
+def test_repadded_packed_batch_keeps_logits_and_loss():
+    """Several hosts agree on one bucket by growing packed batches (`pad_batch`, left padding of segment 0)."""
+    cfg = C.tiny(attention_backend="xla")
+    model = Thinker(cfg, rngs=nnx.Rngs(0))
+    _, rows = _examples(cfg, with_image=True)
+    b = _packed(cfg, rows, 48)
+    sig = E.batch_signature(b)
+    grown = E.pad_batch(b, (64,) + sig[1:], pad_id=0)
+    assert grown["segment_ids"].shape == grown["example_index"].shape == (2, 64)
+    np.testing.assert_array_equal(grown["example_index"][:, :48], b["example_index"])
+    logits, loss, n = _run(model, b)
+    logits_g, loss_g, n_g = _run(model, grown)
+    assert n == n_g
+    np.testing.assert_allclose(loss_g, loss, rtol=1e-6, atol=1e-6)
+    real = b["segment_ids"] > 0
+    np.testing.assert_allclose(logits_g[:, 16:][real], logits[real], rtol=1e-6, atol=1e-6)
