@@ -34,7 +34,8 @@ def test_pack_is_an_sft_pipeline_setting_without_a_loss_window():
     from omnirrm_jax.training import plan
     from omnirrm_jax.training.grpo_config import GRPOConfig
 
-    over = ["data.pipeline.pack=true", "data.pipeline.max_target_length=256", "data.pipeline.seq_buckets=[1024,2048]"]
+    over = ["data.pipeline.pack=true", "data.pipeline.max_target_length=256", "data.pipeline.seq_buckets=[1024,2048]",
+            "run.max_steps=10"]
     cfg = config_lib.load_config(None, over)
     assert config_lib.pipeline_config(cfg.data.pipeline).pack
     w = plan.workload(cfg)
