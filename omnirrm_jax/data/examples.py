@@ -218,7 +218,15 @@ def collate(examples: Sequence[dict], *, batch_size: int, seq_len: int, media: S
             out["loss_mask"][i, S - n:] = ex["loss_mask"]
         else:
             out["gold_better"][i], out["gold_score_A"][i], out["gold_score_B"][i] = ex["gold"]
+    out.update(collate_media(examples, media=media, patch_dim=patch_dim, n_mels=n_mels, alloc=alloc))
+    return out
 
+
+def collate_media(examples: Sequence[dict], *, media: Sequence[int], patch_dim: int, n_mels: int = R.N_MELS,
+                  alloc=np.zeros) -> dict[str, Any]:
+    """The media of `examples`, concatenated in their order (the order the thinker's scatter reads placeholders)
+    into arrays of the bucket `media`; grids and audio ride along under "_"-keys for `finalize`."""
+    out: dict[str, Any] = {}
     for key, n in (("pixel_values", media[0]), ("pixel_values_videos", media[1])):
         out[key], row = alloc((n, patch_dim), np.float32), 0
         for x in (ex[key] for ex in examples if ex[key] is not None):
@@ -262,11 +270,14 @@ def pad_batch(batch: dict[str, Any], signature: Sequence[int], pad_id: int) -> d
     if any(a < b for a, b in zip(signature, batch_signature(batch))):
         raise ValueError(f"cannot shrink batch {batch_signature(batch)} to {tuple(signature)}")
     out, extra = dict(batch), S - batch["input_ids"].shape[1]
-    fill = {"input_ids": pad_id, "attention_mask": 0, "loss_mask": 0, "position_ids": 1}
+    fill = {"input_ids": pad_id, "attention_mask": 0, "loss_mask": 0, "position_ids": 1, "segment_ids": 0}
     for k, v in fill.items():
         if k in batch:
             x = batch[k]
             out[k] = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(extra, 0)], constant_values=v)
+    if "segment_ids" in batch:  # packed: per-segment columns (`data.packing`), grown at the end
+        for k in ("example_index", "modality"):
+            out[k] = np.pad(batch[k], [(0, 0), (0, extra)], constant_values=-1)
 
     def grow(x, n, v=0):
         return np.pad(x, [(0, n - len(x))] + [(0, 0)] * (x.ndim - 1), constant_values=v)

@@ -30,8 +30,15 @@ global batch (`_BlockShard`: rows [p*b, (p+1)*b) of every B = P*b consecutive el
 and, as long as no record is skipped and no batch closes early on the media budget (group_window 1), the global
 batch is row for row the one a single process would build: a 2-host run trains on the same batches as a 1-host one.
 
-Packing several short samples per row is not offered: `Thinker.forward` takes a padding mask, not segment ids,
-so packed samples would attend to each other.
+Packing (SFT, `pack=True`; `data.packing`): the window becomes a buffer of `pack_buffer` examples (seeded-shuffled
+per window), packed first-fit into rows of max(seq_buckets) tokens, B rows per batch within the largest media
+bucket; rows carry `segment_ids` and per-segment positions, so each example attends only to itself and keeps its own
+TMRoPE ids. A batch takes the smallest seq bucket that holds its fullest row and the first media bucket that holds
+its media, so the shapes are those of `batch_shapes`. Over-length and over-media examples are skipped before
+packing with the usual reasons. The last batch of a window may have unfilled rows (a larger buffer wastes less);
+the loss is the same token mean over the batch's targets as unpacked (`data.packing`). Without `pack` nothing
+changes. The SFT step then scores every position (no `max_target_length` window: targets sit mid-row), and
+`run.num_epochs` still counts batch_size examples per batch, so a packed run is best sized by `run.max_steps`.
 """
 from __future__ import annotations
 
@@ -45,6 +52,7 @@ import grain
 import numpy as np
 
 from omnirrm_jax.data import examples as E
+from omnirrm_jax.data import packing as P
 from omnirrm_jax.data import records as R
 from omnirrm_jax.data.tokenizer import Tokenizer
 from omnirrm_jax.errors import UserError
@@ -67,6 +75,8 @@ class PipelineConfig:
     max_target_length (SFT): judgements (with their end token) longer than this are skipped as "target_too_long",
     and the SFT step scores only each row's last max_target_length positions, so its output head (152k columns)
     runs on those alone instead of on the whole prompt. None: the whole row.
+    pack (SFT only): several examples per row with segment ids, first-fit from a buffer of pack_buffer examples
+    (module docstring, `data.packing`).
     """
 
     mode: str = "sft"
@@ -87,6 +97,8 @@ class PipelineConfig:
     prompt_style: str = "reference"
     system: str | None = None
     drop_remainder: bool = True
+    pack: bool = False
+    pack_buffer: int = 256
 
     def __post_init__(self):
         problems = []
@@ -107,6 +119,10 @@ class PipelineConfig:
             problems.append(f"max_target_length {self.max_target_length} must be in (0, {self.length_limit}]")
         if self.batch_size < 1 or self.group_window < 1 or self.worker_count < 0 or self.read_threads < 1:
             problems.append("batch_size, group_window, read_threads must be >= 1 and worker_count >= 0")
+        if self.pack and self.mode != "sft":
+            problems.append(f"pack is for SFT batches, not mode {self.mode!r}")
+        if self.pack_buffer < 1:
+            problems.append(f"pack_buffer {self.pack_buffer} must be >= 1")
         if not 0 <= self.max_skip_ratio <= 1:
             problems.append(f"max_skip_ratio {self.max_skip_ratio} is not in [0, 1]")
         if problems:
@@ -206,7 +222,8 @@ class _BucketBatchIterator(grain.DatasetIterator):
     def _read_window(self) -> None:
         cfg, B = self._cfg, self._B
         exs, seen, skips, first = [], 0, collections.Counter(), {}
-        while len(exs) < B * cfg.group_window:
+        want = cfg.pack_buffer if cfg.pack else B * cfg.group_window
+        while len(exs) < want:
             try:
                 x = next(self._parent)
             except StopIteration:
@@ -220,7 +237,32 @@ class _BucketBatchIterator(grain.DatasetIterator):
                     raise SkipRatioError(f"the last {seen} records were all skipped: {dict(skips)}; e.g. {first}")
             else:
                 exs.append(x)
-        exhausted = len(exs) < B * cfg.group_window
+        exhausted = len(exs) < want
+        if cfg.pack:
+            groups = self._packed_groups(exs, exhausted)
+        else:
+            groups = self._groups_of(exs, exhausted)
+        if not groups and seen:  # nothing to batch (all skipped or dropped): still report the counts
+            groups = [None]
+        self._groups, self._next_start = groups, self._parent.get_state()
+        self._skips = {"seen": seen, "skipped": dict(skips), "first": first}
+
+    def _packed_groups(self, exs: list, exhausted: bool) -> list:
+        """Batches of rows of examples (`packing.first_fit` over the seeded-shuffled buffer)."""
+        cfg, B = self._cfg, self._B
+        if cfg.shuffle_seed is not None and len(exs) > 1:
+            rng = np.random.default_rng([cfg.shuffle_seed, self._window])
+            exs = [exs[i] for i in rng.permutation(len(exs))]
+        batches = P.first_fit([e["cost"][0] for e in exs], [e["cost"][1:] for e in exs],
+                              row_len=max(cfg.seq_buckets), batch_size=B, max_media=cfg.max_media)
+        groups = [[[exs[i] for i in row] for row in rows] for rows in batches]
+        if exhausted and cfg.drop_remainder:
+            groups = [g for g in groups if len(g) == B]
+        return groups
+
+    def _groups_of(self, exs: list, exhausted: bool) -> list:
+        """Batches of examples: greedy in (length-sorted, with group_window > 1) order under the media budget."""
+        cfg, B = self._cfg, self._B
         if cfg.group_window > 1:
             exs.sort(key=lambda e: e["cost"][0])
         groups, cur, used = [], [], np.zeros(4, np.int64)
@@ -238,10 +280,7 @@ class _BucketBatchIterator(grain.DatasetIterator):
         if cfg.group_window > 1 and len(groups) > 1:
             rng = np.random.default_rng([cfg.shuffle_seed or 0, self._window])
             groups = [groups[i] for i in rng.permutation(len(groups))]
-        if not groups and seen:  # nothing to batch (all skipped or dropped): still report the counts
-            groups = [None]
-        self._groups, self._next_start = groups, self._parent.get_state()
-        self._skips = {"seen": seen, "skipped": dict(skips), "first": first}
+        return groups
 
     def __next__(self):
         while True:
@@ -257,10 +296,18 @@ class _BucketBatchIterator(grain.DatasetIterator):
         if group is None:
             return {"_stats": self._skips}
         cfg = self._cfg
-        seq = cfg.seq_buckets[E.bucket_for(max(e["cost"][0] for e in group), cfg.seq_buckets)]
-        media = cfg.media_buckets[E.media_bucket_for(np.sum([e["cost"][1:] for e in group], 0), cfg.media_buckets)]
-        batch = E.collate(group, batch_size=self._B, seq_len=seq, media=media, pad_id=self._pad_id, mode=cfg.mode,
-                          patch_dim=self._patch_dim, alloc=self._alloc)
+        if cfg.pack:
+            seq = cfg.seq_buckets[E.bucket_for(max(sum(e["cost"][0] for e in row) for row in group), cfg.seq_buckets)]
+            media = cfg.media_buckets[E.media_bucket_for(np.sum([e["cost"][1:] for row in group for e in row], 0),
+                                                         cfg.media_buckets)]
+            batch = P.collate_packed(group, batch_size=self._B, seq_len=seq, media=media, pad_id=self._pad_id,
+                                     patch_dim=self._patch_dim, alloc=self._alloc)
+        else:
+            seq = cfg.seq_buckets[E.bucket_for(max(e["cost"][0] for e in group), cfg.seq_buckets)]
+            media = cfg.media_buckets[E.media_bucket_for(np.sum([e["cost"][1:] for e in group], 0),
+                                                         cfg.media_buckets)]
+            batch = E.collate(group, batch_size=self._B, seq_len=seq, media=media, pad_id=self._pad_id,
+                              mode=cfg.mode, patch_dim=self._patch_dim, alloc=self._alloc)
         empty = {"seen": 0, "skipped": {}, "first": {}}
         batch["_stats"] = self._skips if self._emitted == 1 else empty
         return batch
@@ -417,8 +464,13 @@ def batch_shapes(cfg: PipelineConfig, thinker: ThinkerConfig, local_batch: int |
     out, B = [], local_batch or cfg.batch_size
     for S in cfg.seq_buckets:
         for media in cfg.media_buckets:
-            b = E.finalize(E.collate([], batch_size=B, seq_len=S, media=media, pad_id=0, mode=cfg.mode,
-                                     patch_dim=thinker.vision.patch_dim), thinker)
+            if cfg.pack:
+                pre = P.collate_packed([], batch_size=B, seq_len=S, media=media, pad_id=0,
+                                       patch_dim=thinker.vision.patch_dim)
+            else:
+                pre = E.collate([], batch_size=B, seq_len=S, media=media, pad_id=0, mode=cfg.mode,
+                                patch_dim=thinker.vision.patch_dim)
+            b = E.finalize(pre, thinker)
             out.append(_tree_map(lambda x: (tuple(x.shape), str(x.dtype)), b))
     return out
 

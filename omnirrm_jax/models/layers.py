@@ -350,7 +350,11 @@ def _constrain_qkv(q, k, v):
 def attention(q_BTNH: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array, *, mask_BTS: jax.Array | None = None,
               is_causal: bool = False, scale: float, backend: str = "auto") -> jax.Array:
     """Multi-head attention with grouped kv heads. `mask_BTS` is True where a query may see a key;
-    `is_causal` aligns the causal diagonal to the end of the keys (cached decoding)."""
+    `is_causal` aligns the causal diagonal to the end of the keys (cached decoding).
+
+    Packed SFT rows (`text.TextModel` with segment ids) pass the causal-and-same-segment mask here. cuDNN takes it
+    as JAX's cuDNN path takes any mask, as a dense (B, 1, T, S) bias; its native packed layout (per-segment
+    `q_seqlen`/`q_offsets`, no bias) would avoid that bias and is not wired in (it needs a GPU to validate)."""
     name = resolve_backend(backend, q_BTNH.dtype)
     q_BTNH, k_BSKH, v_BSKH = _constrain_qkv(q_BTNH, k_BSKH, v_BSKH)
     return _BACKENDS[name](q_BTNH, k_BSKH, v_BSKH, mask=mask_BTS, is_causal=is_causal, scale=scale)

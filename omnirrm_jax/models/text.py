@@ -2,7 +2,8 @@
 
 One code path serves training (no cache), prefill (cache written from slot 0) and one-token decode
 steps (cache written at `cache_index`): keys always come from the tokens seen so far, and a boolean
-mask combines causality with the per-row padding mask, so left-padded batches decode correctly. The caches
+mask combines causality with the per-row padding mask, so left-padded batches decode correctly. Packed training
+rows (several examples per row, `segment_ids`) attend causally within their own segment. The caches
 themselves live in `decoding.cache` (a copy per row, or the prompt's keys/values once for its G samples); the
 decoder only calls the methods `DecodeCache` names, so each cache writes and attends in its own layout.
 """
@@ -85,7 +86,7 @@ class Attention(nnx.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = t.num_heads, t.num_kv_heads, t.head_dim
         self.backend = cfg.attention_backend
 
-    def __call__(self, x_BTD, cos_BTH, sin_BTH, mask_BS, layer_cache=None, cache_index=None):
+    def __call__(self, x_BTD, cos_BTH, sin_BTH, segment_BT, layer_cache=None, cache_index=None):
         B, T, _ = x_BTD.shape
         q = self.q_proj(x_BTD).reshape(B, T, self.num_heads, self.head_dim)
         k = self.k_proj(x_BTD).reshape(B, T, self.num_kv_heads, self.head_dim)
@@ -96,11 +97,11 @@ class Attention(nnx.Module):
                                                   attention_backend=self.backend)
             return self.o_proj(out.reshape(B, T, -1)), layer_cache
         is_causal = False
-        if mask_BS is None:  # rows compacted by TextModel: causality is the whole mask
+        if segment_BT is None:  # rows compacted by TextModel: causality is the whole mask
             mask_BTS, is_causal = None, True
-        else:
+        else:  # packed rows: causal within each segment (padding, segment 0, sees earlier padding only)
             causal_TS = jnp.tril(jnp.ones((T, T), bool))
-            mask_BTS = causal_TS[None] & mask_BS[:, None, :]
+            mask_BTS = causal_TS[None] & (segment_BT[:, :, None] == segment_BT[:, None, :])
         out = L.attention(q, k, v, mask_BTS=mask_BTS, is_causal=is_causal, scale=self.head_dim ** -0.5,
                           backend=self.backend)
         return self.o_proj(out.reshape(B, T, -1)), None
@@ -126,8 +127,8 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = L.RMSNorm(cfg.text.hidden_size, eps=eps, param_dtype=cfg.param_dtype)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x, cos, sin, mask_BS, layer_cache=None, cache_index=None):
-        h, layer_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask_BS, layer_cache, cache_index)
+    def __call__(self, x, cos, sin, segment_BT, layer_cache=None, cache_index=None):
+        h, layer_cache = self.self_attn(self.input_layernorm(x), cos, sin, segment_BT, layer_cache, cache_index)
         x = x + h
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, layer_cache
@@ -138,18 +139,18 @@ def _take_rows(x_BT_: jax.Array, index_BT: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x_BT_, index_BT.reshape(index_BT.shape + (1,) * (x_BT_.ndim - 2)), axis=1)
 
 
-def _rematerialised(layer: DecoderLayer, policy: str, x, cos, sin, mask_BS, layer_cache=None, cache_index=None):
+def _rematerialised(layer: DecoderLayer, policy: str, x, cos, sin, segment_BT, layer_cache=None, cache_index=None):
     """One decoder layer under `jax.checkpoint`: its activations are recomputed in the backward pass instead
     of kept ("full"), or all but the projection matmuls are ("dots"). Training only (GRPO's teacher-forced
     pass differentiates through a cache too). The layer's state is an explicit argument so gradients flow to
     it (LoRA too). Returns (x, layer_cache)."""
     graphdef, state = nnx.split(layer)
 
-    def run(state, x, cos, sin, mask_BS, layer_cache, cache_index):
-        return nnx.merge(graphdef, state)(x, cos, sin, mask_BS, layer_cache, cache_index)
+    def run(state, x, cos, sin, segment_BT, layer_cache, cache_index):
+        return nnx.merge(graphdef, state)(x, cos, sin, segment_BT, layer_cache, cache_index)
 
     saveable = None if policy == "full" else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
-    return jax.checkpoint(run, policy=saveable)(state, x, cos, sin, mask_BS, layer_cache, cache_index)
+    return jax.checkpoint(run, policy=saveable)(state, x, cos, sin, segment_BT, layer_cache, cache_index)
 
 
 class TextModel(nnx.Module):
@@ -167,14 +168,16 @@ class TextModel(nnx.Module):
 
     def __call__(self, inputs_embeds_BTD: jax.Array, positions_3BT: jax.Array, attention_mask_BT: jax.Array | None = None,
                  cache: DecodeCache | None = None, cache_index: jax.Array | int | None = None,
-                 output_hidden_states: bool = False):
+                 output_hidden_states: bool = False, segment_ids_BT: jax.Array | None = None):
         """Runs the decoder.
 
         Args:
           inputs_embeds_BTD: token embeddings with multimodal rows already merged.
           positions_3BT: mRoPE position ids (temporal, height, width).
           attention_mask_BT: 1 for real tokens, 0 for padding (no cache); ignored with a cache, which already
-            knows which slots are padding.
+            knows which slots are padding, and with `segment_ids_BT`, whose 0 marks padding.
+          segment_ids_BT: packed rows (no cache): 1..k the examples of a row, 0 padding. A token attends only to
+            earlier tokens of its own segment; positions must already restart per segment (`data.packing`).
           cache: a `DecodeCache` (`decoding.cache`): a `KVCache` takes the T new tokens at slots
             [cache_index, cache_index + T), a `SharedPrefixCache` one token per row at generated position
             `cache_index`.
@@ -186,8 +189,13 @@ class TextModel(nnx.Module):
         head_dim, theta, section = self.rope
         cos, sin = mrope_cos_sin(positions_3BT, head_dim=head_dim, theta=theta, section=section, dtype=self.dtype)
         back_BT = None
-        mask_BS = None
-        if cache is None:
+        segment_BT = None
+        if segment_ids_BT is not None:
+            if cache is not None:
+                raise ValueError("segment_ids are for packed training rows; a decode cache takes unpacked rows")
+            # No compaction: segments interleave real tokens, so attention takes the (B, T, T) segment mask instead.
+            segment_BT = jnp.asarray(segment_ids_BT, jnp.int32)
+        elif cache is None:
             # Each row's real tokens move to the front (order kept) and padding to the end, so every real query
             # sees exactly the keys the padding mask allows under a plain causal mask: attention runs as a
             # causal flash kernel with no (B, T, T) mask. Position ids travel with their tokens; undone below.
@@ -203,9 +211,10 @@ class TextModel(nnx.Module):
                 hidden.append(x if back_BT is None else _take_rows(x, back_BT))
             layer_cache = None if cache is None else cache.layer(i)
             if self.remat != "none" and T > 1:  # a one-token decode step is never differentiated
-                x, layer_cache = _rematerialised(layer, self.remat, x, cos, sin, mask_BS, layer_cache, cache_index)
+                x, layer_cache = _rematerialised(layer, self.remat, x, cos, sin, segment_BT, layer_cache,
+                                                cache_index)
             else:
-                x, layer_cache = layer(x, cos, sin, mask_BS, layer_cache, cache_index)
+                x, layer_cache = layer(x, cos, sin, segment_BT, layer_cache, cache_index)
             new_layers.append(layer_cache)
         if back_BT is not None:
             x = _take_rows(x, back_BT)

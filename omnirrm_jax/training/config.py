@@ -132,6 +132,9 @@ class SFTConfig:
     run: RunSpec = RunSpec()
 
     def __post_init__(self):
+        if self.data.pipeline.get("pack") and not self.run.max_steps:
+            raise ConfigError("data.pipeline.pack needs run.max_steps: a packed batch holds a varying number of "
+                              "examples, so run.num_epochs cannot be turned into a number of steps")
         if self.run.eval_every and not self.data.eval:
             raise ConfigError(f"run.eval_every={self.run.eval_every} needs data.eval shards (none given)")
 

@@ -43,8 +43,9 @@ class HeldOutEval:
     def __init__(self, spec: EvalSpec, tok, thinker_cfg, pcfg, mesh, graphdef):
         self.spec, self.tok, self.thinker_cfg, self.mesh, self.graphdef = spec, tok, thinker_cfg, mesh, graphdef
         # Finite, unshuffled, every row kept, and skips allowed: the other kind's records are skipped on purpose.
+        # Unpacked: GRPO-mode batches (pairwise accuracy) are never packed, and the eval loss is the same either way.
         self.pcfg = dataclasses.replace(pcfg, num_epochs=1, shuffle_seed=None, drop_remainder=False,
-                                        max_skip_ratio=1.0, worker_count=0)
+                                        max_skip_ratio=1.0, worker_count=0, pack=False)
         self._loss = jax.jit(S.traced_on(mesh, functools.partial(_loss_sums, graphdef,
                                                                    window=pcfg.max_target_length)))
 

@@ -91,3 +91,6 @@ class GRPOConfig:
         if self.data.pipeline.get("max_target_length") is not None:
             raise ConfigError("data.pipeline.max_target_length limits SFT judgements; GRPO bounds its completions with "
                               "grpo.max_completion_length")
+        if self.data.pipeline.get("pack"):
+            raise ConfigError("data.pipeline.pack is for SFT batches (several judgements per row); GRPO rows are "
+                              "prompts that are decoded, never packed")

@@ -78,7 +78,8 @@ class NonFiniteGuard:
             return
         self.in_a_row += 1
         self.total += 1
-        ids = np.asarray(batch.get("example_index", [])).tolist()
+        ids = np.asarray(batch.get("example_index", []))
+        ids = ids[ids >= 0].tolist() if ids.ndim == 2 else ids.tolist()  # packed: (B, segments), -1 past the last
         log.warning("non-finite loss/gradient at step %d (examples %s): update skipped", step, ids)
         if self.in_a_row >= self.limit:
             raise FloatingPointError(f"{self.in_a_row} consecutive non-finite updates; last at step {step}, "

@@ -132,11 +132,12 @@ def thinker_config(cfg, preset: str | None = None):
 
 def workload(cfg) -> Workload:
     pcfg = config_lib.pipeline_config(cfg.data.pipeline)
-    seq = pcfg.length_limit if pcfg.max_length else max(pcfg.seq_buckets)
+    seq = pcfg.length_limit if pcfg.max_length and not pcfg.pack else max(pcfg.seq_buckets)  # packed: full rows
     seq = min(b for b in pcfg.seq_buckets if b >= seq)
     grpo = getattr(cfg, "grpo", None)
-    if grpo is None:
-        return Workload("sft", pcfg.batch_size, seq, head_positions=min(pcfg.max_target_length or seq, seq))
+    if grpo is None:  # packed rows put targets mid-row: the head runs on every position
+        head = seq if pcfg.pack else min(pcfg.max_target_length or seq, seq)
+        return Workload("sft", pcfg.batch_size, seq, head_positions=head)
     G = grpo.num_generations
     rows = pcfg.batch_size * G
     total = seq + grpo.max_completion_length

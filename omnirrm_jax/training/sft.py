@@ -102,7 +102,9 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
     run = run_lib.setup(cfg, mode="sft", schedule=schedule(cfg), progress=progress,
                         start_of=lambda meta: int(meta["micro_step"]))
     pcfg, thinker_cfg, total = run.pcfg, run.thinker_cfg, run.schedule.total
-    step_fn = jit_sft_step(run.state, run.tx, run.shardings, loss_window=pcfg.max_target_length)
+    # Packed rows hold targets mid-row, so the loss window (the last max_target_length positions) is off with pack.
+    loss_window = None if pcfg.pack else pcfg.max_target_length
+    step_fn = jit_sft_step(run.state, run.tx, run.shardings, loss_window=loss_window)
     guard = NonFiniteGuard(cfg.run.max_consecutive_nonfinite)
     peak = peak_flops_per_device()
     lr_fn = run.lr_fn
@@ -117,7 +119,7 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
         nonlocal last
         guard.update(bool(m_p["finite"]), micro_p, host_p)
         if int(m_p.get("targets_outside_window", 0)):
-            raise loss_window_error(host_p, pcfg.max_target_length, micro_p, int(m_p["targets_outside_window"]))
+            raise loss_window_error(host_p, loss_window, micro_p, int(m_p["targets_outside_window"]))
         window_losses.append(float(m_p["loss"]))
         # global metrics are replicated: every process can read them
         throughput.step(int(m_p["tokens"]), dispatched_next=dispatched_next)
@@ -130,7 +132,7 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
                 last["train/tokens_per_s"] = tps
                 if peak:
                     fpt = flops_per_token(thinker_cfg, int(np.shape(host_p["input_ids"])[1]),
-                                          full_finetune=cfg.model.full_finetune, loss_window=pcfg.max_target_length)
+                                          full_finetune=cfg.model.full_finetune, loss_window=loss_window)
                     last["train/mfu"] = fpt * tps / (peak * jax.device_count())
             run.writer.write(micro_p, last)
             if progress and is_main():

@@ -111,3 +111,12 @@ def test_out_of_range_values_are_config_errors_naming_the_key(override, message)
     save_every=0 and lora.rank=0 crashed mid-run with ZeroDivisionError."""
     with pytest.raises(C.ConfigError, match=message):
         C.load_config(None, [override])
+
+
+def test_packed_sft_needs_max_steps():
+    """A packed batch holds a varying number of examples: num_epochs cannot size the run."""
+    from omnirrm_jax.training.config import ConfigError, DataSpec, RunSpec, SFTConfig
+
+    with pytest.raises(ConfigError, match="pack needs run.max_steps"):
+        SFTConfig(data=DataSpec(pipeline={"pack": True}))
+    assert SFTConfig(data=DataSpec(pipeline={"pack": True}), run=RunSpec(max_steps=10)).run.max_steps == 10
