@@ -38,7 +38,8 @@ its media, so the shapes are those of `batch_shapes`. Over-length and over-media
 packing with the usual reasons. The last batch of a window may have unfilled rows (a larger buffer wastes less);
 the loss is the same token mean over the batch's targets as unpacked (`data.packing`). Without `pack` nothing
 changes. The SFT step then scores every position (no `max_target_length` window: targets sit mid-row), and
-`run.num_epochs` still counts batch_size examples per batch, so a packed run is best sized by `run.max_steps`.
+a packed batch holds a varying number of examples, so an SFT config with pack must size the run by `run.max_steps`
+(`training.config.SFTConfig` refuses run.num_epochs alone).
 """
 from __future__ import annotations
 
