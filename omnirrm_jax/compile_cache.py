@@ -51,3 +51,38 @@ def enable(path: str | None) -> str | None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return path
+
+
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # every program built: compiled or read from the cache
+CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
+
+
+class CompileListener:
+    """Calls `on_compile(fun_name, seconds)` for every XLA program the process builds (compiled, or read from the
+    persistent cache) and `on_hit()` for each one read from the cache, until `close()`: the one place that knows
+    JAX's monitoring event names (the trainer's counters and the server's /metrics both listen)."""
+
+    def __init__(self, on_compile, on_hit=None):
+        import jax
+
+        self._on_compile, self._on_hit = on_compile, on_hit
+        jax.monitoring.register_event_duration_secs_listener(self._duration)
+        jax.monitoring.register_event_listener(self._event)
+
+    def _duration(self, event: str, duration: float, **kw) -> None:
+        if event == COMPILE_EVENT:
+            self._on_compile(str(kw.get("fun_name", "?")), duration)
+
+    def _event(self, event: str, **kw) -> None:
+        if event == CACHE_HIT_EVENT and self._on_hit is not None:
+            self._on_hit()
+
+    def close(self) -> None:
+        import jax
+
+        for unregister, fn in ((jax.monitoring.unregister_event_duration_listener, self._duration),
+                               (jax.monitoring.unregister_event_listener, self._event)):
+            try:
+                unregister(fn)
+            except (AttributeError, ValueError):  # an older JAX without unregistering, or already removed
+                pass

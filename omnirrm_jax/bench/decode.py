@@ -61,7 +61,7 @@ def _init_model(cfg, make=None):
 
 
 def bench_ours(cfg, batch: int, prompt: int, new: int, repeats: int = 2, samples: int = 1, model=None,
-               profile_dir: str | None = None, sample: bool = False) -> dict:
+               profile_dir: str | None = None, draw: str = "greedy") -> dict:
     """End to end (`generate`) and its two programs alone: `prefill` (towers + prompts) and `decode` (the
     sampling loop, what the bandwidth floor bounds). Each is compiled once, then timed best of `repeats`.
     With `profile_dir`, one more `decode` runs under the profiler; its kernel summary is returned as "profile"."""
@@ -73,8 +73,10 @@ def bench_ours(cfg, batch: int, prompt: int, new: int, repeats: int = 2, samples
     model = _init_model(cfg) if model is None else model
     ids = np.random.default_rng(0).integers(1, min(cfg.text.vocab_size - 20, 20000), (batch, prompt))
     inputs = prepare_inputs(cfg, ids)
-    # greedy, or GRPO's rollout draw (SamplingConfig's defaults: temperature 1, top-k 50, top-p 0.95)
-    sampling = SamplingConfig(max_new_tokens=new, greedy=not sample, stop_token_ids=(), num_samples=samples)
+    # greedy, or GRPO's rollout draw (SamplingConfig's defaults: temperature 1, top-k 50, top-p 0.95) among the
+    # top-k candidates ("candidates") or over the masked vocabulary ("vocab")
+    sampling = SamplingConfig(max_new_tokens=new, greedy=draw == "greedy", stop_token_ids=(), num_samples=samples,
+                              **({} if draw == "greedy" else {"draw": draw}))
 
     def best(fn):
         times = []
@@ -165,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new", type=int, default=256)
     p.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
     p.add_argument("--sample", action="store_true", help="ours only: sample as GRPO's rollouts do (temperature 1, "
-                   "top-k 50, top-p 0.95) instead of greedy decoding")
+                   "top-k 50, top-p 0.95) instead of greedy decoding (= --draws candidates)")
+    p.add_argument("--draws", default=None, help="comma-separated: greedy, candidates (GRPO's draw among the top-k "
+                   "candidates), vocab (the same draw over the masked vocabulary); each is a row per batch")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per measurement (best is reported)")
     p.add_argument("--json", default=None, help="also write results here")
     p.add_argument("--profile", default=None, metavar="DIR",
@@ -183,19 +187,24 @@ def main(argv: list[str] | None = None) -> int:
     device = jax.devices()[0].device_kind
     bw = _copy_bandwidth_gbs()
     model = _init_model(cfg)
+    draws = (args.draws or ("candidates" if args.sample else "greedy")).split(",")
+    bad = set(draws) - {"greedy", "candidates", "vocab"}
+    if bad:
+        p.error(f"--draws takes greedy, candidates, vocab; got {sorted(bad)}")
     rows = []
-    for spec in args.batch.split(","):
+    for spec, draw in ((s, d) for s in args.batch.split(",") for d in draws):
         b, g = (int(x) for x in spec.split("x")) if "x" in spec else (int(spec), 1)
-        row = {"batch": b, "samples": g, "prompt": args.prompt, "new": args.new, "sampled": args.sample,
-               "ours": bench_ours(cfg, b, args.prompt, args.new, args.repeats, samples=g, model=model,
-                                  profile_dir=args.profile and os.path.join(args.profile, spec), sample=args.sample)}
-        if not args.no_hf and not args.sample and g == 1:
+        prof = args.profile and os.path.join(args.profile, spec + ("" if draw == "greedy" else "-" + draw))
+        row = {"batch": b, "samples": g, "prompt": args.prompt, "new": args.new, "sampled": draw != "greedy",
+               "draw": draw, "ours": bench_ours(cfg, b, args.prompt, args.new, args.repeats, samples=g, model=model,
+                                                profile_dir=prof, draw=draw)}
+        if not args.no_hf and draw == "greedy" and g == 1:
             row["hf"] = bench_hf(cfg, b, args.prompt, args.new, args.repeats)
         row["floor_tokens_per_s"] = floor_tokens_per_s(cfg, b, args.prompt, args.new, bw, samples=g)
         rows.append(row)
         hf = row.get("hf", {}).get("tokens_per_s")
         ours = row["ours"]
-        print(f"[{device}] {args.preset} batch {b}" + (f"x{g} samples" if g > 1 else "")
+        print(f"[{device}] {args.preset} batch {b}" + (f"x{g} samples" if g > 1 else "") + f" {draw}"
               + f" prompt {args.prompt} new {args.new}: ours {ours['tokens_per_s']:.0f} tok/s end to end"
               + (f", HF generate {hf:.0f} tok/s ({ours['tokens_per_s'] / hf:.1f}x)" if hf else "")
               + f"; prefill {ours['prefill_s']:.2f} s; decode alone {ours['decode_tokens_per_s']:.0f} tok/s"

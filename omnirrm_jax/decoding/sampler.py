@@ -31,6 +31,7 @@ import numpy as np
 from flax import nnx, struct
 
 from omnirrm_jax.decoding import cache as cache_lib
+from omnirrm_jax.decoding import top_k_draw
 from omnirrm_jax.models import layers as L
 from omnirrm_jax.models.config import IM_END_ID, PAD_ID
 
@@ -66,6 +67,10 @@ class SamplingConfig:
     shared_prefix_kernel: str = "auto"
     shared_prefix_kernel_max_rows: int = 64
     shared_prefix_kernel_head_dim: int = 128
+    # With top-k on: "candidates" draws among the top-k candidates (`decoding.top_k_draw`: no vocab-wide sort or
+    # noise), "vocab" masks the whole vocabulary and draws from it (`filter_logits`); the same distribution, kept
+    # to compare them (`omnirrm bench decode --sample --draw vocab`).
+    draw: str = "candidates"
 
     def __post_init__(self):
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
@@ -73,6 +78,8 @@ class SamplingConfig:
             raise ValueError(f"shared_prefix must be auto, on or off, got {self.shared_prefix!r}")
         if self.shared_prefix_kernel not in ("auto", "pallas", "xla"):
             raise ValueError(f"shared_prefix_kernel must be auto, pallas or xla, got {self.shared_prefix_kernel!r}")
+        if self.draw not in ("candidates", "vocab"):
+            raise ValueError(f"draw must be candidates or vocab, got {self.draw!r}")
         if self.max_new_tokens < 1 or self.num_samples < 1:
             raise ValueError(f"max_new_tokens ({self.max_new_tokens}) and num_samples ({self.num_samples}) "
                              "must be >= 1")
@@ -162,6 +169,8 @@ def sample_tokens(key: jax.Array, logits_RV: jax.Array, sampling: SamplingConfig
         logits_RV = logits_RV.astype(jnp.float32)
         logp = jax.nn.log_softmax(logits_RV, axis=-1)
         tok = jnp.argmax(logits_RV, axis=-1)  # on the logits, as HF: log-softmax rounding could make ties
+    elif sampling.draw == "candidates" and 0 < sampling.top_k < logits_RV.shape[-1]:
+        return top_k_draw.sample(key, logits_RV, sampling.temperature, sampling.top_k, sampling.top_p)
     else:
         logp = filter_logits(logits_RV, sampling.temperature, sampling.top_k, sampling.top_p)
         tok = jax.random.categorical(key, logp, axis=-1)

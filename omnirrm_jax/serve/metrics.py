@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import threading
 
-import jax
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
-_CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
+from omnirrm_jax.compile_cache import CompileListener
+
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300)
 
 
@@ -39,18 +38,12 @@ class Metrics:
         self.warmup_seconds = Gauge("omnirrm_serve_warmup_seconds", "warm-up compile time", registry=r)
         self._warm = False
         self._lock = threading.Lock()
-        jax.monitoring.register_event_duration_secs_listener(self._on_event)
-        jax.monitoring.register_event_listener(self._on_count)
+        self._listener = CompileListener(self._compiled, self.cache_hits.inc)
 
-    def _on_count(self, event: str, **kw) -> None:
-        if event == _CACHE_HIT_EVENT:
-            self.cache_hits.inc()
-
-    def _on_event(self, event: str, duration: float, **kw) -> None:
-        if event == _COMPILE_EVENT:
-            self.compiles.inc()
-            if self._warm:
-                self.compiles_after.inc()
+    def _compiled(self, fun_name: str, seconds: float) -> None:
+        self.compiles.inc()
+        if self._warm:
+            self.compiles_after.inc()
 
     def warmed_up(self, seconds: float) -> None:
         self.warmup_seconds.set(seconds)
@@ -71,7 +64,7 @@ class Metrics:
         self.errors.labels(reason).inc()
 
     def close(self) -> None:
-        jax.monitoring.unregister_event_duration_listener(self._on_event)
+        self._listener.close()
 
     def text(self) -> bytes:
         return generate_latest(self.registry)

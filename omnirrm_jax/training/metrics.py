@@ -14,6 +14,8 @@ from typing import Callable
 
 import jax
 
+from omnirrm_jax.compile_cache import CompileListener
+
 
 class MetricWriter:
     """Writes scalars to `workdir/metrics.jsonl` and `workdir/tb/events.out.tfevents.*` (process 0 only)."""
@@ -52,17 +54,14 @@ class CompileCounter:
     def __init__(self):
         self.count, self.cache_hits = 0, 0
         self.seconds: dict[str, float] = collections.defaultdict(float)  # per jitted function's name
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-        jax.monitoring.register_event_listener(self._hit)
+        self._listener = CompileListener(self._compiled, self._hit)
 
-    def _listen(self, event, duration, **kw):
-        if event == "/jax/core/compile/backend_compile_duration":  # compiled or read from the cache
-            self.count += 1
-            self.seconds[str(kw.get("fun_name", "?"))] += duration
+    def _compiled(self, fun_name: str, seconds: float) -> None:
+        self.count += 1
+        self.seconds[fun_name] += seconds
 
-    def _hit(self, event, **kw):
-        if event == "/jax/compilation_cache/cache_hits":
-            self.cache_hits += 1
+    def _hit(self) -> None:
+        self.cache_hits += 1
 
     def metrics(self) -> dict:
         """The logged counters: programs built, seconds building them, how many came from the cache."""
@@ -76,12 +75,7 @@ class CompileCounter:
                 f"compilation cache); slowest: " + ", ".join(f"{k} {v:.1f} s" for k, v in slow))
 
     def close(self):
-        for unregister, fn in ((jax.monitoring.unregister_event_duration_listener, self._listen),
-                               (jax.monitoring.unregister_event_listener, self._hit)):
-            try:
-                unregister(fn)
-            except (AttributeError, ValueError):
-                pass
+        self._listener.close()
 
 
 class Throughput:

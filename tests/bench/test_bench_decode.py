@@ -39,3 +39,14 @@ def test_bench_decode_samples_like_grpo(tmp_path):
                        "--json", str(out)])
     (row,) = json.loads(out.read_text())["rows"]
     assert row["sampled"] and "hf" not in row and row["ours"]["generated"] == 2 * 3 * 4
+
+
+def test_bench_decode_compares_draws(tmp_path):
+    out = tmp_path / "decode.json"
+    bench_decode.main(["--preset", "tiny", "--batch", "2x3", "--prompt", "8", "--new", "4", "--no-hf",
+                       "--draws", "greedy,candidates,vocab", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["draw"], r["sampled"]) for r in rows] == [("greedy", False), ("candidates", True), ("vocab", True)]
+    assert all(r["ours"]["generated"] == 2 * 3 * 4 for r in rows)
+    with pytest.raises(SystemExit):
+        bench_decode.main(["--preset", "tiny", "--draws", "fast"])
