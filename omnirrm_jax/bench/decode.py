@@ -19,14 +19,14 @@ import numpy as np
 from omnirrm_jax.cli import Parser
 
 
-def _copy_bandwidth_gbs(repeats: int = 3, iters: int = 10) -> float:
-    """Device-to-device copy bandwidth (bytes read + written) of a 1 GiB buffer, best of `repeats`. The buffer is
-    donated, so no timed iteration allocates (with on-demand allocation, two fresh 1 GiB buffers per run once
-    made this read 5x low)."""
+def _copy_bandwidth_gbs(repeats: int = 3, iters: int = 10, mib: int = 1024) -> float:
+    """Device-to-device copy bandwidth (bytes read + written) of a `mib` MiB buffer (1 GiB: far past any cache),
+    best of `repeats`. The buffer is donated, so no timed iteration allocates (with on-demand allocation, two fresh
+    1 GiB buffers per run once made this read 5x low)."""
     import jax
     import jax.numpy as jnp
 
-    x = jnp.ones((256, 1024, 1024), jnp.float32)
+    x = jnp.ones((mib // 4, 1024, 1024), jnp.float32)
     nbytes = x.nbytes
     f = jax.jit(lambda a: a + 1.0, donate_argnums=0)
     x = f(x).block_until_ready()

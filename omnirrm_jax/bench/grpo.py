@@ -9,6 +9,18 @@ does without vLLM: `generate(num_return_sequences=G)`, reference log-probs under
 forward/backward in micro-batches of `--hf-micro` rows with gradient checkpointing, and one optimizer step.
 Both sides report peak device memory; with `--no-hf --preset omni_7b` it checks whether a 7B step fits
 (e.g. 1 prompt of 6144 tokens x G=8 x 1024-token completions).
+
+Beside our step it prints a lower bound built from this card's measured speeds (`bench.grpo_bound`), part by part
+with measured/bound, so the gap is a number: the rollout's prefill and the reference pass and update at the model
+FLOP/s of our SFT step (measured here on one row of prompt + completion tokens, LoRA r=8, loss on the completion;
+or `--sft-mfu` x the card's peak), the rollout's decode steps at the HBM floor of `bench decode` (the measured copy
+bandwidth). Both are measured after the timed steps, once their state is freed, so they neither slow nor enlarge
+the step. The bound leaves out: the rewards (host work, reported but not bounded: the step's ratio carries them),
+sampling (top-k/top-p over the vocabulary each decode step), launches and host round trips between programs, the
+media towers (none here: text prompts), decode compute (the floor is bandwidth alone), and the gap between the
+copy-bandwidth floor and what a decode step can reach (the decode table in docs/PERFORMANCE.md reaches about half).
+The FLOP/s of a training step is not a ceiling for the forward-only prefill and reference pass, so their ratios
+may fall below 1.
 """
 
 from __future__ import annotations
@@ -166,6 +178,54 @@ def bench_hf(cfg, prompts: int, G: int, prompt_len: int, completion: int, steps:
     return out
 
 
+SFT_STEPS, SFT_WARMUP = 5, 2  # the bound's SFT measurement: timed steps after warm-up (the first compiles)
+
+
+def measure_bound(cfg, *, prompts: int, G: int, prompt_len: int, completion: int, ours: dict,
+                  sft_mfu: float | None = None, small: bool = False) -> dict:
+    """The bound's inputs measured on this card (copy bandwidth; our SFT step's model FLOP/s unless `sft_mfu` is
+    given), the bound's parts and measured/bound for rollout, reference, update and the whole step. Call it after
+    the timed GRPO steps: their state must be freed first."""
+    import gc
+
+    from omnirrm_jax.bench import sft as bench_sft
+    from omnirrm_jax.bench.decode import _copy_bandwidth_gbs
+    from omnirrm_jax.bench.grpo_bound import grpo_bound
+    from omnirrm_jax.training.metrics import flops_per_token, peak_flops_per_device
+
+    gc.collect()  # the GRPO state is unreachable once bench_ours returned; cycles in its graph go here
+    peak = peak_flops_per_device()
+    inputs = {"copy_bandwidth_GBps": _copy_bandwidth_gbs(mib=64 if small else 1024), "peak_flops": peak}
+    if sft_mfu is None:
+        seq = prompt_len + completion
+        sft = bench_sft.bench_ours(cfg, batch=1, seq=seq, steps=SFT_STEPS, warmup=SFT_WARMUP, remat=cfg.remat,
+                                   lora_rank=8, devices=1, loss_window=completion)
+        flops_s = sft["tokens_per_s"] * flops_per_token(cfg, seq, loss_window=completion)
+        inputs.update(sft_source="measured", sft_seq=seq, sft_loss_window=completion, sft_step_s=sft["step_s"],
+                      sft_mfu=flops_s / peak if peak else None)
+    else:
+        flops_s = sft_mfu * peak
+        inputs.update(sft_source="given", sft_mfu=sft_mfu)
+    inputs["sft_flops_per_s"] = flops_s
+    bound = grpo_bound(cfg, prompts=prompts, G=G, prompt_len=prompt_len, completion=completion,
+                       bandwidth_bytes_s=inputs["copy_bandwidth_GBps"] * 1e9, flops_per_s=flops_s)
+    ratio = {k: ours[f"{k}_s"] / bound[f"{k}_s"] for k in ("rollout", "reference", "update", "step")}
+    return {"inputs": inputs, **bound, "measured_over_bound": ratio}
+
+
+def bound_lines(bound: dict, ours: dict) -> list[str]:
+    """One line for the inputs, then one per part: measured, bound, measured/bound."""
+    i, r = bound["inputs"], bound["measured_over_bound"]
+    mfu = f"MFU {i['sft_mfu']:.2f}" if i["sft_mfu"] is not None else "MFU unknown: no listed peak for this card"
+    src = f"measured on one row of {i['sft_seq']} tokens" if i["sft_source"] == "measured" else "given"
+    detail = {"rollout": f" (prefill {bound['prefill_s']:.3f} + decode {bound['decode_s']:.3f})",
+              "step": f" (rewards {ours['rewards_s']:.3f} s not bounded)"}
+    return [f"bound from copy bandwidth {i['copy_bandwidth_GBps']:.0f} GB/s and the SFT step's "
+            f"{i['sft_flops_per_s'] / 1e12:.3g} TFLOP/s ({mfu}; {src}):"] + [
+        f"  {k:<9} measured {ours[k + '_s']:.3f} s, bound {bound[k + '_s']:.3f} s{detail.get(k, '')}: "
+        f"{r[k]:.2f}x" for k in ("rollout", "reference", "update", "step")]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="omnirrm bench grpo", description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="omni_3b")
@@ -180,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-hf", action="store_true")
     p.add_argument("--no-ours", action="store_true", help="only the HF baseline (run ours in its own process)")
     p.add_argument("--small", action="store_true", help="tiny dimensions (a CPU smoke test)")
+    p.add_argument("--sft-mfu", type=float, default=None, metavar="FLOAT",
+                   help="the bound's SFT MFU (of this card's listed peak) instead of measuring our SFT step")
+    p.add_argument("--no-bound", action="store_true", help="skip the lower bound (and its measurements)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
@@ -189,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = C.tiny(dtype="float32", param_dtype="float32")
     else:
         cfg = C.PRESETS[args.preset](dtype="bfloat16", param_dtype="bfloat16", remat=args.remat)
+    if args.sft_mfu is not None and not 0 < args.sft_mfu <= 1:
+        p.error(f"--sft-mfu {args.sft_mfu} must lie in (0, 1]")
     shape = dict(prompts=args.prompts, G=args.generations, prompt_len=args.prompt, completion=args.completion,
                  steps=args.steps)
     hf = None
@@ -206,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
             with open(args.json, "w") as f:
                 json.dump(result, f, indent=2)
         return 0
+    from omnirrm_jax.training.metrics import peak_flops_per_device
+
+    if args.sft_mfu is not None and not args.no_bound and peak_flops_per_device() is None:
+        p.error(f"--sft-mfu needs this card's peak FLOP/s; training.metrics.PEAK_FLOPS lists none for {device!r}")
     result["ours"] = bench_ours(cfg, **shape, rows_per_chunk=args.rows_per_chunk)
     line = f"[{device}] GRPO step {args.prompts} prompts x G={args.generations}, prompt {args.prompt}, " \
            f"completion {args.completion}: ours {result['ours']['step_s']:.2f} s " \
@@ -219,6 +288,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{hf['reference_s']:.2f}, update {hf['update_s']:.2f}; peak {hf['peak_memory_gib']:.1f} GiB)" \
                 f" -> {result['speedup']:.1f}x"
     print(line, flush=True)
+    if not args.no_bound:  # after the timed steps, never between them
+        result["bound"] = measure_bound(cfg, prompts=args.prompts, G=args.generations, prompt_len=args.prompt,
+                                        completion=args.completion, ours=result["ours"], sft_mfu=args.sft_mfu,
+                                        small=args.small)
+        print("\n".join(bound_lines(result["bound"], result["ours"])), flush=True)
     print(json.dumps(result))
     if args.json:
         with open(args.json, "w") as f:

@@ -1,18 +1,43 @@
-"""`omnirrm bench grpo --small` runs our whole GRPO cycle on CPU (the GPU numbers live in docs/PERFORMANCE.md)."""
+"""`omnirrm bench grpo --small` runs our whole GRPO cycle on CPU and prints its lower bound beside it (the GPU
+numbers live in docs/PERFORMANCE.md)."""
 import json
 
 import pytest
 
 from omnirrm_jax.bench import grpo as bench_grpo
 
+SMALL = ["--small", "--no-hf", "--prompts", "2", "--generations", "2", "--prompt", "16", "--completion", "4",
+         "--steps", "1", "--rows-per-chunk", "2"]
 
-@pytest.mark.slow
+
+@pytest.mark.slow  # a GRPO cycle and an SFT step compiled on 2 cores: ~30 s
 def test_bench_grpo_small_runs(tmp_path, capsys):
     out = tmp_path / "grpo.json"
-    bench_grpo.main(["--small", "--no-hf", "--prompts", "2", "--generations", "2", "--prompt", "16",
-                     "--completion", "4", "--steps", "1", "--rows-per-chunk", "2", "--json", str(out)])
+    bench_grpo.main(SMALL + ["--json", str(out)])
     res = json.loads(out.read_text())
     ours = res["ours"]
     assert ours["step_s"] > 0 and ours["rollout_s"] > 0 and ours["update_s"] > 0
     assert abs(ours["step_s"] - sum(ours[k] for k in ("rollout_s", "rewards_s", "reference_s", "update_s"))) < 0.05
-    assert "GRPO step 2 prompts x G=2" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "GRPO step 2 prompts x G=2" in printed
+    # the bound, from this process's own measurements (no listed peak for a CPU: MFU unknown, FLOP/s measured)
+    bound = res["bound"]
+    assert bound["inputs"]["sft_source"] == "measured" and bound["inputs"]["sft_mfu"] is None
+    assert bound["inputs"]["copy_bandwidth_GBps"] > 0 and bound["inputs"]["sft_flops_per_s"] > 0
+    assert bound["inputs"]["sft_seq"] == 16 + 4
+    for part in ("prefill", "decode", "rollout", "reference", "update", "step"):
+        assert bound[f"{part}_s"] > 0, part
+    for part, ratio in bound["measured_over_bound"].items():
+        assert ratio == pytest.approx(ours[f"{part}_s"] / bound[f"{part}_s"]), part
+    assert set(bound["measured_over_bound"]) == {"rollout", "reference", "update", "step"}
+    for part in ("rollout", "reference", "update", "step"):
+        ratio = bound["measured_over_bound"][part]
+        assert f"  {part:<9} measured {ours[part + '_s']:.3f} s, bound {bound[part + '_s']:.3f} s" in printed
+        assert f": {ratio:.2f}x\n" in printed
+
+
+def test_bench_grpo_sft_mfu_needs_a_known_peak(capsys):
+    """A given MFU is a fraction of the card's listed peak; a CPU has none, so it is refused before any work."""
+    with pytest.raises(SystemExit):
+        bench_grpo.main(SMALL + ["--sft-mfu", "0.4"])
+    assert "PEAK_FLOPS lists none" in capsys.readouterr().err
