@@ -80,6 +80,7 @@ def bench_ours(cfg, prompts: int, G: int, prompt_len: int, completion: int, step
 
     from omnirrm_jax.decoding.sampler import SamplingConfig
     from omnirrm_jax.training import grpo
+    from omnirrm_jax.training.metrics import CompileCounter
     from omnirrm_jax.parallel import sharding as S
     from omnirrm_jax.training.grpo_config import GRPOSpec
 
@@ -97,15 +98,22 @@ def bench_ours(cfg, prompts: int, G: int, prompt_len: int, completion: int, step
     batch = jax.device_put(_prompt_batch(cfg, prompts, prompt_len))
     trainable, opt_state, step = state.trainable, state.opt_state, state.step
     records = []
-    for i in range(steps + 1):  # the first step compiles
+    counter = CompileCounter()
+    for i in range(steps + 1):  # the first step compiles (or reads its programs from --compile-cache)
         trainable, opt_state, step, rec, _ = cycle(trainable, opt_state, step, batch, jax.random.key(i))
         records.append(rec)
+        if i == 0:
+            first = counter.metrics()
+            print(f"first step: {counter.summary()}", flush=True)
         print(f"ours step {i}: {rec['time/step_s']:.2f} s (rollout {rec['time/rollout_s']:.2f}, reference "
               f"{rec['time/reference_s']:.2f}, update {rec['time/update_s']:.2f})", flush=True)
     timed = records[1:]
     keys = ("time/step_s", "time/rollout_s", "time/rewards_s", "time/reference_s", "time/update_s")
     out = {k.split("/")[1]: float(np.median([r[k] for r in timed])) for k in keys}
     out["first_step_s"] = records[0]["time/step_s"]
+    out["first_step_programs"], out["first_step_cache_hits"] = first["compiles"], first["compile/cache_hits"]
+    out["first_step_compile_s"] = first["compile/seconds"]
+    counter.close()
     stats = jax.devices()[0].memory_stats() or {}
     out["peak_memory_gib"] = stats.get("peak_bytes_in_use", 0) / 2 ** 30
     return out
@@ -173,7 +181,7 @@ def bench_hf(cfg, prompts: int, G: int, prompt_len: int, completion: int, steps:
                       "update_s": t4 - t3})
     out = {k: float(np.median([t[k] for t in times[1:]])) for k in times[0]}
     out["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
-    del model, base, opt
+    model = base = opt = None  # free the card for JAX (`logps` closes over model)
     torch.cuda.empty_cache()
     return out
 
@@ -243,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sft-mfu", type=float, default=None, metavar="FLOAT",
                    help="the bound's SFT MFU (of this card's listed peak) instead of measuring our SFT step")
     p.add_argument("--no-bound", action="store_true", help="skip the lower bound (and its measurements)")
+    p.add_argument("--compile-cache", default=None, metavar="DIR",
+                   help="JAX's persistent compilation cache here: a second run with the same shapes times a resumed "
+                        "run's first step (programs read back instead of compiled)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
@@ -275,12 +286,17 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.sft_mfu is not None and not args.no_bound and peak_flops_per_device() is None:
         p.error(f"--sft-mfu needs this card's peak FLOP/s; training.metrics.PEAK_FLOPS lists none for {device!r}")
+    from omnirrm_jax import compile_cache
+
+    compile_cache.enable(args.compile_cache)
     result["ours"] = bench_ours(cfg, **shape, rows_per_chunk=args.rows_per_chunk)
     line = f"[{device}] GRPO step {args.prompts} prompts x G={args.generations}, prompt {args.prompt}, " \
            f"completion {args.completion}: ours {result['ours']['step_s']:.2f} s " \
            f"(rollout {result['ours']['rollout_s']:.2f}, rewards {result['ours']['rewards_s']:.2f}, " \
            f"reference {result['ours']['reference_s']:.2f}, update {result['ours']['update_s']:.2f}; " \
-           f"peak {result['ours']['peak_memory_gib']:.1f} GiB)"
+           f"peak {result['ours']['peak_memory_gib']:.1f} GiB); first step {result['ours']['first_step_s']:.1f} s " \
+           f"({result['ours']['first_step_programs']} programs, {result['ours']['first_step_cache_hits']} from the " \
+           f"compilation cache)"
     if hf is not None:
         result["hf"] = hf
         result["speedup"] = hf["step_s"] / result["ours"]["step_s"]

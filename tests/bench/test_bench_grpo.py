@@ -2,6 +2,7 @@
 numbers live in docs/PERFORMANCE.md)."""
 import json
 
+import jax
 import pytest
 
 from omnirrm_jax.bench import grpo as bench_grpo
@@ -11,9 +12,10 @@ SMALL = ["--small", "--no-hf", "--prompts", "2", "--generations", "2", "--prompt
 
 
 @pytest.mark.slow  # a GRPO cycle and an SFT step compiled on 2 cores: ~30 s
-def test_bench_grpo_small_runs(tmp_path, capsys):
+def test_bench_grpo_small_runs(tmp_path, capsys, restore_compile_cache):
     out = tmp_path / "grpo.json"
-    bench_grpo.main(SMALL + ["--json", str(out)])
+    jax.clear_caches()  # programs earlier tests left in memory would not be compiled, so not written
+    bench_grpo.main(SMALL + ["--json", str(out), "--compile-cache", str(tmp_path / "cache")])
     res = json.loads(out.read_text())
     ours = res["ours"]
     assert ours["step_s"] > 0 and ours["rollout_s"] > 0 and ours["update_s"] > 0
@@ -34,6 +36,14 @@ def test_bench_grpo_small_runs(tmp_path, capsys):
         ratio = bound["measured_over_bound"][part]
         assert f"  {part:<9} measured {ours[part + '_s']:.3f} s, bound {bound[part + '_s']:.3f} s" in printed
         assert f": {ratio:.2f}x\n" in printed
+
+
+    # a second run with the same shapes (a resumed run) reads its first step's programs back from the cache
+    assert ours["first_step_programs"] > 0 and ours["first_step_cache_hits"] == 0
+    jax.clear_caches()  # as a new process
+    bench_grpo.main(SMALL + ["--json", str(out), "--compile-cache", str(tmp_path / "cache"), "--no-bound"])
+    again = json.loads(out.read_text())["ours"]
+    assert again["first_step_cache_hits"] == again["first_step_programs"] == ours["first_step_programs"]
 
 
 def test_bench_grpo_sft_mfu_needs_a_known_peak(capsys):

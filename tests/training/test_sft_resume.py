@@ -45,20 +45,6 @@ def test_resume_is_bitwise_exact(prepared, tmp_path):
     assert len(counts) == 3 and counts[0] == counts[-1] > 0, counts
 
 
-@pytest.fixture
-def restore_compile_cache():
-    """The persistent-cache settings are process-wide: put them back for the tests that follow."""
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-            "jax_persistent_cache_min_entry_size_bytes")
-    saved = {k: getattr(jax.config, k) for k in keys}
-    yield
-    for k, v in saved.items():
-        jax.config.update(k, v)
-    cc.reset_cache()
-
-
 @pytest.mark.slow
 def test_resumed_run_reads_its_programs_from_the_compile_cache(prepared, tmp_path, restore_compile_cache):
     """run.compile_cache: the first run writes its programs, the resumed one (in-memory caches dropped, as in a new
