@@ -63,6 +63,21 @@ def _batch(cfg, batch: int, seq: int, loss_window: int | None = None) -> dict:
     return host
 
 
+def lora_train_state(cfg, mesh, *, lora_rank: int, total_steps: int):
+    """(state, shardings, tx): random weights at `cfg` with LoRA factors on the default targets (fp32, as PEFT keeps
+    them) and AdamW, sharded on `mesh` - the starting point every SFT-step benchmark shares."""
+    from omnirrm_jax.training import lora as lora_lib
+    from omnirrm_jax.training import optim
+    from omnirrm_jax.training.state import build_model, create_train_state
+
+    lora_cfg = lora_lib.LoraConfig(rank=lora_rank, alpha=4.0 * lora_rank, dtype="float32")
+    tx = optim.make_optimizer(optim.OptimConfig(learning_rate=1e-5, warmup_ratio=0.0), total_steps)
+    state, shardings = create_train_state(
+        lambda: build_model(cfg, hf_path=None, lora_cfg=lora_cfg, lora_path=None, seed=0), tx, mesh,
+        full_finetune=False)
+    return state, shardings, tx
+
+
 def bench_ours(cfg, *, batch: int, seq: int, steps: int, warmup: int, remat: str, lora_rank: int,
                mesh_axes: dict | None = None, devices: int | None = None, profile_dir: str | None = None,
                loss_window: int | None = None) -> dict:
@@ -72,19 +87,14 @@ def bench_ours(cfg, *, batch: int, seq: int, steps: int, warmup: int, remat: str
     import jax
 
     from omnirrm_jax.training import lora as lora_lib
-    from omnirrm_jax.training import optim, sft
+    from omnirrm_jax.training import sft
     from omnirrm_jax.parallel import sharding as S
-    from omnirrm_jax.training.state import build_model, create_train_state
 
     cfg = dataclasses.replace(cfg, remat=remat)
     devs = jax.devices()[:devices] if devices else jax.devices()
     mesh = S.make_mesh(S.MeshConfig(**(mesh_axes or {"data": -1})), devices=devs)
-    lora_cfg = lora_lib.LoraConfig(rank=lora_rank, alpha=4.0 * lora_rank, dtype="float32")  # PEFT keeps fp32 factors
-    tx = optim.make_optimizer(optim.OptimConfig(learning_rate=1e-5, warmup_ratio=0.0), steps + warmup)
     t0 = time.perf_counter()
-    state, shardings = create_train_state(
-        lambda: build_model(cfg, hf_path=None, lora_cfg=lora_cfg, lora_path=None, seed=0), tx, mesh,
-        full_finetune=False)
+    state, shardings, tx = lora_train_state(cfg, mesh, lora_rank=lora_rank, total_steps=steps + warmup)
     init_s = time.perf_counter() - t0
     step_fn = sft.jit_sft_step(state, tx, shardings, loss_window=loss_window)
     host = _batch(cfg, batch * len(devs), seq, loss_window)

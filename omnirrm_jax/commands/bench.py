@@ -11,6 +11,7 @@ BENCHMARKS = {
     "data": "samples/s of the Grain input pipeline over prepared shards, padding waste per bucket",
     "eval": "judgements per second on a VL-RewardBench-like mix, ours next to transformers",
     "grpo": "one GRPO step (rollout -> rewards -> reference log-probs -> update) of our trainer",
+    "pack": "effective (non-padding) tokens/s of packed SFT next to the bucketed path, on the real mix",
     "bon": "Best-of-N candidates ranked per second, the scalar reward next to the reference's elimination",
     "serve": "/v1/judge judgements/s and p50/p99 latency at 1/16/64 clients, and the offline judge's",
     "sft": "tokens/s and MFU of our LoRA SFT step next to HF transformers + PEFT",

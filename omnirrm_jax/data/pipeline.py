@@ -459,6 +459,19 @@ def make_dataset(source, tokenizer: Tokenizer, thinker: ThinkerConfig, cfg: Pipe
     return it
 
 
+def batch_examples(examples: Sequence[dict], cfg: PipelineConfig, *, patch_dim: int, pad_id: int):
+    """Already built examples (`examples.build_example` outputs), in the given order, through the pipeline's own
+    batching step alone: the windows, seq buckets, media budget and packing of `make_dataset` (`cfg.pack` picks
+    which), without the source shuffle, the workers and `finalize`. Yields the collated host batches (one
+    process's view, `cfg.batch_size` rows). Why: a benchmark that compares bucketed with packed batches must batch
+    exactly as training does (`omnirrm bench pack`)."""
+    it = grain.MapDataset.source(list(examples)).to_iter_dataset()
+    for batch in _BucketBatchDataset(it, cfg, cfg.batch_size, patch_dim, pad_id):
+        if "input_ids" in batch:  # not a counts-only element (built examples are never skipped here)
+            batch.pop("_stats")
+            yield batch
+
+
 def batch_shapes(cfg: PipelineConfig, thinker: ThinkerConfig, local_batch: int | None = None) -> list[dict]:
     """Every host-batch shape the pipeline can emit (len(seq_buckets) * len(media_buckets) of them), as pytrees of
     (shape, dtype) - built by running the collator on empty batches, so they cannot drift from the real ones."""

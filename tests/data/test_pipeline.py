@@ -212,6 +212,28 @@ def test_tfds_style_source_gives_the_same_batches(demo):
         assert _same(x, y)
 
 
+@pytest.mark.parametrize("pack", [False, True])
+def test_batch_examples_batches_as_the_pipeline(demo, pack):
+    """`batch_examples` (what `omnirrm bench pack` batches with) over the built examples in source order gives the
+    pipeline's own batches, bucketed and packed, before `finalize` adds the towers' tables."""
+    cfg = _cfg(shuffle_seed=None, drop_remainder=False, pack=pack, pack_buffer=8, batch_size=2)
+    exs = []
+    for i, rec in enumerate(_records(demo, "sft")):
+        try:
+            exs.append(E.build_example(rec, i, demo["tok"], demo["cfg"], mode="sft", max_length=cfg.length_limit,
+                                       max_media=cfg.max_media))
+        except E.Skip:
+            pass
+    ours = list(PL.batch_examples(exs, cfg, patch_dim=demo["cfg"].vision.patch_dim,
+                                  pad_id=demo["tok"].special_ids["pad"]))
+    theirs = _batches(demo, cfg)
+    assert len(ours) == len(theirs) > 1
+    for x, y in zip(ours, theirs):
+        for k in ("input_ids", "attention_mask", "position_ids", "loss_mask", "example_index", "pixel_values",
+                  "pixel_values_videos") + (("segment_ids",) if pack else ()):
+            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_is_exact(demo, workers, tmp_path):
     cfg = _cfg(num_epochs=None, group_window=2, worker_count=workers, host_prefetch=2, shuffle_seed=7)
