@@ -71,6 +71,11 @@ class SamplingConfig:
     # noise), "vocab" masks the whole vocabulary and draws from it (`filter_logits`); the same distribution, kept
     # to compare them (`omnirrm bench decode --sample --draw vocab`).
     draw: str = "candidates"
+    # True: temperature and top_p are not constants of the program but per-row arrays passed to `generate` /
+    # `decode` (`RowSampling`), so one compiled program serves every value and rows with different values share
+    # a batch (the server's chat); the two fields above are then ignored. top-p then runs every step (a sort over
+    # the vocabulary when top-k is off), even for rows at top_p 1.
+    per_row: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
@@ -90,6 +95,24 @@ class SamplingConfig:
                 raise ValueError(f"top_p must lie in [0, 1], got {self.top_p}")
             if self.top_k < 0:
                 raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+
+
+@struct.dataclass
+class RowSampling:
+    """Per-prompt temperature and top_p (B,) float32, for a `SamplingConfig(per_row=True)` (traced, not static)."""
+
+    temperature: jax.Array
+    top_p: jax.Array
+
+    @classmethod
+    def make(cls, temperature, top_p) -> "RowSampling":
+        t, p = np.asarray(temperature, np.float32), np.asarray(top_p, np.float32)
+        if t.ndim != 1 or t.shape != p.shape:
+            raise ValueError(f"RowSampling needs two (B,) arrays, got {t.shape} and {p.shape}")
+        if not (t > 0).all() or not ((p >= 0) & (p <= 1)).all():
+            raise ValueError("RowSampling: every temperature must be > 0 (greedy is its own program) and every "
+                             "top_p in [0, 1]")
+        return cls(temperature=jnp.asarray(t), top_p=jnp.asarray(p))
 
 
 @struct.dataclass
@@ -122,7 +145,7 @@ def filter_logits(logits_RV: jax.Array, temperature: float = 1.0, top_k: int = 0
     that of tokens tied with the k-th, added to every tail).
     """
     x = jnp.asarray(logits_RV).astype(jnp.float32)
-    if temperature != 1.0:
+    if not _is_one(temperature):
         x = x / temperature
     V = x.shape[-1]
     desc = None  # candidates in descending order
@@ -132,7 +155,7 @@ def filter_logits(logits_RV: jax.Array, temperature: float = 1.0, top_k: int = 0
         x = jnp.where(x < kth, -jnp.inf, x)
         # tokens tied with the k-th that the window left out (their mass is below every candidate)
         n_out = jnp.sum(x == kth, -1, keepdims=True) - jnp.sum(desc == kth, -1, keepdims=True)
-    if top_p < 1.0:
+    if not _is_one(top_p):
         if desc is None:
             desc = -jnp.sort(-x, axis=-1)
         top = desc[..., :1]
@@ -145,6 +168,11 @@ def filter_logits(logits_RV: jax.Array, temperature: float = 1.0, top_k: int = 0
         cutoff = jnp.take_along_axis(desc, keep.sum(-1, keepdims=True) - 1, -1)
         x = jnp.where(x < cutoff, -jnp.inf, x)
     return jax.nn.log_softmax(x, axis=-1)
+
+
+def _is_one(value) -> bool:
+    """A static 1.0 (that warper is off); a per-row array is never known to be."""
+    return isinstance(value, (int, float)) and value == 1.0
 
 
 def _top_k_values(x_RV: jax.Array, k: int, chunks: int = 128) -> jax.Array:
@@ -160,19 +188,24 @@ def _top_k_values(x_RV: jax.Array, k: int, chunks: int = 128) -> jax.Array:
     return jax.lax.top_k(candidates, k)[0]
 
 
-def sample_tokens(key: jax.Array, logits_RV: jax.Array, sampling: SamplingConfig) -> tuple[jax.Array, jax.Array]:
+def sample_tokens(key: jax.Array, logits_RV: jax.Array, sampling: SamplingConfig,
+                  rows: RowSampling | None = None) -> tuple[jax.Array, jax.Array]:
     """One token per row and its log-probability under the distribution used (greedy: plain log-softmax).
 
-    Rows draw independent Gumbel noise from one key, so G copies of a prompt give G independent samples.
+    Rows draw independent Gumbel noise from one key, so G copies of a prompt give G independent samples. With
+    `sampling.per_row`, `rows` holds each row's temperature and top_p ((R,) arrays).
     """
+    temperature, top_p = sampling.temperature, sampling.top_p
+    if sampling.per_row and not sampling.greedy:
+        temperature, top_p = rows.temperature[:, None], rows.top_p[:, None]
     if sampling.greedy:
         logits_RV = logits_RV.astype(jnp.float32)
         logp = jax.nn.log_softmax(logits_RV, axis=-1)
         tok = jnp.argmax(logits_RV, axis=-1)  # on the logits, as HF: log-softmax rounding could make ties
     elif sampling.draw == "candidates" and 0 < sampling.top_k < logits_RV.shape[-1]:
-        return top_k_draw.sample(key, logits_RV, sampling.temperature, sampling.top_k, sampling.top_p)
+        return top_k_draw.sample(key, logits_RV, temperature, sampling.top_k, top_p)
     else:
-        logp = filter_logits(logits_RV, sampling.temperature, sampling.top_k, sampling.top_p)
+        logp = filter_logits(logits_RV, temperature, sampling.top_k, top_p)
         tok = jax.random.categorical(key, logp, axis=-1)
     return tok.astype(jnp.int32), jnp.take_along_axis(logp, tok[:, None], -1)[:, 0]
 
@@ -209,18 +242,21 @@ def _prefill(model, inputs: dict[str, Any]) -> Prefill:
     return Prefill(cache=cache, logits=model.logits(hidden_BSD[:, -1]), last_positions=last_3B)
 
 
-def _decode(model, pre: Prefill, rng: jax.Array, sampling: SamplingConfig, constraint=None) -> GenerationResult:
+def _decode(model, pre: Prefill, rng: jax.Array, sampling: SamplingConfig, constraint=None,
+            rows: RowSampling | None = None) -> GenerationResult:
     B = pre.logits.shape[0]
     G, N = sampling.num_samples, sampling.max_new_tokens
     R = B * G
     stops = jnp.asarray(sampling.stop_token_ids, jnp.int32).reshape(-1)
+    if rows is not None:  # each prompt's values for its G samples
+        rows = RowSampling(temperature=jnp.repeat(rows.temperature, G), top_p=jnp.repeat(rows.top_p, G))
 
     def draw(k, logits_RV, state_R):
         """Token k of every row; with a constraint, masked to its automaton state (N - k - 1 tokens left after)."""
         if constraint is None:
-            return (*sample_tokens(jax.random.fold_in(rng, k), logits_RV, sampling), state_R)
+            return (*sample_tokens(jax.random.fold_in(rng, k), logits_RV, sampling, rows), state_R)
         logits_RV = constraint.mask_logits(logits_RV, state_R, N - k - 1)
-        tok_R, lp_R = sample_tokens(jax.random.fold_in(rng, k), logits_RV, sampling)
+        tok_R, lp_R = sample_tokens(jax.random.fold_in(rng, k), logits_RV, sampling, rows)
         return tok_R, lp_R, constraint.advance(state_R, tok_R)
 
     # Fan out to B*G rows (the G samples of a prompt adjacent) and make room for the N new tokens, outside the
@@ -287,9 +323,9 @@ def _prefill_jit(graphdef, state, inputs):
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("sampling",))
-def _decode_jit(graphdef, state, pre, rng, *, sampling, constraint):
+def _decode_jit(graphdef, state, pre, rng, *, sampling, constraint, rows=None):
     with L.weights_as_stored():  # one token per step: under FSDP move activations, not whole weights, per token
-        return _decode(nnx.merge(graphdef, state), pre, rng, sampling, constraint)
+        return _decode(nnx.merge(graphdef, state), pre, rng, sampling, constraint, rows)
 
 
 def prefill(model, inputs: dict[str, Any]) -> Prefill:
@@ -298,24 +334,26 @@ def prefill(model, inputs: dict[str, Any]) -> Prefill:
     return _prefill_jit(*nnx.split(model), inputs)
 
 
-def decode(model, pre: Prefill, sampling: SamplingConfig, rng: jax.Array, constraint=None) -> GenerationResult:
+def decode(model, pre: Prefill, sampling: SamplingConfig, rng: jax.Array, constraint=None,
+           rows: RowSampling | None = None) -> GenerationResult:
     """Samples `sampling.num_samples` continuations of each prefilled prompt (one jitted while loop)."""
     if constraint is not None:
         _check_constraint(model, sampling, constraint)
-    return _run_decode(*nnx.split(model), pre, rng, sampling, constraint)
+    _check_rows(sampling, rows, pre.logits.shape[0])
+    return _run_decode(*nnx.split(model), pre, rng, sampling, constraint, rows)
 
 
 _KERNEL_FAILED: list[str] = []  # set once the shared-prefix kernel failed to compile: auto means off from then on
 
 
-def _run_decode(graphdef, state, pre, rng, sampling: SamplingConfig, constraint):
+def _run_decode(graphdef, state, pre, rng, sampling: SamplingConfig, constraint, rows=None):
     """The jitted decode loop. With `shared_prefix="auto"`, a kernel that fails to compile on this card or shape
     (it is measured on an H100 at the shapes `SamplingConfig.shared_prefix_kernel` admits by default) is reported
     once and the loop decodes with a cache copy per sample instead; "on" raises."""
     if sampling.shared_prefix == "auto" and _KERNEL_FAILED:
         sampling = dataclasses.replace(sampling, shared_prefix="off")
     try:
-        return _decode_jit(graphdef, state, pre, rng, sampling=sampling, constraint=constraint)
+        return _decode_jit(graphdef, state, pre, rng, sampling=sampling, constraint=constraint, rows=rows)
     except Exception as e:  # noqa: BLE001 - a lowering/compile error of the optional kernel: fall back, say why
         if sampling.shared_prefix != "auto" or sampling.num_samples == 1:
             raise
@@ -323,7 +361,7 @@ def _run_decode(graphdef, state, pre, rng, sampling: SamplingConfig, constraint)
         log.warning("the shared-prefix decode kernel failed (%s); decoding with a cache copy per sample instead",
                     _KERNEL_FAILED[-1])
         return _decode_jit(graphdef, state, pre, rng, sampling=dataclasses.replace(sampling, shared_prefix="off"),
-                           constraint=constraint)
+                           constraint=constraint, rows=rows)
 
 
 def _check_left_padded(mask) -> None:
@@ -339,6 +377,17 @@ def _check_left_padded(mask) -> None:
             raise ValueError("generate needs left-padded prompts: a row's attention_mask has a gap (0 after 1)")
 
 
+def _check_rows(sampling: SamplingConfig, rows, batch: int) -> None:
+    if sampling.per_row and not sampling.greedy:
+        if rows is None:
+            raise ValueError("SamplingConfig(per_row=True) needs rows=RowSampling(...) (each prompt's temperature "
+                             "and top_p)")
+        if rows.temperature.shape != (batch,):
+            raise ValueError(f"RowSampling holds {rows.temperature.shape} values for {batch} prompts")
+    elif rows is not None:
+        raise ValueError("rows=RowSampling(...) is only read by a SamplingConfig(per_row=True) that samples")
+
+
 def _check_constraint(model, sampling: SamplingConfig, constraint) -> None:
     if constraint.stop_id not in sampling.stop_token_ids:
         raise ValueError(f"the constraint ends on token {constraint.stop_id}, which is not among "
@@ -352,7 +401,7 @@ def _check_constraint(model, sampling: SamplingConfig, constraint) -> None:
 
 
 def generate(model, inputs: dict[str, Any], sampling: SamplingConfig, rng: jax.Array,
-             constraint=None) -> GenerationResult:
+             constraint=None, rows: RowSampling | None = None) -> GenerationResult:
     """Samples `sampling.num_samples` continuations of each prompt.
 
     Args:
@@ -364,12 +413,15 @@ def generate(model, inputs: dict[str, Any], sampling: SamplingConfig, rng: jax.A
       constraint: optional `constrained.TokenConstraint` (a jit argument, not static): each row's logits are
         masked to its automaton state before the warpers, so every row writes a schema-valid judgement and
         ends with `constraint.stop_id` within max_new_tokens; logprobs are under that masked distribution.
+      rows: with `sampling.per_row`, each prompt's temperature and top_p (`RowSampling`, traced: any values run
+        the same compiled program).
     Returns:
       a `GenerationResult` with (B, G, N) tokens/logprobs and (B, G) lengths/finished.
     """
     if constraint is not None:
         _check_constraint(model, sampling, constraint)  # before the (expensive) prefill
+    _check_rows(sampling, rows, inputs["attention_mask"].shape[0])
     _check_left_padded(inputs["attention_mask"])
     graphdef, state = nnx.split(model)
     pre = _prefill_jit(graphdef, state, inputs)
-    return _run_decode(graphdef, state, pre, rng, sampling, constraint)
+    return _run_decode(graphdef, state, pre, rng, sampling, constraint, rows)

@@ -288,10 +288,12 @@ def create_app(state: ServerState) -> FastAPI:
         if len(stop) > 4 or not all(stop):
             raise RequestError("stop: at most 4 non-empty strings", param="stop")
         example = await prepare(state.inputs.chat, body, deadline=end)
-        key = ("chat", state.chat_len(max_tokens), 0.0 if body.temperature == 0 else float(body.temperature),
-               1.0 if body.temperature == 0 else float(body.top_p),
+        # temperature and top_p travel with the item (data of the program, `Runner.rows`); a seeded request gets a
+        # batch of its own, so its draw does not depend on who else was waiting
+        key = ("chat", state.chat_len(max_tokens), body.temperature == 0,
                None if body.seed is None else (body.seed, uuid.uuid4().hex))
-        item = {"example": example, "n": body.n, "max_tokens": max_tokens, "stop": stop}
+        item = {"example": example, "n": body.n, "max_tokens": max_tokens, "stop": stop,
+                "temperature": body.temperature, "top_p": body.top_p}
         choices, = await wait(request, [submit("chat", key, item, body.n)], end)
         prompt_tokens = int(example["cost"][0])
         completion = sum(c["tokens"] for c in choices)

@@ -6,11 +6,11 @@ of someone's request. So the batch is always `max_batch` rows (padding rows are 
 to a power of two between 128 and --max-prompt-tokens (`length_buckets`; coarser than the offline judge's, which
 only changes padding, not results), judgements decode `max_new_tokens`, the verdict pass pads every judgement to
 the longest prefix (one program per prompt length, where the offline judge compiles one per power of two), chat
-decodes one of `chat_buckets` lengths, cut to the request's `max_tokens`. `warm_up` compiles, for every length
-bucket: the judge's decode and verdict passes, the reward pass, and chat at temperature 0 (greedy) and at
-temperature 1 / top_p 1 (the OpenAI defaults) for every chat length. What it leaves out, compiled on first use and
-counted in `omnirrm_serve_compiles_total`: media batches (their patch and audio buckets, powers of two) and chat at
-other temperature / top_p values (both are constants of the decode program)."""
+decodes one of `chat_buckets` lengths, cut to the request's `max_tokens`; a sampled chat batch carries each row's
+temperature and top_p as data (`RowSampling`), so any values run the one program. `warm_up` compiles, for every
+length bucket: the judge's decode and verdict passes, the reward pass, and chat greedy (temperature 0) and sampled
+for every chat length. What it leaves out, compiled on first use and counted in `omnirrm_serve_compiles_total`:
+media batches (their patch and audio buckets, powers of two)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import time
 import jax
 import numpy as np
 
-from omnirrm_jax.decoding.sampler import SamplingConfig, generate
+from omnirrm_jax.decoding.sampler import RowSampling, SamplingConfig, generate
 from omnirrm_jax.eval import pairs, reward, verdict
 from omnirrm_jax.eval.judge import _decodable, judge_with_verdicts
 from omnirrm_jax.models.thinker import model_inputs
@@ -87,20 +87,26 @@ class Runner:
 
     # ------------------------------------------------------------ chat
 
-    def sampling(self, key) -> SamplingConfig:
-        _, n_new, temperature, top_p, _ = key
+    def sampling(self, n_new: int, greedy: bool) -> SamplingConfig:
+        """Greedy, or sampling with each row's temperature and top_p as data (`RowSampling`): one program per
+        decode length serves every value, and requests with different values share a batch."""
         s = self.tok.special_ids
-        if temperature == 0:
-            return SamplingConfig(max_new_tokens=n_new, greedy=True, stop_token_ids=(s["im_end"],),
-                                  pad_token_id=s["pad"])
-        return SamplingConfig(max_new_tokens=n_new, temperature=temperature, top_p=top_p, top_k=0,
+        return SamplingConfig(max_new_tokens=n_new, greedy=greedy, per_row=True, top_k=0,
                               stop_token_ids=(s["im_end"],), pad_token_id=s["pad"])
 
+    def rows(self, items: list) -> RowSampling:
+        """Each batch row's temperature and top_p (every choice of an item; padding rows at 1, 1)."""
+        t = [float(it["temperature"]) for it in items for _ in range(it["n"])]
+        p = [float(it["top_p"]) for it in items for _ in range(it["n"])]
+        pad = self.batch_size - len(t)
+        return RowSampling.make(t + [1.0] * pad, p + [1.0] * pad)
+
     def _chat(self, key, items: list, exs: list) -> list:
-        seed = key[4]
+        _, n_new, greedy, seed = key
         rng = jax.random.key(seed[0] if seed is not None else next(self._seeds) + (1 << 40))
         batch = pairs.make_batch(exs, self.batch_size, self.tok, self.cfg, self.seq_len(exs))
-        result = generate(self.model, model_inputs(batch), self.sampling(key), rng)
+        result = generate(self.model, model_inputs(batch), self.sampling(n_new, greedy), rng,
+                          rows=None if greedy else self.rows(items))
         tokens, lengths = np.asarray(result.tokens)[:, 0], np.asarray(result.lengths)[:, 0]
         finished = np.asarray(result.finished)[:, 0]
         out, row = [], 0
@@ -140,9 +146,9 @@ class Runner:
             verdict.candidate_logprobs(self.model, inputs, [fake] + [None] * (self.batch_size - 1),
                                        min_prefix=self.judge.verdict_min_prefix)
             reward.forced_verdicts(self.model, self.tok, batch, 1, self.judge.field)
+            ones = RowSampling.make(np.ones(self.batch_size), np.ones(self.batch_size))
             for n_new in self.chat_lengths:
-                for temperature in (0.0, 1.0):
-                    generate(self.model, inputs, self.sampling(("chat", n_new, temperature, 1.0, None)),
-                             jax.random.key(0))
+                generate(self.model, inputs, self.sampling(n_new, True), jax.random.key(0))
+                generate(self.model, inputs, self.sampling(n_new, False), jax.random.key(0), rows=ones)
             log.info("warm-up: prompt length %d compiled (%.0f s so far)", S, time.perf_counter() - t0)
         return time.perf_counter() - t0

@@ -83,3 +83,20 @@ def test_sample_tokens_uses_it_only_with_top_k_on():
     assert not np.array_equal(np.asarray(vocab[0]), np.asarray(cand[0]))  # the other draw (same distribution)
     with pytest.raises(ValueError, match="draw"):
         SM.SamplingConfig(1, draw="fast")
+
+
+@pytest.mark.parametrize("top_k", [0, 20])
+def test_per_row_temperature_and_top_p_equal_the_static_settings(top_k):
+    """`SamplingConfig(per_row=True)` with `RowSampling`: each row draws exactly what a program compiled for its
+    own temperature / top_p draws with the same key (the noise of a row does not depend on the other rows)."""
+    values = [(0.7, 0.9), (1.0, 1.0), (1.3, 0.5), (0.5, 1.0), (1.0, 0.3), (2.0, 0.99)]
+    logits = jnp.asarray(np.random.default_rng(4).normal(size=(len(values), 512)).astype(np.float32) * 3)
+    key = jax.random.key(9)
+    rows = SM.RowSampling.make([t for t, _ in values], [p for _, p in values])
+    tok, lp = SM.sample_tokens(key, logits, SM.SamplingConfig(1, top_k=top_k, per_row=True), rows)
+    for r, (t, p) in enumerate(values):
+        want_tok, want_lp = SM.sample_tokens(key, logits, SM.SamplingConfig(1, temperature=t, top_p=p, top_k=top_k))
+        assert int(tok[r]) == int(want_tok[r]), (r, t, p)
+        np.testing.assert_allclose(float(lp[r]), float(want_lp[r]), atol=1e-5)
+    with pytest.raises(ValueError, match="temperature"):
+        SM.RowSampling.make([0.0], [1.0])

@@ -29,9 +29,12 @@ def test_no_compiles_after_warmup(env, tmp_path):
         calls = [("/v1/judge", {**r, "both_orders": b}) for r in text_rows for b in (False, True)]
         calls += [("/v1/reward", {"pairs": text_rows[:k], "both_orders": k % 2 == 0}) for k in (1, 2, 3)]
         calls += [("/v1/reward", {"pairs": text_rows * 3})]  # more rows than one batch
-        calls += [("/v1/chat/completions", chat(n, max_tokens=m, temperature=t, n=k, stream=st))
-                  for n, m, t, k, st in [(2, 3, 0, 1, False), (60, 16, 0, 2, True), (150, 20, 1.0, 1, False),
-                                         (180, 32, 1.0, 3, False), (5, 17, 0, 1, False), (90, 32, 0, 4, True)]]
+        # any temperature / top_p runs the warmed program: they are data of the batch, not constants
+        calls += [("/v1/chat/completions", chat(n, max_tokens=m, temperature=t, top_p=p, n=k, stream=st))
+                  for n, m, t, p, k, st in [(2, 3, 0, 1.0, 1, False), (60, 16, 0, 1.0, 2, True),
+                                            (150, 20, 1.0, 1.0, 1, False), (180, 32, 1.0, 0.9, 3, False),
+                                            (5, 17, 0, 1.0, 1, False), (90, 32, 0, 1.0, 4, True),
+                                            (40, 16, 0.7, 0.95, 2, False), (70, 32, 1.3, 0.5, 1, True)]]
 
         async def go():
             async with httpx.AsyncClient(base_url=s.url, timeout=300) as c:
