@@ -14,6 +14,7 @@ media batches (their patch and audio buckets, powers of two)."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import time
@@ -56,7 +57,9 @@ class Runner:
     """Runs batches for the engine (only ever from its one worker thread)."""
 
     def __init__(self, judge, *, max_prompt_tokens: int, max_tokens: int, metrics=None):
-        self.judge, self.tok, self.model, self.cfg = judge, judge.tok, judge.model, judge.cfg
+        # a copy: the verdict-prefix setting below is the server's, not the caller's judge's
+        self.judge = judge = copy.copy(judge)
+        self.tok, self.model, self.cfg = judge.tok, judge.model, judge.cfg
         self.batch_size = judge.batch_size
         self.lengths = length_buckets(max_prompt_tokens)
         self.chat_lengths = chat_buckets(max_tokens)
