@@ -19,7 +19,7 @@ import numpy as np
 from omnirrm_jax.cli import Parser
 
 
-def _copy_bandwidth_gbs(repeats: int = 3, iters: int = 10, mib: int = 1024) -> float:
+def copy_bandwidth_gbs(repeats: int = 3, iters: int = 10, mib: int = 1024) -> float:
     """Device-to-device copy bandwidth (bytes read + written) of a `mib` MiB buffer (1 GiB: far past any cache),
     best of `repeats`. The buffer is donated, so no timed iteration allocates (with on-demand allocation, two fresh
     1 GiB buffers per run once made this read 5x low)."""
@@ -175,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="trace one more decode per batch into DIR/<batch> and print the top kernels")
     args = p.parse_args(argv)
+    draws = (args.draws or ("candidates" if args.sample else "greedy")).split(",")
+    bad = set(draws) - {"greedy", "candidates", "vocab"}
+    if bad:  # before the bandwidth probe and the model (minutes at 3B)
+        p.error(f"--draws takes greedy, candidates, vocab; got {sorted(bad)}")
     # transformers shares the card: JAX allocates on demand instead of taking 75 % of it up front (the batch-64
     # HF baseline ran out of memory next to a preallocated JAX pool on an 80 GB H100)
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -185,12 +189,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = C.PRESETS[args.preset](dtype="bfloat16", param_dtype="bfloat16")
     device = jax.devices()[0].device_kind
-    bw = _copy_bandwidth_gbs()
+    bw = copy_bandwidth_gbs()
     model = _init_model(cfg)
-    draws = (args.draws or ("candidates" if args.sample else "greedy")).split(",")
-    bad = set(draws) - {"greedy", "candidates", "vocab"}
-    if bad:
-        p.error(f"--draws takes greedy, candidates, vocab; got {sorted(bad)}")
     rows = []
     for spec, draw in ((s, d) for s in args.batch.split(",") for d in draws):
         b, g = (int(x) for x in spec.split("x")) if "x" in spec else (int(spec), 1)

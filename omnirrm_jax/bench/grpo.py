@@ -19,8 +19,8 @@ the step. The bound leaves out: the rewards (host work, reported but not bounded
 sampling (top-k/top-p over the vocabulary each decode step), launches and host round trips between programs, the
 media towers (none here: text prompts), decode compute (the floor is bandwidth alone), and the gap between the
 copy-bandwidth floor and what a decode step can reach (the decode table in docs/PERFORMANCE.md reaches about half).
-The FLOP/s of a training step is not a ceiling for the forward-only prefill and reference pass, so their ratios
-may fall below 1.
+The FLOP/s of a one-row training step is not a ceiling for the forward-only prefill and reference pass, nor for
+the update, which runs `--rows-per-chunk` rows at once, so their ratios may fall below 1.
 """
 
 from __future__ import annotations
@@ -197,13 +197,13 @@ def measure_bound(cfg, *, prompts: int, G: int, prompt_len: int, completion: int
     import gc
 
     from omnirrm_jax.bench import sft as bench_sft
-    from omnirrm_jax.bench.decode import _copy_bandwidth_gbs
+    from omnirrm_jax.bench.decode import copy_bandwidth_gbs
     from omnirrm_jax.bench.grpo_bound import grpo_bound
     from omnirrm_jax.training.metrics import flops_per_token, peak_flops_per_device
 
     gc.collect()  # the GRPO state is unreachable once bench_ours returned; cycles in its graph go here
     peak = peak_flops_per_device()
-    inputs = {"copy_bandwidth_GBps": _copy_bandwidth_gbs(mib=64 if small else 1024), "peak_flops": peak}
+    inputs = {"copy_bandwidth_GBps": copy_bandwidth_gbs(mib=64 if small else 1024), "peak_flops": peak}
     if sft_mfu is None:
         seq = prompt_len + completion
         sft = bench_sft.bench_ours(cfg, batch=1, seq=seq, steps=SFT_STEPS, warmup=SFT_WARMUP, remat=cfg.remat,

@@ -17,8 +17,9 @@ on random weights at the preset's dimensions; the packed step takes `segment_ids
 trainer runs it with `pack`. Token ids are random at the real lengths (a step's time depends on shapes); positions
 and the loss mask (the judgement and its end token) are the examples' own. The vision and audio towers are not run:
 a media position is an ordinary token position in the LLM, and the towers encode each example's media whichever way
-the text is batched (only their per-batch padding to a media bucket would differ; it is left out). Every shape compiles first (untimed; each program also runs once), all batches are put on the
-device, then one timed pass over all of them per side, packed first (the input pipeline's speed is `omnirrm bench
+the text is batched (only their per-batch padding to a media bucket would differ; it is left out). Every shape
+compiles first (untimed; each program also runs once), all batches are put on the device, then one timed pass over
+all of them per side, packed first (the input pipeline's speed is `omnirrm bench
 data`'s).
 
 MFU counts the model FLOPs the real tokens need, the same numerator on both sides: `training.metrics.

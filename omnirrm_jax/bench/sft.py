@@ -209,7 +209,7 @@ def bench_hf(cfg, *, batch: int, seq: int, steps: int, warmup: int, checkpointin
            "loss": float(loss), "init_s": init_s, "trainable_params": sum(p.numel() for p in params),
            "attn": model.config._attn_implementation,
            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else None}
-    del model, opt, params, ids, labels
+    model = opt = params = ids = labels = None  # free the card (`step` closes over them)
     return out
 
 

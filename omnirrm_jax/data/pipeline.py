@@ -297,16 +297,14 @@ class _BucketBatchIterator(grain.DatasetIterator):
         if group is None:
             return {"_stats": self._skips}
         cfg = self._cfg
+        rows = group if cfg.pack else [[e] for e in group]  # a packed batch's rows, or one example per row
+        seq = cfg.seq_buckets[E.bucket_for(max(sum(e["cost"][0] for e in row) for row in rows), cfg.seq_buckets)]
+        media = cfg.media_buckets[E.media_bucket_for(np.sum([e["cost"][1:] for row in rows for e in row], 0),
+                                                     cfg.media_buckets)]
         if cfg.pack:
-            seq = cfg.seq_buckets[E.bucket_for(max(sum(e["cost"][0] for e in row) for row in group), cfg.seq_buckets)]
-            media = cfg.media_buckets[E.media_bucket_for(np.sum([e["cost"][1:] for row in group for e in row], 0),
-                                                         cfg.media_buckets)]
             batch = P.collate_packed(group, batch_size=self._B, seq_len=seq, media=media, pad_id=self._pad_id,
                                      patch_dim=self._patch_dim, alloc=self._alloc)
         else:
-            seq = cfg.seq_buckets[E.bucket_for(max(e["cost"][0] for e in group), cfg.seq_buckets)]
-            media = cfg.media_buckets[E.media_bucket_for(np.sum([e["cost"][1:] for e in group], 0),
-                                                         cfg.media_buckets)]
             batch = E.collate(group, batch_size=self._B, seq_len=seq, media=media, pad_id=self._pad_id,
                               mode=cfg.mode, patch_dim=self._patch_dim, alloc=self._alloc)
         empty = {"seen": 0, "skipped": {}, "first": {}}

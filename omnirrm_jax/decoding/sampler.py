@@ -69,12 +69,12 @@ class SamplingConfig:
     shared_prefix_kernel_head_dim: int = 128
     # With top-k on: "candidates" draws among the top-k candidates (`decoding.top_k_draw`: no vocab-wide sort or
     # noise), "vocab" masks the whole vocabulary and draws from it (`filter_logits`); the same distribution, kept
-    # to compare them (`omnirrm bench decode --sample --draw vocab`).
+    # to compare them (`omnirrm bench decode --draws candidates,vocab`).
     draw: str = "candidates"
-    # True: temperature and top_p are not constants of the program but per-row arrays passed to `generate` /
-    # `decode` (`RowSampling`), so one compiled program serves every value and rows with different values share
-    # a batch (the server's chat); the two fields above are then ignored. top-p then runs every step (a sort over
-    # the vocabulary when top-k is off), even for rows at top_p 1.
+    # True: `temperature` is not a constant of the program but a per-row array passed to `generate` / `decode`
+    # (`RowSampling`), and so is top_p unless `top_p` here is 1.0, which switches top-p off for every row (the rows'
+    # values are then not read: no sort over the vocabulary). One compiled program serves every value, and rows
+    # with different values share a batch (the server's chat).
     per_row: bool = False
 
     def __post_init__(self):
@@ -150,7 +150,7 @@ def filter_logits(logits_RV: jax.Array, temperature: float = 1.0, top_k: int = 0
     V = x.shape[-1]
     desc = None  # candidates in descending order
     if 0 < top_k < V:
-        desc = _top_k_values(x, top_k)
+        desc = top_k_draw.top_k(x, top_k)[0]
         kth = desc[..., -1:]
         x = jnp.where(x < kth, -jnp.inf, x)
         # tokens tied with the k-th that the window left out (their mass is below every candidate)
@@ -175,19 +175,6 @@ def _is_one(value) -> bool:
     return isinstance(value, (int, float)) and value == 1.0
 
 
-def _top_k_values(x_RV: jax.Array, k: int, chunks: int = 128) -> jax.Array:
-    """The k largest values of each row, descending: the top k of each of `chunks` slices, then the top k of
-    those candidates (the same values as one `top_k`; on an H200 a 151k-vocab sampling step at batch 64 was
-    3.5 % faster). Padding is -inf, which only surfaces where a row has fewer than k finite values anyway."""
-    R, V = x_RV.shape
-    size = -(-V // chunks)
-    if size < k:
-        return jax.lax.top_k(x_RV, k)[0]
-    x = jnp.pad(x_RV, ((0, 0), (0, chunks * size - V)), constant_values=-jnp.inf)
-    candidates = jax.lax.top_k(x.reshape(R, chunks, size), k)[0].reshape(R, chunks * k)
-    return jax.lax.top_k(candidates, k)[0]
-
-
 def sample_tokens(key: jax.Array, logits_RV: jax.Array, sampling: SamplingConfig,
                   rows: RowSampling | None = None) -> tuple[jax.Array, jax.Array]:
     """One token per row and its log-probability under the distribution used (greedy: plain log-softmax).
@@ -197,7 +184,8 @@ def sample_tokens(key: jax.Array, logits_RV: jax.Array, sampling: SamplingConfig
     """
     temperature, top_p = sampling.temperature, sampling.top_p
     if sampling.per_row and not sampling.greedy:
-        temperature, top_p = rows.temperature[:, None], rows.top_p[:, None]
+        temperature = rows.temperature[:, None]
+        top_p = 1.0 if sampling.top_p == 1.0 else rows.top_p[:, None]
     if sampling.greedy:
         logits_RV = logits_RV.astype(jnp.float32)
         logp = jax.nn.log_softmax(logits_RV, axis=-1)

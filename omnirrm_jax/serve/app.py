@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from omnirrm_jax.serve.engine import Engine, QueueFull
 from omnirrm_jax.serve.inputs import Inputs, RequestError
 from omnirrm_jax.serve.metrics import Metrics
+from omnirrm_jax.serve.runner import chat_mode
 from omnirrm_jax.serve.schemas import ChatRequest, JudgeRequest, RewardRequest
 
 log = logging.getLogger(__name__)
@@ -290,7 +291,7 @@ def create_app(state: ServerState) -> FastAPI:
         example = await prepare(state.inputs.chat, body, deadline=end)
         # temperature and top_p travel with the item (data of the program, `Runner.rows`); a seeded request gets a
         # batch of its own, so its draw does not depend on who else was waiting
-        key = ("chat", state.chat_len(max_tokens), body.temperature == 0,
+        key = ("chat", state.chat_len(max_tokens), chat_mode(body.temperature, body.top_p),
                None if body.seed is None else (body.seed, uuid.uuid4().hex))
         item = {"example": example, "n": body.n, "max_tokens": max_tokens, "stop": stop,
                 "temperature": body.temperature, "top_p": body.top_p}

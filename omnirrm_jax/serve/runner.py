@@ -7,9 +7,9 @@ to a power of two between 128 and --max-prompt-tokens (`length_buckets`; coarser
 only changes padding, not results), judgements decode `max_new_tokens`, the verdict pass pads every judgement to
 the longest prefix (one program per prompt length, where the offline judge compiles one per power of two), chat
 decodes one of `chat_buckets` lengths, cut to the request's `max_tokens`; a sampled chat batch carries each row's
-temperature and top_p as data (`RowSampling`), so any values run the one program. `warm_up` compiles, for every
-length bucket: the judge's decode and verdict passes, the reward pass, and chat greedy (temperature 0) and sampled
-for every chat length. What it leaves out, compiled on first use and counted in `omnirrm_serve_compiles_total`:
+temperature and top_p as data (`RowSampling`), so any values run one of three programs (`chat_mode`: greedy,
+temperature alone, temperature and top-p). `warm_up` compiles, for every length bucket: the judge's decode and
+verdict passes, the reward pass, and the three chat programs for every chat length. What it leaves out, compiled on first use and counted in `omnirrm_serve_compiles_total`:
 media batches (their patch and audio buckets, powers of two)."""
 
 from __future__ import annotations
@@ -30,6 +30,18 @@ from omnirrm_jax.models.thinker import model_inputs
 log = logging.getLogger(__name__)
 MIN_BUCKET = 128
 VERDICT_MIN_PREFIX = 16
+
+
+CHAT_MODES = ("greedy", "temperature", "top_p")
+GREEDY_BELOW = 1e-4  # a temperature under this is greedy (its limit): dividing logits by it would overflow
+
+
+def chat_mode(temperature: float, top_p: float) -> str:
+    """Which chat program a request runs: "greedy" (temperature 0, or small enough to be its limit),
+    "temperature" (sampling, top_p 1: no sort over the vocabulary) or "top_p"."""
+    if temperature < GREEDY_BELOW:
+        return "greedy"
+    return "temperature" if top_p >= 1.0 else "top_p"
 
 
 def length_buckets(max_prompt_tokens: int) -> list[int]:
@@ -90,11 +102,13 @@ class Runner:
 
     # ------------------------------------------------------------ chat
 
-    def sampling(self, n_new: int, greedy: bool) -> SamplingConfig:
-        """Greedy, or sampling with each row's temperature and top_p as data (`RowSampling`): one program per
-        decode length serves every value, and requests with different values share a batch."""
+    def sampling(self, n_new: int, mode: str) -> SamplingConfig:
+        """`mode` (`chat_mode`): "greedy", or sampling with each row's temperature as data (`RowSampling`), and its
+        top_p too in mode "top_p" (mode "temperature": top_p 1 for all, no sort over the vocabulary). One program
+        per mode and decode length serves every value; requests with different values share a batch."""
         s = self.tok.special_ids
-        return SamplingConfig(max_new_tokens=n_new, greedy=greedy, per_row=True, top_k=0,
+        return SamplingConfig(max_new_tokens=n_new, greedy=mode == "greedy", per_row=True, top_k=0,
+                              top_p=0.5 if mode == "top_p" else 1.0,  # per_row: only "on" (< 1) or "off" (1)
                               stop_token_ids=(s["im_end"],), pad_token_id=s["pad"])
 
     def rows(self, items: list) -> RowSampling:
@@ -105,11 +119,11 @@ class Runner:
         return RowSampling.make(t + [1.0] * pad, p + [1.0] * pad)
 
     def _chat(self, key, items: list, exs: list) -> list:
-        _, n_new, greedy, seed = key
+        _, n_new, mode, seed = key
         rng = jax.random.key(seed[0] if seed is not None else next(self._seeds) + (1 << 40))
         batch = pairs.make_batch(exs, self.batch_size, self.tok, self.cfg, self.seq_len(exs))
-        result = generate(self.model, model_inputs(batch), self.sampling(n_new, greedy), rng,
-                          rows=None if greedy else self.rows(items))
+        result = generate(self.model, model_inputs(batch), self.sampling(n_new, mode), rng,
+                          rows=None if mode == "greedy" else self.rows(items))
         tokens, lengths = np.asarray(result.tokens)[:, 0], np.asarray(result.lengths)[:, 0]
         finished = np.asarray(result.finished)[:, 0]
         out, row = [], 0
@@ -151,7 +165,8 @@ class Runner:
             reward.forced_verdicts(self.model, self.tok, batch, 1, self.judge.field)
             ones = RowSampling.make(np.ones(self.batch_size), np.ones(self.batch_size))
             for n_new in self.chat_lengths:
-                generate(self.model, inputs, self.sampling(n_new, True), jax.random.key(0))
-                generate(self.model, inputs, self.sampling(n_new, False), jax.random.key(0), rows=ones)
+                for mode in CHAT_MODES:
+                    generate(self.model, inputs, self.sampling(n_new, mode), jax.random.key(0),
+                             rows=None if mode == "greedy" else ones)
             log.info("warm-up: prompt length %d compiled (%.0f s so far)", S, time.perf_counter() - t0)
         return time.perf_counter() - t0

@@ -36,8 +36,6 @@ def test_bench_grpo_small_runs(tmp_path, capsys, restore_compile_cache):
         ratio = bound["measured_over_bound"][part]
         assert f"  {part:<9} measured {ours[part + '_s']:.3f} s, bound {bound[part + '_s']:.3f} s" in printed
         assert f": {ratio:.2f}x\n" in printed
-
-
     # a second run with the same shapes (a resumed run) reads its first step's programs back from the cache
     assert ours["first_step_programs"] > 0 and ours["first_step_cache_hits"] == 0
     jax.clear_caches()  # as a new process

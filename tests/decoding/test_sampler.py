@@ -125,16 +125,6 @@ def test_filter_logits_equals_hf_warpers(temperature, top_k, top_p):
     np.testing.assert_allclose(got[np.isfinite(got)], want[np.isfinite(want)], atol=2e-5)
 
 
-def test_two_stage_top_k_values_equal_top_k():
-    rng = np.random.default_rng(3)
-    x = rng.integers(0, 40, size=(4, 8000)).astype(np.float32)  # many ties
-    x[1, 30:] = -np.inf  # fewer than k finite values (a constraint mask)
-    x[2, ::7] = -np.inf
-    for k in (50, 63):  # chunk size ceil(8000 / 128) = 63 >= k: the two-stage path
-        got = np.asarray(SM._top_k_values(jnp.asarray(x), k))
-        np.testing.assert_array_equal(got, np.asarray(jax.lax.top_k(jnp.asarray(x), k)[0]))
-
-
 def test_top_k_keeps_ties_like_hf():
     logits = np.random.default_rng(0).integers(0, 6, size=(4, 64)).astype(np.float32)  # many exact ties
     got = np.asarray(SM.filter_logits(jnp.asarray(logits), 1.0, 7, 1.0))

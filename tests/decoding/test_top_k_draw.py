@@ -61,6 +61,27 @@ def test_draw_follows_the_filtered_distribution(temperature, top_k, top_p, ties)
     assert p > 1e-4, f"frequencies do not fit the filtered distribution (chi-square p = {p:.2e})"
 
 
+@pytest.mark.parametrize("top_p", [1.0, 0.95, 0.9, 0.5, 0.2])
+def test_tied_group_below_the_top_kept_or_cut_by_top_p(top_p):
+    """10 distinct values above the k-th and 600 tokens tied at it: the group's mass is 600 x one token's, so
+    top-p keeps it (drawn about 2/3 of the time) or, at small top_p, cuts it whole, as `filter_logits`."""
+    V, k, n = 8000, 20, 20000
+    logits = np.full(V, -5.0, np.float32)
+    logits[np.arange(600) * 13 % V] = 1.0  # the tied group, spread over the slices
+    logits[[7001, 7003, 7005, 7007, 7009, 7011, 7013, 7015, 7017, 7019]] = 4.0 + np.arange(10) * 0.1
+    want = np.asarray(SM.filter_logits(jnp.asarray(logits[None]), 1.0, k, top_p))[0]
+    tok, lp = T.sample(jax.random.key(2), jnp.broadcast_to(jnp.asarray(logits), (n, V)), 1.0, k, top_p)
+    tok, lp = np.asarray(tok), np.asarray(lp)
+    assert np.isfinite(want[tok]).all()
+    np.testing.assert_allclose(lp, want[tok], atol=2e-5)
+    group = logits[tok] == 1.0
+    want_group = np.exp(want[logits == 1.0].astype(np.float64)).sum() if np.isfinite(want[logits == 1.0]).any() else 0
+    assert abs(group.mean() - want_group) < 0.02, (group.mean(), want_group)
+    assert (want_group > 0.5) == (top_p >= 0.5)  # both branches are exercised
+    p = _chi2_pvalue(np.bincount(tok, minlength=V), np.exp(want.astype(np.float64)))
+    assert p > 1e-4, f"chi-square p = {p:.2e}"
+
+
 def test_masked_rows_with_fewer_than_k_allowed_tokens():
     """A constraint leaving 3 tokens: only they are drawn, at their renormalised probabilities."""
     V, n = 4096, 6000

@@ -311,6 +311,8 @@ def test_server_faults_are_json_500_and_oversized_reward_is_400():
     import threading
     import types
 
+    import numpy as np
+
     from omnirrm_jax.serve.inputs import Inputs
 
     inp = Inputs.__new__(Inputs)
@@ -347,3 +349,25 @@ def test_engine_queues_all_jobs_of_a_request_or_none():
     assert e.depth == 1  # nothing of the refused request was queued
     futures = e.submit_many([("reward", "k", i, 1) for i in range(2)])
     assert e.depth == 3 and len(futures) == 2
+
+
+def test_chat_rows_carry_each_choice_values_and_pick_one_of_three_programs():
+    """A sampled chat batch's RowSampling: every choice of every item in order, padding rows at (1, 1); which of
+    the three chat programs a request runs (a temperature too small to divide by is greedy, its limit)."""
+    import types
+
+    import numpy as np
+
+    from omnirrm_jax.serve.runner import GREEDY_BELOW, Runner, chat_mode
+
+    judge = types.SimpleNamespace(tok=types.SimpleNamespace(special_ids={"im_end": 5, "pad": 0}), model=None,
+                                  cfg=None, batch_size=6, max_new_tokens=64)
+    runner = Runner(judge, max_prompt_tokens=256, max_tokens=32)
+    assert not hasattr(judge, "verdict_min_prefix")  # the server's setting is on its own copy
+    rows = runner.rows([{"n": 2, "temperature": 0.7, "top_p": 0.9}, {"n": 1, "temperature": 1.3, "top_p": 0.5}])
+    np.testing.assert_allclose(np.asarray(rows.temperature), [0.7, 0.7, 1.3, 1, 1, 1], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(rows.top_p), [0.9, 0.9, 0.5, 1, 1, 1], rtol=1e-6)
+    assert [chat_mode(t, p) for t, p in [(0, 1), (GREEDY_BELOW / 10, 0.5), (1e-50, 1), (0.7, 1), (0.7, 0.99)]] == \
+        ["greedy", "greedy", "greedy", "temperature", "top_p"]
+    assert runner.sampling(16, "temperature").top_p == 1.0 and runner.sampling(16, "top_p").top_p < 1.0
+    assert runner.sampling(16, "greedy").greedy
