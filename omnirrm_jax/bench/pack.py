@@ -143,6 +143,22 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def dry_run_table(args, info: dict, sides: dict) -> str:
+    """--dry-run: the batching alone, and the ratio the padding alone would allow."""
+    t = info["mix"]["tokens"]
+    lines = [f"Length mix: {info['mix']['examples']} examples, tokens per example min {t['min']} / median "
+             f"{t['median']:.0f} / p90 {t['p90']:.0f} / max {t['max']}; {args.batch} rows per step, packed rows of "
+             f"{args.row_len}", "", "| path | steps | shapes (seq: steps) | real tokens | padding |", "|---|---|---|---|---|"]
+    for name in SIDES:
+        s = sides[name]
+        shapes = ", ".join(f"{k}: {v}" for k, v in s["shapes"].items())
+        lines.append(f"| {name} | {s['steps']} | {shapes} | {s['real_tokens']:,} | {s['padding_fraction']:.1%} |")
+    bound = (1 - sides["packed"]["padding_fraction"]) / (1 - sides["bucketed"]["padding_fraction"])
+    lines.append(f"\npadding alone: packed / bucketed effective tokens/s <= {bound:.2f}x if a computed position cost "
+                 "the same on both sides")
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None = None):
     """The options, with `buckets` (a tuple), `row_len` and `examples` resolved; usage errors exit here."""
     from omnirrm_jax.bench import length_mix
@@ -177,6 +193,8 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--small", action="store_true",
                    help=f"a CPU smoke test: tiny dims, fp32, {SMALL_EXAMPLES} examples, {SMALL_BATCH} rows per step, "
                         "one device")
+    p.add_argument("--dry-run", action="store_true",
+                   help="only the length mix and both sides' batching (steps, padding): no model, no device")
     p.add_argument("--json", default=None, help="also write the result here")
     args = p.parse_args(argv)
     try:
@@ -245,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
 
     devices = jax.devices()[:args.devices] if args.devices else jax.devices()
     n_dev = len(devices)
-    if args.batch % n_dev:
+    if args.batch % n_dev and not args.dry_run:
         raise UserError(f"--batch {args.batch} is not divisible by {n_dev} devices (--devices picks fewer)")
     cfg = C.tiny(dtype="float32", param_dtype="float32") if args.small else \
         C.PRESETS[args.preset](dtype="bfloat16", param_dtype="bfloat16")
@@ -253,6 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     examples, info = prepare_examples(args, cfg.text.vocab_size)
     batches = {s: host_batches(examples, args.pipelines[s], patch_dim=cfg.vision.patch_dim, pad_id=0) for s in SIDES}
     sides = {s: accounting(batches[s], len(examples)) for s in SIDES}
+    if args.dry_run:
+        print(dry_run_table(args, info, sides), flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"bench": "pack", "dry_run": True, "batch": args.batch, "row_len": args.row_len, **info,
+                           **sides}, f, indent=2)
+        return 0
 
     mesh = S.make_mesh(S.MeshConfig(data=-1), devices=devices)
     state, shardings, tx = lora_train_state(cfg, mesh, lora_rank=args.lora_rank,

@@ -74,3 +74,13 @@ def test_bench_pack_small_runs_both_sides(tmp_path, capsys):
     assert b["effective_tokens_per_s"] == pytest.approx(b["real_tokens"] / b["seconds"])
     printed = capsys.readouterr().out
     assert "| bucketed |" in printed and "| packed |" in printed and "packed / bucketed" in printed
+
+
+def test_dry_run_prints_the_batching_without_a_model(tmp_path, capsys):
+    out = tmp_path / "dry.json"
+    assert bench_pack.main(["--dry-run", "--examples", "24", "--benchmarks", str(FIXTURE), "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["dry_run"] and res["bucketed"]["real_tokens"] == res["packed"]["real_tokens"] > 0
+    assert "seconds" not in res["packed"]  # nothing ran
+    printed = capsys.readouterr().out
+    assert "| packed |" in printed and "padding alone" in printed
