@@ -188,11 +188,20 @@ def _trainable(state) -> dict:
     return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(state.trainable)}
 
 
-def _assert_params_close(npz, state, rtol, atol):
+def _assert_params_close(npz, state, rtol, atol, noisy_bound=None, noisy_fraction=1e-3):
+    """Every trainable leaf close to the reference. With `noisy_bound`: a few entries (at most `noisy_fraction` of a
+    leaf) may differ by up to it. Why: Adam scales each entry's step by its own gradient RMS, so an entry whose
+    gradient is at summation-order noise level takes a step of ~learning rate in a sign the noise picks; a
+    layout bug differs in whole rows or blocks, far more entries than that."""
     got, want = np.load(npz), _trainable(state)
     assert sorted(got.files) == sorted(want)
     for k in want:
-        np.testing.assert_allclose(got[k], want[k], rtol=rtol, atol=atol, err_msg=k)
+        if noisy_bound is None:
+            np.testing.assert_allclose(got[k], want[k], rtol=rtol, atol=atol, err_msg=k)
+            continue
+        off = np.abs(got[k] - want[k]) > atol + rtol * np.abs(want[k])
+        assert off.mean() <= noisy_fraction, (k, int(off.sum()), off.size)
+        np.testing.assert_allclose(got[k], want[k], rtol=0, atol=noisy_bound, err_msg=k)
 
 
 @pytest.mark.slow
@@ -241,4 +250,6 @@ def test_two_processes_sft_sigterm_resume_then_grpo_like_one(prepared, tmp_path)
             assert two[s][key] == one[s][key], (s, key, two[s][key], one[s][key])
         for key in ("train/loss", "train/kl", "train/grad_norm"):
             np.testing.assert_allclose(two[s][key], one[s][key], rtol=1e-5, atol=1e-7, err_msg=f"step {s} {key}")
-    _assert_params_close(tmp_path / "out3" / "grpo.npz", g_ref["state"], rtol=1e-4, atol=1e-6)
+    # 2 Adam steps at learning rate 1e-3: a noise-level entry may move up to ~2e-3 either way (it moved 1.7e-5 in one
+    # of 2048 entries of a lora_b once the rollouts drew among the top-k candidates)
+    _assert_params_close(tmp_path / "out3" / "grpo.npz", g_ref["state"], rtol=1e-4, atol=1e-6, noisy_bound=2e-3)
