@@ -145,7 +145,7 @@ def filter_logits(logits_RV: jax.Array, temperature: float = 1.0, top_k: int = 0
     that of tokens tied with the k-th, added to every tail).
     """
     x = jnp.asarray(logits_RV).astype(jnp.float32)
-    if not _is_one(temperature):
+    if not top_k_draw.is_one(temperature):
         x = x / temperature
     V = x.shape[-1]
     desc = None  # candidates in descending order
@@ -155,7 +155,7 @@ def filter_logits(logits_RV: jax.Array, temperature: float = 1.0, top_k: int = 0
         x = jnp.where(x < kth, -jnp.inf, x)
         # tokens tied with the k-th that the window left out (their mass is below every candidate)
         n_out = jnp.sum(x == kth, -1, keepdims=True) - jnp.sum(desc == kth, -1, keepdims=True)
-    if not _is_one(top_p):
+    if not top_k_draw.is_one(top_p):
         if desc is None:
             desc = -jnp.sort(-x, axis=-1)
         top = desc[..., :1]
@@ -168,11 +168,6 @@ def filter_logits(logits_RV: jax.Array, temperature: float = 1.0, top_k: int = 0
         cutoff = jnp.take_along_axis(desc, keep.sum(-1, keepdims=True) - 1, -1)
         x = jnp.where(x < cutoff, -jnp.inf, x)
     return jax.nn.log_softmax(x, axis=-1)
-
-
-def _is_one(value) -> bool:
-    """A static 1.0 (that warper is off); a per-row array is never known to be."""
-    return isinstance(value, (int, float)) and value == 1.0
 
 
 def sample_tokens(key: jax.Array, logits_RV: jax.Array, sampling: SamplingConfig,

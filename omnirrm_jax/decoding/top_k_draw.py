@@ -53,13 +53,17 @@ def _hash(v_V: jax.Array, seed_R: jax.Array) -> jax.Array:
     return (h >> 1).astype(jnp.int32)
 
 
+def is_one(value) -> bool:
+    """A static 1.0 (that warper is off); a per-row array is never known to be."""
+    return isinstance(value, (int, float)) and value == 1.0
+
+
 def sample(key: jax.Array, logits_RV: jax.Array, temperature, k: int, top_p) -> tuple[jax.Array, jax.Array]:
     """One token per row drawn from HF's temperature -> top-k -> top-p distribution (0 < k < V), and its
     log-probability under that distribution. temperature / top_p: Python floats (constants of the program) or
     (R, 1) arrays (per row)."""
-    static = isinstance(temperature, (int, float)), isinstance(top_p, (int, float))
     x = jnp.asarray(logits_RV).astype(jnp.float32)
-    if not (static[0] and temperature == 1.0):
+    if not is_one(temperature):
         x = x / temperature
     R, V = x.shape
     vals, idx = top_k(x, k)
@@ -78,7 +82,7 @@ def sample(key: jax.Array, logits_RV: jax.Array, temperature, k: int, top_p) -> 
     e_group = n_tied * jnp.exp(kth - top)  # (R, 1), 0 when kth is -inf (fewer than k finite values)
     z = jnp.sum(e, -1, keepdims=True) + e_group
     keep_above, keep_group = above, jnp.ones_like(kth, bool)
-    if not (static[1] and top_p == 1.0):
+    if not is_one(top_p):
         # mass at or below each candidate (descending order; the group lies below every candidate above kth)
         tail = jnp.flip(jnp.cumsum(jnp.flip(e, -1), -1), -1) + e_group
         keep = (tail / z > 1.0 - top_p) | (jnp.arange(k) == 0)  # always the most probable token

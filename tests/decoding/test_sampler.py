@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from scipy import stats
 
 from tests.compile_count import count_compiles
 from omnirrm_jax.decoding import sampler as SM
+from tests.chi2 import chi2_pvalue
 from omnirrm_jax.models import audio as audio_lib
 from omnirrm_jax.models import params as P
 from omnirrm_jax.models import thinker as thinker_lib
@@ -164,16 +164,6 @@ def test_ties_keep_whole_group_and_contain_hf(top_k, top_p):
     assert (got | ~hf).all(), "HF kept a token we dropped"
 
 
-def _chi2_pvalue(counts, probs):
-    """Chi-square goodness of fit; bins expecting < 5 draws are pooled so the approximation holds."""
-    expected = probs * counts.sum()
-    small = expected < 5
-    obs = np.append(counts[~small], counts[small].sum())
-    exp = np.append(expected[~small], expected[small].sum())
-    obs, exp = obs[exp > 0], exp[exp > 0]
-    return stats.chi2.sf(((obs - exp) ** 2 / exp).sum(), len(exp) - 1)
-
-
 @pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 20, 0.9), (1.0, 0, 0.8), (1.3, 50, 1.0), (0.5, 0, 1.0)])
 def test_sampled_frequencies_match_filtered_distribution(temperature, top_k, top_p):
     V, n = 512, 20000
@@ -185,7 +175,7 @@ def test_sampled_frequencies_match_filtered_distribution(temperature, top_k, top
     logp = hf_warp(logits[None], temperature, top_k, top_p)[0]
     assert np.isfinite(logp[tok]).all(), "sampled a token outside the filtered support"
     np.testing.assert_allclose(lp, logp[tok], atol=2e-5)
-    p = _chi2_pvalue(np.bincount(tok, minlength=V), np.exp(logp.astype(np.float64)))
+    p = chi2_pvalue(np.bincount(tok, minlength=V), np.exp(logp.astype(np.float64)))
     assert p > 1e-4, f"sampled frequencies do not fit the filtered distribution (chi-square p = {p:.2e})"
 
 
@@ -202,7 +192,7 @@ def test_generate_first_token_distribution_matches_hf(models):
         tok = np.asarray(res.tokens)[b, :, 0]
         assert np.isfinite(logp[tok]).all()
         np.testing.assert_allclose(np.asarray(res.logprobs)[b, :, 0], logp[tok], atol=1e-4)
-        p = _chi2_pvalue(np.bincount(tok, minlength=logp.size), np.exp(logp.astype(np.float64)))
+        p = chi2_pvalue(np.bincount(tok, minlength=logp.size), np.exp(logp.astype(np.float64)))
         assert p > 1e-4, f"prompt {b}: chi-square p = {p:.2e}"
 
 

@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
 
 from omnirrm_jax.decoding import sampler as SM
+from tests.chi2 import chi2_pvalue
 from omnirrm_jax.decoding import top_k_draw as T
 
 
@@ -24,17 +24,6 @@ def test_sliced_top_k_is_exact_with_ties_and_masked_tokens():
                                       vals[finite])
         for r in range(4):
             assert len(set(idx[r][finite[r]].tolist())) == finite[r].sum(), "a token listed twice"
-
-
-def _chi2_pvalue(counts, probs):
-    expected = probs * counts.sum()
-    small = expected < 5
-    obs = np.append(counts[~small], counts[small].sum())
-    exp = np.append(expected[~small], expected[small].sum())
-    obs, exp = obs[exp > 0], exp[exp > 0]
-    if len(exp) < 2:
-        return 1.0
-    return stats.chi2.sf(((obs - exp) ** 2 / exp).sum(), len(exp) - 1)
 
 
 CASES = [(0.7, 20, 0.9), (1.3, 50, 1.0), (1.0, 5, 0.3), (0.8, 10, 0.7), (1.0, 3, 0.95), (1.0, 40, 0.0)]
@@ -57,7 +46,7 @@ def test_draw_follows_the_filtered_distribution(temperature, top_k, top_p, ties)
     counts = np.bincount(tok, minlength=V)
     if ties:
         assert (counts[np.isfinite(want)] > 0).mean() > 0.95, "tied tokens are not all reachable"
-    p = _chi2_pvalue(counts, np.exp(want.astype(np.float64)))
+    p = chi2_pvalue(counts, np.exp(want.astype(np.float64)))
     assert p > 1e-4, f"frequencies do not fit the filtered distribution (chi-square p = {p:.2e})"
 
 
@@ -78,7 +67,7 @@ def test_tied_group_below_the_top_kept_or_cut_by_top_p(top_p):
     want_group = np.exp(want[logits == 1.0].astype(np.float64)).sum() if np.isfinite(want[logits == 1.0]).any() else 0
     assert abs(group.mean() - want_group) < 0.02, (group.mean(), want_group)
     assert (want_group > 0.5) == (top_p >= 0.5)  # both branches are exercised
-    p = _chi2_pvalue(np.bincount(tok, minlength=V), np.exp(want.astype(np.float64)))
+    p = chi2_pvalue(np.bincount(tok, minlength=V), np.exp(want.astype(np.float64)))
     assert p > 1e-4, f"chi-square p = {p:.2e}"
 
 
