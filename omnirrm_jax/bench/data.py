@@ -86,6 +86,13 @@ def make_synthetic_shards(root: Path, n: int, target: int, tok_path: str | None,
     return out, tok
 
 
+def examples_in(batch) -> int:
+    """Examples in a host batch: its valid rows, or with packing every segment of them (a row holds several)."""
+    if "segment_ids" in batch:
+        return int(np.asarray(batch["segment_ids"]).max(axis=1, initial=0)[np.asarray(batch["valid"])].sum())
+    return int(np.asarray(batch["valid"]).sum())
+
+
 def run(source, tok, cfg, *, batches: int, warmup: int) -> dict:
     """Iterate the pipeline: samples/s after `warmup` batches, padding waste per bucket, shapes seen."""
     from omnirrm_jax.data import examples as E
@@ -107,7 +114,7 @@ def run(source, tok, cfg, *, batches: int, warmup: int) -> dict:
         sig = E.batch_signature(b)
         shapes[sig] += 1
         real = int(b["attention_mask"].sum())
-        samples += int(b["valid"].sum())
+        samples += examples_in(b)
         tokens += real
         waste[sig[0]] += (b["attention_mask"].size - real, b["attention_mask"].size)
         media_real = (int(b["image_aux"]["valid_P"].sum()) + int(b["video_aux"]["valid_P"].sum()))
@@ -138,6 +145,8 @@ def main(argv=None) -> int:
     p.add_argument("--batches", type=int, default=40)
     p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--group-window", type=int, default=1)
+    p.add_argument("--pack", action="store_true", help="pack several examples per row (SFT packing); samples/s "
+                   "counts examples, not rows")
     p.add_argument("--synthetic-records", type=int, default=96)
     p.add_argument("--workdir", default=None, help="keep generated data here (default: a temp folder)")
     a = p.parse_args(argv)
@@ -147,7 +156,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(a.workdir or tmp)
         base = dict(batch_size=a.batch_size, worker_count=a.workers, group_window=a.group_window,
-                    max_skip_ratio=1.0, shuffle_seed=0)
+                    max_skip_ratio=1.0, shuffle_seed=0, pack=a.pack)
         if a.case in ("demo", "both"):
             if a.data:
                 src, texts = a.data, [""]

@@ -13,6 +13,7 @@ import time
 from typing import Callable
 
 import jax
+import numpy as np
 
 from omnirrm_jax.compile_cache import CompileListener
 
@@ -133,15 +134,34 @@ def matmul_params(cfg) -> int:
     return t.num_layers * per_layer + t.vocab_size * t.hidden_size
 
 
-def flops_per_token(cfg, seq: int, *, full_finetune: bool = False, loss_window: int | None = None) -> float:
+def flops_per_token(cfg, seq: int, *, full_finetune: bool = False, loss_window: int | None = None,
+                    attended: float | None = None) -> float:
     """Model FLOPs of one training step per token, what MFU counts: forward 2·N, backward 2·N for the activation
     gradients (+2·N weight gradients when the base trains; a frozen weight gets none), plus causal attention
     (forward 2·T·d per layer, backward twice that). Recompute and the LoRA factors' own FLOPs are not counted,
     so a step scores the same MFU whatever it rematerialises (`omnirrm bench sft`, docs/PERFORMANCE.md). With a
-    `loss_window` the output head runs on that many of the `seq` positions only, and only those are counted."""
+    `loss_window` the output head runs on that many of the `seq` positions only, and only those are counted.
+    `attended` replaces T in the attention term for rows that are not one `seq`-long example: packed rows or
+    padded ones, where a token attends only within its own example (`attention_span`)."""
     t = cfg.text
-    attn_fwd = 2 * seq * t.num_heads * t.head_dim  # QKᵀ and PV: 2·2·T·d, halved by the causal mask
+    span = seq if attended is None else attended
+    attn_fwd = 2 * span * t.num_heads * t.head_dim  # QKᵀ and PV: 2·2·T·d, halved by the causal mask
     n = matmul_params(cfg)
     if loss_window is not None and loss_window < seq:
         n -= t.vocab_size * t.hidden_size * (seq - loss_window) / seq
     return (6 if full_finetune else 4) * n + 3 * t.num_layers * attn_fwd
+
+
+def attention_span(batch) -> float:
+    """The T that makes `flops_per_token`'s causal attention term exact for a host batch: Σ L² / Σ L over its
+    examples' lengths L (each packed segment, or each row's real tokens), since a token of an L-long example
+    attends within it. A packed row of short examples does far less attention than one row-long example; counting
+    the whole row would inflate a packed run's MFU."""
+    if "segment_ids" in batch:
+        seg = np.asarray(batch["segment_ids"])
+        lengths = np.concatenate([np.bincount(row[row > 0]) for row in seg] or [np.zeros(0, np.int64)])
+    else:
+        lengths = np.asarray(batch["attention_mask"]).sum(axis=1)
+    lengths = lengths.astype(np.float64)
+    total = lengths.sum()
+    return float((lengths ** 2).sum() / total) if total > 0 else 0.0

@@ -21,7 +21,7 @@ from omnirrm_jax.parallel.distributed import is_main
 from omnirrm_jax.training import losses
 from omnirrm_jax.training import run as run_lib
 from omnirrm_jax.training.loop import NonFiniteGuard, data_counts
-from omnirrm_jax.training.metrics import Throughput, flops_per_token, peak_flops_per_device
+from omnirrm_jax.training.metrics import Throughput, attention_span, flops_per_token, peak_flops_per_device
 from omnirrm_jax.training.state import TrainState, step_out_shardings, tree_where
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,8 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
                 last["train/tokens_per_s"] = tps
                 if peak:
                     fpt = flops_per_token(thinker_cfg, int(np.shape(host_p["input_ids"])[1]),
-                                          full_finetune=cfg.model.full_finetune, loss_window=loss_window)
+                                          full_finetune=cfg.model.full_finetune, loss_window=loss_window,
+                                          attended=attention_span(host_p))
                     last["train/mfu"] = fpt * tps / (peak * jax.device_count())
             run.writer.write(micro_p, last)
             if progress and is_main():

@@ -1,6 +1,7 @@
 """MetricWriter's TensorBoard event files (tensorboardX) load in TensorBoard's own reader; its JSONL matches.
 Throughput leaves out the steps that compiled and the run's last read."""
 import json
+import numpy as np
 
 from omnirrm_jax.training import metrics
 
@@ -63,3 +64,22 @@ def test_throughput_skips_compiling_steps_and_the_last_read(monkeypatch):
     assert tp.rate() == 400.0  # only the steady step counts
     read(0.0001, dispatched_next=False)  # the last read follows no dispatch: nothing timed
     assert tp.rate() is None
+
+
+def test_attention_is_counted_per_example_in_packed_and_padded_rows():
+    """A packed row of short examples attends far less than one row-long example: the MFU count follows the
+    examples, and a packed batch counts what the same examples unpacked count."""
+    from omnirrm_jax.bench.data import examples_in
+    from omnirrm_jax.models import config as C
+    from omnirrm_jax.training.metrics import attention_span, flops_per_token
+    from tests.models.test_packing import _examples, _packed, _unpacked
+    cfg = C.tiny()
+    exs, rows = _examples(cfg, with_image=True)
+    lengths = np.array([len(e["input_ids"]) for e in exs], float)
+    want = (lengths ** 2).sum() / lengths.sum()
+    packed, unpacked = _packed(cfg, rows, 48), _unpacked(cfg, exs, 48)
+    assert attention_span(packed) == attention_span(unpacked) == want < 48
+    assert examples_in(packed) == examples_in(unpacked) == len(exs)
+    t = cfg.text
+    whole_row = flops_per_token(cfg, 48)
+    assert flops_per_token(cfg, 48, attended=want) == whole_row - 3 * t.num_layers * 2 * (48 - want) * t.num_heads * t.head_dim
