@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from omnirrm_jax.serve.engine import Engine, QueueFull
 from omnirrm_jax.serve.inputs import Inputs, RequestError
@@ -146,7 +147,7 @@ class Timing:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
             return await self.app(scope, receive, send)
-        t0, status = time.perf_counter(), [500]
+        t0, status = time.perf_counter(), [499]  # no answer started: the client left (mid-body, say)
 
         async def send_(message):
             if message["type"] == "http.response.start":
@@ -193,6 +194,13 @@ def create_app(state: ServerState) -> FastAPI:
         m.error(exc.code)
         headers = {"Retry-After": "1"} if exc.status == 429 else None
         return _error(exc.status, str(exc), param=exc.param, code=exc.code, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def routing(request: Request, exc: StarletteHTTPException):
+        """Unknown paths, wrong methods, unreadable bodies: the same OpenAI error shape as every other refusal."""
+        m.error(f"http_{exc.status_code}")
+        return _error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                      code=f"http_{exc.status_code}", headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def fault(request: Request, exc: Exception):
@@ -272,7 +280,8 @@ def create_app(state: ServerState) -> FastAPI:
                                           for i, p in enumerate(body.pairs)], deadline=end)
         futures = submit_all([("reward", "reward", p, len(p.examples)) for p in prepared])
         recs = await wait(request, futures, end)
-        return {"rewards": [r["reward"] for r in recs], "results": recs,
+        # with both_orders, the order-debiased reward: the mean over (A, B) and (B, A), as the offline judge's
+        return {"rewards": [r["combined"]["reward"] if "combined" in r else r["reward"] for r in recs], "results": recs,
                 "scored": "P(A) - P(B) after the forced prefix '{\"better\": \"' (omnirrm_jax/eval/reward.py)"}
 
     @app.post("/v1/chat/completions")

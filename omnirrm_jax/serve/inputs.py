@@ -167,6 +167,9 @@ class Inputs:
     def chat(self, req) -> dict:
         """A `schemas.ChatRequest` -> one example (the thinker's chat template, media placeholders expanded)."""
         msgs = req.messages
+        if all(m.role == "system" for m in msgs):
+            raise RequestError("messages: at least one user message is needed (only system messages were sent)",
+                               param="messages")
         if msgs[-1].role == "assistant":
             raise RequestError("messages: the last message must be the user's (continuing an assistant message is "
                                "not supported)", param="messages")

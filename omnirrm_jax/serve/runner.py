@@ -15,7 +15,6 @@ media batches (their patch and audio buckets, powers of two)."""
 from __future__ import annotations
 
 import copy
-import itertools
 import logging
 import time
 
@@ -65,6 +64,20 @@ def _verdict_buckets(max_new_tokens: int) -> list[int]:
     return out
 
 
+def _tokens_through_stop(tok, ids, stops) -> int:
+    """How many of `ids` a decoder that stopped at the first stop string would have generated (the usage count):
+    the shortest prefix whose text holds a stop string (binary search: a longer prefix's text holds a shorter's)."""
+    lo, hi = 1, len(ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        text = tok.decode(ids[:mid])
+        if any(s in text for s in stops):
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi
+
+
 class Runner:
     """Runs batches for the engine (only ever from its one worker thread)."""
 
@@ -80,7 +93,9 @@ class Runner:
         # one verdict-pass program per prompt length: every judgement's prefix padded to the longest it can be
         # (a longer pass over at most max_new_tokens more positions, instead of one compile per power of two)
         judge.verdict_min_prefix = _verdict_buckets(judge.max_new_tokens)[-1]
-        self._seeds = itertools.count(1)
+        # unseeded requests: seeds from OS entropy, so no restart repeats them (a counter did, and 2**40 + k wrapped
+        # to the client seed k without 64-bit mode); drawn on the host, so no new program compiles after warm-up
+        self._unseeded = np.random.default_rng()
 
     def seq_len(self, exs) -> int:
         longest = max(int(ex["cost"][0]) for ex in exs)
@@ -120,7 +135,7 @@ class Runner:
 
     def _chat(self, key, items: list, exs: list) -> list:
         _, n_new, mode, seed = key
-        rng = jax.random.key(seed[0] if seed is not None else next(self._seeds) + (1 << 40))
+        rng = jax.random.key(seed[0] if seed is not None else int(self._unseeded.integers(2 ** 32)))
         batch = pairs.make_batch(exs, self.batch_size, self.tok, self.cfg, self.seq_len(exs))
         result = generate(self.model, model_inputs(batch), self.sampling(n_new, mode), rng,
                           rows=None if mode == "greedy" else self.rows(items))
@@ -139,6 +154,7 @@ class Runner:
                 cut = [i for i in (text.find(s) for s in it["stop"]) if i >= 0]
                 if cut:
                     text, reason = text[:min(cut)], "stop"
+                    ids = ids[:_tokens_through_stop(self.tok, ids, it["stop"])]
                 choices.append({"text": text, "finish_reason": reason, "tokens": len(ids)})
                 row += 1
             out.append(choices)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from omnirrm_jax.rubric.vocab import MODALITIES
 
 
 MAX_FRAMES = 64  # frames of a video sent as images (32 s at the 2 fps they are played at)
-MAX_MEDIA = 64  # media items of one list (a pair's images/videos/audios, a message's content parts)
+MAX_MEDIA = 64  # media items of one list (a pair's images/videos/audios, a message's content parts), and of a chat
 
 
 class Strict(BaseModel):
@@ -92,6 +92,23 @@ class ChatRequest(Strict):
     logprobs: bool | None = None
     top_logprobs: int | None = None
     response_format: ResponseFormat | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data):
+        """OpenAI's API takes `null` for these and means the default; some clients send it."""
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if not (v is None and k in ("stream", "n", "temperature", "top_p"))}
+        return data
+
+    @model_validator(mode="after")
+    def _bounded_media(self):
+        """Media over all messages, capped before anything is decoded (each message's list alone is capped too)."""
+        media = sum(1 for m in self.messages if not isinstance(m.content, str)
+                    for p in m.content if not isinstance(p, TextPart))
+        if media > MAX_MEDIA:
+            raise ValueError(f"{media} media parts over all messages; at most {MAX_MEDIA} per request")
+        return self
 
 
 # ---------------------------------------------------------------- judge and reward

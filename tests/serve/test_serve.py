@@ -85,7 +85,8 @@ def test_judge_and_reward_equal_the_offline_judge(client, env, offline):
     assert r.status_code == 200, r.text
     got = r.json()
     assert len(got["rewards"]) == len(rows)
-    for served, want in zip(got["results"], offline["reward"]):
+    for served, want, reward in zip(got["results"], offline["reward"], got["rewards"]):
+        assert reward == served["combined"]["reward"]  # both orders asked: the debiased reward, not (A, B)'s
         assert abs(served["reward"] - want["reward"]) < 2e-5
         assert abs(served["combined"]["reward"] - want["combined"]["reward"]) < 2e-5
 
@@ -135,6 +136,11 @@ def _bad_requests(env) -> list[tuple[str, object, int, str]]:
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": [
             {"type": "video", "video": ["data:image/png;base64,AAAA"] * 65}]}]}, 400, "messages[0].content[0].video"),
         ("/v1/judge", {**ok, "media": {"images": ["x.png"] * 65}}, 400, "media.images"),
+        ("/v1/judge", b'{"question": "\xff"}', 400, "body"),  # not UTF-8: Starlette's own error, our shape
+        ("/v1/chat/completions", {"messages": [{"role": "system", "content": "hi"}], "max_tokens": 2}, 400,
+         "user message"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "x.png"}}] * 40}] * 2}, 400, "per request"),
     ]
 
 
@@ -276,7 +282,14 @@ def test_openai_client_options_frames_limit_and_body_limit(server, client):
     assert client.get("/health").json()["status"] == "ok"
 
     for i in range(3):
-        assert client.post(f"/v1/nothere-{i}-x7", json={}).status_code == 404
+        r = client.post(f"/v1/nothere-{i}-x7", json={})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "http_404", r.text
+    r = client.get("/v1/judge")
+    assert r.status_code == 405 and "GET /v1/judge" in r.json()["error"]["message"], r.text
+    nulls = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": None, "top_p": None,
+             "n": None, "stream": None}  # OpenAI's "use the default"
+    r = client.post("/v1/chat/completions", json=nulls)
+    assert r.status_code == 200 and len(r.json()["choices"]) == 1, r.text
     text = client.get("/metrics").text
     assert "nothere" not in text and 'endpoint="other",status="404"' in text
 
@@ -310,8 +323,6 @@ def _app(inputs, max_queue=2):
 def test_server_faults_are_json_500_and_oversized_reward_is_400():
     import threading
     import types
-
-    import numpy as np
 
     from omnirrm_jax.serve.inputs import Inputs
 
@@ -371,3 +382,18 @@ def test_chat_rows_carry_each_choice_values_and_pick_one_of_three_programs():
         ["greedy", "greedy", "greedy", "temperature", "top_p"]
     assert runner.sampling(16, "temperature").top_p == 1.0 and runner.sampling(16, "top_p").top_p < 1.0
     assert runner.sampling(16, "greedy").greedy
+
+
+def test_usage_counts_the_tokens_through_the_first_stop_string():
+    """completion_tokens after a stop cut: what a decoder stopping at the stop string would have generated."""
+    from omnirrm_jax.serve.runner import _tokens_through_stop
+
+    class Chars:
+        @staticmethod
+        def decode(ids):
+            return "".join(map(chr, ids))
+
+    ids = [ord(c) for c in "hello world"]
+    assert _tokens_through_stop(Chars, ids, ["wor"]) == len("hello wor")
+    assert _tokens_through_stop(Chars, ids, ["zz", "lo"]) == len("hello")
+    assert _tokens_through_stop(Chars, ids, ["h"]) == 1
