@@ -289,8 +289,9 @@ def create_app(state: ServerState) -> FastAPI:
         end = deadline()
         max_tokens = body.max_completion_tokens or body.max_tokens or min(256, state.max_tokens)
         if max_tokens > state.max_tokens:
-            raise RequestError(f"max_tokens {max_tokens} is above the server's --max-tokens {state.max_tokens}",
-                               param="max_tokens")
+            name = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+            raise RequestError(f"{name} {max_tokens} is above the server's --max-tokens {state.max_tokens}",
+                               param=name)
         if body.n > state.engine.max_batch:
             raise RequestError(f"n {body.n} is above the server's --max-batch {state.engine.max_batch}", param="n")
         _check_openai_options(body)

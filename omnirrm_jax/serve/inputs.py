@@ -157,7 +157,7 @@ class Inputs:
             param_ = f"{param}media" if any(n in err["reason"] for n in ("image", "video", "audio", "file")) \
                 else f"{param}question" if err["reason"] == "too_long" else param or None
             status = 500 if err["reason"] == "internal_error" else 400  # the server's fault, not the request's
-            raise RequestError(f"{param}: {self._named(err['detail'], names)}" if param
+            raise RequestError(f"{param.rstrip('.')}: {self._named(err['detail'], names)}" if param
                                else self._named(err["detail"], names), param=param_, code=err["reason"],
                                status=status)
         return p

@@ -118,6 +118,7 @@ def _bad_requests(env) -> list[tuple[str, object, int, str]]:
         ("/v1/reward", {"pairs": [ok, {**ok, "media": {"audios": ["data:audio/wav;base64,AAAA"]}}]}, 400, "pairs[1]"),
         ("/v1/chat/completions", {**chat, "temperature": "hot"}, 400, "temperature"),
         ("/v1/chat/completions", {**chat, "max_tokens": 10_000}, 400, "max_tokens"),
+        ("/v1/chat/completions", {**chat, "max_completion_tokens": 10_000}, 400, "max_completion_tokens 10000"),
         ("/v1/chat/completions", {**chat, "n": 99}, 400, "n"),
         ("/v1/chat/completions", {**chat, "seed": 2 ** 70}, 400, "seed"),
         ("/v1/chat/completions", {**chat, "logit_bias": {}}, 400, "logit_bias"),
