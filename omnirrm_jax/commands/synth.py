@@ -38,5 +38,16 @@ def run(args: argparse.Namespace) -> int:
                                  dtype=policy.dtype)
 
     report = synth_run(cfg, load)
-    print(json.dumps({k: report[k] for k in ("prompts", "consensus", "output", "cost_usd")}, indent=1))
+    this_run = report["teachers"]["this_run"]
+    failed = {name: t["failed"] for name, t in this_run.items() if t["failed"]}
+    print(json.dumps({**{k: report[k] for k in ("prompts", "consensus", "output", "cost_usd")},
+                      "teacher_failures": failed}, indent=1))
+    stopped = [name for name, f in failed.items() if f.get("teacher_stopped")]
+    if stopped:
+        import sys
+        print(f"omnirrm synth: teacher(s) {', '.join(stopped)} stopped after teacher_run.max_failures_in_a_row "
+              f"failed requests in a row ({cfg.out_dir}/synth_report.json names the reasons); the output holds the "
+              "pairs judged so far. Rerun once the endpoint answers: cached judgements are not asked again.",
+              file=sys.stderr)
+        return 1
     return 0

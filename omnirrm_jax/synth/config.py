@@ -81,6 +81,7 @@ class TeacherRun:
     max_backoff_s: float = 30.0
     max_requests: int | None = None   # per-run budget: HTTP attempts
     max_tokens: int | None = None     # per-run budget: prompt + completion tokens the teachers reported
+    max_failures_in_a_row: int = 32   # a teacher failing this many requests in a row is not asked again this run
     video_fps: float = 1.0
     video_max_frames: int = 35
     frame_size: int = 512
@@ -115,7 +116,8 @@ def _build(cls, raw: Any, where: str, **fixed):
 _RUN_LIMITS = {  # field: (type, lowest allowed, None allowed)
     "concurrency": (int, 1, False), "timeout_s": (float, 1e-3, False), "max_retries": (int, 0, False),
     "backoff_s": (float, 0.0, False), "max_backoff_s": (float, 0.0, False), "max_requests": (int, 0, True),
-    "max_tokens": (int, 0, True), "video_fps": (float, 1e-3, False), "video_max_frames": (int, 1, False),
+    "max_tokens": (int, 0, True), "max_failures_in_a_row": (int, 1, False), "video_fps": (float, 1e-3, False),
+    "video_max_frames": (int, 1, False),
     "frame_size": (int, 28, False)}
 
 

@@ -54,7 +54,7 @@ def _load(text: str):
 def _score(v):
     if isinstance(v, bool):
         return None
-    if isinstance(v, str) and re.fullmatch(r"\s*\d+\s*", v):
+    if isinstance(v, str) and re.fullmatch(r"\s*\d{1,3}\s*", v):  # 3 digits: scores are 1-10 (no 5000-digit int)
         v = int(v)
     if isinstance(v, float) and v.is_integer():
         v = int(v)

@@ -129,7 +129,7 @@ async def chat(client, spec: TeacherSpec, run: TeacherRun, messages: list, budge
                     raise TeacherFailure("bad_response", r.text[:200]) from None
                 usage = _usage(data.get("usage"))
                 budget.tokens += sum(usage.values())
-                return content if isinstance(content, str) else "", usage
+                return _clean_text(content) if isinstance(content, str) else "", usage
             reason, detail = f"http_{r.status_code}", r.text[:200]
             if r.status_code != 429 and r.status_code < 500:
                 raise TeacherFailure(reason, detail)
@@ -140,6 +140,12 @@ async def chat(client, spec: TeacherSpec, run: TeacherRun, messages: list, budge
         if attempt < run.max_retries:
             await asyncio.sleep(min(wait, run.max_backoff_s))
     raise TeacherFailure(reason, detail)
+
+
+def _clean_text(text: str) -> str:
+    """A reply as text the cache can write: a lone surrogate (half an emoji, cut by the server) becomes U+FFFD
+    instead of failing the UTF-8 write, and with it the run."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 async def _annotate(jobs, run: TeacherRun, cache: AppendLog, budget: Budget, progress, crash_after: int | None,
@@ -161,28 +167,42 @@ async def _annotate(jobs, run: TeacherRun, cache: AppendLog, budget: Budget, pro
             try:
                 if budget.exhausted:
                     raise TeacherFailure("budget_exhausted", "")
+                if t["in_a_row"] >= run.max_failures_in_a_row:
+                    raise TeacherFailure("teacher_stopped", f"{t['in_a_row']} requests failed in a row")
                 parts = await asyncio.to_thread(media_parts, pair["modality"], path, fps=run.video_fps,
                                                 max_frames=run.video_max_frames, size=run.frame_size)
                 messages = [{"role": "user", "content": parts + [{"type": "text", "text": prompt_text(pair)}]}]
                 text, usage = await chat(client, spec, run, messages, budget)
+                try:
+                    judgement, why, mended = repair_judgement(text)
+                except Exception as e:  # noqa: BLE001 - a paid reply is kept (and counted unusable), not lost
+                    judgement, why, mended = None, f"repair_error: {type(e).__name__}"[:60], False
             except TeacherFailure as f:
                 t["failed"][f.reason] = t["failed"].get(f.reason, 0) + 1
+                if f.reason not in ("budget_exhausted", "teacher_stopped"):
+                    t["in_a_row"] += 1
+                    if t["in_a_row"] == run.max_failures_in_a_row:
+                        log.warning("teacher %s: %d requests failed in a row (last: %s %s); not asked again this "
+                                    "run (teacher_run.max_failures_in_a_row)", spec.name, t["in_a_row"], f.reason,
+                                    f.detail[:120])
                 if len(t["failed_pairs"]) < 20:
                     t["failed_pairs"].append({"pair": pair["id"], "reason": f.reason, "detail": f.detail[:200]})
             except (OSError, ValueError) as e:
                 t["failed"]["unreadable_media"] = t["failed"].get("unreadable_media", 0) + 1
-                t["failed_pairs"].append({"pair": pair["id"], "reason": "unreadable_media", "detail": str(e)[:200]})
+                if len(t["failed_pairs"]) < 20:
+                    t["failed_pairs"].append({"pair": pair["id"], "reason": "unreadable_media",
+                                              "detail": str(e)[:200]})
             except Exception as e:  # noqa: BLE001 - one pair's surprise must not abort the run (counted, retried next run)
                 t["failed"]["internal_error"] = t["failed"].get("internal_error", 0) + 1
                 if len(t["failed_pairs"]) < 20:
                     t["failed_pairs"].append({"pair": pair["id"], "reason": "internal_error",
                                               "detail": f"{type(e).__name__}: {e}"[:200]})
             else:
-                judgement, why, mended = repair_judgement(text)
                 cache.append({"key": key, "pair": pair["id"], "teacher": spec.name, "reply": text,
                               "judgement": judgement, "reason": why, "mended": mended, "usage": usage,
                               "time": round(time.time(), 3)})
                 t["answered"] += 1
+                t["in_a_row"] = 0
                 for k, v in usage.items():
                     t[k] += v
                 appended[0] += 1
@@ -206,7 +226,7 @@ def annotate(pairs: list[dict], teachers: tuple[TeacherSpec, ...], run: TeacherR
     cached = read_cache(cache_path)
     crash = os.environ.get(CRASH_ENV)
     stats = {"teachers": {t.name: {"cached": 0, "answered": 0, "failed": {}, "failed_pairs": [],
-                                   "prompt_tokens": 0, "completion_tokens": 0} for t in teachers}}
+                                   "prompt_tokens": 0, "completion_tokens": 0, "in_a_row": 0} for t in teachers}}
     jobs = []
     opts = RowOptions(media_root=media_root)
     for pair in pairs:

@@ -166,6 +166,14 @@ def test_silent_teacher_and_budget_are_counted_not_fatal(src, tmp_path, key_env)
         assert beta["failed"] == {"timeout": n} and beta["failed_pairs"][0]["reason"] == "timeout"
         assert report["consensus"]["rejected"] == {"teacher_missing": n} and report["output"]["rows"] == 0
         assert report["teachers"]["this_run"]["alpha"]["answered"] == n
+        # a teacher that fails 2 requests in a row is not asked again: counted, and the command says so (exit 1)
+        cfg_stop = write_config(str(tmp_path / "s.yaml"), src, str(tmp_path / "out3"), teacher.url,
+                                teacher_run={"timeout_s": 0.5, "max_retries": 0, "concurrency": 1,
+                                             "max_failures_in_a_row": 2})
+        seed_candidates(cfg_stop)
+        assert n > 2 and cli.main(["synth", cfg_stop]) == 1
+        beta = json.load(open(tmp_path / "out3" / "synth_report.json"))["teachers"]["this_run"]["beta"]
+        assert beta["failed"] == {"timeout": 2, "teacher_stopped": n - 2}, beta["failed"]
         # a budget of 3 requests: 3 answered, the rest counted; a rerun without it asks only for the rest
         cfg2 = write_config(str(tmp_path / "b.yaml"), src, str(tmp_path / "out2"), teacher.url, t2="t1",
                             teacher_run={"max_requests": 3})
@@ -249,3 +257,14 @@ def test_bad_teacher_run_values_are_one_line_errors(src, tmp_path, bad):
     raw["teacher_run"] = {**(raw.get("teacher_run") or {}), **bad}
     with pytest.raises(UserError, match=f"teacher_run.{next(iter(bad))}: expected"):
         C.from_dict(raw, str(tmp_path))
+
+
+def test_replies_that_broke_a_run_are_kept_unusable_not_fatal():
+    """A lone surrogate (half an emoji) cannot be written as UTF-8 and a 5000-digit score string overflows int():
+    both once stopped the whole run, and every rerun at the same pair."""
+    from omnirrm_jax.synth.repair import repair_judgement
+    from omnirrm_jax.synth.teacher import _clean_text
+    assert _clean_text("ok \ud83d") == "ok \ufffd" and _clean_text("ok \U0001F600") == "ok \U0001F600"
+    _clean_text("ok \ud83d").encode("utf-8")
+    reply = json.dumps({"score_A": "5" * 5000, "score_B": 3, "better": "A", "reasoning": "fine"})
+    assert repair_judgement(reply)[:2] == (None, "bad_scores")
