@@ -49,18 +49,25 @@ def image_part(path: str) -> dict:
 
 
 def video_frames(path: str, fps: float = 1.0, max_frames: int = 35, size: int = 512) -> list[bytes]:
-    """JPEG frames at `fps` (the first frame at or after each 1/fps step), at most `max_frames`."""
+    """JPEG frames at `fps` (the first frame at or after each 1/fps step), at most `max_frames`. Time counts from
+    the first frame: streams cut from MPEG-TS or without re-encoding start late (at 20 s, say), and counting from 0
+    kept every frame until the clock caught up."""
+    import math
+
     import av
 
-    out, next_t = [], 0.0
+    out, start, next_t = [], None, 0.0
     with av.open(path) as container:
         stream = container.streams.video[0]
         for frame in container.decode(stream):
-            t = float(frame.time) if frame.time is not None else next_t
-            if t + 1e-6 < next_t:
+            t = float(frame.time) if frame.time is not None else None
+            if t is not None and start is None:
+                start = t
+            rel = next_t if t is None else t - start
+            if rel + 1e-6 < next_t:
                 continue
             out.append(_jpeg(frame.to_image(), size))
-            next_t += 1.0 / fps
+            next_t = (math.floor(rel * fps + 1e-6) + 1) / fps  # the next step after this frame (gaps skipped)
             if len(out) >= max_frames:
                 break
     if not out:

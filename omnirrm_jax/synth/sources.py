@@ -60,7 +60,7 @@ def _json_rows(path: str):
         for i, row in enumerate(data):
             yield f"item {i}", row
         return
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): JSON may hold a raw U+2028 or U+0085
         if line.strip():
             try:
                 yield f"line {n}", json.loads(line)

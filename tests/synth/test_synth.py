@@ -268,3 +268,37 @@ def test_replies_that_broke_a_run_are_kept_unusable_not_fatal():
     _clean_text("ok \ud83d").encode("utf-8")
     reply = json.dumps({"score_A": "5" * 5000, "score_B": 3, "better": "A", "reasoning": "fine"})
     assert repair_judgement(reply)[:2] == (None, "bad_scores")
+
+
+@pytest.mark.parametrize("start_s", [0, 20])
+def test_video_frames_at_1_fps_whenever_the_stream_starts(tmp_path, start_s):
+    """A stream whose first frame is at 20 s (cut without re-encoding, MPEG-TS) gets 1 frame a second too, not every
+    frame until the clock reaches 20 s."""
+    import av
+    import numpy as np
+
+    from omnirrm_jax.synth.media_parts import video_frames
+    path, fps = str(tmp_path / "v.mp4"), 10
+    with av.open(path, "w") as c:
+        s = c.add_stream("mpeg4", rate=fps)
+        s.width = s.height = 64
+        s.pix_fmt = "yuv420p"
+        for i in range(6 * fps):
+            f = av.VideoFrame.from_ndarray(np.full((64, 64, 3), i * 3 % 255, np.uint8), format="rgb24")
+            f.pts = start_s * fps + i
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    assert len(video_frames(path, fps=1.0, max_frames=35)) == 6
+    assert len(video_frames(path, fps=2.0, max_frames=35)) == 12
+    assert len(video_frames(path, fps=2.0, max_frames=5)) == 5
+
+
+def test_jsonl_rows_may_hold_unicode_line_separators(tmp_path):
+    from omnirrm_jax.synth.sources import _json_rows
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"question": "a\u2028b\x85c"}, ensure_ascii=False) + "\n"
+                    + json.dumps({"question": "d"}) + "\n", encoding="utf-8")
+    rows = [r for _, r in _json_rows(str(path))]
+    assert [r["question"] for r in rows] == ["a\u2028b\x85c", "d"]
