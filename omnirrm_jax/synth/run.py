@@ -7,7 +7,8 @@
   sft.jsonl, grpo.jsonl, rejected.jsonl, synth_report.json   stages 4-5, rewritten from the two logs each run
 
 A rerun (after a kill, a budget stop, or with more sources) pays only for what is missing; rows already in the two
-logs are never dropped. Pairs whose two answers are identical are not sent to the teachers (a tie either way).
+logs are never dropped. Pairs whose two answers are identical are not sent to the teachers (a tie either way), nor
+pairs whose answer holds a literal media tag (`<image>`: the training row would read it as a media slot).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from omnirrm_jax.synth import consensus as C
 from omnirrm_jax.synth import output as O
 from omnirrm_jax.synth.candidates import done_answers, write_candidates
 from omnirrm_jax.synth.config import SynthConfig
-from omnirrm_jax.synth.sources import read_prompts
+from omnirrm_jax.synth.sources import media_tag, read_prompts
 from omnirrm_jax.synth.store import jsonl_text, write_atomic
 from omnirrm_jax.synth.teacher import annotate, read_cache
 
@@ -78,6 +79,8 @@ def make_pairs(prompts, answers: dict, strong: str, weak: str, seed: int,
             skipped["empty_answer"] += 1
         elif s["text"].strip() == w["text"].strip():
             skipped["identical_answers"] += 1
+        elif media_tag(s["text"]) or media_tag(w["text"]):  # `omnirrm prep` would refuse the row
+            skipped["media_tag_in_answer"] += 1
         else:
             pairs.append({**p.row(), "strong": s["text"], "weak": w["text"]})
     orders = order_pairs(pairs, seed, known)

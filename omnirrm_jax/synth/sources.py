@@ -95,8 +95,24 @@ def _string(row: dict, *keys: str) -> str:
     raise _Bad("missing_field", f"'{keys[0]}' is missing or empty")
 
 
+def media_tag(text: str) -> str | None:
+    """The first media placeholder a text holds literally ("How do I autoplay an <audio> element?"): ms-swift rows
+    read it as a media slot, so `omnirrm prep` would refuse the row (more tags than media); None if none."""
+    from data_prep.rows import TAGS
+    return next((tag for tag in TAGS.values() if tag in text), None)
+
+
 def _parse(kind: str, row) -> tuple[str, str | None, str]:
     """One raw row -> (modality, media path, question); raises _Bad."""
+    modality, media, question = _parse_fields(kind, row)
+    tag = media_tag(question)
+    if tag:
+        raise _Bad("media_tag_in_text", f"the question holds a literal {tag}, which training rows read as a media "
+                   "placeholder")
+    return modality, media, question
+
+
+def _parse_fields(kind: str, row) -> tuple[str, str | None, str]:
     if isinstance(row, _Bad):
         raise row
     if not isinstance(row, dict):

@@ -302,3 +302,18 @@ def test_jsonl_rows_may_hold_unicode_line_separators(tmp_path):
                     + json.dumps({"question": "d"}) + "\n", encoding="utf-8")
     rows = [r for _, r in _json_rows(str(path))]
     assert [r["question"] for r in rows] == ["a\u2028b\x85c", "d"]
+
+
+def test_a_literal_media_tag_in_a_question_or_answer_is_counted_not_sent():
+    """`omnirrm prep` reads "<audio>" in a prompt as a media slot and refuses the row: synth counts such prompts and
+    pairs at the start instead of paying teachers for rows that training would refuse."""
+    from omnirrm_jax.synth.run import make_pairs
+    from omnirrm_jax.synth.sources import Prompt, _Bad, _parse
+    with pytest.raises(_Bad, match="literal <audio>"):
+        _parse("jsonl", {"question": "How do I autoplay an <audio> element?"})
+    assert _parse("jsonl", {"question": "How do I autoplay an audio element?"})[2].startswith("How")
+    prompts = [Prompt(id=f"p{i}", modality="text", media=None, question="q", source="s") for i in range(2)]
+    answers = {("p0", "s"): {"text": "Use <image> here"}, ("p0", "w"): {"text": "no"},
+               ("p1", "s"): {"text": "yes"}, ("p1", "w"): {"text": "no"}}
+    pairs, skipped, _ = make_pairs(prompts, answers, "s", "w", 0)
+    assert [p["id"] for p in pairs] == ["p1"] and skipped == {"media_tag_in_answer": 1}
