@@ -3,7 +3,7 @@
 A pair is kept when both teachers' replies were mended into judgements, both name the same winner ("A" or "B"; a
 shared "equal" teaches no preference), and each teacher's own scores agree with its verdict (the winner scored
 strictly higher). Everything else is rejected with the first reason that applies, in this order: teacher_missing (a
-teacher never answered: its failure is in the teacher counts), teacher_unparseable, tie, disagree,
+teacher never answered: its failure is in the teacher counts), teacher_unparseable, disagree, tie,
 scores_contradict_verdict. Agreement rates per modality are over the pairs both teachers judged usably.
 """
 

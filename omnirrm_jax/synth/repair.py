@@ -4,7 +4,9 @@ First `rubric.parse.parse_judgement` (code fences, JSON inside prose); then the 
 repairs (`extract_json` of "Omni Preference Construction/*/doubao_example.py"): control characters removed,
 unquoted keys quoted, trailing commas dropped, "<integer>" placeholders read as 0; and a few more: single-quoted
 JSON, scores written as strings ("8"), reasoning not wrapped in <think> (wrapped, as the reference does), a missing
-or disagreeing final_verdict rebuilt from `better`. Unlike the reference, a reply that still has no usable
+final_verdict rebuilt from `better` (or `better` read from final_verdict when only that names the winner; when
+the two disagree the reply is a failure, "verdict_conflict"), "Equal" in any case, Python-style dicts read as
+literals; mending never touches the inside of strings. Unlike the reference, a reply that still has no usable
 scores and verdict is a failure with a reason, never a default "equal".
 """
 
@@ -31,19 +33,46 @@ def _candidates(text: str):
         yield text[s:e + 1]
 
 
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+
+
+def _outside_strings(s: str, fn) -> str:
+    """`fn` applied to the text between double-quoted strings only: a reasoning that says "Fluency: fine, accuracy:
+    A" must not have its words quoted as keys or its commas dropped."""
+    out, at = [], 0
+    for m in _STRING.finditer(s):
+        out += [fn(s[at:m.start()]), m.group(0)]
+        at = m.end()
+    return "".join(out + [fn(s[at:])])
+
+
+def _mend_code(code: str) -> str:
+    return _TRAILING_COMMA.sub(r"\1", _UNQUOTED_KEY.sub(r'\1"\2"\3:', code.replace("<integer>", "0")))
+
+
 def _mend(s: str) -> str:
-    s = _CTRL.sub(" ", s).replace("<integer>", "0")
-    s = _UNQUOTED_KEY.sub(r'\1"\2"\3:', s)
-    return _TRAILING_COMMA.sub(r"\1", s)
+    return _outside_strings(_CTRL.sub(" ", s), _mend_code)
+
+
+def _python_literal(s: str):
+    """Python-style dicts ({'better': 'A', 'reasoning': "A doesn't ..."}): read as a literal, never run."""
+    import ast
+    try:
+        return ast.literal_eval(_CTRL.sub(" ", s)) if len(s) < 100_000 else None
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
 
 
 def _load(text: str):
     for cand in _candidates(text.strip()):
-        for variant in (cand, _mend(cand), _mend(cand.replace("'", '"'))):
-            try:
-                obj = json.loads(variant, strict=False)
-            except (ValueError, RecursionError):
-                continue
+        for variant in (cand, _mend(cand), None, _mend(cand.replace("'", '"'))):
+            if variant is None:
+                obj = _python_literal(cand)
+            else:
+                try:
+                    obj = json.loads(variant, strict=False)
+                except (ValueError, RecursionError):
+                    continue
             if isinstance(obj, list) and len(obj) == 1:
                 obj = obj[0]
             if isinstance(obj, dict):
@@ -61,6 +90,17 @@ def _score(v):
     return v if isinstance(v, int) and schema.SCORE_MIN <= v <= schema.SCORE_MAX else None
 
 
+_FINAL = re.compile(r"\[\[\s*([A-Za-z]+)\s*\]\]")
+
+
+def _verdict(v):
+    """"A" / "b" / " Equal " -> the schema's spelling; anything else -> None."""
+    if not isinstance(v, str):
+        return None
+    v = v.strip()
+    return v.upper() if v.lower() in ("a", "b") else "equal" if v.lower() == "equal" else None
+
+
 def repair_judgement(text) -> tuple[dict | None, str, bool]:
     """A teacher reply -> (judgement {score_A, score_B, better, reasoning, final_verdict} or None, failure reason
     ("" when usable), whether it needed mending). The scores may disagree with `better`: consensus judges that."""
@@ -71,14 +111,17 @@ def repair_judgement(text) -> tuple[dict | None, str, bool]:
     if obj is None:
         return None, "no_json", False
     a, b = _score(obj.get("score_A")), _score(obj.get("score_B"))
-    better = obj.get("better")
-    better = better.strip() if isinstance(better, str) else better
-    if better in ("a", "b"):
-        better = better.upper()
+    better = _verdict(obj.get("better"))
+    stated = _verdict(m.group(1)) if isinstance(obj.get("final_verdict"), str) and \
+        (m := _FINAL.search(obj["final_verdict"])) else None
+    if better is None:
+        better = stated  # the verdict written only in final_verdict
     if a is None or b is None:
         return None, "bad_scores", True
     if better not in schema.VERDICTS:
         return None, "bad_verdict", True
+    if stated is not None and stated != better:
+        return None, "verdict_conflict", True  # "better" and final_verdict name different winners
     reasoning = obj.get("reasoning")
     if not isinstance(reasoning, str) or not reasoning.strip():
         return None, "no_reasoning", True

@@ -79,9 +79,19 @@ def cache_key(pair_id: str, teacher: str, phash: str) -> str:
 
 
 def read_cache(path: str) -> dict:
+    """key -> cache row, each stored reply mended again by today's `repair_judgement`: a repair fixed later recovers
+    the replies already paid for (the stored judgement is derived data)."""
     out: dict = {}
     for r in read_jsonl(path):
-        out.setdefault(r.get("key"), r)
+        if r.get("key") in out:
+            continue
+        if isinstance(r.get("reply"), str):
+            try:
+                j, why, mended = repair_judgement(r["reply"])
+                r = {**r, "judgement": j, "reason": why, "mended": mended}
+            except Exception:  # noqa: BLE001 - keep what was stored
+                pass
+        out[r.get("key")] = r
     return out
 
 

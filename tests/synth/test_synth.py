@@ -317,3 +317,22 @@ def test_a_literal_media_tag_in_a_question_or_answer_is_counted_not_sent():
                ("p1", "s"): {"text": "yes"}, ("p1", "w"): {"text": "no"}}
     pairs, skipped, _ = make_pairs(prompts, answers, "s", "w", 0)
     assert [p["id"] for p in pairs] == ["p1"] and skipped == {"media_tag_in_answer": 1}
+
+
+@pytest.mark.parametrize("reply,want", [
+    ("{'score_A': 8, 'score_B': 3, 'better': 'A', 'reasoning': \"A doesn't hallucinate\"}", ("A", 8, 3)),
+    ('{"score_A": 8, "score_B": 3, "better": "A", "reasoning": "Fluency: fine, accuracy: A is right",}', ("A", 8, 3)),
+    ('{score_A: 8, score_B: 3, better: "A", reasoning: "clear, accuracy: A wins"}', ("A", 8, 3)),
+    ('{"score_A": 3, "score_B": 8, "reasoning": "B", "final_verdict": "<answer>[[B]]</answer>"}', ("B", 3, 8)),
+    ('{"score_A": 5, "score_B": 5, "better": "Equal", "reasoning": "same"}', ("equal", 5, 5)),
+    ('{"score_A": 8, "score_B": 3, "better": "A", "reasoning": "r", "final_verdict": "[[B]]"}', "verdict_conflict"),
+], ids=["python-dict", "trailing-comma-text-colon", "unquoted-keys-text-colon", "final-verdict-only", "Equal",
+        "conflict"])
+def test_sloppy_replies_are_mended_without_touching_strings(reply, want):
+    from omnirrm_jax.synth.repair import repair_judgement
+    j, why, _ = repair_judgement(reply)
+    if isinstance(want, str):
+        assert (j, why) == (None, want)
+    else:
+        assert why == "" and (j["better"], j["score_A"], j["score_B"]) == want
+        assert "accuracy" not in reply or "accuracy: A" in j["reasoning"]  # the string as written
