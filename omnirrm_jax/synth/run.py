@@ -96,6 +96,7 @@ def run(cfg: SynthConfig, load: Callable | None = None) -> dict:
     (model, config, tokenizer), called only when answers are missing."""
     t0 = time.perf_counter()
     out = cfg.out_dir
+    teachers = tuple(t.resolved() for t in cfg.teachers)  # keys checked now, not after hours of candidates
     os.makedirs(out, exist_ok=True)
     # 1. prompts
     res = read_prompts(cfg.sources, cfg.media_root)
@@ -118,7 +119,6 @@ def run(cfg: SynthConfig, load: Callable | None = None) -> dict:
     pairs, skipped, orders = make_pairs(res.prompts, done_answers(cand_path), strong, weak, cfg.seed, known)
     write_atomic(order_path, json.dumps(orders, sort_keys=True) + "\n")
     # 3. teachers
-    teachers = tuple(t.resolved() for t in cfg.teachers)
     cache_path = os.path.join(out, "teacher_cache.jsonl")
     with _bar("teachers", 0) as bar:
         t_stats = annotate(pairs, teachers, cfg.teacher_run, cache_path, cfg.media_root, progress=bar)

@@ -336,3 +336,11 @@ def test_sloppy_replies_are_mended_without_touching_strings(reply, want):
     else:
         assert why == "" and (j["better"], j["score_A"], j["score_B"]) == want
         assert "accuracy" not in reply or "accuracy: A" in j["reasoning"]  # the string as written
+
+
+def test_a_missing_teacher_key_stops_the_run_before_any_answer_is_written(src, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("SYNTH_TEST_KEY", raising=False)
+    cfg = write_config(str(tmp_path / "synth.yaml"), src, str(tmp_path / "out"), "http://127.0.0.1:9/v1")
+    assert cli.main(["synth", cfg]) == 2
+    assert "SYNTH_TEST_KEY is not set" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "candidates.jsonl").exists()
