@@ -19,6 +19,7 @@ import dataclasses
 import logging
 from typing import Callable, Sequence
 
+from omnirrm_jax.errors import UserError
 from omnirrm_jax.synth.config import CandidateSpec, PolicySpec
 from omnirrm_jax.synth.sources import MEDIA_KEY, Prompt
 from omnirrm_jax.synth.store import AppendLog, read_jsonl
@@ -65,6 +66,24 @@ def prompt_example(p: Prompt, tok, cfg, opts, *, max_length: int) -> dict:
     return pairs.prompt_examples(rec, [msgs], 0, tok, cfg, max_length=max_length)[0]
 
 
+def writer_settings(policy: PolicySpec) -> dict:
+    """What makes a writer's answers what they are; stored with each answer, so a config that points the label at
+    another checkpoint, adapter or temperature is refused instead of silently reusing the old answers."""
+    return {"checkpoint": policy.checkpoint, "lora": policy.lora, "dtype": policy.dtype,
+            "temperature": policy.temperature}
+
+
+def _check_writer(done: dict, policy: PolicySpec, path: str) -> None:
+    want = writer_settings(policy)
+    for (pid, label), row in done.items():
+        have = row.get("writer")
+        if label == policy.label and have is not None and have != want:
+            changed = sorted(k for k in want if have.get(k) != want[k])
+            raise UserError(f"{path}: the answers of {policy.label!r} were written with {changed} = "
+                            f"{[have.get(k) for k in changed]}, the config now says {[want[k] for k in changed]}; "
+                            f"use another out_dir or another label (prompt {pid})")
+
+
 def write_candidates(prompts: Sequence[Prompt], spec: CandidateSpec, path: str, media_root: str,
                      load: Callable[[PolicySpec], tuple], progress=None) -> dict:
     """Answers every (prompt, writer) missing from `path`. `load(policy)` -> (model, cfg, tok). Returns counts
@@ -79,6 +98,7 @@ def write_candidates(prompts: Sequence[Prompt], spec: CandidateSpec, path: str, 
     try:
         loaded: dict = {}
         for policy in (spec.strong, spec.weak):
+            _check_writer(done, policy, path)
             todo = [p for p in prompts if (p.id, policy.label) not in done]
             counts[policy.label] = {"written": 0, "cached": len(prompts) - len(todo), "errors": 0}
             if not todo:
@@ -95,13 +115,14 @@ def write_candidates(prompts: Sequence[Prompt], spec: CandidateSpec, path: str, 
                     try:
                         ex = prompt_example(p, tok, cfg, opts, max_length=spec.max_length)
                     except pairs.PairError as e:
-                        rows.append({"id": p.id, "model": policy.label, "error": {"reason": e.reason,
-                                                                                 "detail": e.detail}})
+                        rows.append({"id": p.id, "model": policy.label, "writer": writer_settings(policy),
+                                     "error": {"reason": e.reason, "detail": e.detail}})
                         continue
                     jobs.append((p.id, ex, spec.max_new_tokens.get(p.modality, MAX_NEW_TOKENS[p.modality])))
                 texts = generate_texts(model, cfg, tok, jobs, n=1, temperature=policy.temperature,
                                        batch_size=spec.batch_size, seed=spec.seed + s) if jobs else {}
-                rows += [{"id": k, "model": policy.label, "text": t[0].strip()} for k, t in texts.items()]
+                rows += [{"id": k, "model": policy.label, "writer": writer_settings(policy), "text": t[0].strip()}
+                         for k, t in texts.items()]
                 for r in rows:
                     out.append(r)
                     counts[policy.label]["errors" if "error" in r else "written"] += 1

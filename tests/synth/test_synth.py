@@ -344,3 +344,22 @@ def test_a_missing_teacher_key_stops_the_run_before_any_answer_is_written(src, t
     assert cli.main(["synth", cfg]) == 2
     assert "SYNTH_TEST_KEY is not set" in capsys.readouterr().err
     assert not (tmp_path / "out" / "candidates.jsonl").exists()
+
+
+def test_answers_of_another_writer_are_refused_not_reused(tmp_path):
+    from omnirrm_jax.errors import UserError
+    from omnirrm_jax.synth.candidates import write_candidates, writer_settings
+    from omnirrm_jax.synth.config import CandidateSpec, PolicySpec
+    from omnirrm_jax.synth.sources import Prompt
+    old = CandidateSpec(strong=PolicySpec("strong", checkpoint="/ckpt/a"), weak=PolicySpec("weak", checkpoint="/w"))
+    path = tmp_path / "candidates.jsonl"
+    path.write_text("".join(json.dumps({"id": "p0", "model": p.label, "writer": writer_settings(p), "text": "t"}) + "\n"
+                            for p in (old.strong, old.weak)))
+    prompts = [Prompt(id="p0", modality="text", media=None, question="q", source="s")]
+
+    def no_load(policy):
+        raise AssertionError("nothing is missing")
+    assert write_candidates(prompts, old, str(path), str(tmp_path), no_load)["strong"]["cached"] == 1
+    new = CandidateSpec(strong=PolicySpec("strong", checkpoint="/ckpt/b"), weak=old.weak)
+    with pytest.raises(UserError, match=r"'strong' were written with \['checkpoint'\]"):
+        write_candidates(prompts, new, str(path), str(tmp_path), no_load)
