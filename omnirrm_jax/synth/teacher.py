@@ -152,6 +152,13 @@ async def chat(client, spec: TeacherSpec, run: TeacherRun, messages: list, budge
     raise TeacherFailure(reason, detail)
 
 
+def _count_failure(t: dict, pair_id: str, reason: str, detail: str) -> None:
+    """One failed (pair, teacher) in the teacher's counts; the first 20 are named in the report."""
+    t["failed"][reason] = t["failed"].get(reason, 0) + 1
+    if len(t["failed_pairs"]) < 20:
+        t["failed_pairs"].append({"pair": pair_id, "reason": reason, "detail": detail[:200]})
+
+
 def _clean_text(text: str) -> str:
     """A reply as text the cache can write: a lone surrogate (half an emoji, cut by the server) becomes U+FFFD
     instead of failing the UTF-8 write, and with it the run."""
@@ -188,25 +195,17 @@ async def _annotate(jobs, run: TeacherRun, cache: AppendLog, budget: Budget, pro
                 except Exception as e:  # noqa: BLE001 - a paid reply is kept (and counted unusable), not lost
                     judgement, why, mended = None, f"repair_error: {type(e).__name__}"[:60], False
             except TeacherFailure as f:
-                t["failed"][f.reason] = t["failed"].get(f.reason, 0) + 1
+                _count_failure(t, pair["id"], f.reason, f.detail)
                 if f.reason not in ("budget_exhausted", "teacher_stopped"):
                     t["in_a_row"] += 1
                     if t["in_a_row"] == run.max_failures_in_a_row:
                         log.warning("teacher %s: %d requests failed in a row (last: %s %s); not asked again this "
                                     "run (teacher_run.max_failures_in_a_row)", spec.name, t["in_a_row"], f.reason,
                                     f.detail[:120])
-                if len(t["failed_pairs"]) < 20:
-                    t["failed_pairs"].append({"pair": pair["id"], "reason": f.reason, "detail": f.detail[:200]})
             except (OSError, ValueError) as e:
-                t["failed"]["unreadable_media"] = t["failed"].get("unreadable_media", 0) + 1
-                if len(t["failed_pairs"]) < 20:
-                    t["failed_pairs"].append({"pair": pair["id"], "reason": "unreadable_media",
-                                              "detail": str(e)[:200]})
+                _count_failure(t, pair["id"], "unreadable_media", str(e))
             except Exception as e:  # noqa: BLE001 - one pair's surprise must not abort the run (counted, retried next run)
-                t["failed"]["internal_error"] = t["failed"].get("internal_error", 0) + 1
-                if len(t["failed_pairs"]) < 20:
-                    t["failed_pairs"].append({"pair": pair["id"], "reason": "internal_error",
-                                              "detail": f"{type(e).__name__}: {e}"[:200]})
+                _count_failure(t, pair["id"], "internal_error", f"{type(e).__name__}: {e}")
             else:
                 cache.append({"key": key, "pair": pair["id"], "teacher": spec.name, "reply": text,
                               "judgement": judgement, "reason": why, "mended": mended, "usage": usage,
@@ -231,7 +230,7 @@ def annotate(pairs: list[dict], teachers: tuple[TeacherSpec, ...], run: TeacherR
     """Asks every (pair, teacher) missing from the cache. Returns per-teacher counts of this run and the cache:
     {"teachers": {name: {"cached", "answered", "failed": {reason: n}, "failed_pairs", prompt/completion tokens}},
      "requests", "tokens"}; the judgements themselves are read back from the cache (`read_cache`)."""
-    from data_prep.rows import RowOptions, resolve_media_path
+    from data_prep.rows import Quarantine, RowOptions, resolve_media_path
 
     cached = read_cache(cache_path)
     crash = os.environ.get(CRASH_ENV)
@@ -240,9 +239,19 @@ def annotate(pairs: list[dict], teachers: tuple[TeacherSpec, ...], run: TeacherR
     jobs = []
     opts = RowOptions(media_root=media_root)
     for pair in pairs:
-        path = resolve_media_path(pair["media"], opts) if pair["media"] else None
+        try:
+            path, gone = (resolve_media_path(pair["media"], opts) if pair["media"] else None), None
+        except Quarantine as q:
+            path, gone = None, q.detail
         for spec in teachers:
-            key = cache_key(pair["id"], spec.name, prompt_hash(pair, spec, path))
+            try:
+                if gone:
+                    raise OSError(gone)
+                key = cache_key(pair["id"], spec.name, prompt_hash(pair, spec, path))
+            except OSError as e:  # the media went away since stage 1: this pair is counted, the run goes on
+                _count_failure(stats["teachers"][spec.name], pair["id"], "unreadable_media", str(e))
+                pair.setdefault("keys", {})[spec.name] = cache_key(pair["id"], spec.name, "unreadable")
+                continue
             pair.setdefault("keys", {})[spec.name] = key
             if key in cached:
                 stats["teachers"][spec.name]["cached"] += 1

@@ -363,3 +363,12 @@ def test_answers_of_another_writer_are_refused_not_reused(tmp_path):
     new = CandidateSpec(strong=PolicySpec("strong", checkpoint="/ckpt/b"), weak=old.weak)
     with pytest.raises(UserError, match=r"'strong' were written with \['checkpoint'\]"):
         write_candidates(prompts, new, str(path), str(tmp_path), no_load)
+
+
+def test_media_gone_since_the_prompts_stage_is_counted_not_fatal(tmp_path):
+    from omnirrm_jax.synth.config import TeacherRun, TeacherSpec
+    from omnirrm_jax.synth.teacher import annotate
+    pair = {"id": "p0", "modality": "image", "media": "gone.png", "question": "q", "answer_a": "a", "answer_b": "b"}
+    teachers = (TeacherSpec("t1", base_url="http://127.0.0.1:9/v1", model="m"),)
+    stats = annotate([pair], teachers, TeacherRun(), str(tmp_path / "cache.jsonl"), str(tmp_path))
+    assert stats["teachers"]["t1"]["failed"] == {"unreadable_media": 1} and pair["keys"]["t1"].endswith("unreadable")
