@@ -84,11 +84,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _options(args: argparse.Namespace):
-    from omnirrm_jax.eval.runner import RunOptions
+    from omnirrm_jax.eval.runner import RunOptions, model_identity
 
     return RunOptions(orders=args.orders, seed=args.seed, batch_size=args.batch_size,
                       max_new_tokens=args.max_new_tokens, greedy=args.greedy, temperature=args.temperature,
-                      top_p=args.top_p, max_length=args.max_length, max_error_ratio=args.max_error_ratio)
+                      top_p=args.top_p, max_length=args.max_length, max_error_ratio=args.max_error_ratio,
+                      model=model_identity(args.checkpoint, lora=args.lora, tokenizer=args.tokenizer,
+                                           dtype=args.dtype))
 
 
 def _dump(report: dict, path: str | None) -> None:

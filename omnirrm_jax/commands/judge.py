@@ -66,6 +66,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def judge_settings(args: argparse.Namespace) -> dict:
+    """What decides a record's judgement: the model and the judging options. Each --output record keeps it, and a
+    resume with other settings is refused (their records would pass as this run's)."""
+    from omnirrm_jax.eval.runner import model_identity
+
+    return {"model": model_identity(args.checkpoint, lora=args.lora, tokenizer=args.tokenizer, dtype=args.dtype),
+            **{k: getattr(args, k) for k in ("modality", "template", "swap", "constrained", "max_new_tokens",
+                                             "max_length", "media_limits", "verdict_field")}}
+
+
 def run(args: argparse.Namespace) -> int:
     import json
     import os
@@ -83,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
         judge = Judge.from_args(args, load=load_judge_or_run)
         try:
             summary = judge.run_file(args.input, args.output, media_root=args.media_root,
-                                     retry_errors=args.retry_errors, max_error_ratio=args.max_error_ratio)
+                                     retry_errors=args.retry_errors, max_error_ratio=args.max_error_ratio,
+                                     settings=judge_settings(args))
         except TooManyErrors as e:
             print(f"omnirrm judge: {e}", file=sys.stderr)
             return 1

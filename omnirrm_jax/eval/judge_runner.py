@@ -181,9 +181,11 @@ class Judge:
 
     def run_file(self, input_path: str, output_path: str, *, media_root: str | None = None,
                  window_batches: int = 8, retry_errors: bool = False,
-                 max_error_ratio: float = 0.25) -> dict[str, Any]:
+                 max_error_ratio: float = 0.25, settings: dict | None = None) -> dict[str, Any]:
         """Judges every row of `input_path` not yet in `output_path`; returns a summary of this run's rows.
 
+        settings: how this run judges (`commands.judge.judge_settings`), kept in every record as "judge"; a resume
+          whose records were judged otherwise is refused.
         retry_errors: error records already in the output are removed and their rows judged again.
         max_error_ratio: once MIN_ROWS_FOR_RATIO rows were tried, stop (TooManyErrors) when a larger share of them
           became error records; 1.0 never stops."""
@@ -192,7 +194,8 @@ class Judge:
         check_paths(input_path, output_path)
         rows = list(read_pairs(input_path))
         hashes = {n: h for n, _, h in rows}
-        done = resume_output(output_path, hashes, retry_errors=retry_errors, input_path=input_path)
+        done = resume_output(output_path, hashes, retry_errors=retry_errors, input_path=input_path,
+                             settings=settings)
         rows = [(n, r) for n, r, _ in rows]
         pending = [(n, r) for n, r in rows if n not in done]
         opts = RowOptions(media_root=media_root or os.path.dirname(os.path.abspath(input_path)), media=self.media)
@@ -213,12 +216,16 @@ class Judge:
                 records = [p for p in prepared if isinstance(p, dict)]
                 for r in records:
                     r["row_sha"] = hashes[r["line"]]
+                    if settings is not None:
+                        r["judge"] = settings
                 _write(out, records)
                 bar.update(len(records))
                 for group in self.batches([p for p in prepared if not isinstance(p, dict)]):
                     recs = self.judge_prepared(group)
                     for r in recs:
                         r["row_sha"] = hashes[r["line"]]
+                        if settings is not None:
+                            r["judge"] = settings
                     _write(out, recs)
                     bar.update(len(recs))
                     records += recs
@@ -331,7 +338,7 @@ def read_pairs(path: str) -> Iterator[tuple[int, Any, str]]:
 
 
 def resume_output(path: str, hashes: dict[int, str] | None = None, *, retry_errors: bool = False,
-                  input_path: str = "the input") -> set[int]:
+                  input_path: str = "the input", settings: dict | None = None) -> set[int]:
     """Input line numbers already judged in `path`.
 
     A partial (or unparsable) last line is cut off so it is redone; an unparsable line before it means the file is
@@ -367,6 +374,12 @@ def resume_output(path: str, hashes: dict[int, str] | None = None, *, retry_erro
                 raise UsageError(f"--output {path} line {i + 1} holds the judgement of input line {line}, but "
                                  f"{input_path} {what}: the output was written for other input rows; use a new "
                                  "output file (or the input it was made from)")
+            had = obj.get("judge")
+            if settings is not None and had is not None and had != settings:
+                changed = sorted(k for k in set(settings) | set(had) if had.get(k) != settings.get(k))
+                raise UsageError(f"--output {path} line {i + 1} was judged with {changed} = "
+                                 f"{[had.get(k) for k in changed]}, this run uses {[settings.get(k) for k in changed]}:"
+                                 " its records would pass as this run's; use a new output file")
             done.add(line)
             records.append((raw, obj))
         pos = end

@@ -74,6 +74,7 @@ class RunOptions:
     max_error_ratio: float = 0.5
     min_rows_for_ratio: int = 20
     window_batches: int = 8
+    model: str | None = None      # `model_identity` of the judge: a resume with another model is refused
 
 
 def row_orders(proto: Protocol, row: BenchRow, opts: RunOptions) -> tuple[str, ...]:
@@ -94,10 +95,19 @@ def decoding(proto: Protocol, opts: RunOptions) -> tuple[int, dict | None]:
     return new, {"temperature": temperature, "top_p": proto.top_p if opts.top_p is None else opts.top_p}
 
 
+def model_identity(checkpoint: str, *, lora: str | None = None, tokenizer: str | None = None,
+                   dtype: str | None = None) -> str:
+    """Which judge wrote a line: the checkpoint, LoRA and tokenizer paths (absolute) and the dtype."""
+    parts = [os.path.abspath(checkpoint)] + [f"{k}={os.path.abspath(v) if k != 'dtype' else v}" for k, v in
+                                              (("lora", lora), ("tokenizer", tokenizer), ("dtype", dtype)) if v]
+    return " ".join(parts)
+
+
 def run_settings(proto: Protocol, opts: RunOptions) -> dict:
     """What every line records of how it was judged; a resume must use the same."""
     new, sampling = decoding(proto, opts)
-    return {"orders": opts.orders, "decoding": {"max_new_tokens": new, **(sampling or {"greedy": True})}}
+    out = {"orders": opts.orders, "decoding": {"max_new_tokens": new, **(sampling or {"greedy": True})}}
+    return {**out, "model": opts.model} if opts.model is not None else out
 
 
 def row_hash(row: BenchRow) -> str:
@@ -151,6 +161,12 @@ def _check_owner(lines: list[dict], rows: list[BenchRow], proto: Protocol, opts:
         if seeded and ln.get("seed") != opts.seed:
             raise EvalError(f"{path} was run with seed {ln.get('seed')}, this run uses {opts.seed}; use a new file or "
                             "the same --seed")
+        if ln.get("orders", opts.orders) != opts.orders:
+            raise EvalError(f"{path} was judged with --orders {ln.get('orders')}, this run asks for {opts.orders}; "
+                            "use a new file or the same --orders")
+        if opts.model is not None and ln.get("model") is not None and ln["model"] != opts.model:
+            raise EvalError(f"{path} was judged by {ln['model']}, this run's judge is {opts.model}: its lines would "
+                            "be scored as this judge's; use a new file (or output_dir)")
         if ln.get("decoding") != want:
             raise EvalError(f"{path} was judged with decoding {ln.get('decoding')}, this run asks for {want}; use a "
                             "new file or the same settings")

@@ -27,7 +27,7 @@ from omnirrm_jax.eval import benchmarks as B
 from omnirrm_jax.eval import report
 from omnirrm_jax.eval.judge_runner import Judge, load_judge
 from omnirrm_jax.eval.readers import read_benchmark
-from omnirrm_jax.eval.runner import BenchmarkRun, RunOptions, RunStopped, read_lines
+from omnirrm_jax.eval.runner import BenchmarkRun, RunOptions, RunStopped, model_identity, read_lines
 from omnirrm_jax.eval.score import score
 
 _TOP = {"name", "model", "output_dir", "run", "benchmarks"}
@@ -99,10 +99,12 @@ def run_suite(config_path: str, *, progress: bool = True, load=load_judge) -> di
     """Judges and scores every benchmark of the config with one model load; `load` (a `load_judge` alike) reads
     model.checkpoint (`omnirrm eval suite` passes one that also takes a training workdir)."""
     cfg = load_config(config_path)
-    opts = RunOptions(**cfg["run"])
+    m = cfg["model"]
+    opts = RunOptions(**cfg["run"], model=model_identity(m["checkpoint"], lora=m.get("lora"),
+                                                         tokenizer=m.get("tokenizer"),
+                                                         dtype=m.get("dtype") or "bfloat16"))
     rows_of = {name: read_benchmark(name, spec["data"], media_root=spec["media_root"], limit=spec.get("limit"))
                for name, spec in cfg["benchmarks"].items()}  # every file checked before the model loads
-    m = cfg["model"]
     model, tcfg, tok = load(m["checkpoint"], lora=m.get("lora"), tokenizer=m.get("tokenizer"),
                             dtype=m.get("dtype") or "bfloat16")
     judge = Judge(model, tcfg, tok, batch_size=opts.batch_size)

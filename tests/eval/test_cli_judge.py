@@ -134,6 +134,12 @@ def test_resume_keys_rows_by_content_and_refuses_another_inputs_output(tmp_path)
     out.write_text(json.dumps({"line": 1, "ok": True}) + "\n")  # written before records had a row hash
     with pytest.raises(CJ.UsageError, match="no row hash"):
         CJ.resume_output(str(out), hashes)
+    # another model or --swap: the records were judged otherwise and must not pass as this run's
+    mine = {"model": "/ckpt/a", "swap": False}
+    out.write_text(json.dumps({"line": 1, "row_sha": hashes[1], "ok": True, "judge": mine}) + "\n")
+    assert CJ.resume_output(str(out), hashes, settings=mine) == {1}
+    with pytest.raises(CJ.UsageError, match=r"judged with \['model', 'swap'\]"):
+        CJ.resume_output(str(out), hashes, settings={"model": "/ckpt/b", "swap": True})
 
 
 def test_retry_errors_rewrites_the_output_without_its_error_records(tmp_path):

@@ -57,6 +57,8 @@ def test_a_corrupt_complete_last_line_is_cut_too(tmp_path):
     rows = _rows(1)
     _write(p, [_line(rows[0], "AB")], tail=b'{"benchmark": "hh_rlhf", "ind\n')
     assert runner.resume(str(p), rows, HH, RunOptions()) == {(0, "AB")}
+    _write(p, [_line(rows[0], "AB")])  # lines from before the model was recorded: resumed
+    assert runner.resume(str(p), rows, HH, RunOptions(model="/ckpt/y")) == {(0, "AB")}
     with open(p, "a") as f:  # a later run appends after it ...
         f.write(json.dumps(_line(rows[0], "BA")) + "\n")
     assert len(runner.read_lines(str(p))) == 2  # ... and the file stays readable
@@ -76,7 +78,10 @@ def test_another_runs_file_is_refused(tmp_path):
     cases = [([_line(rows[0], "AB", proto=B.protocol("sharegpt_video"))], HH, RunOptions(), "holds 'sharegpt_video'"),
              ([_line(other[0], "AB")], HH, RunOptions(), "another data file"),  # rows without ids are told apart
              ([_line(rows[0], "AB", opts=RunOptions(max_new_tokens=64))], HH, RunOptions(), "decoding"),
-             ([_line(rows[0], "AB", proto=vl, opts=RunOptions(seed=5))], vl, RunOptions(), "seed 5")]
+             ([_line(rows[0], "AB", proto=vl, opts=RunOptions(seed=5))], vl, RunOptions(), "seed 5"),
+             ([_line(rows[0], "AB", opts=RunOptions(orders="reference"))], HH, RunOptions(), "--orders reference"),
+             ([_line(rows[0], "AB", opts=RunOptions(model="/ckpt/x"))], HH, RunOptions(model="/ckpt/y"),
+              "judged by /ckpt/x")]
     for lines, proto, opts, match in cases:
         _write(p, lines)
         with pytest.raises(EvalError, match=match):
