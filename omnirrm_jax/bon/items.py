@@ -13,7 +13,9 @@ reference replaces the "/videos" prefix with its --video_root), AVQA's relative 
 Candidates: `qwen_all_runs` when the row has it (MMMU, or a file written by `omnirrm bon sample`), else the keys of
 `qwen_votes` (what the AVQA and Video-MME selection scripts fall back to), else none (sample them first).
 Reference quirk, switchable (`short_rows`): the MMMU and AVQA selection scripts skip a row with fewer than two runs
-(it leaves the accuracy's denominator); "keep" counts it (one run: that run is every strategy's pick; none: wrong).
+(it leaves the accuracy's denominator), the Video-MME script keeps a row with one distinct answer (its pick) and
+skips one with none; "reference" (the default) does what the benchmark's script does, "skip" skips both, "keep"
+counts both (one run: that run is every strategy's pick; none: wrong).
 
 Bad rows (not JSON, a missing or ill-typed field) are skipped and counted by reason, each named by file and line;
 more than `max_bad_ratio` of the file (or every row) is a `BonDataError` naming the first bad line.
@@ -31,6 +33,7 @@ from typing import Any, Iterator
 from omnirrm_jax.errors import UserError
 
 BENCHES = ("mmmu", "videomme", "avqa")
+SHORT_ROWS = ("reference", "skip", "keep")
 _ANSWER_TAG = re.compile(r"</?answer>")
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 
@@ -59,7 +62,7 @@ class BonItem:
 
 @dataclasses.dataclass(frozen=True)
 class ReadOptions:
-    short_rows: str = "skip"      # "skip" (the reference) or "keep": rows with fewer than two candidates
+    short_rows: str = "reference"  # "reference" (each script's rule), "skip" or "keep": rows with < 2 candidates
     max_bad_ratio: float = 0.1    # share of bad rows tolerated before the file is refused
     limit: int | None = None      # only the first N rows
 
@@ -182,8 +185,8 @@ def read_items(bench: str, path: str, *, media_root: str | None = None,
     """Every usable row of a released Best-of-N file (or one `omnirrm bon sample` wrote), in file order."""
     if bench not in _PARSERS:
         raise BonDataError(f"unknown Best-of-N benchmark {bench!r}; expected one of {', '.join(BENCHES)}")
-    if options.short_rows not in ("skip", "keep"):
-        raise BonDataError(f"short_rows must be 'skip' or 'keep', got {options.short_rows!r}")
+    if options.short_rows not in SHORT_ROWS:
+        raise BonDataError(f"short_rows must be one of {', '.join(SHORT_ROWS)}, got {options.short_rows!r}")
     path = os.fspath(path)
     items, bad, examples, short, rows = [], collections.Counter(), [], 0, 0
     for where, rec in _records(path):
@@ -204,7 +207,10 @@ def read_items(bench: str, path: str, *, media_root: str | None = None,
             continue
         if cands is not None and len(cands) < 2:
             short += 1
-            if options.short_rows == "skip":
+            rule = options.short_rows
+            if rule == "reference":  # videomme_final/bon.py keeps one distinct answer; the others skip
+                rule = "keep" if bench == "videomme" and len(cands) == 1 else "skip"
+            if rule == "skip":
                 continue
         fields["id"] = fields["id"] if fields["id"] is not None else f"row_{rows - 1}"
         items.append(BonItem(key=len(items), where=where, bench=bench, candidates=cands, record=rec, **fields))

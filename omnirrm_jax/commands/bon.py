@@ -66,8 +66,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="what the judge is shown: the bare letter (the reference) or letter + option text")
     c.add_argument("--distinct", choices=("auto", "on", "off"), default="auto",
                    help="elimination over distinct answers only (auto: Video-MME, as its script)")
-    c.add_argument("--short-rows", choices=("skip", "keep"), default="skip",
-                   help="rows with fewer than two candidates: skip (the reference) or keep (counted)")
+    c.add_argument("--short-rows", choices=("reference", "skip", "keep"), default="reference",
+                   help="rows with fewer than two candidates: as the benchmark's script (MMMU, AVQA skip them; "
+                   "Video-MME keeps one distinct answer), skip, or keep (counted)")
     c.set_defaults(verb=_cmd_select)
     p.set_defaults(verb=lambda a: (p.print_help(), 0)[1])
     return p

@@ -94,3 +94,18 @@ def test_answer_parsing_follows_each_script():
     assert A.display("B", ["x", "automobile"], "text") == "B. automobile"
     assert A.display("B", ["A. x", "B. bus"], "text") == "B. bus"
     assert A.display("B", ["x", "y"], "letter") == "B"
+
+
+@needs_excerpts
+def test_short_rows_follow_each_reference_script(tmp_path):
+    """videomme_final/bon.py keeps a row whose votes have one key (its only answer is the pick) and skips one with
+    none; the MMMU and AVQA scripts skip both."""
+    import json
+    with open(excerpt("videomme")) as f:
+        row = json.loads(f.readline())
+    path = tmp_path / "videomme.jsonl"
+    path.write_text("".join(json.dumps({**row, "qwen_votes": v}) + "\n" for v in ({"C": 5}, {}, {"A": 2, "C": 3})))
+    res = read_items("videomme", str(path))
+    assert res.short == 2 and [it.candidates for it in res.items] == [("C",), ("A", "C")]
+    assert len(read_items("videomme", str(path), options=ReadOptions(short_rows="skip")).items) == 1
+    assert len(read_items("videomme", str(path), options=ReadOptions(short_rows="keep")).items) == 3
