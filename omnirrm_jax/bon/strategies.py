@@ -175,8 +175,28 @@ def first(ctx: Context, comps: Comparisons) -> Picks:
     return {n: [0 if s else None for s in ctx.answers] for n in ctx.ns}
 
 
+def _votes(item: BonItem) -> dict | None:
+    """The vote counts when the candidates are `qwen_votes`' keys (no per-run answers): each key is one distinct
+    answer, so a majority over the keys would just be the first key."""
+    rec = item.record
+    return rec["qwen_votes"] if not rec.get("qwen_all_runs") and isinstance(rec.get("qwen_votes"), dict) else None
+
+
 def majority_vote(ctx: Context, comps: Comparisons) -> Picks:
-    return {n: [majority(list(s[:n])) for s in ctx.answers] for n in ctx.ns}
+    """The most frequent answer among the first N runs; for a votes-only file, the key with the most votes among
+    the first N keys (its counts are over every run the file was made from; ties go to the first key)."""
+    out: Picks = {}
+    for n in ctx.ns:
+        picks = []
+        for item, s in zip(ctx.items, ctx.answers):
+            votes = _votes(item)
+            if votes is None or not s:
+                picks.append(majority(list(s[:n])))
+            else:
+                counts = [v if isinstance(v := votes.get(c), (int, float)) else 0 for c in item.candidates[:n]]
+                picks.append(counts.index(max(counts)))
+        out[n] = picks
+    return out
 
 
 def oracle(ctx: Context, comps: Comparisons) -> Picks:

@@ -109,3 +109,21 @@ def test_short_rows_follow_each_reference_script(tmp_path):
     assert res.short == 2 and [it.candidates for it in res.items] == [("C",), ("A", "C")]
     assert len(read_items("videomme", str(path), options=ReadOptions(short_rows="skip")).items) == 1
     assert len(read_items("videomme", str(path), options=ReadOptions(short_rows="keep")).items) == 3
+
+
+@needs_excerpts
+def test_majority_on_a_votes_only_file_reads_the_vote_counts(tmp_path):
+    """AVQA / Video-MME policy files carry only qwen_votes: the candidates are its distinct keys, so a majority
+    over them was the first key (the 'first' baseline under another name)."""
+    import json
+
+    from omnirrm_jax.bon import strategies as S
+    from omnirrm_jax.bon.run import SelectOptions, context
+    with open(excerpt("videomme")) as f:
+        row = json.loads(f.readline())
+    path = tmp_path / "videomme.jsonl"
+    path.write_text("".join(json.dumps({**row, "qwen_votes": v}) + "\n"
+                            for v in ({"B": 1, "C": 4}, {"C": 2, "D": 3}, {"A": 2, "D": 2})))
+    items = read_items("videomme", str(path)).items
+    picks = S.majority_vote(context(items, SelectOptions()), None)
+    assert {n: [it.candidates[i] for it, i in zip(items, p)] for n, p in picks.items()} == {2: ["C", "D", "A"]}
