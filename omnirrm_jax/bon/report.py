@@ -33,6 +33,9 @@ def markdown(result: dict[str, Any], bench: str, judge: str = "judge") -> str:
     for name, s in result["strategies"].items():
         accs = " | ".join(f"{100 * s['accuracy'][n]:.1f}" for n in ns)
         lines.append(f"| {name} | {accs} | {s['judge_calls']} | {s['comparisons']} | {s['seconds']:.1f} |")
+    if result.get("judge_errors"):
+        lines += ["", "Comparisons the judge could not judge (counted equal, as the reference does): " + ", ".join(
+            f"{k} x{v}" for k, v in sorted(result["judge_errors"].items()))]
     pub = PUBLISHED.get(bench, {})
     if pub:
         lines += ["", "Published (paper), N=2 -> N=10: " + "; ".join(
@@ -47,7 +50,8 @@ def to_json(result: dict[str, Any], bench: str, extra: dict | None = None) -> di
         strategies[name] = {"accuracy": {str(n): a for n, a in s["accuracy"].items()},
                             "correct": {str(n): c for n, c in s["correct"].items()},
                             "judge_calls": s["judge_calls"], "comparisons": s["comparisons"], "seconds": s["seconds"],
-                            "picks": {str(n): p for n, p in s["picks"].items()}}
+                            "picks": {str(n): p for n, p in s["picks"].items()},
+                            **({"model_calls": s["model_calls"]} if "model_calls" in s else {})}
     return {"bench": bench, "ns": result["ns"], "items": result["items"], "strategies": strategies,
             "published": {k: {str(n): v for n, v in c.items()} for k, c in PUBLISHED.get(bench, {}).items()},
             **(extra or {})}

@@ -33,6 +33,7 @@ class SelectOptions:
     max_n: int = 10
     answer_form: str = "letter"     # what the judge is shown: "letter" (the reference) or "text" (letter + option)
     distinct: str = "auto"          # elimination over distinct answers: "auto" = Video-MME only (its script), on, off
+    max_error_ratio: float = 0.25   # comparisons the judge could not judge (missing media...), over which we stop
 
 
 def check_strategies(names: Sequence[str]) -> tuple[str, ...]:
@@ -69,6 +70,7 @@ def run_selection(items: Sequence[BonItem], scorer: PairScorer | None, opts: Sel
     out = {"ns": list(ctx.ns), "items": len(items), "strategies": {}}
     for name in names:
         comps = S.Comparisons(scorer, ctx)
+        calls0 = getattr(scorer, "model_calls", 0)
         t0 = time.perf_counter()
         if name == "elimination":
             distinct = opts.distinct == "on" or (opts.distinct == "auto" and items and items[0].bench == "videomme")
@@ -85,7 +87,23 @@ def run_selection(items: Sequence[BonItem], scorer: PairScorer | None, opts: Sel
             "accuracy": {n: correct[n] / len(items) for n in ctx.ns}, "correct": correct,
             "judge_calls": comps.counts["judge_calls"], "comparisons": comps.counts["comparisons"],
             "seconds": seconds, "picks": picks}
+        if hasattr(scorer, "errors") and name in S.USES_JUDGE:  # a ModelScorer (test scorers count nothing)
+            out["strategies"][name]["model_calls"] = scorer.model_calls - calls0
+            _check_judge_errors(scorer, opts.max_error_ratio)
         log.info("%s: accuracy %s, %d judge calls, %.1f s", name,
                  " ".join(f"N={n}:{correct[n] / len(items):.3f}" for n in ctx.ns), comps.counts["judge_calls"],
                  seconds)
+    if hasattr(scorer, "errors"):
+        out["judge_errors"] = dict(scorer.errors)  # comparisons counted "equal" because the judge could not run
     return out
+
+
+def _check_judge_errors(scorer, max_ratio: float) -> None:
+    """A judge that cannot load an item's media answers "equal" for it, as the reference's `except` does; past
+    `max_ratio` of the comparisons that is no longer a judge strategy but "first" in disguise, so the run stops."""
+    failed = sum(scorer.errors.values())
+    tried = failed + scorer.model_calls
+    if tried >= 20 and failed > max_ratio * tried:
+        common = ", ".join(f"{k} x{v}" for k, v in scorer.errors.most_common(3))
+        raise BonOptionError(f"the judge could not judge {failed} of {tried} comparisons ({common}), more than "
+                             f"--max-error-ratio {max_ratio}; check --media-root (or raise --max-error-ratio)")

@@ -69,6 +69,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     c.add_argument("--short-rows", choices=("reference", "skip", "keep"), default="reference",
                    help="rows with fewer than two candidates: as the benchmark's script (MMMU, AVQA skip them; "
                    "Video-MME keeps one distinct answer), skip, or keep (counted)")
+    c.add_argument("--max-error-ratio", type=float, default=0.25,
+                   help="stop when the judge cannot judge more than this share of comparisons (missing media...)")
     c.set_defaults(verb=_cmd_select)
     p.set_defaults(verb=lambda a: (p.print_help(), 0)[1])
     return p
@@ -142,11 +144,13 @@ def _cmd_select(args: argparse.Namespace) -> int:
                                             dtype=args.dtype)
         scorer = ModelScorer(model, cfg, tok, media_root=media_root, batch_size=args.batch_size,
                              max_length=args.max_length)
-    opts = SelectOptions(strategies=names, max_n=args.max_n, answer_form=args.answer_form, distinct=args.distinct)
+    opts = SelectOptions(strategies=names, max_n=args.max_n, answer_form=args.answer_form, distinct=args.distinct,
+                         max_error_ratio=args.max_error_ratio)
     result = run_selection(res.items, scorer, opts)
     judge = os.path.basename(os.path.normpath(args.checkpoint)) if args.checkpoint else "none"
     paths = report.write(result, args.bench, args.out, judge=judge, extra={
         "data": args.data, "rows": res.rows, "bad_rows": res.bad, "short_rows": res.short,
+        "judge_errors": result.get("judge_errors", {}),
         "options": {"answer_form": args.answer_form, "distinct": args.distinct, "short_rows": args.short_rows}})
     print(report.markdown(result, args.bench, judge))
     print(json.dumps(paths))

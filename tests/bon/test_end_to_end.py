@@ -85,6 +85,12 @@ def test_bon_select_on_the_mmmu_excerpt(env, tmp_path, capsys):
     assert "| elimination |" in md and "N=5" in md and md in capsys.readouterr().out
     png = (out / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10000
+    assert rep["judge_errors"] == {} and rep["strategies"]["elimination"]["model_calls"] > 0
+    # the media not where --media-root says: every judge strategy would silently be "first"; the run stops instead
+    code = cli.main(["bon", "select", env["hf_dir"], "--tokenizer", env["tok_path"], "--dtype", "float32",
+                     "--bench", "mmmu", "--data", excerpt("mmmu"), "--media-root", str(tmp_path / "nowhere"),
+                     "--out", str(tmp_path / "r2"), "--limit", "3", "--max-n", "5"])
+    assert code != 0 and "could not judge" in capsys.readouterr().err
 
 
 @needs_excerpts
