@@ -35,7 +35,10 @@ def index_lines(lines: list[dict], rows: list[BenchRow], proto: Protocol, path: 
         if ln.get("row_hash") != hashes[i]:
             raise EvalError(f"{path} line {n}: row {i} differs from the data file's row {i}: the judgements belong to "
                             "another data file (or it was edited)")
-        out[(i, ln["order"])] = ln
+        key = (i, ln["order"])
+        if key in out and not out[key].get("error"):
+            continue  # the first judgement of a (row, order) stands, as `runner.resume` keeps it
+        out[key] = ln
     return out
 
 

@@ -188,3 +188,15 @@ def test_an_empty_question_is_judged_not_refused():
     assert pair["question"] == ""
     mm = B.BenchRow(index=0, question=None, answer_a="a", answer_b="b", images=["x.png"], label="A")
     assert pairs.check_pair(runner.to_pair(B.protocol("mm_rewardbench"), mm, {}))["question"] == "None"
+
+
+def test_scoring_keeps_the_first_judgement_of_a_row_as_resume_does(tmp_path):
+    """After two runs appended to one file, `resume` keeps each (row, order)'s first judgement; scoring must count
+    the same one, or a no-op resume could change the score."""
+    rows = _rows(1)
+    first, second = _line(rows[0], "AB"), _line(rows[0], "AB")
+    first["marker"], second["marker"] = 1, 2
+    err = {**_line(rows[0], "BA"), "error": {"reason": "x"}}
+    fixed = _line(rows[0], "BA")
+    got = score.index_lines([first, second, err, fixed], rows, HH, "j.jsonl")
+    assert got[(0, "AB")]["marker"] == 1 and not got[(0, "BA")].get("error")
