@@ -14,6 +14,7 @@ pairs whose answer holds a literal media tag (`<image>`: the training row would 
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,6 +24,7 @@ import time
 from typing import Callable
 
 
+from omnirrm_jax.errors import UserError
 from omnirrm_jax.synth import consensus as C
 from omnirrm_jax.synth import output as O
 from omnirrm_jax.synth.candidates import done_answers, write_candidates
@@ -91,13 +93,35 @@ def make_pairs(prompts, answers: dict, strong: str, weak: str, seed: int,
     return pairs, dict(skipped), orders
 
 
+@contextlib.contextmanager
+def _only_run(out_dir: str):
+    """One `omnirrm synth` per out_dir at a time: two would each ask the teachers for the same missing pairs (paid
+    twice) and interleave their appends. An advisory lock, released by the OS however the run ends."""
+    import fcntl
+    f = open(os.path.join(out_dir, ".synth.lock"), "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise UserError(f"{out_dir}: another omnirrm synth is running on it; wait for it (or use another out_dir)")
+    try:
+        yield
+    finally:
+        f.close()
+
+
 def run(cfg: SynthConfig, load: Callable | None = None) -> dict:
     """Runs every stage; returns the report (also written to out_dir/synth_report.json). `load(policy)` ->
     (model, config, tokenizer), called only when answers are missing."""
+    teachers = tuple(t.resolved() for t in cfg.teachers)  # keys checked now, not after hours of candidates
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    with _only_run(cfg.out_dir):
+        return _run(cfg, teachers, load)
+
+
+def _run(cfg: SynthConfig, teachers: tuple, load: Callable | None) -> dict:
     t0 = time.perf_counter()
     out = cfg.out_dir
-    teachers = tuple(t.resolved() for t in cfg.teachers)  # keys checked now, not after hours of candidates
-    os.makedirs(out, exist_ok=True)
     # 1. prompts
     res = read_prompts(cfg.sources, cfg.media_root)
     write_atomic(os.path.join(out, "prompts.jsonl"), jsonl_text(p.row() for p in res.prompts))

@@ -372,3 +372,13 @@ def test_media_gone_since_the_prompts_stage_is_counted_not_fatal(tmp_path):
     teachers = (TeacherSpec("t1", base_url="http://127.0.0.1:9/v1", model="m"),)
     stats = annotate([pair], teachers, TeacherRun(), str(tmp_path / "cache.jsonl"), str(tmp_path))
     assert stats["teachers"]["t1"]["failed"] == {"unreadable_media": 1} and pair["keys"]["t1"].endswith("unreadable")
+
+
+def test_a_second_run_on_the_same_out_dir_is_refused(src, tmp_path, key_env, capsys):
+    import fcntl
+    cfg = write_config(str(tmp_path / "synth.yaml"), src, str(tmp_path / "out"), "http://127.0.0.1:9/v1")
+    os.makedirs(tmp_path / "out")
+    with open(tmp_path / "out" / ".synth.lock", "w") as held:  # a running synth holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert cli.main(["synth", cfg]) == 2
+    assert "another omnirrm synth is running" in capsys.readouterr().err
