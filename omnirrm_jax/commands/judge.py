@@ -73,7 +73,7 @@ def judge_settings(args: argparse.Namespace) -> dict:
 
     return {"model": model_identity(args.checkpoint, lora=args.lora, tokenizer=args.tokenizer, dtype=args.dtype),
             **{k: getattr(args, k) for k in ("modality", "template", "swap", "constrained", "max_new_tokens",
-                                             "max_length", "media_limits", "verdict_field")}}
+                                             "media_limits", "verdict_field")}}  # not max_length: it only refuses
 
 
 def run(args: argparse.Namespace) -> int:

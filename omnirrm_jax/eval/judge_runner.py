@@ -376,6 +376,7 @@ def resume_output(path: str, hashes: dict[int, str] | None = None, *, retry_erro
                                  "output file (or the input it was made from)")
             had = obj.get("judge")
             if settings is not None and had is not None and had != settings:
+                had = had if isinstance(had, dict) else {"judge": had}
                 changed = sorted(k for k in set(settings) | set(had) if had.get(k) != settings.get(k))
                 raise UsageError(f"--output {path} line {i + 1} was judged with {changed} = "
                                  f"{[had.get(k) for k in changed]}, this run uses {[settings.get(k) for k in changed]}:"

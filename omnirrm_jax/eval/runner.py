@@ -97,8 +97,14 @@ def decoding(proto: Protocol, opts: RunOptions) -> tuple[int, dict | None]:
 
 def model_identity(checkpoint: str, *, lora: str | None = None, tokenizer: str | None = None,
                    dtype: str | None = None) -> str:
-    """Which judge wrote a line: the checkpoint, LoRA and tokenizer paths (absolute) and the dtype."""
-    parts = [os.path.abspath(checkpoint)] + [f"{k}={os.path.abspath(v) if k != 'dtype' else v}" for k, v in
+    """Which judge wrote a line: the checkpoint, LoRA and tokenizer paths (absolute) and the dtype; for a training
+    workdir (judged at its newest checkpoint) also that checkpoint's step, so more training is another judge."""
+    ckpts = os.path.join(checkpoint, "checkpoints")
+    step = ""
+    if os.path.isdir(ckpts) and not os.path.isfile(os.path.join(checkpoint, "config.json")):
+        steps = [int(d) for d in os.listdir(ckpts) if d.isdigit()]  # Orbax's finished steps (no tmp suffix)
+        step = f"@step{max(steps)}" if steps else ""
+    parts = [os.path.abspath(checkpoint) + step] + [f"{k}={os.path.abspath(v) if k != 'dtype' else v}" for k, v in
                                               (("lora", lora), ("tokenizer", tokenizer), ("dtype", dtype)) if v]
     return " ".join(parts)
 
@@ -161,9 +167,9 @@ def _check_owner(lines: list[dict], rows: list[BenchRow], proto: Protocol, opts:
         if seeded and ln.get("seed") != opts.seed:
             raise EvalError(f"{path} was run with seed {ln.get('seed')}, this run uses {opts.seed}; use a new file or "
                             "the same --seed")
-        if ln.get("orders", opts.orders) != opts.orders:
-            raise EvalError(f"{path} was judged with --orders {ln.get('orders')}, this run asks for {opts.orders}; "
-                            "use a new file or the same --orders")
+        if ln.get("orders") == "both" and opts.orders == "reference":  # reference -> both extends the file
+            raise EvalError(f"{path} was judged with --orders both, this run asks for reference: its rows judged in "
+                            "one order would be scored as missing the other; use a new file or --orders both")
         if opts.model is not None and ln.get("model") is not None and ln["model"] != opts.model:
             raise EvalError(f"{path} was judged by {ln['model']}, this run's judge is {opts.model}: its lines would "
                             "be scored as this judge's; use a new file (or output_dir)")

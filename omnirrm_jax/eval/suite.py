@@ -65,7 +65,7 @@ def load_config(path: str) -> dict[str, Any]:
         raise SuiteConfigError(f"{path}: model.checkpoint is required")
     for k in ("checkpoint", "lora", "tokenizer"):
         model[k] = absolute(model.get(k))
-    run_fields = {f.name for f in dataclasses.fields(RunOptions)}
+    run_fields = {f.name for f in dataclasses.fields(RunOptions)} - {"model"}  # the model is model.*
     run = dict(_check_keys(cfg.get("run") or {}, run_fields, f"{path}: run"))
     benches = _check_keys(cfg.get("benchmarks"), set(B.BENCHMARKS), f"{path}: benchmarks")
     if not benches:

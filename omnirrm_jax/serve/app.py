@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from omnirrm_jax.serve.engine import Engine, QueueFull
 from omnirrm_jax.serve.inputs import Inputs, RequestError
@@ -156,6 +157,10 @@ class Timing:
 
         try:
             await self.app(scope, receive, send_)
+        except Exception as e:  # answered 500 by the server's error handler, outside this middleware
+            if status[0] == 499 and not isinstance(e, ClientDisconnect):
+                status[0] = 500
+            raise
         finally:
             path = scope["path"]
             self.metrics.answer(path if path in ROUTES else "other", status[0], time.perf_counter() - t0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from omnirrm_jax.rubric.vocab import MODALITIES
 
@@ -101,14 +101,15 @@ class ChatRequest(Strict):
             data = {k: v for k, v in data.items() if not (v is None and k in ("stream", "n", "temperature", "top_p"))}
         return data
 
-    @model_validator(mode="after")
-    def _bounded_media(self):
+    @field_validator("messages")
+    @classmethod
+    def _bounded_media(cls, messages):
         """Media over all messages, capped before anything is decoded (each message's list alone is capped too)."""
-        media = sum(1 for m in self.messages if not isinstance(m.content, str)
+        media = sum(1 for m in messages if not isinstance(m.content, str)
                     for p in m.content if not isinstance(p, TextPart))
         if media > MAX_MEDIA:
             raise ValueError(f"{media} media parts over all messages; at most {MAX_MEDIA} per request")
-        return self
+        return messages
 
 
 # ---------------------------------------------------------------- judge and reward

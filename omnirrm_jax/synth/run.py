@@ -104,6 +104,8 @@ def _only_run(out_dir: str):
     except BlockingIOError:
         f.close()
         raise UserError(f"{out_dir}: another omnirrm synth is running on it; wait for it (or use another out_dir)")
+    except OSError as e:  # a filesystem without locks (some network mounts): say so, run on
+        log.warning("%s: cannot lock (%s); make sure no other omnirrm synth uses this out_dir", out_dir, e)
     try:
         yield
     finally:

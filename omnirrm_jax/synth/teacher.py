@@ -80,7 +80,9 @@ def cache_key(pair_id: str, teacher: str, phash: str) -> str:
 
 def read_cache(path: str) -> dict:
     """key -> cache row, each stored reply mended again by today's `repair_judgement`: a repair fixed later recovers
-    the replies already paid for (the stored judgement is derived data)."""
+    the replies already paid for (the stored judgement is derived data). A stricter repair can also drop a reply
+    an older version accepted (e.g. `better` and `final_verdict` disagreeing, now "verdict_conflict"); the report's
+    counts are always of today's reading."""
     out: dict = {}
     for r in read_jsonl(path):
         if r.get("key") in out:
@@ -196,7 +198,8 @@ async def _annotate(jobs, run: TeacherRun, cache: AppendLog, budget: Budget, pro
                     judgement, why, mended = None, f"repair_error: {type(e).__name__}"[:60], False
             except TeacherFailure as f:
                 _count_failure(t, pair["id"], f.reason, f.detail)
-                if f.reason not in ("budget_exhausted", "teacher_stopped"):
+                if f.reason not in ("budget_exhausted", "teacher_stopped", "http_400", "http_413", "http_422"):
+                    # (a 400/413/422 refuses this one request - content policy, size - not the endpoint)
                     t["in_a_row"] += 1
                     if t["in_a_row"] == run.max_failures_in_a_row:
                         log.warning("teacher %s: %d requests failed in a row (last: %s %s); not asked again this "

@@ -57,8 +57,6 @@ def test_a_corrupt_complete_last_line_is_cut_too(tmp_path):
     rows = _rows(1)
     _write(p, [_line(rows[0], "AB")], tail=b'{"benchmark": "hh_rlhf", "ind\n')
     assert runner.resume(str(p), rows, HH, RunOptions()) == {(0, "AB")}
-    _write(p, [_line(rows[0], "AB")])  # lines from before the model was recorded: resumed
-    assert runner.resume(str(p), rows, HH, RunOptions(model="/ckpt/y")) == {(0, "AB")}
     with open(p, "a") as f:  # a later run appends after it ...
         f.write(json.dumps(_line(rows[0], "BA")) + "\n")
     assert len(runner.read_lines(str(p))) == 2  # ... and the file stays readable
@@ -79,7 +77,7 @@ def test_another_runs_file_is_refused(tmp_path):
              ([_line(other[0], "AB")], HH, RunOptions(), "another data file"),  # rows without ids are told apart
              ([_line(rows[0], "AB", opts=RunOptions(max_new_tokens=64))], HH, RunOptions(), "decoding"),
              ([_line(rows[0], "AB", proto=vl, opts=RunOptions(seed=5))], vl, RunOptions(), "seed 5"),
-             ([_line(rows[0], "AB", opts=RunOptions(orders="reference"))], HH, RunOptions(), "--orders reference"),
+             ([_line(rows[0], "AB")], HH, RunOptions(orders="reference"), "--orders both"),
              ([_line(rows[0], "AB", opts=RunOptions(model="/ckpt/x"))], HH, RunOptions(model="/ckpt/y"),
               "judged by /ckpt/x")]
     for lines, proto, opts, match in cases:
@@ -88,6 +86,19 @@ def test_another_runs_file_is_refused(tmp_path):
             runner.resume(str(p), rows, proto, opts)
     _write(p, [_line(rows[0], "AB", opts=RunOptions(seed=5))])  # greedy, stored order: the seed changes nothing
     assert runner.resume(str(p), rows, HH, RunOptions()) == {(0, "AB")}
+    _write(p, [_line(rows[0], "AB")])  # lines from before the model was recorded: resumed
+    assert runner.resume(str(p), rows, HH, RunOptions(model="/ckpt/y")) == {(0, "AB")}
+    _write(p, [_line(rows[0], "AB", opts=RunOptions(orders="reference"))])  # reference -> both: extended
+    assert runner.resume(str(p), rows, HH, RunOptions()) == {(0, "AB")}
+
+
+def test_a_training_workdir_is_identified_with_its_newest_step(tmp_path):
+    (tmp_path / "checkpoints" / "100").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "200.orbax-checkpoint-tmp-1").mkdir()
+    before = runner.model_identity(str(tmp_path), dtype="bfloat16")
+    assert before.endswith("@step100 dtype=bfloat16")
+    (tmp_path / "checkpoints" / "200").mkdir()
+    assert runner.model_identity(str(tmp_path), dtype="bfloat16") != before  # more training: another judge
 
 
 def test_embedded_media_are_named_by_content(tmp_path):

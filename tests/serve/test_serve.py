@@ -141,7 +141,7 @@ def _bad_requests(env) -> list[tuple[str, object, int, str]]:
         ("/v1/chat/completions", {"messages": [{"role": "system", "content": "hi"}], "max_tokens": 2}, 400,
          "user message"),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "x.png"}}] * 40}] * 2}, 400, "per request"),
+            {"type": "image_url", "image_url": {"url": "x.png"}}] * 40}] * 2}, 400, "messages"),
     ]
 
 
@@ -321,6 +321,28 @@ def _app(inputs, max_queue=2):
     return TestClient(create_app(state), raise_server_exceptions=False), state
 
 
+def _abandoned_upload(app) -> None:
+    import asyncio
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/judge", "raw_path": b"/v1/judge", "query_string": b"",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", b"100")],
+             "http_version": "1.1", "scheme": "http", "server": ("t", 80), "client": ("c", 1), "root_path": ""}
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    try:
+        asyncio.run(app(scope, receive, send))
+    except Exception:  # noqa: BLE001 - Starlette may re-raise the disconnect; the count is what is checked
+        pass
+    assert sent == []  # nothing is sent to a client that left
+
+
 def test_server_faults_are_json_500_and_oversized_reward_is_400():
     import threading
     import types
@@ -342,6 +364,9 @@ def test_server_faults_are_json_500_and_oversized_reward_is_400():
         assert r.status_code == 500 and r.headers["content-type"] == "application/json", r.text
         assert r.json()["error"] == {"message": "internal server error (RuntimeError)", "type": "server_error",
                                      "param": None, "code": "internal_error"}
+        assert 'endpoint="/v1/judge",status="500"' in state2.metrics.text().decode()  # counted as what was sent
+        _abandoned_upload(c2.app)  # the client leaves mid-body: no answer is sent, counted 499 (not a 5xx)
+        assert 'endpoint="/v1/judge",status="499"' in state2.metrics.text().decode()
         r = c2.post("/v1/reward", json={"pairs": [pair] * 3})  # more pairs than --max-queue 2: never fits
         assert r.status_code == 400 and r.json()["error"]["param"] == "pairs", r.text
         state2.engine.stop()
