@@ -6,16 +6,13 @@ first. Here, not in eval/: eval may not import training (docs/ARCHITECTURE.md)."
 from __future__ import annotations
 
 import logging
-import os
+
+from omnirrm_jax.checkpoint.workdir import is_training_workdir
 
 # `--dtype` of the commands that load a model: models.config.DTYPES (a test checks; the CLI's top stays light)
 DTYPES = ("float32", "bfloat16", "float16")
 
 log = logging.getLogger(__name__)
-
-
-def is_training_workdir(path: str) -> bool:
-    return os.path.isdir(os.path.join(path, "checkpoints")) and not os.path.isfile(os.path.join(path, "config.json"))
 
 
 def load_judge_or_run(checkpoint: str, *, lora: str | None = None, tokenizer: str | None = None,

@@ -99,14 +99,12 @@ def model_identity(checkpoint: str, *, lora: str | None = None, tokenizer: str |
                    dtype: str | None = None) -> str:
     """Which judge wrote a line: the checkpoint, LoRA and tokenizer paths (absolute) and the dtype; for a training
     workdir (judged at its newest checkpoint) also that checkpoint's step, so more training is another judge."""
-    ckpts = os.path.join(checkpoint, "checkpoints")
-    step = ""
-    if os.path.isdir(ckpts) and not os.path.isfile(os.path.join(checkpoint, "config.json")):
-        steps = [int(d) for d in os.listdir(ckpts) if d.isdigit()]  # Orbax's finished steps (no tmp suffix)
-        step = f"@step{max(steps)}" if steps else ""
-    parts = [os.path.abspath(checkpoint) + step] + [f"{k}={os.path.abspath(v) if k != 'dtype' else v}" for k, v in
-                                              (("lora", lora), ("tokenizer", tokenizer), ("dtype", dtype)) if v]
-    return " ".join(parts)
+    from omnirrm_jax.checkpoint.workdir import is_training_workdir, newest_step
+
+    step = newest_step(checkpoint) if is_training_workdir(checkpoint) else None
+    parts = [os.path.abspath(checkpoint) + ("" if step is None else f"@step{step}")]
+    parts += [f"{k}={os.path.abspath(v)}" for k, v in (("lora", lora), ("tokenizer", tokenizer)) if v]
+    return " ".join(parts + ([f"dtype={dtype}"] if dtype else []))
 
 
 def run_settings(proto: Protocol, opts: RunOptions) -> dict:
