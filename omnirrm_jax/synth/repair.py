@@ -63,16 +63,24 @@ def _python_literal(s: str):
         return None
 
 
+def _json(s: str):
+    try:
+        return json.loads(s, strict=False)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _readings(cand: str):
+    """The candidate read as it is, mended, as a Python literal, then with ' for " (lazily, most literal first)."""
+    yield _json(cand)
+    yield _json(_mend(cand))
+    yield _python_literal(cand)
+    yield _json(_mend(cand.replace("'", '"')))
+
+
 def _load(text: str):
     for cand in _candidates(text.strip()):
-        for variant in (cand, _mend(cand), None, _mend(cand.replace("'", '"'))):
-            if variant is None:
-                obj = _python_literal(cand)
-            else:
-                try:
-                    obj = json.loads(variant, strict=False)
-                except (ValueError, RecursionError):
-                    continue
+        for obj in _readings(cand):
             if isinstance(obj, list) and len(obj) == 1:
                 obj = obj[0]
             if isinstance(obj, dict):

@@ -66,11 +66,12 @@ def prompt_text(pair: dict) -> str:
     return prompts.render(name, pair["question"], pair["answer_a"], pair["answer_b"], **extra)
 
 
-def prompt_hash(pair: dict, spec: TeacherSpec, media_path: str | None) -> str:
+def prompt_hash(pair: dict, spec: TeacherSpec, digest: str | None) -> str:
+    """`digest`: the pair's `media_digest` (None for text), read once per pair for every teacher."""
     h = hashlib.sha256(json.dumps([TEMPLATES[pair["modality"]], prompt_text(pair), spec.model, spec.temperature,
                                    spec.max_tokens]).encode())
-    if media_path:
-        h.update(media_digest(media_path).encode())
+    if digest:
+        h.update(digest.encode())
     return h.hexdigest()[:24]
 
 
@@ -243,18 +244,16 @@ def annotate(pairs: list[dict], teachers: tuple[TeacherSpec, ...], run: TeacherR
     opts = RowOptions(media_root=media_root)
     for pair in pairs:
         try:
-            path, gone = (resolve_media_path(pair["media"], opts) if pair["media"] else None), None
-        except Quarantine as q:
-            path, gone = None, q.detail
-        for spec in teachers:
-            try:
-                if gone:
-                    raise OSError(gone)
-                key = cache_key(pair["id"], spec.name, prompt_hash(pair, spec, path))
-            except OSError as e:  # the media went away since stage 1: this pair is counted, the run goes on
-                _count_failure(stats["teachers"][spec.name], pair["id"], "unreadable_media", str(e))
+            path = resolve_media_path(pair["media"], opts) if pair["media"] else None
+            digest = media_digest(path) if path else None
+        except (Quarantine, OSError) as e:  # the media went away since stage 1: counted, the run goes on
+            for spec in teachers:
+                _count_failure(stats["teachers"][spec.name], pair["id"], "unreadable_media",
+                               e.detail if isinstance(e, Quarantine) else str(e))
                 pair.setdefault("keys", {})[spec.name] = cache_key(pair["id"], spec.name, "unreadable")
-                continue
+            continue
+        for spec in teachers:
+            key = cache_key(pair["id"], spec.name, prompt_hash(pair, spec, digest))
             pair.setdefault("keys", {})[spec.name] = key
             if key in cached:
                 stats["teachers"][spec.name]["cached"] += 1
