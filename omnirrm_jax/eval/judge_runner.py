@@ -205,6 +205,15 @@ class Judge:
         errors: collections.Counter = collections.Counter()
         agree: list[tuple] = []
         prep_tok = _thread_copy(self.tok)
+
+        def stamped(recs: list[dict]) -> list[dict]:
+            """Records as written: with their input row's hash and this run's settings (what a resume checks)."""
+            for r in recs:
+                r["row_sha"] = hashes[r["line"]]
+                if settings is not None:
+                    r["judge"] = settings
+            return recs
+
         prep = lambda chunk: [self.prepare(n, r, opts, prep_tok) for n, r in chunk]  # noqa: E731
         with open(output_path, "a", encoding="utf-8") as out, \
                 tqdm(total=len(rows), initial=len(rows) - len(pending), unit="pair", file=sys.stderr) as bar, \
@@ -214,18 +223,10 @@ class Judge:
                 prepared = nxt.result()
                 nxt = pool.submit(prep, chunks[c + 1]) if c + 1 < len(chunks) else None
                 records = [p for p in prepared if isinstance(p, dict)]
-                for r in records:
-                    r["row_sha"] = hashes[r["line"]]
-                    if settings is not None:
-                        r["judge"] = settings
-                _write(out, records)
+                _write(out, stamped(records))
                 bar.update(len(records))
                 for group in self.batches([p for p in prepared if not isinstance(p, dict)]):
-                    recs = self.judge_prepared(group)
-                    for r in recs:
-                        r["row_sha"] = hashes[r["line"]]
-                        if settings is not None:
-                            r["judge"] = settings
+                    recs = stamped(self.judge_prepared(group))
                     _write(out, recs)
                     bar.update(len(recs))
                     records += recs

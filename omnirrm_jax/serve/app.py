@@ -286,7 +286,8 @@ def create_app(state: ServerState) -> FastAPI:
         futures = submit_all([("reward", "reward", p, len(p.examples)) for p in prepared])
         recs = await wait(request, futures, end)
         # with both_orders, the order-debiased reward: the mean over (A, B) and (B, A), as the offline judge's
-        return {"rewards": [r["combined"]["reward"] if "combined" in r else r["reward"] for r in recs], "results": recs,
+        rewards = [r["combined"]["reward"] if "combined" in r else r["reward"] for r in recs]
+        return {"rewards": rewards, "results": recs,
                 "scored": "P(A) - P(B) after the forced prefix '{\"better\": \"' (omnirrm_jax/eval/reward.py)"}
 
     @app.post("/v1/chat/completions")

@@ -82,4 +82,5 @@ def test_attention_is_counted_per_example_in_packed_and_padded_rows():
     assert examples_in(packed) == examples_in(unpacked) == len(exs)
     t = cfg.text
     whole_row = flops_per_token(cfg, 48)
-    assert flops_per_token(cfg, 48, attended=want) == whole_row - 3 * t.num_layers * 2 * (48 - want) * t.num_heads * t.head_dim
+    per_key = 3 * t.num_layers * 2 * t.num_heads * t.head_dim  # the attention term per attended position
+    assert flops_per_token(cfg, 48, attended=want) == whole_row - per_key * (48 - want)
