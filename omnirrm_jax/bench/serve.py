@@ -11,7 +11,9 @@ each write a different length, the same on both sides. Each side runs in its own
 (`--side server`, `omnirrm serve`'s own `serve()` with the synthetic model) is driven over localhost HTTP by
 asyncio clients; the offline side (`--side offline`) judges the pairs in batches of --max-batch. Both are timed after
 an untimed pass over the pairs (the server's at the highest concurrency; with `--warmup none` that pass compiles the
-shapes the pairs use, with `--warmup full` the server compiled its whole set before it listened).
+shapes the pairs use, with `--warmup full` the server compiled its whole set before it listened). The two sides
+compile at the same time, on the host's cores; the timed passes never overlap (offline first, while the server
+idles, then the server).
 One client sends `--single-requests` pairs, the other concurrencies all of them.
 """
 
@@ -102,6 +104,10 @@ def side_offline(args) -> dict:
     prepared = [judge.prepare(i, r, opts) for i, r in enumerate(make_pairs(args.requests))]
     for group in judge.batches(prepared):  # warm pass: compiles every shape
         judge.judge_prepared(group)
+    if args.go_file:  # compiled beside the server; timed only once the driver says the card is ours alone
+        open(args.go_file + ".ready", "w").close()
+        while not os.path.exists(args.go_file):
+            time.sleep(0.2)
     t = time.perf_counter()
     n = sum(len(judge.judge_prepared(group)) for group in judge.batches(prepared))
     seconds = time.perf_counter() - t
@@ -162,8 +168,16 @@ def _compiles(metrics: str) -> float:
     return float(late[0].split()[-1])
 
 
+def _wait_ready(proc: subprocess.Popen, path: str, what: str) -> None:
+    while not os.path.exists(path):
+        if proc.poll() is not None:
+            raise RuntimeError(f"the {what} exited {proc.returncode} before it was ready")
+        time.sleep(0.5)
+
+
 def run_all(args) -> dict:
-    """Server side, driven at each concurrency, then the offline side; returns the results."""
+    """Both sides compile at once (two processes, the host's cores); then the offline side is timed alone, then
+    the server at each concurrency. Each result is printed as it comes, so a run cut short still reports."""
     import httpx
 
     from omnirrm_jax.data.tokenizer import train_sentencepiece
@@ -173,6 +187,8 @@ def run_all(args) -> dict:
         train_sentencepiece(_corpus(), 1500, os.path.join(tmp, "tokenizer"))
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
+        out, go = os.path.join(tmp, "offline.json"), os.path.join(tmp, "offline.go")
+        offline_proc = subprocess.Popen(_sub(args, "offline", tmp, json=out, **{"go-file": go}))
         t0 = time.perf_counter()
         server = subprocess.Popen(_sub(args, "server", tmp, port=port))
         try:
@@ -188,17 +204,25 @@ def run_all(args) -> dict:
             ready_s = time.perf_counter() - t0
             # untimed: with --warmup none this is where the used shapes compile (the offline side's warm pass)
             warm = asyncio.run(drive(url, pairs, max(args.concurrency)))
+            print(f"server ready after {ready_s:.0f} s, warm pass {warm['seconds']:.0f} s", flush=True)
+            _wait_ready(offline_proc, go + ".ready", "offline side")
+            open(go, "w").close()
+            if offline_proc.wait() != 0:
+                raise RuntimeError(f"the offline side exited {offline_proc.returncode}")
+            with open(out) as f:
+                offline = json.load(f)
+            print(f"offline: {json.dumps(offline)}", flush=True)
             compiled_before = _compiles(httpx.get(url + "/metrics", timeout=10).text)
-            served = [asyncio.run(drive(url, pairs[:args.single_requests] if c == 1 else pairs, c))
-                      for c in args.concurrency]
+            served = []
+            for c in args.concurrency:
+                served.append(asyncio.run(drive(url, pairs[:args.single_requests] if c == 1 else pairs, c)))
+                print(f"served: {json.dumps(served[-1])}", flush=True)
             metrics = httpx.get(url + "/metrics", timeout=10).text
         finally:
+            if offline_proc.poll() is None:
+                offline_proc.kill()
             server.send_signal(signal.SIGTERM)
             server.wait(600)
-        out = os.path.join(tmp, "offline.json")
-        subprocess.run(_sub(args, "offline", tmp, json=out), check=True)
-        with open(out) as f:
-            offline = json.load(f)
     return {"preset": args.preset, "device": offline["device"], "requests": args.requests,
             "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "new": args.new,
             "server_ready_s": ready_s, "warm_pass_s": warm["seconds"], "warmup": args.warmup,
@@ -239,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizer", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--json", help=argparse.SUPPRESS)
+    p.add_argument("--go-file", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.side != "all":
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
