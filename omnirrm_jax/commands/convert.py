@@ -12,7 +12,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("src", help="HF checkpoint directory (config.json + *.safetensors) or Orbax directory")
     p.add_argument("dst", help="output directory")
     p.add_argument("--to", choices=["orbax", "hf"], required=True, help="output format")
-    p.add_argument("--dtype", default="float32", choices=DTYPES, help="parameter dtype to store")
+    p.add_argument("--dtype", default=None, choices=DTYPES,
+                   help="parameter dtype to store (default: the source's own, as its config.json states)")
     p.add_argument("--lora", default=None, help="PEFT/ms-swift LoRA adapter dir to merge (HF -> Orbax)")
     return p
 

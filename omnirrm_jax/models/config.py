@@ -190,10 +190,17 @@ def _rope(text: dict) -> tuple[float, tuple[int, ...]]:
     """Reads rope theta and mrope sections from v5 `rope_parameters` or v4 `rope_scaling` + `rope_theta`."""
     params = text.get("rope_parameters") or {}
     scaling = text.get("rope_scaling") or {}
+    for where, d in (("rope_parameters", params), ("rope_scaling", scaling)):
+        kind = d.get("rope_type", d.get("type", "default"))
+        if kind not in ("default", "mrope") or "factor" in d:
+            # linear / dynamic / yarn scaling changes every position's frequencies: refusing beats a model whose
+            # logits silently differ from transformers' (and an export that drops the scaling)
+            raise ValueError(f"text_config.{where} asks for rope_type {kind!r}"
+                             f"{' with factor ' + str(d['factor']) if 'factor' in d else ''}: only unscaled "
+                             "multimodal RoPE (default / mrope) is supported")
     theta = params.get("rope_theta", text.get("rope_theta", 1e6))
-    section = params.get("mrope_section", scaling.get("mrope_section"))
-    if section is None:
-        raise ValueError("text_config has no mrope_section (neither rope_parameters nor rope_scaling)")
+    # transformers' Qwen2_5OmniRotaryEmbedding falls back to [16, 24, 24] (the released models' sections)
+    section = params.get("mrope_section", scaling.get("mrope_section", (16, 24, 24)))
     return float(theta), tuple(int(s) for s in section)
 
 

@@ -31,6 +31,16 @@ def save_orbax(model: nnx.Module, path: str) -> None:
             json.dump(config_lib.to_hf_dict(model.config), f, indent=2)
 
 
+def stored_dtype(config: dict) -> str:
+    """The dtype a config.json says its weights are stored in (v5 `dtype`, v4 `torch_dtype`, also under
+    `thinker_config` of a full Qwen2.5-Omni config); float32 where it says nothing."""
+    for d in (config, config.get("thinker_config") or {}):
+        found = d.get("dtype") or d.get("torch_dtype")
+        if isinstance(found, str):
+            return found.removeprefix("torch.")
+    return "float32"
+
+
 def load_orbax(path: str, dtype: str | None = None, *, compute_dtype: str | None = None,
                attention_backend: str = "auto", shardings=None):
     """(model, config) from an Orbax directory written by `save_orbax` (restored in the stored dtype
@@ -47,7 +57,7 @@ def load_orbax(path: str, dtype: str | None = None, *, compute_dtype: str | None
                                "convert --to orbax` or `omnirrm export`)")
     with open(os.path.join(path, "config.json")) as f:
         raw = json.load(f)
-    stored = raw.get("dtype") or raw.get("torch_dtype") or "float32"
+    stored = stored_dtype(raw)
     dtype = dtype or stored
     cfg = config_lib.from_hf_dict(raw, param_dtype=stored, dtype=compute_dtype or dtype,
                                   attention_backend=attention_backend)
@@ -81,8 +91,9 @@ def cast_params(model: nnx.Module, dtype: str):
     return model, cfg
 
 
-def run(src: str, dst: str, *, to: str, dtype: str = "float32", lora_path: str | None = None) -> None:
-    """`omnirrm convert`: `src` (HF folder for --to orbax, Orbax folder for --to hf) written to `dst`."""
+def run(src: str, dst: str, *, to: str, dtype: str | None = None, lora_path: str | None = None) -> None:
+    """`omnirrm convert`: `src` (HF folder for --to orbax, Orbax folder for --to hf) written to `dst`, in `dtype`
+    (None: the dtype `src` is stored in)."""
     if to not in ("orbax", "hf"):
         raise UserError(f"unknown target format {to!r} (orbax or hf)")
     if not os.path.isdir(src):
@@ -93,6 +104,9 @@ def run(src: str, dst: str, *, to: str, dtype: str = "float32", lora_path: str |
     if to == "orbax":
         if is_orbax:
             raise UserError(f"{src} is already an Orbax checkpoint; `--to hf` converts it to HF safetensors")
+        if dtype is None and os.path.isfile(os.path.join(src, "config.json")):
+            with open(os.path.join(src, "config.json")) as f:
+                dtype = stored_dtype(json.load(f))
         model, _ = P.load_hf(src, dtype=dtype, lora_path=lora_path, merge_lora=True)
         save_orbax(model, dst)
     else:

@@ -13,12 +13,15 @@ and names every missing, unexpected and mis-shaped tensor.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Mapping
 
 from flax import nnx
 
 from omnirrm_jax.errors import UserError
+
+_log = logging.getLogger(__name__)
 
 THINKER_PREFIX = "thinker."  # full Qwen2.5-Omni checkpoints (and ms-swift adapters) keep the thinker under it
 IGNORED_PREFIXES = ("talker.", "token2wav.")  # full-model tensors the thinker does not use
@@ -176,6 +179,12 @@ def match_hf_tensors(module: nnx.Module, shapes: Mapping[str, tuple], *, prefix:
         name = checkpoint_name(key)
         if name is not None:
             found[name[len(prefix):] if name.startswith(prefix) else name] = key  # off-prefix: unexpected below
+    if "lm_head.weight" in found and "lm_head.weight" not in expected and "model.embed_tokens.weight" in expected:
+        # tied embeddings with the head also stored (a .bin -> safetensors conversion writes both): transformers
+        # ties the head to the embedding and ignores the copy, and so do we
+        _log.warning("%s stores lm_head.weight but the config ties it to the embedding: the stored head is ignored",
+                     source)
+        del found["lm_head.weight"]
     problems = [f"missing tensor {prefix}{n} (model expects shape {torch_shape(*expected[n][1:])})"
                 for n in sorted(set(expected) - set(found))]
     problems += [f"unexpected tensor {prefix}{n} (shape {tuple(shapes[found[n]])})"

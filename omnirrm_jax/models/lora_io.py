@@ -31,8 +31,8 @@ class AdapterError(UserError):
     """An adapter directory that cannot be applied; the message names the file and tensor."""
 
 
-def read_adapter(path: str) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """Returns (adapter_config, {checkpoint module name: (A (r,in), B (out,r))})."""
+def read_adapter(path: str) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """{checkpoint module name: (A (r,in), B (out,r), scale)}, the scale as PEFT computes it for that module."""
     from safetensors import safe_open
 
     cfg_file = os.path.join(path, "adapter_config.json")
@@ -46,29 +46,37 @@ def read_adapter(path: str) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarra
         if acfg.get(flag):
             raise AdapterError(f"{cfg_file}: {flag}=true is not supported")
     pairs: dict[str, dict[str, np.ndarray]] = {}
+    aliases: dict[str, set[str]] = {}  # every name the module goes by, for alpha_pattern's suffix match
     with safe_open(weights, framework="flax") as f:
         for key in f.keys():
             m = _LORA_KEY.match(key)
             if not m:
                 raise AdapterError(f"{weights}: tensor {key} is not a LoRA A/B weight "
                                    "(modules_to_save / bias adapters are not supported)")
-            name = m["module"]
-            if name.startswith(_PEFT_PREFIX):
-                name = name[len(_PEFT_PREFIX):]
-            name = hf_map.checkpoint_name(name)
+            raw = m["module"]
+            if raw.startswith(_PEFT_PREFIX):
+                raw = raw[len(_PEFT_PREFIX):]
+            name = hf_map.checkpoint_name(raw)
             if name is None:
                 raise AdapterError(f"{weights}: tensor {key} targets the talker / token2wav, not the thinker")
             pairs.setdefault(name, {})[m["ab"]] = np.asarray(f.get_tensor(key), np.float32)
+            aliases.setdefault(name, {name, hf_map.checkpoint_to_v5(name)}).add(raw)
     out = {}
     for name, ab in pairs.items():
         if set(ab) != {"A", "B"}:
             raise AdapterError(f"{weights}: module {name} has lora_{''.join(ab)} but not both A and B")
-        out[name] = (ab["A"], ab["B"])
-    return acfg, out
+        out[name] = (ab["A"], ab["B"], _scale(acfg, aliases[name], ab["A"].shape[0]))
+    return out
 
 
-def _scale(acfg: dict, name: str, rank: int) -> float:
-    alpha = acfg.get("alpha_pattern", {}).get(name.split(".")[-1], acfg.get("lora_alpha", rank))
+def _scale(acfg: dict, names: set[str], rank: int) -> float:
+    """PEFT's scale: the first `alpha_pattern` key that equals a name of the module or matches its end as a regex
+    (peft's `get_pattern_key`), else `lora_alpha`; over r, or over sqrt(r) with rsLoRA."""
+    alpha = acfg.get("lora_alpha", rank)
+    for key, value in (acfg.get("alpha_pattern") or {}).items():
+        if any(n == key or re.match(rf"(.*\.)?({key})$", n) for n in names):
+            alpha = value
+            break
     return alpha / math.sqrt(rank) if acfg.get("use_rslora") else alpha / rank
 
 
@@ -85,15 +93,13 @@ def _resolve(model: nnx.Module, name: str) -> L.Linear:
 
 def load_adapter(model: nnx.Module, path: str, *, merge: bool = True) -> None:
     """Applies the adapter at `path` to `model` in place (merged into kernels, or as LoRA branches)."""
-    acfg, pairs = read_adapter(path)
-    for name, (a_rin, b_outr) in sorted(pairs.items()):
+    for name, (a_rin, b_outr, scale) in sorted(read_adapter(path).items()):
         lin = _resolve(model, name)
         d_in, d_out = lin.kernel.shape
         rank = a_rin.shape[0]
         if a_rin.shape != (rank, d_in) or b_outr.shape != (d_out, rank):
             raise AdapterError(f"{path}: {name} lora_A {a_rin.shape} / lora_B {b_outr.shape} do not fit "
                                f"the layer's (out, in) = {(d_out, d_in)}")
-        scale = _scale(acfg, name, rank)
         kernel = lin.kernel[...]
         if merge:
             delta = scale * (a_rin.T @ b_outr.T)

@@ -111,11 +111,12 @@ def test_config_that_does_not_match_the_weights(hf_dir, tmp_path):
         P.load_hf(str(d))
 
 
-def _peft_adapter(hf_dir, tmp_path, targets):
+def _peft_adapter(hf_dir, tmp_path, targets, **lora):
     from peft import LoraConfig, get_peft_model
 
     hf = tiny_hf_thinker(seed=2)
-    peft_cfg = LoraConfig(r=4, lora_alpha=16, target_modules=targets, lora_dropout=0.0, init_lora_weights=False)
+    peft_cfg = LoraConfig(r=4, lora_alpha=16, target_modules=targets, lora_dropout=0.0, init_lora_weights=False,
+                          **lora)
     pm = get_peft_model(hf, peft_cfg)
     gen = torch.Generator().manual_seed(5)
     with torch.no_grad():
@@ -145,6 +146,15 @@ def test_peft_adapter_merged_matches_peft(hf_dir, tmp_path):
                                np.asarray(model.visual.merger.mlp_0.kernel[...]), atol=1e-6)
 
 
+@pytest.mark.parametrize("pattern", [{"q_proj": 64}, {"layers.0.self_attn.q_proj": 64}, {r"layers\.\d\.mlp\.up_proj": 2}])
+def test_alpha_pattern_keys_match_as_peft_matches_them(hf_dir, tmp_path, pattern):
+    """PEFT matches an alpha_pattern key as a regex against the end of the module's name, not only its last part."""
+    adapter, merged = _peft_adapter(hf_dir, tmp_path, ["q_proj", "v_proj", "up_proj"], alpha_pattern=pattern)
+    model, _ = P.load_hf(hf_dir, lora_path=adapter)
+    ours, ref = _text_logits(model, IDS), _hf_logits(merged, IDS)
+    assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-5
+
+
 def test_bad_adapter_is_named(hf_dir, tmp_path):
     d = tmp_path / "adapter"
     d.mkdir()
@@ -166,6 +176,53 @@ def test_convert_cli_round_trip(hf_dir, tmp_path):
     assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
     model, cfg = convert.load_orbax(str(tmp_path / "orbax"), "bfloat16")
     assert model.model.embed_tokens.embedding[...].dtype == jnp.bfloat16 and cfg.param_dtype == "bfloat16"
+
+
+def test_convert_keeps_the_stored_dtype_unless_told(tmp_path):
+    """A bf16 checkpoint comes back bf16 through Orbax (not silently doubled to fp32); --dtype still casts."""
+    from safetensors import safe_open
+
+    from omnirrm_jax import cli
+
+    tiny_hf_thinker(seed=3).to(torch.bfloat16).save_pretrained(str(tmp_path / "bf16"))
+    assert cli.main(["convert", str(tmp_path / "bf16"), str(tmp_path / "orbax"), "--to", "orbax"]) == 0
+    assert json.loads((tmp_path / "orbax/config.json").read_text())["dtype"] == "bfloat16"
+    assert cli.main(["convert", str(tmp_path / "orbax"), str(tmp_path / "back"), "--to", "hf"]) == 0
+    assert cli.main(["convert", str(tmp_path / "orbax"), str(tmp_path / "f32"), "--to", "hf", "--dtype", "float32"]) == 0
+    for name, dtype in (("back", "BF16"), ("f32", "F32")):
+        with safe_open(str(tmp_path / name / "model.safetensors"), "np") as f:
+            assert f.get_slice("lm_head.weight").get_dtype() == dtype, name
+
+
+def test_tied_checkpoint_that_also_stores_the_head_loads_as_transformers_loads_it(tmp_path):
+    from safetensors.torch import load_file as load_torch
+    from safetensors.torch import save_file as save_torch
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    d = saved_tiny_thinker(str(tmp_path), seed=1, tie=True)
+    tensors = load_torch(os.path.join(d, "model.safetensors"))
+    tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()  # as .bin -> safetensors writes it
+    save_torch(tensors, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
+    hf = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(d).eval()
+    model, cfg = P.load_hf(d)
+    assert cfg.text.tie_word_embeddings and model.lm_head is None
+    ours, ref = _text_logits(model, IDS), _hf_logits(hf, IDS)
+    assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-5
+
+
+def test_scaled_rope_is_refused_and_a_missing_mrope_section_defaults_as_transformers():
+    text = dict(C.to_hf_dict(C.tiny())["text_config"])
+    for params in ({"rope_type": "linear", "factor": 4.0, "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+                   {"rope_type": "yarn", "rope_theta": 1e6}):
+        bad = dict(text, rope_parameters=params, rope_scaling=None)
+        with pytest.raises(ValueError, match=f"rope_parameters asks for rope_type '{params['rope_type']}'"):
+            C._rope(bad)
+    with pytest.raises(ValueError, match="rope_scaling asks for rope_type 'dynamic'"):
+        C._rope(dict(text, rope_parameters=None, rope_scaling={"type": "dynamic", "factor": 2.0}))
+    plain = dict(text, rope_parameters={"rope_type": "default", "rope_theta": 1e6}, rope_scaling=None)
+    assert C._rope(plain) == (1e6, (16, 24, 24))
+    v4 = dict(text, rope_parameters=None, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}, rope_theta=5.0)
+    assert C._rope(v4) == (5.0, (2, 3, 3))
 
 
 def test_ms_swift_style_adapter_names(hf_dir, tmp_path):
