@@ -487,6 +487,22 @@ def batch_shapes(cfg: PipelineConfig, thinker: ThinkerConfig, local_batch: int |
     return out
 
 
+def padding_batch(cfg: PipelineConfig, thinker: ThinkerConfig, pad_id: int) -> dict:
+    """This process's host batch (batch_size / process_count rows) of the smallest shape, every row padding
+    (`valid` False). Why: on a finite dataset the processes can get different numbers of batches, and every
+    collective step needs all of them; a process whose share ran out feeds this while the others finish theirs."""
+    import jax
+
+    B, S, media = cfg.batch_size // jax.process_count(), min(cfg.seq_buckets), min(cfg.media_buckets)
+    if cfg.pack:
+        pre = P.collate_packed([], batch_size=B, seq_len=S, media=media, pad_id=pad_id,
+                               patch_dim=thinker.vision.patch_dim)
+    else:
+        pre = E.collate([], batch_size=B, seq_len=S, media=media, pad_id=pad_id, mode=cfg.mode,
+                        patch_dim=thinker.vision.patch_dim)
+    return E.finalize(pre, thinker)
+
+
 def _tree_map(fn, tree):
     return {k: _tree_map(fn, v) for k, v in tree.items()} if isinstance(tree, dict) else fn(tree)
 

@@ -17,6 +17,7 @@ from omnirrm_jax.decoding.constrained import decode_outputs, generate_judgements
 from omnirrm_jax.decoding.sampler import SamplingConfig, generate
 from omnirrm_jax.eval import verdict
 from omnirrm_jax.models.thinker import model_inputs
+from omnirrm_jax.parallel.distributed import to_host
 from omnirrm_jax.rubric.parse import parse_judgement
 from omnirrm_jax.rubric.rewards import combined_reward, format_reward
 from omnirrm_jax.rubric.vocab import MODALITIES, VERDICT_CODES
@@ -49,7 +50,7 @@ def judge_batch(model, tok, batch: dict, *, max_new_tokens: int, constrained: bo
         result, texts = generate_judgements(model, tok, inputs, sampling, rng)
     else:
         result = generate(model, inputs, sampling, rng)
-        texts = decode_texts(tok, np.asarray(result.tokens), np.asarray(result.lengths), stop)
+        texts = decode_texts(tok, to_host(result.tokens), to_host(result.lengths), stop)
     out = []
     for b, row in enumerate(texts):
         parsed = parse_judgement(row[0])
@@ -119,8 +120,11 @@ def pairwise_accuracy(model, tok, batches: Iterable[dict], *, max_new_tokens: in
     stats: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for batch in batches:
         judged = judge_batch(model, tok, batch, max_new_tokens=max_new_tokens, constrained=constrained)
-        valid = np.asarray(batch.get("valid", np.ones(len(judged), bool)))
-        for j, v, gold, mod in zip(judged, valid, np.asarray(batch["gold_better"]), np.asarray(batch["modality"])):
+        # every process scores the whole global batch (gathered): the same counts everywhere
+        batch = {k: to_host(batch[k]) for k in ("valid", "gold_better", "gold_score_A", "gold_score_B", "modality")
+                 if k in batch}
+        valid = batch.get("valid", np.ones(len(judged), bool))
+        for j, v, gold, mod in zip(judged, valid, batch["gold_better"], batch["modality"]):
             if not v:
                 continue
             name = modality_names[int(mod)]

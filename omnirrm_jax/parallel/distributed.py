@@ -126,6 +126,13 @@ def allgather_json(obj: Any) -> list:
     return [json.loads(bytes(row[:n]).decode("utf-8")) for row, n in zip(rows, lengths)]
 
 
+def to_host(x) -> np.ndarray:
+    """A global array on every process (all-gathered when several processes hold parts of it)."""
+    if jax.process_count() > 1 and isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
 def any_process(flag: bool) -> bool:
     """True on every process when `flag` is True on any (e.g. a stop request that reached one host only).
 

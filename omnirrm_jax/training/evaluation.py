@@ -19,6 +19,7 @@ from flax import nnx
 from omnirrm_jax.data import pipeline
 from omnirrm_jax.data.shards import expand_paths
 from omnirrm_jax.eval.judge import pairwise_accuracy
+from omnirrm_jax.parallel.distributed import any_process
 from omnirrm_jax.training import losses
 from omnirrm_jax.parallel import sharding as S
 
@@ -50,17 +51,27 @@ class HeldOutEval:
                                                                    window=pcfg.max_target_length)))
 
     def _batches(self, mode: str):
-        ds = pipeline.make_dataset(list(self.spec.paths), self.tok, self.thinker_cfg,
-                                   dataclasses.replace(self.pcfg, mode=mode))
-        return itertools.islice(iter(ds), self.spec.max_batches)
+        """Global batches on the mesh. Every process yields the same number: the eval set is finite and each
+        process reads its own share (skipping the other kind's records), so one may run out first; it then feeds
+        all-padding batches until every process has (each batch's step is collective)."""
+        cfg = dataclasses.replace(self.pcfg, mode=mode)
+        local = iter(pipeline.make_dataset(list(self.spec.paths), self.tok, self.thinker_cfg, cfg))
+        pad_id = self.tok.special_ids["pad"]
+        for _ in itertools.count() if self.spec.max_batches is None else range(self.spec.max_batches):
+            host = next(local, None)
+            if not any_process(host is not None):
+                return
+            if host is None:
+                host = pipeline.padding_batch(cfg, self.thinker_cfg, pad_id)
+            yield pipeline.to_global_arrays(host, self.mesh, pad_id)
 
     def __call__(self, trainable, frozen) -> dict[str, float]:
         """Metrics under "eval/": loss and target_tokens (if the set has judgements), accuracy and valid_json
         overall and per modality (if it has gold labels), examples counted."""
         out: dict[str, float] = {}
         total, tokens = 0.0, 0.0
-        for host in self._batches("sft"):
-            s, n = self._loss(trainable, frozen, pipeline.to_global_arrays(host, self.mesh))
+        for batch in self._batches("sft"):
+            s, n = self._loss(trainable, frozen, batch)
             total, tokens = total + float(s), tokens + float(n)
         if tokens:
             out["eval/loss"], out["eval/target_tokens"] = total / tokens, tokens

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
 from omnirrm_jax.decoding.sampler import SamplingConfig
 from omnirrm_jax.eval.judge import decode_texts
@@ -16,6 +15,7 @@ from omnirrm_jax.rubric.rewards import reward_components
 from omnirrm_jax.training import grpo_loss
 from omnirrm_jax.rubric.vocab import VERDICTS as VERDICT_NAMES  # gold codes index it (vocab.VERDICT_CODES)
 from omnirrm_jax.training.grpo_config import GRPOSpec
+from omnirrm_jax.parallel.distributed import to_host  # noqa: F401  (grpo.py imports it from here)
 from omnirrm_jax.parallel.sharding import batch_sharding
 
 
@@ -24,13 +24,6 @@ def sampling_config(spec: GRPOSpec, tok) -> SamplingConfig:
                           top_p=spec.top_p, top_k=spec.top_k, num_samples=spec.num_generations,
                           stop_token_ids=(tok.special_ids["im_end"],), pad_token_id=tok.special_ids["pad"],
                           shared_prefix=spec.shared_prefix, shared_prefix_kernel=spec.shared_prefix_kernel)
-
-
-def to_host(x) -> np.ndarray:
-    """A global array on every process (all-gathered when several processes hold parts of it)."""
-    if jax.process_count() > 1 and isinstance(x, jax.Array) and not x.is_fully_addressable:
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
 
 
 def score_rollout(tok, tokens_BGN: np.ndarray, lengths_BG: np.ndarray, host_batch: dict, spec: GRPOSpec) -> dict:

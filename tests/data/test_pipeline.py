@@ -177,6 +177,16 @@ def test_shapes_are_bounded_and_structure_fixed(demo):
     assert len(seen) >= 2  # the demo mixes modalities: several media buckets are used
 
 
+@pytest.mark.parametrize("mode", ["grpo", "sft"])
+def test_padding_batch_is_a_pipeline_shape_with_no_valid_row(demo, mode):
+    """What a process whose share of a finite eval set ran out feeds while the others finish (held-out eval)."""
+    cfg = _cfg(mode)
+    pad = PL.padding_batch(cfg, demo["cfg"], pad_id=7)
+    sig = json.dumps(PL._tree_map(lambda x: (tuple(x.shape), str(x.dtype)), pad), sort_keys=True)
+    assert sig in [json.dumps(s, sort_keys=True) for s in PL.batch_shapes(cfg, demo["cfg"])]
+    assert not pad["valid"].any() and (pad["input_ids"] == 7).all() and not pad["attention_mask"].any()
+
+
 def test_seeded_shuffle_and_epochs(demo):
     order = lambda **kw: np.concatenate([b["example_index"] for b in _batches(demo, _cfg(**kw))])  # noqa: E731
     a, again, other = order(shuffle_seed=3), order(shuffle_seed=3), order(shuffle_seed=4)
