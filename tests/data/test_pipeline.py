@@ -315,6 +315,34 @@ def test_skip_ratio_stops_the_run_with_the_reasons(demo):
     it.close()
 
 
+def test_skip_ratio_is_run_wide_not_per_window(demo):
+    """One bad record in a window of four is 25% of that window but 1 in 17 of the run: under max_skip_ratio 0.2
+    the run goes on (a window's own ratio is noise; with 256-example windows 3% bad rows put some past 5%)."""
+    good = _skip_source(demo, 0)
+    cfg = _cfg(shuffle_seed=None, drop_remainder=False, max_skip_ratio=0.2, min_records_for_skip_check=4)
+    it = iter(PL.make_dataset(good[:3] + [b"junk"] + good[3:], demo["tok"], demo["cfg"], cfg, process_index=0,
+                              process_count=1))
+    assert len(list(it)) == 4
+    counts = PL.skip_counts(it.get_state())
+    it.close()
+    assert counts["seen"] == 17 and counts["skipped"] == {"decode_error": 1}
+
+
+def test_all_skipped_guard_respects_max_skip_ratio_one(demo):
+    """Held-out eval reads both kinds of records and skips the other kind's with max_skip_ratio 1: a long run of
+    skips is then allowed; below 1 the guard still stops a stream that never fills a window."""
+    source = [b"junk %d" % i for i in range(1100)] + _skip_source(demo, 0)
+    it = iter(PL.make_dataset(source, demo["tok"], demo["cfg"], _cfg(shuffle_seed=None, max_skip_ratio=1.0),
+                              process_index=0, process_count=1))
+    assert len(list(it)) == 4 and PL.skip_counts(it.get_state())["skipped"] == {"decode_error": 1100}
+    it.close()
+    it = iter(PL.make_dataset(source, demo["tok"], demo["cfg"], _cfg(shuffle_seed=None, max_skip_ratio=0.99),
+                              process_index=0, process_count=1))
+    with pytest.raises(PL.SkipRatioError, match="the last 1000 records were all skipped"):
+        next(it)
+    it.close()
+
+
 def test_fast_patches_are_bit_identical():
     rng = np.random.default_rng(0)
     video = {"frames": rng.integers(0, 256, (4, 56, 84, 3), np.uint8), "grid_thw": np.array([2, 4, 6]),
