@@ -427,6 +427,9 @@ def test_prompt_tags_follow_ms_swift():
     items = [{"type": "text", "text": "Is the <image> tag shown?"}]
     out = E.swift_prompt_messages([{"role": "user", "content": items}], {"image": 1, "video": 0, "audio": 0}, None)
     assert out[0]["content"] == [{"type": "image"}] + items
+    # A prompt of system messages alone has no user message to carry the tags: a counted skip that says so.
+    with pytest.raises(E.Skip, match="bad_row.*no user message"):
+        E.swift_prompt_messages([{"role": "system", "content": "S"}], {"image": 0, "video": 0, "audio": 0}, None)
 
 
 def test_cross_process_merge_and_repad_equal_one_big_batch(demo):
