@@ -56,6 +56,7 @@ import numpy as np
 from omnirrm_jax.data import examples as E
 from omnirrm_jax.data import packing as P
 from omnirrm_jax.data import records as R
+from omnirrm_jax.data import shards
 from omnirrm_jax.data.tokenizer import Tokenizer
 from omnirrm_jax.errors import UserError
 from omnirrm_jax.models.config import ThinkerConfig
@@ -415,7 +416,7 @@ def _source(source) -> Any:
             files += sorted(p.glob("*.array_record")) if p.is_dir() else [p]
         if not files:
             raise FileNotFoundError(f"no .array_record files in {paths}")
-        return grain.sources.ArrayRecordDataSource([str(f) for f in files])
+        return shards.open_shards(files)  # names a corrupt shard, which Riegeli's own error does not
     return source  # any random-access source: tfds.data_source(...), grain sources, a list of bytes
 
 

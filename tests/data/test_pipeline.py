@@ -18,6 +18,7 @@ from omnirrm_jax.data import examples as E
 from omnirrm_jax.data import media as M
 from omnirrm_jax.data import pipeline as PL
 from omnirrm_jax.data import records as R
+from omnirrm_jax.data import shards
 from omnirrm_jax.data.tokenizer import render_chat, thinker_token_ids, train_sentencepiece
 from omnirrm_jax.models.config import tiny
 from omnirrm_jax.models.thinker import prepare_inputs
@@ -341,6 +342,20 @@ def test_all_skipped_guard_respects_max_skip_ratio_one(demo):
     with pytest.raises(PL.SkipRatioError, match="the last 1000 records were all skipped"):
         next(it)
     it.close()
+
+
+def test_a_corrupt_shard_is_named(demo, tmp_path):
+    """Riegeli's error for a truncated shard names no file; the pipeline and count_records name it."""
+    good = sorted((demo["root"] / "sft").glob("*.array_record"))[0]
+    bad = tmp_path / "train-00001.array_record"
+    data = good.read_bytes()
+    bad.write_bytes(data[:len(data) // 2])
+    paths = [str(good), str(bad)]
+    with pytest.raises(shards.ShardError, match=f"{bad}.*(?i:corrupt)"):
+        PL.make_dataset(paths, demo["tok"], demo["cfg"], _cfg(), process_index=0, process_count=1)
+    with pytest.raises(shards.ShardError, match=str(bad)):
+        shards.count_records(paths)
+    assert shards.count_records([str(good)]) == 5
 
 
 def test_fast_patches_are_bit_identical():
