@@ -4,7 +4,7 @@
       -> repeat -> this process's block of every global batch -> BuildExample (decode, prompt, ids, positions, patches)
       -> BucketBatch (worker: length-grouping window, media budget, collate; counts skips)
       -> mp_prefetch (worker_count spawn processes) -> Finalize (main: tower index tables, skip-ratio check)
-      -> thread prefetch -> host batch -> `to_global_arrays`
+      -> thread prefetch (_PrefetchIterator) -> host batch -> `to_global_arrays`
 
 Why this shape: everything per record (decode, tokenize, patchify) and the collation run in Grain workers and never
 use JAX (grain 0.2.18 itself imports jax on `import grain`; no backend is ever initialised there); pixels are collated
@@ -373,6 +373,39 @@ class _FinalizeIterator(grain.DatasetIterator):
         self._counts = {"seen": int(c["seen"]), "skipped": dict(c["skipped"]), "first": dict(c["first"])}
 
 
+class _PrefetchDataset(grain.IterDataset):
+    def __init__(self, parent, buffer_size: int):
+        super().__init__(parent)
+        self._size = buffer_size
+
+    def __iter__(self):
+        return _PrefetchIterator(self._parent.__iter__(), self._size)
+
+
+class _PrefetchIterator(grain.experimental.ThreadPrefetchDatasetIterator):
+    """Grain's thread prefetch, whose state after the end is its parent's: Grain keeps the state of the last batch
+    it handed out, which misses the skip counts of windows without a batch read by the final next(). At the end
+    the prefetch thread has stopped, so the parent's state is exact."""
+
+    def __init__(self, parent, buffer_size: int):
+        super().__init__(parent, buffer_size)
+        self._finalize, self._end_state = parent, None
+
+    def __next__(self):
+        try:
+            return super().__next__()
+        except StopIteration:
+            self._end_state = copy.deepcopy(self._finalize.get_state())
+            raise
+
+    def get_state(self):
+        return super().get_state() if self._end_state is None else copy.deepcopy(self._end_state)
+
+    def set_state(self, state):
+        self._end_state = None
+        super().set_state(state)
+
+
 class _BlockShard(grain.MapDataset):
     """Process p's rows of the (shuffled, repeated) stream: [p*b, (p+1)*b) of every block of B = P*b elements.
 
@@ -458,7 +491,7 @@ def make_dataset(source, tokenizer: Tokenizer, thinker: ThinkerConfig, cfg: Pipe
                                                          per_worker_buffer_size=cfg.worker_buffer_size))
     it = _FinalizeDataset(it, cfg, thinker)
     if cfg.host_prefetch > 0:
-        it = grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=cfg.host_prefetch)
+        it = _PrefetchDataset(it, cfg.host_prefetch)
     return it
 
 

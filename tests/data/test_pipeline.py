@@ -306,6 +306,19 @@ def test_long_judgements_are_skipped_under_max_target_length(demo):
         _cfg(max_target_length=2000)
 
 
+@pytest.mark.parametrize("host_prefetch", [0, 2])
+def test_final_counts_include_a_last_window_without_batches(demo, host_prefetch):
+    """The last window holds only skipped records, so it yields no batch: its counts still reach the end state,
+    also through the host prefetch thread (which otherwise keeps the state of the last batch it handed out)."""
+    cfg = _cfg(shuffle_seed=None, max_skip_ratio=1.0, host_prefetch=host_prefetch)
+    it = iter(PL.make_dataset(_skip_source(demo, 2), demo["tok"], demo["cfg"], cfg, process_index=0,
+                              process_count=1))
+    assert len(list(it)) == 4
+    counts = PL.skip_counts(it.get_state())
+    it.close()
+    assert counts["seen"] == 18 and counts["skipped"] == {"decode_error": 2}
+
+
 def test_skip_ratio_stops_the_run_with_the_reasons(demo):
     cfg = _cfg(num_epochs=None, max_skip_ratio=0.2, min_records_for_skip_check=10)
     it = iter(PL.make_dataset(_skip_source(demo, 16), demo["tok"], demo["cfg"], cfg, process_index=0,
