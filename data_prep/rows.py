@@ -115,7 +115,7 @@ def _reject_constant(token: str):
 
 
 def _gold(row: dict):
-    flat = [k for k in GOLD if k in row]
+    flat = [k for k in GOLD if row.get(k) is not None]  # null is no gold, as a missing key (an SFT row)
     sol = row.get("solution")
     if sol is not None and not isinstance(sol, str):
         sol = json.dumps(sol, ensure_ascii=False) if isinstance(sol, dict) else sol
@@ -177,8 +177,9 @@ def build_record(line: bytes, source: str, lineno: int, opts: RowOptions, ident:
             raise Quarantine("tag_mismatch", f"{text_all.count(tag)} {tag} tags but {len(v)} {key}")
         paths[key] = v
     kinds = [k[:-1] for k in TAGS if paths[k]]
-    try:
-        modality = modality_of(row) if "modality" in row else ("mixed" if len(kinds) > 1 else (kinds or ["text"])[0])
+    try:  # a null modality is inferred from the media, as a missing one
+        modality = modality_of(row) if row.get("modality") is not None \
+            else ("mixed" if len(kinds) > 1 else (kinds or ["text"])[0])
     except ValueError as e:
         raise Quarantine("bad_row", str(e)) from None
     gold, sol = _gold(row)

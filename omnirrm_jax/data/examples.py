@@ -89,7 +89,9 @@ def swift_prompt_messages(messages: list[dict], n_media: dict[str, int], system:
              else list(m["content"])} for m in messages]
     if system is not None and msgs[0]["role"] != "system":
         msgs.insert(0, {"role": "system", "content": swift_items(system)})
-    first = next(i for i, m in enumerate(msgs) if m["role"] != "system")
+    first = next((i for i, m in enumerate(msgs) if m["role"] != "system"), None)
+    if first is None:
+        raise Skip("bad_row", f"no user message: the prompt is {len(msgs)} system message(s) only")
     kinds = [item_kind(item) for m in msgs for item in m["content"]]
     for kind in _TAG_ORDER:
         missing = n_media[kind] - kinds.count(kind)

@@ -4,7 +4,7 @@
       -> repeat -> this process's block of every global batch -> BuildExample (decode, prompt, ids, positions, patches)
       -> BucketBatch (worker: length-grouping window, media budget, collate; counts skips)
       -> mp_prefetch (worker_count spawn processes) -> Finalize (main: tower index tables, skip-ratio check)
-      -> thread prefetch -> host batch -> `to_global_arrays`
+      -> thread prefetch (_PrefetchIterator) -> host batch -> `to_global_arrays`
 
 Why this shape: everything per record (decode, tokenize, patchify) and the collation run in Grain workers and never
 use JAX (grain 0.2.18 itself imports jax on `import grain`; no backend is ever initialised there); pixels are collated
@@ -22,8 +22,9 @@ emits at most len(seq_buckets) * len(media_buckets) shapes (`batch_shapes`). Eve
 Skips: a record that fails (undecodable, placeholder/media mismatch, over max_length - ms-swift's default
 truncation_strategy "delete" drops such rows too -, media over the largest bucket, missing response/gold, an SFT
 judgement over `max_target_length`) is
-dropped and counted by reason; the counts are part of the iterator state, and past `max_skip_ratio` (after
-`min_records_for_skip_check` records) the iterator raises `SkipRatioError` naming the reasons.
+dropped and counted by reason; the counts are part of the iterator state, and past `max_skip_ratio` of all records
+read so far (after `min_records_for_skip_check` records) the iterator raises `SkipRatioError` naming the reasons, as
+it does after 1000 skipped records in a row unless max_skip_ratio is 1.
 
 Several processes: every process shuffles the whole source with the same seed and reads only its block of each
 global batch (`_BlockShard`: rows [p*b, (p+1)*b) of every B = P*b consecutive elements), so it reads 1/P of the data
@@ -55,6 +56,7 @@ import numpy as np
 from omnirrm_jax.data import examples as E
 from omnirrm_jax.data import packing as P
 from omnirrm_jax.data import records as R
+from omnirrm_jax.data import shards
 from omnirrm_jax.data.tokenizer import Tokenizer
 from omnirrm_jax.errors import UserError
 from omnirrm_jax.models.config import ThinkerConfig
@@ -233,8 +235,11 @@ class _BucketBatchIterator(grain.DatasetIterator):
             if "skip" in x:
                 skips[x["skip"]] += 1
                 first.setdefault(x["skip"], x["detail"])
-                _check_ratio(seen, skips, first, cfg)  # a mostly bad stream would never fill a window
-                if not exs and seen >= max(cfg.min_records_for_skip_check, 1000):  # even with max_skip_ratio 1
+                # No ratio check here: max_skip_ratio is run-wide (`_FinalizeIterator`), and one window's ratio is
+                # noise (3% bad rows put some 256-example windows past 5%). Only a stream of nothing but skips,
+                # which would never fill a window, stops here - unless max_skip_ratio 1 allows skipping everything
+                # (held-out eval skips the other kind's records).
+                if not exs and cfg.max_skip_ratio < 1 and seen >= max(cfg.min_records_for_skip_check, 1000):
                     raise SkipRatioError(f"the last {seen} records were all skipped: {dict(skips)}; e.g. {first}")
             else:
                 exs.append(x)
@@ -368,6 +373,39 @@ class _FinalizeIterator(grain.DatasetIterator):
         self._counts = {"seen": int(c["seen"]), "skipped": dict(c["skipped"]), "first": dict(c["first"])}
 
 
+class _PrefetchDataset(grain.IterDataset):
+    def __init__(self, parent, buffer_size: int):
+        super().__init__(parent)
+        self._size = buffer_size
+
+    def __iter__(self):
+        return _PrefetchIterator(self._parent.__iter__(), self._size)
+
+
+class _PrefetchIterator(grain.experimental.ThreadPrefetchDatasetIterator):
+    """Grain's thread prefetch, whose state after the end is its parent's: Grain keeps the state of the last batch
+    it handed out, which misses the skip counts of windows without a batch read by the final next(). At the end
+    the prefetch thread has stopped, so the parent's state is exact."""
+
+    def __init__(self, parent, buffer_size: int):
+        super().__init__(parent, buffer_size)
+        self._finalize, self._end_state = parent, None
+
+    def __next__(self):
+        try:
+            return super().__next__()
+        except StopIteration:
+            self._end_state = copy.deepcopy(self._finalize.get_state())
+            raise
+
+    def get_state(self):
+        return super().get_state() if self._end_state is None else copy.deepcopy(self._end_state)
+
+    def set_state(self, state):
+        self._end_state = None
+        super().set_state(state)
+
+
 class _BlockShard(grain.MapDataset):
     """Process p's rows of the (shuffled, repeated) stream: [p*b, (p+1)*b) of every block of B = P*b elements.
 
@@ -411,7 +449,7 @@ def _source(source) -> Any:
             files += sorted(p.glob("*.array_record")) if p.is_dir() else [p]
         if not files:
             raise FileNotFoundError(f"no .array_record files in {paths}")
-        return grain.sources.ArrayRecordDataSource([str(f) for f in files])
+        return shards.open_shards(files)  # names a corrupt shard, which Riegeli's own error does not
     return source  # any random-access source: tfds.data_source(...), grain sources, a list of bytes
 
 
@@ -453,7 +491,7 @@ def make_dataset(source, tokenizer: Tokenizer, thinker: ThinkerConfig, cfg: Pipe
                                                          per_worker_buffer_size=cfg.worker_buffer_size))
     it = _FinalizeDataset(it, cfg, thinker)
     if cfg.host_prefetch > 0:
-        it = grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=cfg.host_prefetch)
+        it = _PrefetchDataset(it, cfg.host_prefetch)
     return it
 
 

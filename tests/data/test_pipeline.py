@@ -18,6 +18,7 @@ from omnirrm_jax.data import examples as E
 from omnirrm_jax.data import media as M
 from omnirrm_jax.data import pipeline as PL
 from omnirrm_jax.data import records as R
+from omnirrm_jax.data import shards
 from omnirrm_jax.data.tokenizer import render_chat, thinker_token_ids, train_sentencepiece
 from omnirrm_jax.models.config import tiny
 from omnirrm_jax.models.thinker import prepare_inputs
@@ -315,6 +316,19 @@ def test_long_judgements_are_skipped_under_max_target_length(demo):
         _cfg(max_target_length=2000)
 
 
+@pytest.mark.parametrize("host_prefetch", [0, 2])
+def test_final_counts_include_a_last_window_without_batches(demo, host_prefetch):
+    """The last window holds only skipped records, so it yields no batch: its counts still reach the end state,
+    also through the host prefetch thread (which otherwise keeps the state of the last batch it handed out)."""
+    cfg = _cfg(shuffle_seed=None, max_skip_ratio=1.0, host_prefetch=host_prefetch)
+    it = iter(PL.make_dataset(_skip_source(demo, 2), demo["tok"], demo["cfg"], cfg, process_index=0,
+                              process_count=1))
+    assert len(list(it)) == 4
+    counts = PL.skip_counts(it.get_state())
+    it.close()
+    assert counts["seen"] == 18 and counts["skipped"] == {"decode_error": 2}
+
+
 def test_skip_ratio_stops_the_run_with_the_reasons(demo):
     cfg = _cfg(num_epochs=None, max_skip_ratio=0.2, min_records_for_skip_check=10)
     it = iter(PL.make_dataset(_skip_source(demo, 16), demo["tok"], demo["cfg"], cfg, process_index=0,
@@ -323,6 +337,48 @@ def test_skip_ratio_stops_the_run_with_the_reasons(demo):
         for _ in range(50):
             next(it)
     it.close()
+
+
+def test_skip_ratio_is_run_wide_not_per_window(demo):
+    """One bad record in a window of four is 25% of that window but 1 in 17 of the run: under max_skip_ratio 0.2
+    the run goes on (a window's own ratio is noise; with 256-example windows 3% bad rows put some past 5%)."""
+    good = _skip_source(demo, 0)
+    cfg = _cfg(shuffle_seed=None, drop_remainder=False, max_skip_ratio=0.2, min_records_for_skip_check=4)
+    it = iter(PL.make_dataset(good[:3] + [b"junk"] + good[3:], demo["tok"], demo["cfg"], cfg, process_index=0,
+                              process_count=1))
+    assert len(list(it)) == 4
+    counts = PL.skip_counts(it.get_state())
+    it.close()
+    assert counts["seen"] == 17 and counts["skipped"] == {"decode_error": 1}
+
+
+def test_all_skipped_guard_respects_max_skip_ratio_one(demo):
+    """Held-out eval reads both kinds of records and skips the other kind's with max_skip_ratio 1: a long run of
+    skips is then allowed; below 1 the guard still stops a stream that never fills a window."""
+    source = [b"junk %d" % i for i in range(1100)] + _skip_source(demo, 0)
+    it = iter(PL.make_dataset(source, demo["tok"], demo["cfg"], _cfg(shuffle_seed=None, max_skip_ratio=1.0),
+                              process_index=0, process_count=1))
+    assert len(list(it)) == 4 and PL.skip_counts(it.get_state())["skipped"] == {"decode_error": 1100}
+    it.close()
+    it = iter(PL.make_dataset(source, demo["tok"], demo["cfg"], _cfg(shuffle_seed=None, max_skip_ratio=0.99),
+                              process_index=0, process_count=1))
+    with pytest.raises(PL.SkipRatioError, match="the last 1000 records were all skipped"):
+        next(it)
+    it.close()
+
+
+def test_a_corrupt_shard_is_named(demo, tmp_path):
+    """Riegeli's error for a truncated shard names no file; the pipeline and count_records name it."""
+    good = sorted((demo["root"] / "sft").glob("*.array_record"))[0]
+    bad = tmp_path / "train-00001.array_record"
+    data = good.read_bytes()
+    bad.write_bytes(data[:len(data) // 2])
+    paths = [str(good), str(bad)]
+    with pytest.raises(shards.ShardError, match=f"{bad}.*(?i:corrupt)"):
+        PL.make_dataset(paths, demo["tok"], demo["cfg"], _cfg(), process_index=0, process_count=1)
+    with pytest.raises(shards.ShardError, match=str(bad)):
+        shards.count_records(paths)
+    assert shards.count_records([str(good)]) == 5
 
 
 def test_fast_patches_are_bit_identical():
@@ -409,6 +465,9 @@ def test_prompt_tags_follow_ms_swift():
     items = [{"type": "text", "text": "Is the <image> tag shown?"}]
     out = E.swift_prompt_messages([{"role": "user", "content": items}], {"image": 1, "video": 0, "audio": 0}, None)
     assert out[0]["content"] == [{"type": "image"}] + items
+    # A prompt of system messages alone has no user message to carry the tags: a counted skip that says so.
+    with pytest.raises(E.Skip, match="bad_row.*no user message"):
+        E.swift_prompt_messages([{"role": "system", "content": "S"}], {"image": 0, "video": 0, "audio": 0}, None)
 
 
 def test_cross_process_merge_and_repad_equal_one_big_batch(demo):

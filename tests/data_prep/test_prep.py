@@ -415,6 +415,16 @@ def test_tags_in_the_judgement_are_text_not_media(root):
         W.build_record(json.dumps(row).encode(), "t", 1, W.RowOptions(str(root)), [])
 
 
+def test_null_fields_are_absent_fields(root):
+    """JSON null is no value: null gold fields mean no gold (an SFT row), and a null modality is inferred from the
+    media as a missing key is."""
+    opts, row = W.RowOptions(str(root)), _row("images", "img.png")
+    nulls = {"better": None, "score_A": None, "score_B": None, "solution": None, "modality": None}
+    assert R.decode_record(W.build_record(json.dumps({**row, **nulls}).encode(), "t", 1, opts, [])[0])["gold"] is None
+    mixed = {**GOOD[-1][0], "modality": None}
+    assert W.build_record(json.dumps(mixed).encode(), "t", 1, opts, [])[1] == "mixed"
+
+
 def test_bad_ratio_stops_prep(root, tmp_path):
     jsonl = tmp_path / "bad.jsonl"
     _write_jsonl(jsonl, [_row("images", f"missing{i}.png") for i in range(120)])
