@@ -53,6 +53,16 @@ def test_overrides_and_unknown_keys(tmp_path):
         C.load_config(None, ["modle.preset=tiny"])
 
 
+def test_override_into_an_empty_yaml_section(tmp_path):
+    """`model:` with nothing under it parses as None; an override into it said "model is not a section"."""
+    path = tmp_path / "empty.yaml"
+    path.write_text("model:\nrun:\n  seed: 1\n")
+    cfg = C.load_config(str(path), ["model.preset=tiny", "run.max_steps=3"])
+    assert cfg.model.preset == "tiny" and cfg.run.seed == 1 and cfg.run.max_steps == 3
+    with pytest.raises(C.ConfigError, match="override run.seed.x: seed is not a section"):
+        C.load_config(str(path), ["run.seed.x=2"])
+
+
 def test_wrong_types_name_the_key():
     with pytest.raises(C.ConfigError, match="run.max_steps: 'many' is not a valid"):
         C.load_config(None, ["run.max_steps=many"])
