@@ -46,9 +46,10 @@ def _require(spec, **checks: tuple[bool, str]) -> None:
 
 
 def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
-    """Schedule over optimizer updates (after accumulation)."""
+    """Schedule over optimizer updates (after accumulation). Warm-up lasts ceil(warmup_ratio * total) updates, as
+    HF `TrainingArguments.get_warmup_steps` counts them (round() would drop it entirely for short runs)."""
     total_steps = max(int(total_steps), 1)
-    warmup = int(round(cfg.warmup_ratio * total_steps))
+    warmup = math.ceil(total_steps * cfg.warmup_ratio)
     decay_steps = max(total_steps - warmup, 1)
     if cfg.schedule == "cosine":
         decay = optax.cosine_decay_schedule(cfg.learning_rate, decay_steps)
