@@ -64,6 +64,21 @@ def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule
     return optax.join_schedules([optax.linear_schedule(0.0, cfg.learning_rate, warmup), decay], [warmup])
 
 
+def update_count(opt_state, applied_micro_steps):
+    """Optimizer updates applied so far (update u ran at `learning_rate_schedule(...)(u)`). Under accumulation
+    that is optax.MultiSteps' gradient_step, which moves only at a boundary; a micro-step count would index the
+    update schedule k times too fast. Without accumulation every applied micro-step is one update."""
+    if isinstance(opt_state, optax.MultiStepsState):
+        return opt_state.gradient_step
+    return applied_micro_steps
+
+
+def applied_learning_rate(schedule: optax.Schedule, updates) -> float:
+    """The rate of the last update applied after `updates` of them (the first update's before any): what a run
+    logs as `train/lr`."""
+    return float(schedule(max(int(updates) - 1, 0)))
+
+
 def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
     tx = optax.chain(
         optax.clip_by_global_norm(cfg.max_grad_norm) if cfg.max_grad_norm > 0 else optax.identity(),
