@@ -201,7 +201,9 @@ def _set(raw: dict, dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     node = raw
     for p in parents:
-        node = node.setdefault(p, {})
+        if node.get(p) is None:  # absent, or a YAML section left empty (`model:` parses as None)
+            node[p] = {}
+        node = node[p]
         if not isinstance(node, dict):
             raise ConfigError(f"override {dotted}: {p} is not a section")
     node[leaf] = value

@@ -46,6 +46,7 @@ from omnirrm_jax.decoding.sampler import SamplingConfig, generate
 from omnirrm_jax.models.thinker import model_inputs
 from omnirrm_jax.parallel import sharding as S
 from omnirrm_jax.parallel.distributed import is_main
+from omnirrm_jax.training import optim
 from omnirrm_jax.training import run as run_lib
 from omnirrm_jax.training.grpo_config import GRPOConfig, GRPOSpec
 from omnirrm_jax.training.grpo_objective import jit_grpo_step, jit_logprobs
@@ -174,7 +175,8 @@ def train(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None = No
         run.state = TrainState(s.graphdef, trainable, s.frozen, opt_state, count)
         for m in updates:
             guard.update(bool(m["finite"]), n, host)
-        record.update({"train/lr": float(lr_fn(max(int(count) - 1, 0))), "train/skipped_nonfinite": guard.total,
+        record.update({"train/lr": optim.applied_learning_rate(lr_fn, updates[-1]["updates"]),
+                       "train/skipped_nonfinite": guard.total,
                        **run.compiles.metrics()})
         history.append(record)
         if n % cfg.run.log_every == 0 or n == total:

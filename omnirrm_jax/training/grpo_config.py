@@ -9,8 +9,10 @@ rewards format/content/rubric weighted 0.4/0.4/0.2 in the reference's exact mode
 from __future__ import annotations
 
 import dataclasses
+import math
 
-from omnirrm_jax.training.config import ConfigError, DataSpec, ModelSpec, RunSpec
+from omnirrm_jax.rubric.rewards import MODES as REWARD_MODES
+from omnirrm_jax.training.config import ConfigError, DataSpec, ModelSpec, RunSpec, pipeline_config
 from omnirrm_jax.training.grpo_loss import ADVANTAGE_SCALES, KL_ESTIMATORS, LOSS_TYPES
 from omnirrm_jax.training.optim import OptimConfig
 from omnirrm_jax.parallel.sharding import MeshConfig
@@ -28,7 +30,7 @@ class GRPOSpec:
     epsilon_high: float | None = None  # upper clip bound (1 + eps_high); default = epsilon
     loss_type: str = "grpo"  # grpo | dr_grpo | dapo
     scale_rewards: str = "group"  # group (divide by the group's std) | none
-    num_iterations: int = 1  # policy updates per rollout batch
+    num_iterations: int = 1  # policy updates per rollout batch (> 1 needs optim.grad_accum_steps = 1)
     temperature: float = 1.0
     top_p: float = 0.95
     top_k: int = 50
@@ -68,8 +70,24 @@ class GRPOSpec:
         if self.shared_prefix_kernel not in ("auto", "pallas", "xla"):
             raise ValueError(f"grpo.shared_prefix_kernel must be auto, pallas or xla, "
                              f"got {self.shared_prefix_kernel!r}")
-        if len(self.reward_weights) != 3:
-            raise ValueError(f"grpo.reward_weights needs 3 numbers (format, content, rubric), got {self.reward_weights}")
+        # values the run would take without an error and then train or sample wrongly (or fail at the first rollout
+        # under another name)
+        weights_ok = len(self.reward_weights) == 3 and all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in self.reward_weights)
+        checks = {
+            "beta": (0 <= self.beta < math.inf, ">= 0 (0 skips the KL term; a negative one rewards drifting away)"),
+            "epsilon": (0 <= self.epsilon < 1, "in [0, 1) (the lower clip bound 1 - epsilon must stay above 0)"),
+            "epsilon_high": (self.epsilon_high is None or self.epsilon_high >= 0, ">= 0, or null for grpo.epsilon"),
+            "temperature": (0 < self.temperature < math.inf, "> 0 (the sampler divides the logits by it)"),
+            "top_p": (0 < self.top_p <= 1, "in (0, 1] (1 switches top-p off)"),
+            "top_k": (self.top_k >= 0, ">= 0 (0 switches top-k off)"),
+            "reward_mode": (self.reward_mode in REWARD_MODES, f"one of {', '.join(REWARD_MODES)}"),
+            "reward_weights": (weights_ok, "3 finite numbers (format, content, rubric)"),
+        }
+        bad = [f"grpo.{key} must be {allowed}, got {getattr(self, key)!r}" for key, (ok, allowed) in checks.items()
+               if not ok]
+        if bad:
+            raise ValueError("; ".join(bad))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,3 +112,19 @@ class GRPOConfig:
         if self.data.pipeline.get("pack"):
             raise ConfigError("data.pipeline.pack is for SFT batches (several judgements per row); GRPO rows are "
                               "prompts that are decoded, never packed")
+        g = self.grpo
+        if g.num_iterations > 1 and self.optim.grad_accum_steps > 1:
+            # iterating over grad_accum_steps collected rollouts would fix it; until then, refuse
+            raise ConfigError(
+                f"grpo.num_iterations={g.num_iterations} needs optim.grad_accum_steps=1, got "
+                f"{self.optim.grad_accum_steps}: the iterations run back to back on one rollout while accumulation "
+                f"applies an update only every grad_accum_steps micro-steps, so each iteration would see the same "
+                f"weights (importance ratio 1, nothing clipped)")
+        prompts = pipeline_config(self.data.pipeline, "grpo").batch_size
+        rows = g.rows_per_chunk
+        if rows and rows < prompts * g.num_generations and prompts % (rows // g.num_generations):
+            # the update splits a rollout's prompts into equal chunks (grpo_objective._num_chunks)
+            raise ConfigError(
+                f"grpo.rows_per_chunk={rows} is {rows // g.num_generations} prompts a chunk, which must divide the "
+                f"data.pipeline.batch_size={prompts} prompts of a rollout (or be >= {prompts * g.num_generations} "
+                f"rows: all at once)")

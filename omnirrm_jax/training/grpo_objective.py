@@ -17,7 +17,7 @@ from flax import nnx
 from omnirrm_jax.decoding.cache import init_cache
 from omnirrm_jax.decoding.sampler import _last_positions
 from omnirrm_jax.models.thinker import model_inputs
-from omnirrm_jax.training import grpo_loss
+from omnirrm_jax.training import grpo_loss, optim
 from omnirrm_jax.parallel import sharding as S
 from omnirrm_jax.training.grpo_config import LOGIT_TOKENS, GRPOSpec
 from omnirrm_jax.training.state import TrainState, step_out_shardings, tree_where
@@ -218,8 +218,10 @@ def grpo_step(graphdef, tx: optax.GradientTransformation, spec: GRPOSpec, traina
     new_trainable = optax.apply_updates(trainable, updates)
     trainable = tree_where(finite, new_trainable, trainable)
     opt_state = tree_where(finite, new_opt, opt_state)
-    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, **aux}
-    return trainable, opt_state, step + finite.astype(jnp.int32), metrics
+    step = step + finite.astype(jnp.int32)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, "updates": optim.update_count(opt_state, step),
+               **aux}
+    return trainable, opt_state, step, metrics
 
 
 def jit_grpo_step(state: TrainState, tx, spec: GRPOSpec, shardings=None) -> Callable:

@@ -46,9 +46,10 @@ def _require(spec, **checks: tuple[bool, str]) -> None:
 
 
 def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
-    """Schedule over optimizer updates (after accumulation)."""
+    """Schedule over optimizer updates (after accumulation). Warm-up lasts ceil(warmup_ratio * total) updates, as
+    HF `TrainingArguments.get_warmup_steps` counts them (round() would drop it entirely for short runs)."""
     total_steps = max(int(total_steps), 1)
-    warmup = int(round(cfg.warmup_ratio * total_steps))
+    warmup = math.ceil(total_steps * cfg.warmup_ratio)
     decay_steps = max(total_steps - warmup, 1)
     if cfg.schedule == "cosine":
         decay = optax.cosine_decay_schedule(cfg.learning_rate, decay_steps)
@@ -61,6 +62,21 @@ def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule
     if warmup == 0:
         return decay
     return optax.join_schedules([optax.linear_schedule(0.0, cfg.learning_rate, warmup), decay], [warmup])
+
+
+def update_count(opt_state, applied_micro_steps):
+    """Optimizer updates applied so far (update u ran at `learning_rate_schedule(...)(u)`). Under accumulation
+    that is optax.MultiSteps' gradient_step, which moves only at a boundary; a micro-step count would index the
+    update schedule k times too fast. Without accumulation every applied micro-step is one update."""
+    if isinstance(opt_state, optax.MultiStepsState):
+        return opt_state.gradient_step
+    return applied_micro_steps
+
+
+def applied_learning_rate(schedule: optax.Schedule, updates) -> float:
+    """The rate of the last update applied after `updates` of them (the first update's before any): what a run
+    logs as `train/lr`."""
+    return float(schedule(max(int(updates) - 1, 0)))
 
 
 def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:

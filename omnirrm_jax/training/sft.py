@@ -18,7 +18,7 @@ import optax
 
 from omnirrm_jax.parallel import sharding as S
 from omnirrm_jax.parallel.distributed import is_main
-from omnirrm_jax.training import losses
+from omnirrm_jax.training import losses, optim
 from omnirrm_jax.training import run as run_lib
 from omnirrm_jax.training.loop import NonFiniteGuard, data_counts
 from omnirrm_jax.training.metrics import Throughput, attention_span, flops_per_token, peak_flops_per_device
@@ -53,10 +53,11 @@ def sft_step(graphdef, tx: optax.GradientTransformation, trainable, frozen, opt_
     new_trainable = optax.apply_updates(trainable, updates)
     trainable = tree_where(apply, new_trainable, trainable)
     opt_state = tree_where(apply, new_opt, opt_state)
+    step = step + apply.astype(jnp.int32)
     # tokens: of the global batch (every process's rows), so throughput needs no host-side reduction.
-    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite,
+    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, "updates": optim.update_count(opt_state, step),
                "tokens": jnp.sum(batch["attention_mask"]), **aux}
-    return trainable, opt_state, step + apply.astype(jnp.int32), metrics
+    return trainable, opt_state, step, metrics
 
 
 def jit_sft_step(state: TrainState, tx, shardings=None, *, loss_window: int | None = None) -> Callable:
@@ -111,9 +112,9 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
     window_losses: list[float] = []
     throughput = Throughput(lambda: run.compiles.count if run.compiles is not None else 0)
     last: dict = {}
-    pending = []  # the previous step's (micro, host, metrics, step): read one step late
+    pending = []  # the previous step's (micro, host, metrics): read one step late
 
-    def record(micro_p, host_p, m_p, step_p, dispatched_next: bool):
+    def record(micro_p, host_p, m_p, dispatched_next: bool):
         """Host-side bookkeeping of a finished step. Called one step late, so reading its metrics never
         stalls the device: step n+1 is already dispatched when step n's values are fetched."""
         nonlocal last
@@ -126,8 +127,8 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
         if micro_p % cfg.run.log_every == 0 or micro_p == total:
             tps = throughput.rate()  # None: every step of the window compiled (or ended the run)
             last = {"train/loss": float(np.mean(window_losses)), "train/grad_norm": float(m_p["grad_norm"]),
-                    "train/lr": float(lr_fn(int(step_p))), "train/skipped_nonfinite": guard.total,
-                    **run.compiles.metrics(), **data_counts(run.iterator)}
+                    "train/lr": optim.applied_learning_rate(lr_fn, m_p["updates"]),
+                    "train/skipped_nonfinite": guard.total, **run.compiles.metrics(), **data_counts(run.iterator)}
             if tps is not None:
                 last["train/tokens_per_s"] = tps
                 if peak:
@@ -147,7 +148,7 @@ def train(cfg, *, progress: bool = True, stop_after: int | None = None) -> dict:
         trainable, opt_state, count, m = step_fn(s.trainable, s.frozen, s.opt_state, s.step, batch)
         run.state = TrainState(s.graphdef, trainable, s.frozen, opt_state, count)
         drain(dispatched_next=True)
-        pending.append((micro, host, m, count))
+        pending.append((micro, host, m))
 
     def drain(dispatched_next: bool):
         while pending:

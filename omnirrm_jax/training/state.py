@@ -33,7 +33,10 @@ class TrainState:
     trainable: nnx.State
     frozen: nnx.State
     opt_state: Any
-    step: jax.Array  # optimizer updates applied (after accumulation boundaries: micro-steps / k)
+    # micro-steps whose update was not skipped (non-finite, or SFT targets outside the loss window): the optimizer's
+    # updates only without accumulation; the update count (what the learning-rate schedule sees) is
+    # `optim.update_count`
+    step: jax.Array
 
     def model(self) -> Thinker:
         return nnx.merge(self.graphdef, self.trainable, self.frozen)

@@ -53,6 +53,16 @@ def test_overrides_and_unknown_keys(tmp_path):
         C.load_config(None, ["modle.preset=tiny"])
 
 
+def test_override_into_an_empty_yaml_section(tmp_path):
+    """`model:` with nothing under it parses as None; an override into it said "model is not a section"."""
+    path = tmp_path / "empty.yaml"
+    path.write_text("model:\nrun:\n  seed: 1\n")
+    cfg = C.load_config(str(path), ["model.preset=tiny", "run.max_steps=3"])
+    assert cfg.model.preset == "tiny" and cfg.run.seed == 1 and cfg.run.max_steps == 3
+    with pytest.raises(C.ConfigError, match="override run.seed.x: seed is not a section"):
+        C.load_config(str(path), ["run.seed.x=2"])
+
+
 def test_wrong_types_name_the_key():
     with pytest.raises(C.ConfigError, match="run.max_steps: 'many' is not a valid"):
         C.load_config(None, ["run.max_steps=many"])
@@ -64,6 +74,60 @@ def test_grpo_rows_per_chunk_must_hold_whole_prompts():
     assert GRPOSpec(num_generations=4, rows_per_chunk=8).rows_per_chunk == 8
     with pytest.raises(ValueError, match="rows_per_chunk must be a multiple of grpo.num_generations=4"):
         GRPOSpec(num_generations=4, rows_per_chunk=6)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("grpo.beta=-1", "grpo.beta must be >= 0"),
+    ("grpo.beta=nan", "grpo.beta must be >= 0"),
+    ("grpo.epsilon=1.5", r"grpo.epsilon must be in \[0, 1\)"),
+    ("grpo.epsilon=-0.1", r"grpo.epsilon must be in \[0, 1\)"),
+    ("grpo.epsilon_high=-0.3", "grpo.epsilon_high must be >= 0"),
+    ("grpo.temperature=0", "grpo.temperature must be > 0"),
+    ("grpo.top_p=3", r"grpo.top_p must be in \(0, 1\]"),
+    ("grpo.top_p=0", r"grpo.top_p must be in \(0, 1\]"),
+    ("grpo.top_k=-5", "grpo.top_k must be >= 0 .0 switches top-k off."),
+    ("grpo.reward_mode=exact_typo", "grpo.reward_mode must be one of reference, got 'exact_typo'"),
+    ("grpo.reward_weights=[x, y, z]", "grpo.reward_weights must be 3 finite numbers"),
+    ("grpo.reward_weights=[0.5, 0.5]", "grpo.reward_weights must be 3 finite numbers"),
+])
+def test_grpo_values_that_would_train_wrongly_are_config_errors(override, message):
+    """These loaded silently and then trained wrongly (beta < 0 rewards drifting from the reference) or failed at the
+    first rollout under the sampler's own field name."""
+    from omnirrm_jax.training.grpo_config import GRPOConfig
+
+    with pytest.raises(C.ConfigError, match=message):
+        C.load_config(None, [override], cls=GRPOConfig)
+
+
+def test_grpo_sampling_and_clip_edges_are_accepted():
+    from omnirrm_jax.training.grpo_config import GRPOConfig
+
+    g = C.load_config(None, ["grpo.top_k=0", "grpo.top_p=1", "grpo.epsilon=0", "grpo.epsilon_high=0.28",
+                             "grpo.beta=0", "grpo.reward_weights=[1, 0, 0]"], cls=GRPOConfig).grpo
+    assert (g.top_k, g.top_p, g.epsilon, g.epsilon_high, g.beta) == (0, 1.0, 0.0, 0.28, 0.0)
+
+
+def test_grpo_iterations_refuse_gradient_accumulation():
+    """Accumulation applies an update every k micro-steps, and the num_iterations micro-steps of one rollout run back
+    to back: every iteration saw the same weights (ratio 1, nothing clipped) and the run said nothing."""
+    from omnirrm_jax.training.grpo_config import GRPOConfig
+
+    with pytest.raises(C.ConfigError, match="grpo.num_iterations=2 needs optim.grad_accum_steps=1, got 2"):
+        C.load_config(None, ["grpo.num_iterations=2", "optim.grad_accum_steps=2"], cls=GRPOConfig)
+    for ok in (["grpo.num_iterations=2"], ["optim.grad_accum_steps=2"]):
+        C.load_config(None, ok, cls=GRPOConfig)
+
+
+def test_grpo_rows_per_chunk_must_divide_the_rollout():
+    """The update splits a rollout's prompts into equal chunks; a chunk that does not divide them failed at the first
+    update, after the rollout, naming no config key."""
+    from omnirrm_jax.training.grpo_config import GRPOConfig
+
+    with pytest.raises(C.ConfigError, match=r"grpo.rows_per_chunk=6 is 3 prompts a chunk, which must divide the "
+                                            r"data.pipeline.batch_size=4 prompts"):
+        C.load_config(None, ["grpo.rows_per_chunk=6", "data.pipeline={batch_size: 4}"], cls=GRPOConfig)
+    for rows in (2, 4, 8, 16):  # 1, 2 or 4 prompts a chunk, or all 8 rows at once
+        C.load_config(None, [f"grpo.rows_per_chunk={rows}", "data.pipeline={batch_size: 4}"], cls=GRPOConfig)
 
 
 def test_max_target_length_is_an_sft_setting():

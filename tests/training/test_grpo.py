@@ -169,9 +169,10 @@ def test_teacher_forced_logprobs_on_media_prompts(tmp_path, which):
     np.testing.assert_allclose(np.asarray(lp), np.asarray(res.logprobs).reshape(B * G, N), atol=5e-5)
 
 
-def _roll_and_state(tiny, mesh, beta=0.04, mu=1, scores=None):
+def _roll_and_state(tiny, mesh, beta=0.04, mu=1, scores=None, accum=1):
     cfg, model_fn, inputs = tiny
-    tx = optim.make_optimizer(optim.OptimConfig(learning_rate=1e-2, warmup_ratio=0.0, weight_decay=0.0), 10)
+    tx = optim.make_optimizer(optim.OptimConfig(learning_rate=1e-2, warmup_ratio=0.0, weight_decay=0.0,
+                                                grad_accum_steps=accum), 10)
     state, shardings = create_train_state(model_fn, tx, mesh, full_finetune=False)
     spec = GRPOSpec(num_generations=3, max_completion_length=6, beta=beta, num_iterations=mu)
     res, _ = _sampled(state.model(), inputs, G=3, N=6)
@@ -216,6 +217,19 @@ def test_second_iteration_uses_old_logprobs(tiny):
     _, _, _, m2 = step_fn(t, state.frozen, o, s, inputs, roll)
     assert abs(float(m1["ratio_mean"]) - 1.0) < 1e-6
     assert abs(float(m2["ratio_mean"]) - 1.0) > 1e-6
+
+
+def test_update_count_moves_at_accumulation_boundaries(tiny):
+    """train/lr is read at the optimizer's update count; the step count (micro-steps) ran k times ahead of it under
+    accumulation, so the logged rate was a later update's."""
+    mesh = S.make_mesh(S.MeshConfig(data=1), devices=jax.devices()[:1])
+    state, shardings, tx, spec, roll = _roll_and_state(tiny, mesh, beta=0.0, accum=2)
+    step_fn = grpo_objective.jit_grpo_step(state, tx, spec, shardings)
+    t, o, s, counts = jax.tree.map(jnp.copy, state.trainable), state.opt_state, state.step, []
+    for _ in range(4):
+        t, o, s, m = step_fn(t, state.frozen, o, s, tiny[2], roll)
+        counts.append(int(m["updates"]))
+    assert counts == [0, 1, 1, 2] and int(s) == 4
 
 
 def _perturbed(trainable, seed):

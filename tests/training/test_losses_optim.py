@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from omnirrm_jax.models import head
@@ -137,6 +138,15 @@ def test_schedule_warmup_then_cosine_to_zero():
     sched = optim.learning_rate_schedule(optim.OptimConfig(learning_rate=1e-3, warmup_ratio=0.1), 100)
     assert float(sched(0)) == 0.0 and abs(float(sched(10)) - 1e-3) < 1e-9
     assert float(sched(55)) < 1e-3 and float(sched(100)) < 1e-9
+
+
+@pytest.mark.parametrize("updates, ratio, warmup", [(10, 0.05, 1), (50, 0.05, 3), (150, 0.03, 5)])
+def test_warmup_length_is_hf_ceil(updates, ratio, warmup):
+    """HF TrainingArguments.get_warmup_steps takes ceil(ratio * total); round() gave 0, 2, 4 (banker's rounding)."""
+    cfg = optim.OptimConfig(learning_rate=1.0, warmup_ratio=ratio, schedule="constant")
+    sched = optim.learning_rate_schedule(cfg, updates)
+    rates = [float(sched(u)) for u in range(warmup + 1)]
+    assert rates[warmup] == 1.0 and all(r < 1.0 for r in rates[:warmup]), rates
 
 
 def test_lora_starts_at_base_and_without_lora_is_base():

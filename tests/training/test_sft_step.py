@@ -25,12 +25,16 @@ def _batch(cfg, B=4, T=24, seed=0):
     return batch
 
 
+def _lora_model(cfg, full=False):
+    m = Thinker(cfg, rngs=nnx.Rngs(0))
+    if not full:
+        lora.apply_lora(m, lora.LoraConfig(rank=4, alpha=8), nnx.Rngs(1))
+    return m
+
+
 def _state(cfg, mesh, full=False, lr=1e-2):
     def model_fn():
-        m = Thinker(cfg, rngs=nnx.Rngs(0))
-        if not full:
-            lora.apply_lora(m, lora.LoraConfig(rank=4, alpha=8), nnx.Rngs(1))
-        return m
+        return _lora_model(cfg, full)
     tx = optim.make_optimizer(optim.OptimConfig(learning_rate=lr, warmup_ratio=0.0, weight_decay=0.0), 100)
     state, shardings = create_train_state(model_fn, tx, mesh, full_finetune=full)
     return state, shardings, tx
@@ -113,3 +117,29 @@ def test_loss_window_step_equals_the_whole_row_step():
     with pytest.raises(ValueError, match=r"micro-step 7: 13 target tokens lie before the last 6 positions .* "
                                          r"examples among them: \[2\]"):
         raise sft.loss_window_error(batch, 6, 7, 13)
+
+
+def test_logged_learning_rate_is_the_rate_each_update_applied_under_accumulation():
+    """train/lr indexed the update schedule with the micro-step count: with accumulation 2 the first update (rate
+    lr(0)) was logged as lr(2). It now comes from the optimizer's update count; the first update's size checks the
+    rate it really used (Adam's first step moves each entry by lr * g / (|g| + eps), ~lr)."""
+    cfg = C.tiny()
+    mesh = S.make_mesh(S.MeshConfig(data=1), devices=jax.devices()[:1])
+    ocfg = optim.OptimConfig(learning_rate=1e-2, warmup_ratio=0.0, weight_decay=0.0, grad_accum_steps=2)
+    lr_fn, updates = optim.learning_rate_schedule(ocfg, 4), 4  # cosine over 4 updates, 8 micro-steps
+    tx = optim.make_optimizer(ocfg, updates)
+    state, shardings = create_train_state(lambda: _lora_model(cfg), tx, mesh, full_finetune=False)
+    step_fn = sft.jit_sft_step(state, tx, shardings)
+    batch = _batch(cfg)
+    trainable, opt_state, step, logged = state.trainable, state.opt_state, state.step, []
+    for micro in range(1, 2 * updates + 1):
+        before = jax.tree.map(np.asarray, trainable)
+        trainable, opt_state, step, m = step_fn(trainable, state.frozen, opt_state, step, batch)
+        logged.append(optim.applied_learning_rate(lr_fn, m["updates"]))
+        if micro == 2:
+            moved = max(float(np.abs(np.asarray(a) - b).max()) for a, b in
+                        zip(jax.tree.leaves(trainable), jax.tree.leaves(before)))
+            np.testing.assert_allclose(moved, float(lr_fn(0)), rtol=1e-4)
+    # update u is applied at micro-step 2(u + 1) at lr(u); between boundaries the last applied rate is logged
+    assert logged == [float(lr_fn(max(micro // 2 - 1, 0))) for micro in range(1, 2 * updates + 1)]
+    assert len(set(logged)) == updates and int(opt_state.gradient_step) == updates
