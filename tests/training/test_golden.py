@@ -68,6 +68,11 @@ def _compare(got, want, where: str, msg: str) -> None:
         assert isinstance(got, dict) and set(got) == set(want), f"{where}: keys {sorted(got)} != {sorted(want)}\n{msg}"
         for k in want:
             _compare(got[k], want[k], f"{where}[{k!r}]", msg)
+    elif isinstance(want, (list, tuple)) and "/lora_" in where:  # a checksum triple (`lora_checksums`)
+        # the sum and the signed sum cancel: their float noise scales with the sum of |x|, not with themselves
+        # (a sum of 1.04 over |x| summing to 92 moved 1.5e-5 between package releases)
+        assert isinstance(got, (list, tuple)) and len(got) == 3, f"{where}: {got} != {want}\n{msg}"
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL + RTOL * abs(float(want[1])), err_msg=f"{where}\n{msg}")
     elif isinstance(want, (list, tuple)):
         assert isinstance(got, (list, tuple)) and len(got) == len(want), f"{where}: {got} != {want}\n{msg}"
         for i, (g, w) in enumerate(zip(got, want)):
