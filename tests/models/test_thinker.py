@@ -120,7 +120,9 @@ def test_thinker_matches_hf(models, make_batch):
                                   to_np(cap["pos"]).astype(np.int64)[:, batch["attention_mask"] == 1])
     valid = batch["attention_mask"] == 1
     embeds = np.asarray(ours.embed(inputs))
-    np.testing.assert_allclose(embeds[valid], to_np(cap["embeds"])[valid], atol=1e-5, rtol=1e-5)
+    want = to_np(cap["embeds"])[valid]
+    # fp32 noise scales with the largest embedding (12 here): 1.3e-5 on a video token with one torch release
+    np.testing.assert_allclose(embeds[valid], want, atol=2e-6 * np.abs(want).max(), rtol=1e-5)
     logits = np.asarray(nnx.jit(lambda m, x: m.forward(x))(ours, inputs))
     err = np.abs(logits[valid] - ref[valid]).max() / np.abs(ref[valid]).max()
     assert err < 1e-4, f"relative logit error {err:.2e}"
