@@ -1,4 +1,4 @@
-"""A lower bound on one GRPO step from the card's measured speeds, printed by `omnirrm bench grpo` beside the
+"""A bound on one GRPO step from the card's measured speeds, printed by `omnirrm bench grpo` beside the
 measured step so that the gap between them is a number, part by part.
 
 Each part at the best rate this card has shown for its kind of work:
@@ -20,6 +20,9 @@ Remat and the LoRA factors' own FLOPs are not counted, as in MFU.
 
 "The SFT step's FLOP/s" is its MFU times the card's peak: the rate the same kernels reach on a training step of
 one row of prompt + completion tokens, so the bound asks for what this card already does, not for the peak.
+That makes it the issue's yardstick, not a strict floor: a part whose own shape runs more efficiently than one SFT
+row (the update's chunks of 8 rows sharing a prompt) can come in under it (measured/bound < 1). The strict floor,
+every FLOP at the card's peak, is printed beside it (`at_peak`).
 """
 
 from __future__ import annotations

@@ -49,3 +49,11 @@ def test_bench_grpo_sft_mfu_needs_a_known_peak(capsys):
     with pytest.raises(SystemExit):
         bench_grpo.main(SMALL + ["--sft-mfu", "0.4"])
     assert "PEAK_FLOPS lists none" in capsys.readouterr().err
+
+
+def test_median_step_keeps_one_steps_parts_together():
+    from omnirrm_jax.bench.grpo import median_step
+
+    steps = [{"step_s": 5.0, "rollout_s": 4.0}, {"step_s": 7.0, "rollout_s": 3.0}, {"step_s": 6.0, "rollout_s": 5.0}]
+    assert median_step(steps) == {"step_s": 6.0, "rollout_s": 5.0}  # not the per-part medians 6.0 / 4.0
+    assert median_step(steps[:2]) == {"step_s": 5.0, "rollout_s": 4.0}  # an even count: the lower middle
