@@ -143,17 +143,21 @@ def bench_hf(cfg, batch: int, prompt: int, new: int, repeats: int = 2) -> dict:
 def floor_tokens_per_s(cfg, batch: int, prompt: int, new: int, bandwidth_gbs: float, samples: int = 1) -> float:
     """Upper bound on decode tokens/s if every step only streamed the text weights and the mean KV cache once.
 
-    With `samples` > 1 each prompt's keys/values count once (what a decoder sharing them across the G samples
-    would read; ours keeps G copies, so its own traffic is higher than this floor assumes).
+    With `samples` > 1 each prompt's keys/values count once (what the shared-prefix decode reads; where its
+    kernel is off or failed, the G copies it falls back to read more than this floor assumes: `shared_prefix_failed`
+    in the row says so). Weights at the stored dtype's width, the cache at the compute dtype's.
     """
+    import jax.numpy as jnp  # its dtypes know bfloat16
+
     t = cfg.text
-    weight_bytes = 2 * (t.num_layers * (t.hidden_size * (t.num_heads + 2 * t.num_kv_heads) * t.head_dim
+    w_size, kv_size = jnp.dtype(cfg.param_dtype).itemsize, jnp.dtype(cfg.dtype).itemsize
+    weight_bytes = w_size * (t.num_layers * (t.hidden_size * (t.num_heads + 2 * t.num_kv_heads) * t.head_dim
                                         + t.num_heads * t.head_dim * t.hidden_size
                                         + 3 * t.hidden_size * t.intermediate_size)
                         + t.vocab_size * t.hidden_size)
     rows = batch * samples
     kv_tokens = batch * prompt + rows * new / 2
-    kv_bytes = 2 * kv_tokens * t.num_layers * 2 * t.num_kv_heads * t.head_dim
+    kv_bytes = kv_size * kv_tokens * t.num_layers * 2 * t.num_kv_heads * t.head_dim
     step_s = (weight_bytes + kv_bytes) / (bandwidth_gbs * 1e9)
     return rows / step_s
 
@@ -201,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_hf and draw == "greedy" and g == 1:
             row["hf"] = bench_hf(cfg, b, args.prompt, args.new, args.repeats)
         row["floor_tokens_per_s"] = floor_tokens_per_s(cfg, b, args.prompt, args.new, bw, samples=g)
+        if g > 1:
+            from omnirrm_jax.decoding import sampler
+
+            row["shared_prefix_failed"] = bool(sampler._KERNEL_FAILED)
         rows.append(row)
         hf = row.get("hf", {}).get("tokens_per_s")
         ours = row["ours"]

@@ -9,7 +9,7 @@ from omnirrm_jax.models import config as C
 
 
 def test_floor_counts_shared_prompt_once():
-    cfg = C.omni_3b()
+    cfg = C.omni_3b(dtype="bfloat16", param_dtype="bfloat16")  # the floor counts the dtypes' widths
     t = cfg.text
     kv_token = 2 * t.num_layers * 2 * t.num_kv_heads * t.head_dim  # bf16 k and v of one token, all layers
     one = bench_decode.floor_tokens_per_s(cfg, 64, 1024, 256, 1000.0)
@@ -50,3 +50,10 @@ def test_bench_decode_compares_draws(tmp_path):
     assert all(r["ours"]["generated"] == 2 * 3 * 4 for r in rows)
     with pytest.raises(SystemExit):
         bench_decode.main(["--preset", "tiny", "--draws", "fast"])
+
+
+def test_floor_counts_the_dtype_width():
+    """fp32 weights and cache are twice the bytes of bf16: half the tokens/s at the same bandwidth."""
+    bf16 = bench_decode.floor_tokens_per_s(C.omni_3b(dtype="bfloat16", param_dtype="bfloat16"), 8, 1024, 256, 1000.0)
+    fp32 = bench_decode.floor_tokens_per_s(C.omni_3b(dtype="float32", param_dtype="float32"), 8, 1024, 256, 1000.0)
+    assert fp32 == pytest.approx(bf16 / 2, rel=1e-12)

@@ -5,7 +5,8 @@ from omnirrm_jax.bench.grpo_bound import grpo_bound, model_flops
 from omnirrm_jax.models import config as C
 from omnirrm_jax.training.metrics import flops_per_token
 
-CFG = C.tiny()  # vocab 512, width 64, MLP 128, 2 layers, 4 query / 2 kv heads of 16
+# bf16 as the benches run; vocab 512, width 64, MLP 128, 2 layers, 4 query / 2 kv heads of 16
+CFG = C.tiny(dtype="bfloat16", param_dtype="bfloat16")
 DECODER = 2 * (64 * (4 + 2 * 2) * 16 + 4 * 16 * 64 + 3 * 64 * 128)  # q,k,v + o + gate/up/down, 2 layers
 HEAD = 512 * 64
 ATTN = 4 * 2 * 4 * 16  # QKᵀ and PV per key attended, all layers: 2 FLOPs x 2 matmuls x 2 layers x 64
