@@ -514,15 +514,20 @@ def batch_shapes(cfg: PipelineConfig, thinker: ThinkerConfig, local_batch: int |
     out, B = [], local_batch or cfg.batch_size
     for S in cfg.seq_buckets:
         for media in cfg.media_buckets:
-            if cfg.pack:
-                pre = P.collate_packed([], batch_size=B, seq_len=S, media=media, pad_id=0,
-                                       patch_dim=thinker.vision.patch_dim)
-            else:
-                pre = E.collate([], batch_size=B, seq_len=S, media=media, pad_id=0, mode=cfg.mode,
-                                patch_dim=thinker.vision.patch_dim)
-            b = E.finalize(pre, thinker)
+            b = _empty_batch(cfg, thinker, B, S, media, pad_id=0)
             out.append(_tree_map(lambda x: (tuple(x.shape), str(x.dtype)), b))
     return out
+
+
+def _empty_batch(cfg: PipelineConfig, thinker: ThinkerConfig, B: int, S: int, media, pad_id: int) -> dict:
+    """The collator and `finalize` run on no example: a (B, S) batch of padding rows with `media` buckets."""
+    if cfg.pack:
+        pre = P.collate_packed([], batch_size=B, seq_len=S, media=media, pad_id=pad_id,
+                               patch_dim=thinker.vision.patch_dim)
+    else:
+        pre = E.collate([], batch_size=B, seq_len=S, media=media, pad_id=pad_id, mode=cfg.mode,
+                        patch_dim=thinker.vision.patch_dim)
+    return E.finalize(pre, thinker)
 
 
 def padding_batch(cfg: PipelineConfig, thinker: ThinkerConfig, pad_id: int) -> dict:
@@ -531,14 +536,8 @@ def padding_batch(cfg: PipelineConfig, thinker: ThinkerConfig, pad_id: int) -> d
     collective step needs all of them; a process whose share ran out feeds this while the others finish theirs."""
     import jax
 
-    B, S, media = cfg.batch_size // jax.process_count(), min(cfg.seq_buckets), min(cfg.media_buckets)
-    if cfg.pack:
-        pre = P.collate_packed([], batch_size=B, seq_len=S, media=media, pad_id=pad_id,
-                               patch_dim=thinker.vision.patch_dim)
-    else:
-        pre = E.collate([], batch_size=B, seq_len=S, media=media, pad_id=pad_id, mode=cfg.mode,
-                        patch_dim=thinker.vision.patch_dim)
-    return E.finalize(pre, thinker)
+    return _empty_batch(cfg, thinker, cfg.batch_size // jax.process_count(), min(cfg.seq_buckets),
+                        min(cfg.media_buckets), pad_id)
 
 
 def _tree_map(fn, tree):
