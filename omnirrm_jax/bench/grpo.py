@@ -256,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=1, help="timed steps (after warm-up)")
     p.add_argument("--rows-per-chunk", type=int, default=8, help="our update's rows per chunk (gradient accumulation)")
     p.add_argument("--remat", default="none", help="our decoder-layer remat policy: none | full | dots")
+    p.add_argument("--scan-layers", action="store_true",
+                   help="our decoder layers as one scan (models.config.ThinkerConfig.scan_layers): shorter compiles")
     p.add_argument("--hf-micro", type=int, default=8, help="HF update micro-batch (rows)")
     p.add_argument("--no-hf", action="store_true")
     p.add_argument("--no-ours", action="store_true", help="only the HF baseline (run ours in its own process)")
@@ -272,9 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     from omnirrm_jax.models import config as C
 
     if args.small:
-        cfg = C.tiny(dtype="float32", param_dtype="float32")
+        cfg = C.tiny(dtype="float32", param_dtype="float32", scan_layers=args.scan_layers)
     else:
-        cfg = C.PRESETS[args.preset](dtype="bfloat16", param_dtype="bfloat16", remat=args.remat)
+        cfg = C.PRESETS[args.preset](dtype="bfloat16", param_dtype="bfloat16", remat=args.remat,
+                                     scan_layers=args.scan_layers)
     if args.sft_mfu is not None and not 0 < args.sft_mfu <= 1:
         p.error(f"--sft-mfu {args.sft_mfu} must lie in (0, 1]")
     shape = dict(prompts=args.prompts, G=args.generations, prompt_len=args.prompt, completion=args.completion,

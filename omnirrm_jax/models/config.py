@@ -124,6 +124,10 @@ class ThinkerConfig:
     param_dtype: str = "float32"
     attention_backend: str = "auto"
     remat: str = "none"
+    # True: multi-token passes (training, prefill, teacher-forced log-probs) run the decoder layers as one
+    # `lax.scan`: one layer traced, lowered, compiled and loaded instead of one per layer, for one stacked copy of
+    # the layer weights per program call (`models.text._scanned_layers`). False: the Python loop everywhere.
+    scan_layers: bool = False
 
     def __post_init__(self):
         if self.remat not in REMAT_POLICIES:

@@ -153,6 +153,36 @@ def _rematerialised(layer: DecoderLayer, policy: str, x, cos, sin, segment_BT, l
     return jax.checkpoint(run, policy=saveable)(state, x, cos, sin, segment_BT, layer_cache, cache_index)
 
 
+def _stack(trees: Sequence) -> object:
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def _scanned_layers(layers: Sequence[DecoderLayer], remat: str, x, cos, sin, segment_BT, cache: "DecodeCache | None",
+                    cache_index):
+    """The decoder layers as one `lax.scan` over their stacked weights: JAX traces and lowers one layer and XLA
+    compiles and loads one, where the Python loop gives every program one copy per layer (a 3B GRPO update's
+    tracing, lowering, compile and cache load all grew with it: docs/PERFORMANCE.md). Costs one stacked copy of the
+    layer weights per program call. Returns (x, the layers' updated caches), or None where the layers differ in
+    structure (a LoRA pattern giving layers their own rank or scale, say): the caller runs the loop then."""
+    split = [nnx.split(layer) for layer in layers]
+    graphdef = split[0][0]
+    if any(g != graphdef for g, _ in split[1:]):
+        return None
+    caches = None if cache is None else _stack([cache.layer(i) for i in range(len(layers))])
+
+    def one_layer(x, state_and_cache):
+        state, layer_cache = state_and_cache
+        return nnx.merge(graphdef, state)(x, cos, sin, segment_BT, layer_cache, cache_index)
+
+    if remat != "none":
+        saveable = None if remat == "full" else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+        one_layer = jax.checkpoint(one_layer, policy=saveable, prevent_cse=False)
+    x, new_caches = jax.lax.scan(one_layer, x, (_stack([state for _, state in split]), caches))
+    if cache is None:
+        return x, [None] * len(layers)
+    return x, [jax.tree.map(lambda a: a[i], new_caches) for i in range(len(layers))]
+
+
 class TextModel(nnx.Module):
     """`model.*` of the checkpoint: token embedding, decoder layers, final norm (no output head)."""
 
@@ -165,6 +195,7 @@ class TextModel(nnx.Module):
         self.rope = (t.head_dim, t.rope_theta, tuple(t.mrope_section))  # hashable: graphdefs stay static
         self.dtype = L.as_dtype(cfg.dtype)
         self.remat = cfg.remat
+        self.scan_layers = cfg.scan_layers
 
     def __call__(self, inputs_embeds_BTD: jax.Array, positions_3BT: jax.Array, attention_mask_BT: jax.Array | None = None,
                  cache: DecodeCache | None = None, cache_index: jax.Array | int | None = None,
@@ -206,7 +237,14 @@ class TextModel(nnx.Module):
         else:
             cache_index = jnp.asarray(cache_index, jnp.int32)
         hidden, new_layers = [], []
-        for i, layer in enumerate(self.layers):
+        # Multi-token passes (training, prefill, teacher-forced log-probs) scan the layers; a one-token decode step
+        # keeps the loop, whose cache writes XLA does in place (a scan would copy every layer's cache each step).
+        scanned = None
+        if self.scan_layers and T > 1 and not output_hidden_states and len(self.layers) > 1:
+            scanned = _scanned_layers(self.layers, self.remat, x, cos, sin, segment_BT, cache, cache_index)
+        if scanned is not None:
+            x, new_layers = scanned
+        for i, layer in enumerate(self.layers if scanned is None else ()):
             if output_hidden_states:
                 hidden.append(x if back_BT is None else _take_rows(x, back_BT))
             layer_cache = None if cache is None else cache.layer(i)

@@ -31,6 +31,9 @@ class ModelSpec:
     param_dtype: str = "float32"
     attention_backend: str = "auto"
     remat: str | bool = "none"  # decoder-layer remat: none | full | dots (models.config); true = full
+    # one scanned decoder layer instead of a loop over them: much shorter compiles (and cache loads on a resumed
+    # run) for one stacked copy of the layer weights per step (models.config.ThinkerConfig.scan_layers)
+    scan_layers: bool = False
     full_finetune: bool = False  # True: every parameter trains (the demo: a tiny model from scratch)
     lora: LoraConfig = LoraConfig()
 

@@ -26,8 +26,10 @@ Under FSDP every layer computes with whole weights gathered from the stored shar
 `none` XLA keeps all decoder layers' gathered copies from the forward to the backward pass ("gathered": whole
 new buffers, the stored shards stay beside them; measured on two H100s within 2.5 %, docs/PERFORMANCE.md); with
 `full` or `dots` the model assumes one layer's at a time (the layer's recomputation gathers again; not measured).
-Peak = params + optimizer + gathered + max(gradients + activations, KV cache): the cache is dropped before the
-update.
+With `model.scan_layers` the decoder layers' stored weights are stacked for the scan ("stacked": one copy of
+their stored shards, held from the forward scan to the backward one; not measured on a GPU).
+Peak = params + optimizer + gathered + stacked + max(gradients + activations, KV cache): the cache is dropped
+before the update.
 Compiler temporaries and fragmentation are not modelled; leave ~10-15% headroom.
 """
 
@@ -88,6 +90,7 @@ class Row:
     remat: str
     hbm: float  # GiB per device
     rows_dev: float  # training rows per device (not a whole number: the batch does not split evenly)
+    stacked: int = 0  # `model.scan_layers`: the decoder-layer weights stacked for the scan, held through the step
 
     @property
     def total(self) -> int:
@@ -95,7 +98,7 @@ class Row:
         gradients and activations and the rollout's KV cache are not alive at the same time (the cache is dropped
         before the update)."""
         act = self.act_none if self.remat == "none" else self.act_remat
-        return self.params + self.optimizer + self.gathered + max(self.grads + act, self.kv_cache)
+        return self.params + self.optimizer + self.gathered + self.stacked + max(self.grads + act, self.kv_cache)
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -115,7 +118,7 @@ def thinker_config(cfg, preset: str | None = None):
     (or the config's), else a preset guessed from the path's name (a 7B or 3B directory). Returns (cfg, note)."""
     spec = cfg.model
     remat = spec.remat if isinstance(spec.remat, str) else ("full" if spec.remat else "none")
-    runtime = dict(dtype=spec.dtype, param_dtype=spec.param_dtype, remat=remat)
+    runtime = dict(dtype=spec.dtype, param_dtype=spec.param_dtype, remat=remat, scan_layers=spec.scan_layers)
     if preset is None and spec.hf_path and os.path.exists(os.path.join(spec.hf_path, "config.json")):
         return P.read_config(spec.hf_path, **runtime), f"config of {spec.hf_path}"
     name = preset or spec.preset
@@ -216,21 +219,28 @@ def activation_bytes(tcfg, work: Workload, mesh: dict, *, remat: str, lora_rank:
     return T * b * layers + loss + 2 * T * D * b + head * D * 4
 
 
+def _layers_only(state):
+    return nnx.filter_state(state, lambda path, _: tuple(path[:2]) == ("model", "layers"))
+
+
 def gathered_weight_bytes(states, mesh: AbstractMesh, *, remat: str, num_layers: int, dtype) -> int:
     """Per-device bytes of decoder-layer weights gathered for compute (whole, in their compute layout and `dtype`:
     `layers.weight` casts before it gathers) that are held at once: every layer's with remat `none`, one layer's
     otherwise (module docstring). The output head's gathered table is not counted."""
-    def layers_only(state):
-        return nnx.filter_state(state, lambda path, _: tuple(path[:2]) == ("model", "layers"))
-
     extra = 0
     for state in states:
-        state = layers_only(state)
+        state = _layers_only(state)
         _, stored = sharded_state_bytes(state, mesh)
         _, compute = sharded_state_bytes(state, mesh, S.weight_compute_rules())
         # an all-gather writes a whole new buffer; the stored shard stays alive beside it
         extra += sum(_nbytes(shape, dtype) for path, shape in compute.items() if shape != stored[path])
     return extra if remat == "none" else -(-extra // num_layers)
+
+
+def stacked_layer_bytes(states, mesh: AbstractMesh) -> int:
+    """Per-device bytes of the decoder-layer weights as `scan_layers` stacks them: a copy of the stored shards (in
+    their stored dtype), alive from the forward scan to the backward one."""
+    return sum(sharded_state_bytes(_layers_only(state), mesh)[0] for state in states)
 
 
 def kv_cache_bytes(tcfg, work: Workload, mesh: dict) -> int:
@@ -279,22 +289,23 @@ def plan_row(cfg, tcfg, mesh: dict, *, layout: str, hbm: float, platform: str) -
                                  flash=flash)
     gathered = gathered_weight_bytes((trainable, frozen), amesh, remat=remat, num_layers=tcfg.text.num_layers,
                                      dtype=tcfg.dtype)
+    stacked = stacked_layer_bytes((trainable, frozen), amesh) if tcfg.scan_layers else 0
     return Row(layout, mesh, params, train_b, opt_b, act_none, act_remat, kv_cache_bytes(tcfg, work, mesh),
-               gathered, remat, hbm, work.rows / (mesh["data"] * mesh["fsdp"]))
+               gathered, remat, hbm, work.rows / (mesh["data"] * mesh["fsdp"]), stacked)
 
 
 # ------------------------------------------------------------------------------------------------ output
 
 def format_table(rows: list[Row], remat_name: str) -> str:
     head = ["layout", "mesh d/f/t", "rows/dev", "params", "grads", "optimizer", "act", f"act {remat_name}", "kv cache",
-            "gathered", "total", "HBM", "fits"]
+            "gathered", "stacked", "total", "HBM", "fits"]
     lines = [head]
     for r in rows:
         g = lambda x: f"{x / GiB:.2f}"  # noqa: E731
         fits = "yes" if r.total <= 0.9 * r.hbm * GiB else "no"
         lines.append([r.layout, f"{r.mesh['data']}/{r.mesh['fsdp']}/{r.mesh['tensor']}", f"{r.rows_dev:g}",
                       g(r.params), g(r.grads), g(r.optimizer), g(r.act_none), g(r.act_remat), g(r.kv_cache),
-                      g(r.gathered), g(r.total), f"{r.hbm:.0f}", fits if r.rows_dev == int(r.rows_dev) else "batch!"])
+                      g(r.gathered), g(r.stacked), g(r.total), f"{r.hbm:.0f}", fits if r.rows_dev == int(r.rows_dev) else "batch!"])
     widths = [max(len(str(x[i])) for x in lines) for i in range(len(head))]
     return "\n".join("  ".join(str(c).rjust(w) for c, w in zip(line, widths)) for line in lines)
 
@@ -320,7 +331,7 @@ def report(config: str, overrides=(), *, devices: int | None = None, mesh: str |
         f"{'full fine-tuning' if cfg.model.full_finetune else f'LoRA r={cfg.model.lora.rank}'}",
         f"step: {work.mode}, {work.rows} rows x {work.seq} tokens"
         + (f"; rollout KV cache {work.kv_rows} rows x {work.kv_seq} tokens" if work.kv_rows else ""),
-        f"per-device GiB; total = params + optimizer + gathered + max(grads + act, kv cache) with "
+        f"per-device GiB; total = params + optimizer + gathered + stacked + max(grads + act, kv cache) with "
         f"remat={tcfg.remat}; "
         "'fits' leaves 10% of HBM for XLA temporaries; 'batch!': the batch does not split over data x fsdp",
         format_table(rows, remat)])

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 def resolve_thinker_config(spec, tok) -> model_config.ThinkerConfig:
     """The model config: from the HF checkpoint, or a preset resized to the tokenizer's vocabulary."""
     runtime = dict(dtype=spec.dtype, param_dtype=spec.param_dtype, attention_backend=spec.attention_backend,
-                   remat=spec.remat)
+                   remat=spec.remat, scan_layers=spec.scan_layers)
     if spec.hf_path:
         return P.read_config(spec.hf_path, **runtime)
     cfg = model_config.PRESETS[spec.preset](**runtime)

@@ -119,7 +119,7 @@ def test_backends_get_the_causal_segment_mask(monkeypatch):
         return real(q, k, v, mask=mask, is_causal=is_causal, scale=scale)
 
     monkeypatch.setitem(L._BACKENDS, "xla", spy)
-    cfg = C.tiny(attention_backend="xla")
+    cfg = C.tiny(attention_backend="xla", scan_layers=False)  # eager, one call per layer: the spy sees arrays
     model = Thinker(cfg, rngs=nnx.Rngs(0))
     seg = np.asarray([[1, 1, 2, 2, 2, 0]], np.int32)
     model.model(jnp.ones((1, 6, cfg.text.hidden_size)), jnp.zeros((3, 1, 6), jnp.int32), jnp.asarray(seg > 0),

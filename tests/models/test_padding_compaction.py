@@ -40,7 +40,8 @@ def test_padded_rows_equal_unpadded_rows(pattern):
     assert np.isfinite(np.asarray(out)).all()  # padding rows compute junk, but finite junk
 
 
-def test_compaction_uses_causal_attention_without_a_mask(monkeypatch):
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_compaction_uses_causal_attention_without_a_mask(monkeypatch, scan_layers):
     from omnirrm_jax.models import layers as L
 
     seen = []
@@ -51,8 +52,8 @@ def test_compaction_uses_causal_attention_without_a_mask(monkeypatch):
         return real(q, k, v, mask=mask, is_causal=is_causal, scale=scale)
 
     monkeypatch.setitem(L._BACKENDS, "xla", spy)
-    cfg = C.tiny(attention_backend="xla")
+    cfg = C.tiny(attention_backend="xla", scan_layers=scan_layers)
     model = TextModel(cfg, rngs=nnx.Rngs(0))
     mask = jnp.asarray([[0, 1, 1, 1]], bool)
     model(jnp.ones((1, 4, cfg.text.hidden_size)), jnp.zeros((3, 1, 4), jnp.int32), mask)
-    assert seen == [(True, True)] * cfg.text.num_layers
+    assert seen == [(True, True)] * (1 if scan_layers else cfg.text.num_layers)  # a scan traces one layer

@@ -152,3 +152,23 @@ def test_gathered_weights_under_fsdp():
     # everything FSDP splits is gathered whole (what 8 does not divide was never split: left out)
     assert kernels <= gathered("none", fsdp) <= layers
     assert gathered("full", fsdp) == -(-gathered("none", fsdp) // t.num_layers)
+
+
+def test_scanned_layers_add_one_stacked_copy_of_the_stored_layers():
+    """`model.scan_layers` stacks the decoder layers' stored weights: the row counts exactly their stored bytes
+    (a local shard's under FSDP), and nothing without the scan."""
+    cfg = SFTConfig(model=ModelSpec(lora=LoraConfig(rank=4, alpha=8.0)))
+    trainable, frozen = PL._abstract_state(model_config.tiny(param_dtype="float32", dtype="float32"), cfg.model)
+    layers = sum(v.size * 4 for st in (trainable, frozen) for p, v in nnx.to_flat_state(st) if p[:2] == ("model", "layers"))
+
+    def row(scan, mesh):
+        tcfg = model_config.tiny(param_dtype="float32", dtype="float32", scan_layers=scan)
+        return PL.plan_row(cfg, tcfg, mesh, layout="t", hbm=80, platform="gpu")
+
+    dp, fsdp = dict(data=8, fsdp=1, tensor=1), dict(data=1, fsdp=8, tensor=1)
+    assert row(False, dp).stacked == 0
+    assert row(True, dp).stacked == layers
+    assert row(True, dp).total - row(False, dp).total == layers
+    assert 0 < row(True, fsdp).stacked < layers  # the local shards only
+    scanned_spec = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scan_layers=True))
+    assert PL.thinker_config(scanned_spec)[0].scan_layers  # `omnirrm plan` reads the option from the run config

@@ -21,8 +21,8 @@ def _batch(cfg, B=2, T=20):
     return batch
 
 
-def _loss_and_grads(remat: str, full: bool):
-    cfg = dataclasses.replace(C.tiny(), remat=remat)
+def _loss_and_grads(remat: str, full: bool, scan_layers: bool = False):
+    cfg = dataclasses.replace(C.tiny(), remat=remat, scan_layers=scan_layers)
     model = Thinker(cfg, rngs=nnx.Rngs(0))
     if not full:
         lora.apply_lora(model, lora.LoraConfig(rank=4, alpha=8), nnx.Rngs(1))
@@ -63,3 +63,20 @@ def test_model_spec_remat_values():
         config_lib.load_config(None, ["model.remat=everything"])
     with pytest.raises(ValueError, match="remat 'some'"):
         C.tiny(remat="some")
+
+
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_scanned_layers_give_the_loops_loss_and_grads(remat):
+    """`scan_layers` (one traced layer under `lax.scan`) against the Python loop: same loss and LoRA gradients, and
+    the loop really has one remat region per layer where the scan has one."""
+    loss, grads, jaxpr = _loss_and_grads(remat, full=False, scan_layers=True)
+    loss0, grads0, jaxpr0 = _loss_and_grads(remat, full=False, scan_layers=False)
+    assert jaxpr.count("dot_general") < jaxpr0.count("dot_general")  # the scan traced one layer, the loop two
+    if remat != "none":
+        assert jaxpr0.count("remat") - jaxpr.count("remat") == C.tiny().text.num_layers - 1
+    np.testing.assert_allclose(loss, loss0, rtol=1e-6)
+    flat, flat0 = jax.tree.leaves(grads), jax.tree.leaves(grads0)
+    assert len(flat) == len(flat0)
+    for g, g0 in zip(flat, flat0):
+        scale = float(np.abs(np.asarray(g0)).max())
+        np.testing.assert_allclose(np.asarray(g), np.asarray(g0), rtol=1e-5, atol=1e-6 * scale)
