@@ -100,7 +100,7 @@ def abstract_thinker(cfg: config_lib.ThinkerConfig):
 
 def load_hf(path: str, dtype: str = "float32", lora_path: str | None = None, *, merge_lora: bool = True,
             compute_dtype: str | None = None, attention_backend: str = "auto", remat: str = "none",
-            shardings: loading.Shardings = None):
+            scan_layers: bool = False, shardings: loading.Shardings = None):
     """Loads an HF Qwen2.5-Omni (thinker) checkpoint directory into the NNX thinker.
 
     Args:
@@ -115,7 +115,7 @@ def load_hf(path: str, dtype: str = "float32", lora_path: str | None = None, *, 
       (model, config).
     """
     cfg = read_config(path, param_dtype=dtype, dtype=compute_dtype or dtype, attention_backend=attention_backend,
-                      remat=remat)
+                      remat=remat, scan_layers=scan_layers)
     model = loading.load_hf_sharded(path, abstract_thinker(cfg), shardings)
     if lora_path is not None:
         lora_io.load_adapter(model, lora_path, merge=merge_lora)

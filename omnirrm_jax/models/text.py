@@ -163,10 +163,16 @@ def _scanned_layers(layers: Sequence[DecoderLayer], remat: str, x, cos, sin, seg
     compiles and loads one, where the Python loop gives every program one copy per layer (a 3B GRPO update's
     tracing, lowering, compile and cache load all grew with it: docs/PERFORMANCE.md). Costs one stacked copy of the
     layer weights per program call. Returns (x, the layers' updated caches), or None where the layers differ in
-    structure (a LoRA pattern giving layers their own rank or scale, say): the caller runs the loop then."""
+    structure (a LoRA pattern giving layers their own rank or scale, say): the caller runs the loop then. A pass over
+    a cache also holds a stacked copy of the layers' caches."""
     split = [nnx.split(layer) for layer in layers]
     graphdef = split[0][0]
-    if any(g != graphdef for g, _ in split[1:]):
+
+    def shapes(state):  # a graphdef holds static attributes, not array shapes: LoRA ranks differ here
+        return [(path, jnp.shape(v), jnp.result_type(v)) for path, v in nnx.to_flat_state(state)]
+
+    first = shapes(split[0][1])
+    if any(g != graphdef or shapes(state) != first for g, state in split[1:]):
         return None
     caches = None if cache is None else _stack([cache.layer(i) for i in range(len(layers))])
 

@@ -27,7 +27,8 @@ Under FSDP every layer computes with whole weights gathered from the stored shar
 new buffers, the stored shards stay beside them; measured on two H100s within 2.5 %, docs/PERFORMANCE.md); with
 `full` or `dots` the model assumes one layer's at a time (the layer's recomputation gathers again; not measured).
 With `model.scan_layers` the decoder layers' stored weights are stacked for the scan ("stacked": one copy of
-their stored shards, held from the forward scan to the backward one; not measured on a GPU).
+their stored shards, held from the forward scan to the backward one; not measured on a GPU), and a prefill writing
+the rollout's KV cache holds a stacked copy of it beside the per-layer buffers (the "kv cache" column doubles).
 Peak = params + optimizer + gathered + stacked + max(gradients + activations, KV cache): the cache is dropped
 before the update.
 Compiler temporaries and fragmentation are not modelled; leave ~10-15% headroom.
@@ -274,7 +275,7 @@ def plan_row(cfg, tcfg, mesh: dict, *, layout: str, hbm: float, platform: str) -
     amesh = abstract_mesh(mesh)
     train_b, _ = sharded_state_bytes(trainable, amesh)
     frozen_b, _ = sharded_state_bytes(frozen, amesh)
-    tx = optim.make_optimizer(cfg.optim, 1000)
+    tx = optim.make_optimizer(cfg.optim, 1000, token_mean=getattr(cfg, "grpo", None) is None)
     opt_b = optimizer_bytes(tx, trainable, amesh)
     work = workload(cfg)
     grpo = getattr(cfg, "grpo", None)
@@ -290,8 +291,9 @@ def plan_row(cfg, tcfg, mesh: dict, *, layout: str, hbm: float, platform: str) -
     gathered = gathered_weight_bytes((trainable, frozen), amesh, remat=remat, num_layers=tcfg.text.num_layers,
                                      dtype=tcfg.dtype)
     stacked = stacked_layer_bytes((trainable, frozen), amesh) if tcfg.scan_layers else 0
-    return Row(layout, mesh, params, train_b, opt_b, act_none, act_remat, kv_cache_bytes(tcfg, work, mesh),
-               gathered, remat, hbm, work.rows / (mesh["data"] * mesh["fsdp"]), stacked)
+    kv_cache = kv_cache_bytes(tcfg, work, mesh) * (2 if tcfg.scan_layers else 1)  # the scan stacks a copy of it
+    return Row(layout, mesh, params, train_b, opt_b, act_none, act_remat, kv_cache, gathered, remat, hbm,
+               work.rows / (mesh["data"] * mesh["fsdp"]), stacked)
 
 
 # ------------------------------------------------------------------------------------------------ output

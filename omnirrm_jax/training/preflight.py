@@ -22,7 +22,14 @@ TOKENIZER = "a SentencePiece .model file or an HF checkpoint / tokenizer folder"
 def check_run(cfg, trainer: str) -> None:
     """Refuses (UserError) a run config whose inputs are missing here or whose workdir is another trainer's."""
     check_paths(cfg)
-    check_workdir(cfg.run.workdir, trainer)
+    check_workdir(cfg.run.workdir, trainer, accumulation=accumulation(cfg, trainer))
+
+
+def accumulation(cfg, trainer: str) -> str | None:
+    """How the run accumulates gradients, as its checkpoints' meta records it: "token_mean" for SFT with
+    `optim.grad_accum_steps` > 1 (`optim.token_mean_accumulation`, whose optimizer state holds a token count),
+    None otherwise."""
+    return "token_mean" if trainer == "sft" and cfg.optim.grad_accum_steps > 1 else None
 
 
 def check_paths(cfg) -> None:
@@ -44,8 +51,9 @@ def check_paths(cfg) -> None:
         raise MissingPathError(f"model.lora_path: {model.lora_path} is not a folder (a PEFT / ms-swift adapter)")
 
 
-def check_workdir(workdir: str, trainer: str) -> None:
-    """The workdir is new, or its newest checkpoint was written by `trainer` (a resume). Reads only."""
+def check_workdir(workdir: str, trainer: str, accumulation: str | None = None) -> None:
+    """The workdir is new, or its newest checkpoint was written by `trainer` (a resume) with the same kind of
+    gradient accumulation (`accumulation`). Reads only."""
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise UserError(f"run.workdir: {workdir} exists and is not a folder")
     found = read_meta(os.path.join(workdir, "checkpoints"))
@@ -53,6 +61,13 @@ def check_workdir(workdir: str, trainer: str) -> None:
         return
     step, meta = found
     other = meta.get("trainer", "sft")  # SFT checkpoints carried no "trainer" before
+    saved_accum = meta.get("config", {}).get("optim", {}).get("grad_accum_steps", 1)
+    if other == trainer and accumulation == "token_mean" and saved_accum > 1 and \
+            meta.get("accumulation") != accumulation:
+        raise UserError(f"run.workdir: {workdir} step {step} was written before SFT accumulation weighed micro-steps "
+                        "by their target tokens (its optimizer state averaged the micro-steps' own means and has "
+                        "another structure); finish that run with the version that wrote it, or give this run a new "
+                        "run.workdir")
     if other == trainer:
         return
     hint = (f"; to start GRPO from that model, export it (`omnirrm export {workdir} OUT --formats hf`) and set "

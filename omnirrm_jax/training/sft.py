@@ -37,7 +37,7 @@ loss_fn = losses.sft_loss  # the SFT loss; lives in losses so held-out evaluatio
 def sft_step(graphdef, tx: optax.GradientTransformation, trainable, frozen, opt_state, step, batch, *,
              loss_window: int | None = None):
     """One micro-step: gradients of the masked loss w.r.t. the trainable state, an optimizer update (a
-    no-op accumulation inside optax.MultiSteps until the boundary), and a skipped update when the loss or
+    no-op accumulation until the boundary: `optim.token_mean_accumulation`), and a skipped update when the loss or
     the gradient norm is not finite, or when a target lies before the `loss_window` (the pipeline's
     max_target_length skips such examples, so one here is a bug upstream: the metric `targets_outside_window`,
     global like every metric, lets each process's run loop stop on it)."""
@@ -49,7 +49,9 @@ def sft_step(graphdef, tx: optax.GradientTransformation, trainable, frozen, opt_
         aux["targets_outside_window"] = jnp.sum(batch["loss_mask"][:, 1:-loss_window])
         apply = finite & (aux["targets_outside_window"] == 0)
     grads = jax.tree.map(lambda g: jnp.where(apply, g, jnp.zeros_like(g)), grads)
-    updates, new_opt = tx.update(grads, opt_state, trainable)
+    # accumulation weighs each micro-step by its target tokens (`optim.token_mean_accumulation`)
+    extra = {"tokens": aux["target_tokens"]} if optim.uses_token_counts(tx) else {}
+    updates, new_opt = tx.update(grads, opt_state, trainable, **extra)
     new_trainable = optax.apply_updates(trainable, updates)
     trainable = tree_where(apply, new_trainable, trainable)
     opt_state = tree_where(apply, new_opt, opt_state)

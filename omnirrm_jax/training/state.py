@@ -57,6 +57,7 @@ def build_model(cfg: ThinkerConfig, *, hf_path: str | None, lora_cfg: lora_lib.L
         if hf_path:
             model, _ = P.load_hf(hf_path, dtype=cfg.param_dtype, compute_dtype=cfg.dtype,
                                  attention_backend=cfg.attention_backend, remat=cfg.remat,
+                                 scan_layers=cfg.scan_layers,
                                  lora_path=lora_path, merge_lora=False)
         else:
             model = Thinker(cfg, rngs=nnx.Rngs(seed))

@@ -102,3 +102,17 @@ def test_the_run_config_option_reaches_the_model_config():
     tok = types.SimpleNamespace(vocab_size=512, special_ids=ids)
     assert resolve_thinker_config(ModelSpec(preset="tiny", scan_layers=True), tok).scan_layers
     assert not resolve_thinker_config(ModelSpec(preset="tiny"), tok).scan_layers
+
+
+def test_layers_with_other_lora_ranks_fall_back_to_the_loop():
+    """LoRA ranks are array shapes, not graphdef attributes: an adapter with a rank pattern (scales equal, as with
+    alpha = 2r) gives graphdefs that compare equal and factors that do not stack. The loop runs them."""
+    cfg = C.tiny()
+    models = [Thinker(dataclasses.replace(cfg, scan_layers=scan), rngs=nnx.Rngs(0)) for scan in (True, False)]
+    for m in models:
+        for i, layer in enumerate(m.model.layers):
+            layer.mlp.up_proj.add_lora(4 * (i + 1), 8.0 * (i + 1), nnx.Rngs(i))
+            layer.mlp.up_proj.lora_b[...] = 0.05 * jax.random.normal(jax.random.key(i), layer.mlp.up_proj.lora_b.shape)
+    x, pos = _inputs(cfg)
+    mask = jnp.ones((2, 12), bool)
+    _close(models[0].model(x, pos, mask)[0], models[1].model(x, pos, mask)[0])

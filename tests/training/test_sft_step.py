@@ -143,3 +143,80 @@ def test_logged_learning_rate_is_the_rate_each_update_applied_under_accumulation
     # update u is applied at micro-step 2(u + 1) at lr(u); between boundaries the last applied rate is logged
     assert logged == [float(lr_fn(max(micro // 2 - 1, 0))) for micro in range(1, 2 * updates + 1)]
     assert len(set(logged)) == updates and int(opt_state.gradient_step) == updates
+
+
+def test_accumulated_update_is_the_whole_windows_token_mean():
+    """SFT accumulation weighs micro-steps by their target tokens, as HF Trainer (>= 4.46) does: two micro-batches
+    with 2 and 20 targets give the update of one step on both together (SGD at rate 1, so the update is the
+    gradient itself). optax.MultiSteps' mean of the two micro-batches' means is another update (the test's teeth),
+    and the optimizer's update count moves only at the boundary."""
+    import optax
+
+    cfg = C.tiny()
+    mesh = S.make_mesh(S.MeshConfig(data=1), devices=jax.devices()[:1])
+    whole = _batch(cfg)
+    whole["loss_mask"][:2, :] = 0
+    whole["loss_mask"][0, -2:] = 1  # micro-batch 1 (rows 0, 1): 2 targets; micro-batch 2 (rows 2, 3): 20
+    halves = [{k: (v[:, :2] if k == "position_ids" else v[:2]) for k, v in whole.items()},
+              {k: (v[:, 2:] if k == "position_ids" else v[2:]) for k, v in whole.items()}]
+
+    def after(tx, batches):
+        state, shardings = create_train_state(lambda: _lora_model(cfg), tx, mesh, full_finetune=False)
+        step_fn = sft.jit_sft_step(state, tx, shardings)
+        trainable, opt_state, step = state.trainable, state.opt_state, state.step
+        counts = []
+        for b in batches:
+            trainable, opt_state, step, m = step_fn(trainable, state.frozen, opt_state, step, b)
+            counts.append(int(m["updates"]))
+        return jax.tree.leaves(jax.tree.map(np.asarray, trainable)), counts
+
+    token_mean = optim.TokenMeanTransformation(*optim.token_mean_accumulation(optax.sgd(1.0), 2))
+    got, counts = after(token_mean, halves)
+    want, _ = after(optax.sgd(1.0), [whole])
+    means, _ = after(optax.MultiSteps(optax.sgd(1.0), every_k_schedule=2), halves)
+    assert counts == [0, 1]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    assert max(float(np.abs(m - w).max()) for m, w in zip(means, want)) > 100 * max(
+        float(np.abs(g - w).max()) for g, w in zip(got, want))
+
+
+def test_token_mean_accumulation_windows_restart_and_skip_empty_micro_steps():
+    """The token count restarts after each boundary; a micro-step with no targets changes nothing."""
+    import optax
+
+    tx = optim.token_mean_accumulation(optax.sgd(1.0), 2)
+    p = {"w": jnp.zeros(2)}
+    s = tx.init(p)
+    u, s = tx.update({"w": jnp.array([1.0, 0.0])}, s, p, tokens=3)
+    u, s = tx.update({"w": jnp.array([0.0, 1.0])}, s, p, tokens=1)
+    np.testing.assert_allclose(u["w"], [-0.75, -0.25])
+    assert float(s.tokens) == 0 and optim.update_count(s, 99) == 1
+    u, s = tx.update({"w": jnp.array([5.0, 5.0])}, s, p, tokens=0)  # no targets: its (zero) gradient has no weight
+    u, s = tx.update({"w": jnp.array([0.0, 2.0])}, s, p, tokens=4)
+    np.testing.assert_allclose(u["w"], [0.0, -2.0])
+
+
+def test_resuming_a_checkpoint_of_the_older_accumulation_is_refused(tmp_path):
+    """A workdir whose SFT checkpoint accumulated by optax.MultiSteps' mean (no "accumulation" in its meta) cannot
+    resume under token-mean accumulation (another optimizer-state structure): a clear error before anything loads.
+    Checkpoints written with it, or without accumulation, resume."""
+    from omnirrm_jax.checkpoint.manager import CheckpointManager
+    from omnirrm_jax.errors import UserError
+    from omnirrm_jax.training import config as config_lib
+    from omnirrm_jax.training import preflight
+
+    def workdir(name, accum, meta):
+        mngr = CheckpointManager(str(tmp_path / name / "checkpoints"))
+        cfg = config_lib.to_dict(config_lib.load_config(None, [f"optim.grad_accum_steps={accum}"]))
+        mngr.save(4, state={"x": np.zeros(2, np.float32)}, data_state={}, meta={"config": cfg, **meta}, force=True)
+        mngr.close()
+        return str(tmp_path / name)
+
+    cfg = config_lib.load_config(None, ["optim.grad_accum_steps=12"])
+    assert preflight.accumulation(cfg, "sft") == "token_mean" and preflight.accumulation(cfg, "grpo") is None
+    with pytest.raises(UserError, match="step 4 was written before SFT accumulation weighed micro-steps"):
+        preflight.check_workdir(workdir("old", 12, {"trainer": "sft"}), "sft", accumulation="token_mean")
+    preflight.check_workdir(workdir("new", 12, {"trainer": "sft", "accumulation": "token_mean"}), "sft",
+                            accumulation="token_mean")
+    preflight.check_workdir(workdir("none", 1, {"trainer": "sft"}), "sft", accumulation="token_mean")
