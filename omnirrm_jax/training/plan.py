@@ -307,7 +307,8 @@ def format_table(rows: list[Row], remat_name: str) -> str:
         fits = "yes" if r.total <= 0.9 * r.hbm * GiB else "no"
         lines.append([r.layout, f"{r.mesh['data']}/{r.mesh['fsdp']}/{r.mesh['tensor']}", f"{r.rows_dev:g}",
                       g(r.params), g(r.grads), g(r.optimizer), g(r.act_none), g(r.act_remat), g(r.kv_cache),
-                      g(r.gathered), g(r.stacked), g(r.total), f"{r.hbm:.0f}", fits if r.rows_dev == int(r.rows_dev) else "batch!"])
+                      g(r.gathered), g(r.stacked), g(r.total), f"{r.hbm:.0f}",
+                      fits if r.rows_dev == int(r.rows_dev) else "batch!"])
     widths = [max(len(str(x[i])) for x in lines) for i in range(len(head))]
     return "\n".join("  ".join(str(c).rjust(w) for c, w in zip(line, widths)) for line in lines)
 

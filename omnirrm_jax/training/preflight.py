@@ -26,10 +26,20 @@ def check_run(cfg, trainer: str) -> None:
 
 
 def accumulation(cfg, trainer: str) -> str | None:
-    """How the run accumulates gradients, as its checkpoints' meta records it: "token_mean" for SFT with
-    `optim.grad_accum_steps` > 1 (`optim.token_mean_accumulation`, whose optimizer state holds a token count),
-    None otherwise."""
-    return "token_mean" if trainer == "sft" and cfg.optim.grad_accum_steps > 1 else None
+    """How the run accumulates gradients, as its checkpoints' meta records it (each kind has its own optimizer-state
+    structure): "token_mean" for SFT with `optim.grad_accum_steps` > 1 (`optim.token_mean_accumulation`),
+    "micro_step_mean" for GRPO's (optax.MultiSteps), None without accumulation."""
+    return _accumulation(trainer, cfg.optim.grad_accum_steps)
+
+
+def _accumulation(trainer: str, grad_accum_steps: int) -> str | None:
+    if grad_accum_steps <= 1:
+        return None
+    return "token_mean" if trainer == "sft" else "micro_step_mean"
+
+
+ACCUMULATION_NAMES = {None: "no accumulation", "token_mean": "the window's token mean (SFT)",
+                      "micro_step_mean": "the mean of the micro-steps' gradients"}
 
 
 def check_paths(cfg) -> None:
@@ -61,14 +71,17 @@ def check_workdir(workdir: str, trainer: str, accumulation: str | None = None) -
         return
     step, meta = found
     other = meta.get("trainer", "sft")  # SFT checkpoints carried no "trainer" before
-    saved_accum = meta.get("config", {}).get("optim", {}).get("grad_accum_steps", 1)
-    if other == trainer and accumulation == "token_mean" and saved_accum > 1 and \
-            meta.get("accumulation") != accumulation:
-        raise UserError(f"run.workdir: {workdir} step {step} was written before SFT accumulation weighed micro-steps "
-                        "by their target tokens (its optimizer state averaged the micro-steps' own means and has "
-                        "another structure); finish that run with the version that wrote it, or give this run a new "
-                        "run.workdir")
     if other == trainer:
+        # checkpoints written before the meta said it: SFT and GRPO both averaged the micro-steps' gradients
+        saved_accum = ((meta.get("config") or {}).get("optim") or {}).get("grad_accum_steps", 1)
+        saved = meta["accumulation"] if "accumulation" in meta else \
+            (None if saved_accum <= 1 else "micro_step_mean")
+        if saved != accumulation:
+            raise UserError(
+                f"run.workdir: {workdir} step {step} accumulated gradients by {ACCUMULATION_NAMES.get(saved, saved)}, "
+                f"this run by {ACCUMULATION_NAMES.get(accumulation, accumulation)} (optim.grad_accum_steps; SFT "
+                "checkpoints written before SFT took the window's token mean averaged the micro-steps): the optimizer "
+                "states differ. Resume with the settings and version that wrote it, or give this run a new run.workdir")
         return
     hint = (f"; to start GRPO from that model, export it (`omnirrm export {workdir} OUT --formats hf`) and set "
             "model.hf_path=OUT/hf" if trainer == "grpo" else "")

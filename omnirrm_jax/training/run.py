@@ -148,8 +148,7 @@ def setup(cfg, *, mode: str, schedule: Callable[[int, pipeline.PipelineConfig], 
         log.info("resumed after step %d", start)
     meta_base = {"config": config_lib.to_dict(cfg), "thinker": model_config.to_hf_dict(thinker_cfg), "trainer": mode,
                  **(meta or {})}
-    if preflight.accumulation(cfg, mode):
-        meta_base["accumulation"] = preflight.accumulation(cfg, mode)
+    meta_base["accumulation"] = preflight.accumulation(cfg, mode)  # checked on resume (`preflight.check_workdir`)
     return Run(cfg, mesh, tok, thinker_cfg, pcfg, length, tx, state, shardings, writer, evaluate, ckpt, iterator,
                start, resumed_meta, meta_base, initial)
 

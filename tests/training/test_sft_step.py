@@ -198,9 +198,9 @@ def test_token_mean_accumulation_windows_restart_and_skip_empty_micro_steps():
 
 
 def test_resuming_a_checkpoint_of_the_older_accumulation_is_refused(tmp_path):
-    """A workdir whose SFT checkpoint accumulated by optax.MultiSteps' mean (no "accumulation" in its meta) cannot
-    resume under token-mean accumulation (another optimizer-state structure): a clear error before anything loads.
-    Checkpoints written with it, or without accumulation, resume."""
+    """A workdir whose SFT checkpoint accumulated by optax.MultiSteps' mean (no "accumulation" in its meta), or by
+    another kind than this run's (grad_accum_steps 1 against > 1), has another optimizer-state structure: a clear
+    error before anything loads. Same kind resumes, for both trainers and for metas of either age."""
     from omnirrm_jax.checkpoint.manager import CheckpointManager
     from omnirrm_jax.errors import UserError
     from omnirrm_jax.training import config as config_lib
@@ -214,9 +214,17 @@ def test_resuming_a_checkpoint_of_the_older_accumulation_is_refused(tmp_path):
         return str(tmp_path / name)
 
     cfg = config_lib.load_config(None, ["optim.grad_accum_steps=12"])
-    assert preflight.accumulation(cfg, "sft") == "token_mean" and preflight.accumulation(cfg, "grpo") is None
-    with pytest.raises(UserError, match="step 4 was written before SFT accumulation weighed micro-steps"):
+    assert preflight.accumulation(cfg, "sft") == "token_mean"
+    assert preflight.accumulation(cfg, "grpo") == "micro_step_mean"
+    refused = "step 4 accumulated gradients by {}, this run by {}"
+    with pytest.raises(UserError, match=refused.format("the mean of the micro-steps' gradients",
+                                                       r"the window's token mean \(SFT\)")):
         preflight.check_workdir(workdir("old", 12, {"trainer": "sft"}), "sft", accumulation="token_mean")
+    with pytest.raises(UserError, match=refused.format("no accumulation", "the window")):
+        preflight.check_workdir(workdir("k1", 1, {"trainer": "sft", "accumulation": None}), "sft",
+                                accumulation="token_mean")
     preflight.check_workdir(workdir("new", 12, {"trainer": "sft", "accumulation": "token_mean"}), "sft",
                             accumulation="token_mean")
-    preflight.check_workdir(workdir("none", 1, {"trainer": "sft"}), "sft", accumulation="token_mean")
+    preflight.check_workdir(workdir("none", 1, {"trainer": "sft"}), "sft", accumulation=None)
+    preflight.check_workdir(workdir("grpo", 2, {"trainer": "grpo"}), "grpo", accumulation="micro_step_mean")
+    preflight.check_workdir(workdir("noconfig", 1, {"trainer": "sft", "config": None}), "sft", accumulation=None)
