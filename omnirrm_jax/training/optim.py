@@ -83,7 +83,11 @@ class TokenMeanState(NamedTuple):
     multi_steps: optax.MultiStepsState  # whose accumulator holds the running token mean of the window's gradients
 
 
-def token_mean_accumulation(inner: optax.GradientTransformation, every_k: int) -> optax.GradientTransformationExtraArgs:
+class TokenMeanTransformation(optax.GradientTransformationExtraArgs):
+    """`token_mean_accumulation`'s transformation: its type tells the SFT step to pass `tokens=`."""
+
+
+def token_mean_accumulation(inner: optax.GradientTransformation, every_k: int) -> TokenMeanTransformation:
     """Gradient accumulation over `every_k` micro-steps whose update is the gradient of the window's loss summed
     over all its target tokens and divided by their count, as HF Trainer computes it since transformers 4.46
     (`num_items_in_batch`, tokens counted over all devices; the reference's SFT, ms-swift with 12 micro-steps of
@@ -109,12 +113,12 @@ def token_mean_accumulation(inner: optax.GradientTransformation, every_k: int) -
         tokens_after = jnp.where(new_multi.mini_step == 0, 0.0, total)  # a boundary starts the next window
         return updates, TokenMeanState(tokens_after, new_multi)
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    return TokenMeanTransformation(init, update)
 
 
 def uses_token_counts(tx: Any) -> bool:
     """Whether `tx.update` needs `tokens=` (the SFT step passes its target-token count)."""
-    return getattr(tx, "token_mean", False)
+    return isinstance(tx, TokenMeanTransformation)
 
 
 def applied_learning_rate(schedule: optax.Schedule, updates) -> float:
@@ -133,12 +137,7 @@ def make_optimizer(cfg: OptimConfig, total_steps: int, *, token_mean: bool = Fal
                     weight_decay=cfg.weight_decay),
     )
     if cfg.grad_accum_steps > 1 and token_mean:
-        return TokenMeanTransformation(*token_mean_accumulation(tx, cfg.grad_accum_steps))
+        return token_mean_accumulation(tx, cfg.grad_accum_steps)
     if cfg.grad_accum_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=cfg.grad_accum_steps)
     return tx
-
-
-class TokenMeanTransformation(optax.GradientTransformationExtraArgs):
-    """`token_mean_accumulation`'s transformation, marked so the step knows to pass `tokens=`."""
-    token_mean = True

@@ -275,10 +275,10 @@ def plan_row(cfg, tcfg, mesh: dict, *, layout: str, hbm: float, platform: str) -
     amesh = abstract_mesh(mesh)
     train_b, _ = sharded_state_bytes(trainable, amesh)
     frozen_b, _ = sharded_state_bytes(frozen, amesh)
-    tx = optim.make_optimizer(cfg.optim, 1000, token_mean=getattr(cfg, "grpo", None) is None)
+    grpo = getattr(cfg, "grpo", None)
+    tx = optim.make_optimizer(cfg.optim, 1000, token_mean=grpo is None)  # as `run.setup` builds it
     opt_b = optimizer_bytes(tx, trainable, amesh)
     work = workload(cfg)
-    grpo = getattr(cfg, "grpo", None)
     params = train_b + frozen_b
     if grpo is not None and spec.full_finetune and grpo.beta != 0:
         params += train_b  # the frozen initial policy kept for the KL term

@@ -29,11 +29,7 @@ def accumulation(cfg, trainer: str) -> str | None:
     """How the run accumulates gradients, as its checkpoints' meta records it (each kind has its own optimizer-state
     structure): "token_mean" for SFT with `optim.grad_accum_steps` > 1 (`optim.token_mean_accumulation`),
     "micro_step_mean" for GRPO's (optax.MultiSteps), None without accumulation."""
-    return _accumulation(trainer, cfg.optim.grad_accum_steps)
-
-
-def _accumulation(trainer: str, grad_accum_steps: int) -> str | None:
-    if grad_accum_steps <= 1:
+    if cfg.optim.grad_accum_steps <= 1:
         return None
     return "token_mean" if trainer == "sft" else "micro_step_mean"
 

@@ -132,7 +132,8 @@ def setup(cfg, *, mode: str, schedule: Callable[[int, pipeline.PipelineConfig], 
     length = schedule(shards.count_records(train_paths), pcfg)
     dataset = pipeline.make_dataset(train_paths, tok, thinker_cfg, dataclasses.replace(pcfg, num_epochs=None))
     # ---- abstract state, shardings, sharded init and weight loading -------------------------------
-    tx = optim.make_optimizer(cfg.optim, length.updates, token_mean=preflight.accumulation(cfg, mode) == "token_mean")
+    accumulation = preflight.accumulation(cfg, mode)  # recorded in every checkpoint's meta, checked on resume
+    tx = optim.make_optimizer(cfg.optim, length.updates, token_mean=accumulation == "token_mean")
     state, shardings = create_run_state(cfg.model, thinker_cfg, tx, mesh, run.seed)
     writer = MetricWriter(run.workdir)  # writes on process 0 only
     evaluate = PeriodicEval(cfg, tok, thinker_cfg, pcfg, mesh, state.graphdef, writer, progress=progress)
@@ -147,8 +148,7 @@ def setup(cfg, *, mode: str, schedule: Callable[[int, pipeline.PipelineConfig], 
         start = start_of(resumed_meta)
         log.info("resumed after step %d", start)
     meta_base = {"config": config_lib.to_dict(cfg), "thinker": model_config.to_hf_dict(thinker_cfg), "trainer": mode,
-                 **(meta or {})}
-    meta_base["accumulation"] = preflight.accumulation(cfg, mode)  # checked on resume (`preflight.check_workdir`)
+                 "accumulation": accumulation, **(meta or {})}
     return Run(cfg, mesh, tok, thinker_cfg, pcfg, length, tx, state, shardings, writer, evaluate, ckpt, iterator,
                start, resumed_meta, meta_base, initial)
 

@@ -170,7 +170,7 @@ def test_accumulated_update_is_the_whole_windows_token_mean():
             counts.append(int(m["updates"]))
         return jax.tree.leaves(jax.tree.map(np.asarray, trainable)), counts
 
-    token_mean = optim.TokenMeanTransformation(*optim.token_mean_accumulation(optax.sgd(1.0), 2))
+    token_mean = optim.token_mean_accumulation(optax.sgd(1.0), 2)
     got, counts = after(token_mean, halves)
     want, _ = after(optax.sgd(1.0), [whole])
     means, _ = after(optax.MultiSteps(optax.sgd(1.0), every_k_schedule=2), halves)
