@@ -50,16 +50,18 @@ def _pipeline_cfg(packed: bool, args, buckets: tuple[int, ...]):
     if packed:  # the pipeline packs into rows of max(seq_buckets)
         buckets = tuple(b for b in buckets if b < args.row_len) + (args.row_len,)
     return PipelineConfig(mode="sft", batch_size=args.batch, seq_buckets=buckets, group_window=args.group_window,
-                          pack=packed, pack_buffer=args.pack_buffer, shuffle_seed=args.seed, num_epochs=1,
+                          pack=packed, pack_buffer=args.pack_buffer, pack_max_segments=args.pack_max_segments,
+                          shuffle_seed=args.seed, num_epochs=1,
                           drop_remainder=False)
 
 
-def host_batches(examples: list[dict], pcfg, *, patch_dim: int, pad_id: int) -> list[dict]:
+def host_batches(examples: list[dict], pcfg, *, patch_dim: int, pad_id: int, segment_mask: bool = False) -> list[dict]:
     """The pipeline's batches of `examples` (text arrays only; the media arrays are dropped with the towers) and each
-    batch's example indices (-1: an empty row or segment column)."""
+    batch's example indices (-1: an empty row or segment column). `segment_mask`: packed batches without their
+    segment lengths, so attention takes the dense segment mask (the path before per-segment cuDNN attention)."""
     from omnirrm_jax.data.pipeline import batch_examples
 
-    keys = _KEYS + (("segment_ids",) if pcfg.pack else ())
+    keys = _KEYS + ((("segment_ids",) if segment_mask else ("segment_ids", "segment_lengths")) if pcfg.pack else ())
     return [{"data": {k: b[k] for k in keys}, "example_index": np.asarray(b["example_index"]).ravel()}
             for b in batch_examples(examples, pcfg, patch_dim=patch_dim, pad_id=pad_id)]
 
@@ -124,7 +126,9 @@ def table(res: dict) -> str:
                      for m, v in mix["modalities"].items())
     t, j = mix["tokens"], mix["judgement_tokens"]
     lines = [f"`omnirrm bench pack` on {res['device']} x{res['devices']}, {res['preset']}, remat {res['remat']}, "
-             f"{res['batch']} rows per step, seq buckets {res['buckets']}, packed rows of {res['row_len']}",
+             f"{res['batch']} rows per step, seq buckets {res['buckets']}, packed rows of {res['row_len']} (at most "
+             f"{res.get('pack_max_segments')} examples; attention "
+             f"{'with the dense segment mask' if res.get('segment_mask') else 'per segment'})",
              f"Length mix: {mix['examples']} examples ({mods}); tokens per example min {t['min']} / median "
              f"{t['median']:.0f} / p90 {t['p90']:.0f} / max {t['max']}; judgement tokens median {j['median']:.0f}; "
              f"tokenizer: {res['tokenizer']} ({res['chars_per_token']:.2f} characters per prompt token)"
@@ -176,6 +180,10 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--group-window", type=int, default=default.group_window,
                    help="bucketed: length-sort windows of this many batches (the pipeline's group_window)")
     p.add_argument("--pack-buffer", type=int, default=default.pack_buffer, help="packed: first-fit buffer size")
+    p.add_argument("--pack-max-segments", type=int, default=default.pack_max_segments,
+                   help="packed: most examples per row")
+    p.add_argument("--segment-mask", action="store_true",
+                   help="packed: attention with the dense causal-and-segment mask instead of per-segment sequences")
     p.add_argument("--examples", type=int, default=None,
                    help=f"how many examples (default: every pair of both files, --small {SMALL_EXAMPLES}; fewer keep "
                         "the files' proportion)")
@@ -269,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         C.PRESETS[args.preset](dtype="bfloat16", param_dtype="bfloat16")
     cfg = dataclasses.replace(cfg, remat=args.remat)
     examples, info = prepare_examples(args, cfg.text.vocab_size)
-    batches = {s: host_batches(examples, args.pipelines[s], patch_dim=cfg.vision.patch_dim, pad_id=0) for s in SIDES}
+    batches = {s: host_batches(examples, args.pipelines[s], patch_dim=cfg.vision.patch_dim, pad_id=0,
+                                  segment_mask=args.segment_mask) for s in SIDES}
     sides = {s: accounting(batches[s], len(examples)) for s in SIDES}
     if args.dry_run:
         print(dry_run_table(args, info, sides), flush=True)
@@ -294,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     real = {s: 1 - sides[s]["padding_fraction"] for s in SIDES}
     result = {"bench": "pack", "device": devices[0].device_kind, "devices": n_dev,
               "preset": "small" if args.small else args.preset, "remat": args.remat, "batch": args.batch,
+              "pack_max_segments": args.pack_max_segments, "segment_mask": args.segment_mask,
               "buckets": list(args.buckets), "row_len": args.row_len, "group_window": args.group_window,
               "pack_buffer": args.pack_buffer, "media_budget": list(args.pipelines["packed"].max_media),
               "loss_window": args.loss_window, "seed": args.seed, **info,

@@ -266,18 +266,20 @@ def batch_signature(batch: dict[str, Any]) -> tuple[int, ...]:
 
 
 def pad_batch(batch: dict[str, Any], signature: Sequence[int], pad_id: int) -> dict[str, Any]:
-    """Grow a host batch to a larger `batch_signature` (more left padding, more padded patches/chunks/tokens), with
+    """Grow a host batch to a larger `batch_signature` (more padding: before an unpacked row's tokens, after a
+    packed row's segments; more padded patches/chunks/tokens), with
     the fill values the collator uses, so the real tokens see exactly the same inputs."""
     S, P_img, P_vid, C, U = (int(s) for s in signature)
     if any(a < b for a, b in zip(signature, batch_signature(batch))):
         raise ValueError(f"cannot shrink batch {batch_signature(batch)} to {tuple(signature)}")
     out, extra = dict(batch), S - batch["input_ids"].shape[1]
     fill = {"input_ids": pad_id, "attention_mask": 0, "loss_mask": 0, "position_ids": 1, "segment_ids": 0}
+    packed = "segment_ids" in batch  # packed rows keep their padding at the end (`data.packing`); others at the start
     for k, v in fill.items():
         if k in batch:
             x = batch[k]
-            out[k] = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(extra, 0)], constant_values=v)
-    if "segment_ids" in batch:  # packed: per-segment columns (`data.packing`), grown at the end
+            out[k] = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, extra) if packed else (extra, 0)], constant_values=v)
+    if packed:  # per-segment columns, grown at the end
         for k in ("example_index", "modality"):
             out[k] = np.pad(batch[k], [(0, 0), (0, extra)], constant_values=-1)
 

@@ -79,7 +79,7 @@ class PipelineConfig:
     and the SFT step scores only each row's last max_target_length positions, so its output head (152k columns)
     runs on those alone instead of on the whole prompt. None: the whole row.
     pack (SFT only): several examples per row with segment ids, first-fit from a buffer of pack_buffer examples
-    (module docstring, `data.packing`).
+    (module docstring, `data.packing`), at most pack_max_segments examples per row (a static shape of GPU attention).
     """
 
     mode: str = "sft"
@@ -102,6 +102,7 @@ class PipelineConfig:
     drop_remainder: bool = True
     pack: bool = False
     pack_buffer: int = 256
+    pack_max_segments: int = P.MAX_SEGMENTS
 
     def __post_init__(self):
         problems = []
@@ -124,8 +125,9 @@ class PipelineConfig:
             problems.append("batch_size, group_window, read_threads must be >= 1 and worker_count >= 0")
         if self.pack and self.mode != "sft":
             problems.append(f"pack is for SFT batches, not mode {self.mode!r}")
-        if self.pack_buffer < 1:
-            problems.append(f"pack_buffer {self.pack_buffer} must be >= 1")
+        if self.pack_buffer < 1 or self.pack_max_segments < 1:
+            problems.append(f"pack_buffer {self.pack_buffer} and pack_max_segments {self.pack_max_segments} must be "
+                            ">= 1")
         if not 0 <= self.max_skip_ratio <= 1:
             problems.append(f"max_skip_ratio {self.max_skip_ratio} is not in [0, 1]")
         if problems:
@@ -260,7 +262,8 @@ class _BucketBatchIterator(grain.DatasetIterator):
             rng = np.random.default_rng([cfg.shuffle_seed, self._window])
             exs = [exs[i] for i in rng.permutation(len(exs))]
         batches = P.first_fit([e["cost"][0] for e in exs], [e["cost"][1:] for e in exs],
-                              row_len=max(cfg.seq_buckets), batch_size=B, max_media=cfg.max_media)
+                              row_len=max(cfg.seq_buckets), batch_size=B, max_media=cfg.max_media,
+                              max_segments=cfg.pack_max_segments)
         groups = [[[exs[i] for i in row] for row in rows] for rows in batches]
         if exhausted and cfg.drop_remainder:
             groups = [g for g in groups if len(g) == B]
@@ -308,7 +311,8 @@ class _BucketBatchIterator(grain.DatasetIterator):
                                                      cfg.media_buckets)]
         if cfg.pack:
             batch = P.collate_packed(group, batch_size=self._B, seq_len=seq, media=media, pad_id=self._pad_id,
-                                     patch_dim=self._patch_dim, alloc=self._alloc)
+                                     patch_dim=self._patch_dim, alloc=self._alloc,
+                                     max_segments=cfg.pack_max_segments)
         else:
             batch = E.collate(group, batch_size=self._B, seq_len=seq, media=media, pad_id=self._pad_id,
                               mode=cfg.mode, patch_dim=self._patch_dim, alloc=self._alloc)
@@ -523,7 +527,7 @@ def _empty_batch(cfg: PipelineConfig, thinker: ThinkerConfig, B: int, S: int, me
     """The collator and `finalize` run on no example: a (B, S) batch of padding rows with `media` buckets."""
     if cfg.pack:
         pre = P.collate_packed([], batch_size=B, seq_len=S, media=media, pad_id=pad_id,
-                               patch_dim=thinker.vision.patch_dim)
+                               patch_dim=thinker.vision.patch_dim, max_segments=cfg.pack_max_segments)
     else:
         pre = E.collate([], batch_size=B, seq_len=S, media=media, pad_id=pad_id, mode=cfg.mode,
                         patch_dim=thinker.vision.patch_dim)

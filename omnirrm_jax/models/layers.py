@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -243,6 +243,64 @@ register_attention_backend("xla", _xla_attention)
 register_attention_backend("cudnn", _cudnn_attention)
 
 
+class PackedRows(NamedTuple):
+    """Packed training rows (`data.packing`): `ids_BT` 1..k the examples of a row, 0 the padding after them;
+    `lengths_BM` the tokens of segments 1..k (0 past the last), segments contiguous from the row's start, or None.
+    A token attends causally within its own segment."""
+    ids_BT: jax.Array
+    lengths_BM: jax.Array | None = None
+
+
+def packed_mask(ids_BT: jax.Array) -> jax.Array:
+    """(B, T, T): causal within a segment (padding, segment 0, sees earlier padding only)."""
+    T = ids_BT.shape[1]
+    return jnp.tril(jnp.ones((T, T), bool))[None] & (ids_BT[:, :, None] == ids_BT[:, None, :])
+
+
+def packed_runs(packed: PackedRows) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """cuDNN's packed layout of the rows: (lengths (B, M+1), offsets (B, M+2), consistent (B,)).
+
+    A row's sequences are its segments, then its padding as one more (so every position is some sequence's and
+    gets a defined output); an empty slot is -1. `consistent` is False for a row whose segment ids are not the
+    contiguous runs its lengths describe (the caller poisons that row's output rather than attend wrongly).
+    """
+    ids_BT, lengths_BM = packed
+    B, T = ids_BT.shape
+    lengths_BM = lengths_BM.astype(jnp.int32)
+    ends_BM = jnp.cumsum(lengths_BM, axis=1)
+    runs = jnp.concatenate([lengths_BM, T - ends_BM[:, -1:]], axis=1)
+    used = runs > 0
+    starts = jnp.cumsum(runs, axis=1) - runs
+    seqlens = jnp.where(used, runs, -1)
+    offsets = jnp.concatenate([jnp.where(used, starts, -1), jnp.full((B, 1), -1, jnp.int32)], axis=1)
+    t_T = jnp.arange(T, dtype=jnp.int32)
+    implied_BT = jnp.sum(t_T[None, :, None] >= ends_BM[:, None, :], axis=-1, dtype=jnp.int32) + 1
+    implied_BT = jnp.where(t_T[None] < ends_BM[:, -1:], implied_BT, 0)
+    consistent = jnp.all(implied_BT == ids_BT, axis=1) & (runs[:, -1] >= 0) & jnp.all(lengths_BM >= 0, axis=1)
+    return seqlens, offsets, consistent
+
+
+def _cudnn_packed_attention(q, k, v, *, packed: PackedRows, scale, repeat_kv: bool = False):
+    """Each segment as its own causal sequence in cuDNN's packed (ragged) layout: no (B, 1, T, T) bias to read, and
+    no work on the blocks a segment mask would drop. `repeat_kv` gives k/v one head per query head (for a cuDNN
+    whose packed offsets assume the query's head count)."""
+    from jax._src.cudnn.fused_attention_stablehlo import MaskType
+    from jax._src.cudnn.fused_attention_stablehlo import dot_product_attention as cudnn_sdpa
+
+    seqlens, offsets, consistent = packed_runs(packed)
+    seqlens, offsets = constrain(seqlens, (BATCH, None)), constrain(offsets, (BATCH, None))
+    if repeat_kv and k.shape[2] != q.shape[2]:
+        groups = q.shape[2] // k.shape[2]
+        k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
+    out = cudnn_sdpa(q, k, v, q_seqlen=seqlens, kv_seqlen=seqlens, q_offsets=offsets, kv_offsets=offsets,
+                     scale=scale, mask_type=MaskType.PADDING_CAUSAL, qkv_layout="BTNH")
+    return jnp.where(consistent[:, None, None, None], out, jnp.nan)
+
+
+# Backends with a native packed-rows path, `fn(q, k, v, *, packed, scale)`; the others get `packed_mask`.
+_PACKED_BACKENDS: dict[str, AttentionFn] = {"cudnn": _cudnn_packed_attention}
+
+
 def resolve_backend(name: str, dtype) -> str:
     """"auto" -> cuDNN flash for 16-bit compute on GPU, a registered "tpu" kernel on TPU, else XLA."""
     if name != "auto":
@@ -348,13 +406,20 @@ def _constrain_qkv(q, k, v):
 
 
 def attention(q_BTNH: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array, *, mask_BTS: jax.Array | None = None,
-              is_causal: bool = False, scale: float, backend: str = "auto") -> jax.Array:
+              is_causal: bool = False, packed: PackedRows | None = None, scale: float,
+              backend: str = "auto") -> jax.Array:
     """Multi-head attention with grouped kv heads. `mask_BTS` is True where a query may see a key;
     `is_causal` aligns the causal diagonal to the end of the keys (cached decoding).
 
-    Packed SFT rows (`text.TextModel` with segment ids) pass the causal-and-same-segment mask here. cuDNN takes it
-    as JAX's cuDNN path takes any mask, as a dense (B, 1, T, S) bias; its native packed layout (per-segment
-    `q_seqlen`/`q_offsets`, no bias) would avoid that bias and is not wired in (it needs a GPU to validate)."""
+    Packed SFT rows (`packed`, no other mask): cuDNN runs each segment as its own sequence where the segment
+    lengths are known; otherwise the backend gets the causal-and-same-segment mask (`packed_mask`), which cuDNN
+    reads as a dense (B, 1, T, T) bias."""
     name = resolve_backend(backend, q_BTNH.dtype)
     q_BTNH, k_BSKH, v_BSKH = _constrain_qkv(q_BTNH, k_BSKH, v_BSKH)
+    if packed is not None:
+        if mask_BTS is not None or is_causal:
+            raise ValueError("packed rows carry their own mask: pass neither mask_BTS nor is_causal with them")
+        if name in _PACKED_BACKENDS and packed.lengths_BM is not None:
+            return _PACKED_BACKENDS[name](q_BTNH, k_BSKH, v_BSKH, packed=packed, scale=scale)
+        mask_BTS = packed_mask(packed.ids_BT)
     return _BACKENDS[name](q_BTNH, k_BSKH, v_BSKH, mask=mask_BTS, is_causal=is_causal, scale=scale)

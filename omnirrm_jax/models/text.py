@@ -86,7 +86,7 @@ class Attention(nnx.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = t.num_heads, t.num_kv_heads, t.head_dim
         self.backend = cfg.attention_backend
 
-    def __call__(self, x_BTD, cos_BTH, sin_BTH, segment_BT, layer_cache=None, cache_index=None):
+    def __call__(self, x_BTD, cos_BTH, sin_BTH, packed, layer_cache=None, cache_index=None):
         B, T, _ = x_BTD.shape
         q = self.q_proj(x_BTD).reshape(B, T, self.num_heads, self.head_dim)
         k = self.k_proj(x_BTD).reshape(B, T, self.num_kv_heads, self.head_dim)
@@ -96,13 +96,8 @@ class Attention(nnx.Module):
             out, layer_cache = layer_cache.attend(q, k, v, cache_index, scale=self.head_dim ** -0.5,
                                                   attention_backend=self.backend)
             return self.o_proj(out.reshape(B, T, -1)), layer_cache
-        is_causal = False
-        if segment_BT is None:  # rows compacted by TextModel: causality is the whole mask
-            mask_BTS, is_causal = None, True
-        else:  # packed rows: causal within each segment (padding, segment 0, sees earlier padding only)
-            causal_TS = jnp.tril(jnp.ones((T, T), bool))
-            mask_BTS = causal_TS[None] & (segment_BT[:, :, None] == segment_BT[:, None, :])
-        out = L.attention(q, k, v, mask_BTS=mask_BTS, is_causal=is_causal, scale=self.head_dim ** -0.5,
+        # Rows compacted by TextModel: causality is the whole mask. Packed rows: causal within each segment.
+        out = L.attention(q, k, v, is_causal=packed is None, packed=packed, scale=self.head_dim ** -0.5,
                           backend=self.backend)
         return self.o_proj(out.reshape(B, T, -1)), None
 
@@ -127,8 +122,8 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = L.RMSNorm(cfg.text.hidden_size, eps=eps, param_dtype=cfg.param_dtype)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x, cos, sin, segment_BT, layer_cache=None, cache_index=None):
-        h, layer_cache = self.self_attn(self.input_layernorm(x), cos, sin, segment_BT, layer_cache, cache_index)
+    def __call__(self, x, cos, sin, packed, layer_cache=None, cache_index=None):
+        h, layer_cache = self.self_attn(self.input_layernorm(x), cos, sin, packed, layer_cache, cache_index)
         x = x + h
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, layer_cache
@@ -139,25 +134,25 @@ def _take_rows(x_BT_: jax.Array, index_BT: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x_BT_, index_BT.reshape(index_BT.shape + (1,) * (x_BT_.ndim - 2)), axis=1)
 
 
-def _rematerialised(layer: DecoderLayer, policy: str, x, cos, sin, segment_BT, layer_cache=None, cache_index=None):
+def _rematerialised(layer: DecoderLayer, policy: str, x, cos, sin, packed, layer_cache=None, cache_index=None):
     """One decoder layer under `jax.checkpoint`: its activations are recomputed in the backward pass instead
     of kept ("full"), or all but the projection matmuls are ("dots"). Training only (GRPO's teacher-forced
     pass differentiates through a cache too). The layer's state is an explicit argument so gradients flow to
     it (LoRA too). Returns (x, layer_cache)."""
     graphdef, state = nnx.split(layer)
 
-    def run(state, x, cos, sin, segment_BT, layer_cache, cache_index):
-        return nnx.merge(graphdef, state)(x, cos, sin, segment_BT, layer_cache, cache_index)
+    def run(state, x, cos, sin, packed, layer_cache, cache_index):
+        return nnx.merge(graphdef, state)(x, cos, sin, packed, layer_cache, cache_index)
 
     saveable = None if policy == "full" else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
-    return jax.checkpoint(run, policy=saveable)(state, x, cos, sin, segment_BT, layer_cache, cache_index)
+    return jax.checkpoint(run, policy=saveable)(state, x, cos, sin, packed, layer_cache, cache_index)
 
 
 def _stack(trees: Sequence) -> object:
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
-def _scanned_layers(layers: Sequence[DecoderLayer], remat: str, x, cos, sin, segment_BT, cache: "DecodeCache | None",
+def _scanned_layers(layers: Sequence[DecoderLayer], remat: str, x, cos, sin, packed, cache: "DecodeCache | None",
                     cache_index):
     """The decoder layers as one `lax.scan` over their stacked weights: JAX traces and lowers one layer and XLA
     compiles and loads one, where the Python loop gives every program one copy per layer (a 3B GRPO update's
@@ -178,7 +173,7 @@ def _scanned_layers(layers: Sequence[DecoderLayer], remat: str, x, cos, sin, seg
 
     def one_layer(x, state_and_cache):
         state, layer_cache = state_and_cache
-        return nnx.merge(graphdef, state)(x, cos, sin, segment_BT, layer_cache, cache_index)
+        return nnx.merge(graphdef, state)(x, cos, sin, packed, layer_cache, cache_index)
 
     if remat != "none":
         saveable = None if remat == "full" else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
@@ -205,7 +200,8 @@ class TextModel(nnx.Module):
 
     def __call__(self, inputs_embeds_BTD: jax.Array, positions_3BT: jax.Array, attention_mask_BT: jax.Array | None = None,
                  cache: DecodeCache | None = None, cache_index: jax.Array | int | None = None,
-                 output_hidden_states: bool = False, segment_ids_BT: jax.Array | None = None):
+                 output_hidden_states: bool = False, segment_ids_BT: jax.Array | None = None,
+                 segment_lengths_BM: jax.Array | None = None):
         """Runs the decoder.
 
         Args:
@@ -215,6 +211,8 @@ class TextModel(nnx.Module):
             knows which slots are padding, and with `segment_ids_BT`, whose 0 marks padding.
           segment_ids_BT: packed rows (no cache): 1..k the examples of a row, 0 padding. A token attends only to
             earlier tokens of its own segment; positions must already restart per segment (`data.packing`).
+          segment_lengths_BM: with segment ids, the tokens of segments 1..k of each row (0 past the last), the
+            segments contiguous from the row's start: GPU attention then runs per segment (`L.PackedRows`).
           cache: a `DecodeCache` (`decoding.cache`): a `KVCache` takes the T new tokens at slots
             [cache_index, cache_index + T), a `SharedPrefixCache` one token per row at generated position
             `cache_index`.
@@ -226,12 +224,13 @@ class TextModel(nnx.Module):
         head_dim, theta, section = self.rope
         cos, sin = mrope_cos_sin(positions_3BT, head_dim=head_dim, theta=theta, section=section, dtype=self.dtype)
         back_BT = None
-        segment_BT = None
+        packed = None
         if segment_ids_BT is not None:
             if cache is not None:
                 raise ValueError("segment_ids are for packed training rows; a decode cache takes unpacked rows")
-            # No compaction: segments interleave real tokens, so attention takes the (B, T, T) segment mask instead.
-            segment_BT = jnp.asarray(segment_ids_BT, jnp.int32)
+            # No compaction: segments interleave real tokens, so attention is causal within each segment instead.
+            packed = L.PackedRows(jnp.asarray(segment_ids_BT, jnp.int32),
+                                  None if segment_lengths_BM is None else jnp.asarray(segment_lengths_BM, jnp.int32))
         elif cache is None:
             # Each row's real tokens move to the front (order kept) and padding to the end, so every real query
             # sees exactly the keys the padding mask allows under a plain causal mask: attention runs as a
@@ -247,7 +246,7 @@ class TextModel(nnx.Module):
         # keeps the loop, whose cache writes XLA does in place (a scan would copy every layer's cache each step).
         scanned = None
         if self.scan_layers and T > 1 and not output_hidden_states and len(self.layers) > 1:
-            scanned = _scanned_layers(self.layers, self.remat, x, cos, sin, segment_BT, cache, cache_index)
+            scanned = _scanned_layers(self.layers, self.remat, x, cos, sin, packed, cache, cache_index)
         if scanned is not None:
             x, new_layers = scanned
         for i, layer in enumerate(self.layers if scanned is None else ()):
@@ -255,10 +254,10 @@ class TextModel(nnx.Module):
                 hidden.append(x if back_BT is None else _take_rows(x, back_BT))
             layer_cache = None if cache is None else cache.layer(i)
             if self.remat != "none" and T > 1:  # a one-token decode step is never differentiated
-                x, layer_cache = _rematerialised(layer, self.remat, x, cos, sin, segment_BT, layer_cache,
+                x, layer_cache = _rematerialised(layer, self.remat, x, cos, sin, packed, layer_cache,
                                                 cache_index)
             else:
-                x, layer_cache = layer(x, cos, sin, segment_BT, layer_cache, cache_index)
+                x, layer_cache = layer(x, cos, sin, packed, layer_cache, cache_index)
             new_layers.append(layer_cache)
         if back_BT is not None:
             x = _take_rows(x, back_BT)

@@ -31,7 +31,8 @@ Inputs = dict[str, Any]  # arrays only; optional keys per modality
 # The keys of a batch the thinker's forward reads; a data batch also carries bookkeeping (labels, masks, gold),
 # which must not reach a jitted forward (a new key would change the program).
 MODEL_KEYS = ("input_ids", "attention_mask", "position_ids", "rope_deltas", "pixel_values", "image_aux",
-              "pixel_values_videos", "video_aux", "audio_chunks", "audio_aux", "segment_ids")
+              "pixel_values_videos", "video_aux", "audio_chunks", "audio_aux", "segment_ids",
+              "segment_lengths")
 
 
 def model_inputs(batch: dict) -> dict:
@@ -163,15 +164,17 @@ class Thinker(nnx.Module):
         `return_hidden`, the final-norm hidden states are returned instead of logits (losses that
         only need a few positions avoid materialising (B,S,V)).
 
-        Packed rows (training only) carry `segment_ids` (B,S): 1..k the examples of a row, 0 padding; tokens
-        attend within their segment and `position_ids` restart per segment (`data.packing`). Media of a packed
-        batch are concatenated in row order, as for unpacked batches, so the placeholder scatter is unchanged.
+        Packed rows (training only) carry `segment_ids` (B,S): 1..k the examples of a row, 0 padding, and
+        `segment_lengths` (B,M); tokens attend within their segment and `position_ids` restart per segment
+        (`data.packing`). Media of a packed batch are concatenated in row order, as for unpacked batches, so the
+        placeholder scatter is unchanged.
         """
         x = self.embed(inputs)
-        segments = inputs.get("segment_ids")
+        segments, lengths = inputs.get("segment_ids"), inputs.get("segment_lengths")
         hidden, cache, _ = self.model(x, jnp.asarray(inputs["position_ids"]), jnp.asarray(inputs["attention_mask"]),
                                       cache=cache, cache_index=cache_index,
-                                      segment_ids_BT=None if segments is None else jnp.asarray(segments))
+                                      segment_ids_BT=None if segments is None else jnp.asarray(segments),
+                                      segment_lengths_BM=None if lengths is None else jnp.asarray(lengths))
         out = hidden if return_hidden else self.logits(hidden)
         return out if cache is None else (out, cache)
 

@@ -32,6 +32,8 @@ def test_first_fit_places_every_example_once_within_the_limits():
     assert sum(len(rows) for rows in batches) < 200 * 0.7  # it does pack
     with pytest.raises(ValueError, match="cannot fit"):
         P.first_fit([65], [(0, 0, 0, 0)], row_len=64, batch_size=3, max_media=limit)
+    capped = P.first_fit([1] * 40, [(0, 0, 0, 0)] * 40, row_len=64, batch_size=3, max_media=limit, max_segments=4)
+    assert [len(row) for rows in capped for row in rows] == [4] * 10  # the cap, not the row length, closes a row
 
 
 def test_pack_is_sft_only():

@@ -132,7 +132,7 @@ def test_backends_get_the_causal_segment_mask(monkeypatch):
 
 
 def test_repadded_packed_batch_keeps_logits_and_loss():
-    """Several hosts agree on one bucket by growing packed batches (`pad_batch`, left padding of segment 0)."""
+    """Several hosts agree on one bucket by growing packed batches (`pad_batch`: segment 0 padding after the segments)."""
     cfg = C.tiny(attention_backend="xla")
     model = Thinker(cfg, rngs=nnx.Rngs(0))
     _, rows = _examples(cfg, with_image=True)
@@ -146,4 +146,44 @@ def test_repadded_packed_batch_keeps_logits_and_loss():
     assert n == n_g
     np.testing.assert_allclose(loss_g, loss, rtol=1e-6, atol=1e-6)
     real = b["segment_ids"] > 0
-    np.testing.assert_allclose(logits_g[:, 16:][real], logits[real], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(grown["segment_lengths"], b["segment_lengths"])
+    np.testing.assert_allclose(logits_g[:, :48][real], logits[real], rtol=1e-6, atol=1e-6)
+
+
+def test_packed_runs_are_the_segments_then_the_padding():
+    """cuDNN's packed layout (`packed_runs`): each row's segments, then its padding, as causal sequences; read back
+    as a mask, it is exactly the causal-and-same-segment mask, and rows whose ids disagree with their lengths are
+    flagged."""
+    from omnirrm_jax.models import layers as L
+
+    ids = np.asarray([[1, 1, 1, 2, 2, 3, 0, 0],   # three segments and padding
+                      [1, 1, 1, 1, 2, 2, 2, 2],   # full: no padding run
+                      [0, 0, 0, 0, 0, 0, 0, 0],   # a padding row
+                      [1, 1, 2, 2, 2, 0, 0, 0],   # ids disagree with its lengths (2, 2)
+                      [1, 1, 1, 1, 1, 1, 1, 1]], np.int32)  # lengths claim more than the row (8 + 2)
+    lengths = np.asarray([[3, 2, 1], [4, 4, 0], [0, 0, 0], [2, 2, 0], [8, 2, 0]], np.int32)
+    seqlens, offsets, ok = (np.asarray(a) for a in L.packed_runs(L.PackedRows(jnp.asarray(ids), jnp.asarray(lengths))))
+    np.testing.assert_array_equal(seqlens[:3], [[3, 2, 1, 2], [4, 4, -1, -1], [-1, -1, -1, 8]])
+    np.testing.assert_array_equal(offsets[:3], [[0, 3, 5, 6, -1], [0, 4, -1, -1, -1], [-1, -1, -1, 0, -1]])
+    np.testing.assert_array_equal(ok, [True, True, True, False, False])
+    want = np.asarray(L.packed_mask(jnp.asarray(ids)))
+    for r in range(3):
+        mask = np.zeros((8, 8), bool)
+        for n, at in zip(seqlens[r], offsets[r]):
+            if n > 0:
+                mask[at:at + n, at:at + n] = np.tril(np.ones((n, n), bool))
+        np.testing.assert_array_equal(mask, want[r], err_msg=f"row {r}")
+
+
+def test_collate_packed_records_segment_lengths():
+    cfg = C.tiny(attention_backend="xla")
+    _, rows = _examples(cfg, with_image=False)
+    b = _packed(cfg, rows, 48)
+    assert b["segment_lengths"].shape == (2, P.MAX_SEGMENTS)
+    for r, row in enumerate(rows):
+        n = [len(ex["input_ids"]) for ex in row]
+        np.testing.assert_array_equal(b["segment_lengths"][r], n + [0] * (P.MAX_SEGMENTS - len(n)))
+        np.testing.assert_array_equal(np.bincount(b["segment_ids"][r], minlength=len(n) + 1)[1:], n)
+    with pytest.raises(ValueError, match="max_segments 2"):
+        P.collate_packed(rows, batch_size=2, seq_len=48, media=MEDIA, pad_id=0, patch_dim=cfg.vision.patch_dim,
+                         max_segments=2)

@@ -78,5 +78,5 @@ def test_scanned_layers_give_the_loops_loss_and_grads(remat):
     flat, flat0 = jax.tree.leaves(grads), jax.tree.leaves(grads0)
     assert len(flat) == len(flat0)
     for g, g0 in zip(flat, flat0):
-        scale = float(np.abs(np.asarray(g0)).max())
-        np.testing.assert_allclose(np.asarray(g), np.asarray(g0), rtol=1e-5, atol=1e-6 * scale)
+        scale = float(np.abs(np.asarray(g0)).max())  # fp32 sums in another order: the remat test's tolerance
+        np.testing.assert_allclose(np.asarray(g), np.asarray(g0), rtol=1e-4, atol=1e-5 * scale)
