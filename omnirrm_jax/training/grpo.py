@@ -74,6 +74,8 @@ class RolloutUpdate:
     full_finetune: bool = False
     initial: Any = None  # full fine-tuning: the reference weights
     constraint: Any = None
+    compile_ahead: bool = True
+    _ahead: Any = None  # the first call's futures (log-probs programs, update program); () once waited for
 
     @classmethod
     def build(cls, state: TrainState, tx, spec: GRPOSpec, shardings, *, tok, mesh, sampling=None,
@@ -93,6 +95,8 @@ class RolloutUpdate:
         pipeline batch as global arrays, with gold labels)."""
         spec, frozen = self.spec, self.frozen
         t0 = time.perf_counter()
+        if self.compile_ahead and self._ahead is None:
+            self._ahead = self._start_compiling(trainable, opt_state, step, batch)
         model = nnx.merge(self.graphdef, trainable, frozen)
         with S.activations_on(self.mesh):  # attention inputs on one sharding (cuDNN under FSDP needs it)
             result = generate(model, model_inputs(batch), self.sampling, key, constraint=self.constraint)
@@ -103,6 +107,7 @@ class RolloutUpdate:
         scored = score_rollout(self.tok, tokens, lengths, gold, spec)
         roll = build_roll(tokens, lengths, scored, self.mesh)
         t2 = time.perf_counter()
+        _wait(self._ahead, 0)
         if spec.beta != 0.0:
             ref = reference_trainable(trainable, self.full_finetune, self.initial)
             roll["ref_logp"] = self.logprobs_fn(ref, frozen, batch, roll)
@@ -110,11 +115,13 @@ class RolloutUpdate:
             roll["old_logp"] = self.logprobs_fn(trainable, frozen, batch, roll)
         jax.block_until_ready(roll)
         t3 = time.perf_counter()
+        _wait(self._ahead, 1)
         updates = []
         for _ in range(spec.num_iterations):
             trainable, opt_state, step, m = self.step_fn(trainable, frozen, opt_state, step, batch, roll)
             updates.append(jax.device_get(m))
         t4 = time.perf_counter()
+        self._ahead = ()  # waited for once; later cycles find their programs built
         sampler_lp = to_host(result.logprobs)
         record = {**rollout_metrics(scored, lengths),
                   "rollout/sampler_logprob_mean": float(sampler_lp.sum() / max(int(lengths.sum()), 1)),
@@ -124,6 +131,56 @@ class RolloutUpdate:
             record[f"train/{k}"] = float(np.mean([m[k] for m in updates]))
         record["train/grad_norm"] = float(updates[-1]["grad_norm"])
         return trainable, opt_state, step, record, updates
+
+
+    def _start_compiling(self, trainable, opt_state, step, batch) -> tuple:
+        """Lowers and compiles (or reads back from the compilation cache) the log-prob and update programs on a
+        thread while the first rollout traces, runs and is scored: they need only the shapes of a rollout, which the
+        sampling config fixes. Why: a resumed 3B run spent ~4 s of its first step tracing, lowering and loading the
+        update after the rollout, with the host otherwise waiting on the device (docs/PERFORMANCE.md). jit reuses
+        what `lower(...).compile()` built, so the calls below build nothing again; a failure here is logged and
+        the call compiles as it always did."""
+        import concurrent.futures
+
+        spec, frozen, sampling = self.spec, self.frozen, self.sampling
+        B, G, N = batch["input_ids"].shape[0], sampling.num_samples, sampling.max_new_tokens
+        roll = build_roll(np.zeros((B, G, N), np.int32), np.full((B, G), N, np.int32),
+                          {"advantages": np.zeros((B, G), np.float32), "valid": np.ones(B, bool)}, self.mesh)
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile-ahead")
+
+        def logprobs():  # as `__call__` calls it: the second call's roll already holds the first's output
+            out = {}
+            if spec.beta != 0.0:
+                ref = reference_trainable(trainable, self.full_finetune, self.initial)
+                out["ref_logp"] = _abstract_out(self.logprobs_fn.lower(ref, frozen, batch, roll).compile())
+            if spec.num_iterations > 1:
+                out["old_logp"] = _abstract_out(self.logprobs_fn.lower(trainable, frozen, batch,
+                                                                       {**roll, **out}).compile())
+            return out
+
+        def update(logp):
+            self.step_fn.lower(trainable, frozen, opt_state, step, batch, {**roll, **logp.result()}).compile()
+
+        first = pool.submit(logprobs)
+        second = pool.submit(update, first)
+        pool.shutdown(wait=False)
+        return first, second
+
+
+def _abstract_out(compiled):
+    """A compiled program's one output as the abstract value (shape, dtype, sharding) a later program takes."""
+    info, sharding = compiled.out_info, compiled.output_shardings
+    return jax.ShapeDtypeStruct(info.shape, info.dtype, sharding=sharding)
+
+
+def _wait(ahead, i: int) -> None:
+    """Waits for program `i` compiled ahead; a failure is logged once (the update fails with the log-probs)."""
+    if not ahead:
+        return
+    e = ahead[i].exception()
+    if e is not None and not (i == 1 and ahead[0].exception() is not None):
+        log.warning("compiling the GRPO programs ahead failed (%s: %s); they compile when called",
+                    type(e).__name__, e)
 
 
 def reference_trainable(trainable, full_finetune: bool, initial=None):
