@@ -289,6 +289,7 @@ def _cudnn_packed_attention(q, k, v, *, packed: PackedRows, scale, repeat_kv: bo
 
     seqlens, offsets, consistent = packed_runs(packed)
     seqlens, offsets = constrain(seqlens, (BATCH, None)), constrain(offsets, (BATCH, None))
+    repeat_kv = repeat_kv or not _cudnn_packed_kv_offsets_exact()
     if repeat_kv and k.shape[2] != q.shape[2]:
         groups = q.shape[2] // k.shape[2]
         k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
@@ -297,8 +298,36 @@ def _cudnn_packed_attention(q, k, v, *, packed: PackedRows, scale, repeat_kv: bo
     return jnp.where(consistent[:, None, None, None], out, jnp.nan)
 
 
-# Backends with a native packed-rows path, `fn(q, k, v, *, packed, scale)`; the others get `packed_mask`.
+@functools.cache
+def _cudnn_packed_kv_offsets_exact() -> bool:
+    """Whether this JAX scales packed key/value offsets by the keys' own head count. Older releases used the
+    query's, so with grouped kv heads every segment after the first read the wrong keys: probed on the pure
+    function that computes them (2 query heads, 1 kv head: a segment at token 2 starts at element 2)."""
+    try:
+        from jax._src.cudnn import fused_attention_stablehlo as F
+
+        offsets = jnp.asarray([[0, 2, -1]], jnp.int32)
+        seqlens = jnp.asarray([[2, 2]], jnp.int32)
+        _, _, _, kv = F._fix_seqlen_offsets(seqlens, seqlens, offsets, offsets, jnp.zeros((1, 4, 2, 1)),
+                                            jnp.zeros((1, 4, 1, 1)))
+        return int(kv.reshape(-1)[1]) == 2
+    except Exception:  # noqa: BLE001 - a JAX whose internals moved: repeat the kv heads, which is right anyway
+        return False
+
+
+@functools.cache
+def _cudnn_packed_layout_supported() -> bool:
+    """cuDNN's packed layout needs Hopper (compute capability 9.0) or newer; older GPUs keep the segment mask."""
+    try:
+        return float(getattr(jax.devices()[0], "compute_capability", "0")) >= 9.0
+    except (TypeError, ValueError):
+        return False
+
+
+# Backends with a native packed-rows path, `fn(q, k, v, *, packed, scale)`, and when it applies; the others (and
+# these where it does not) get `packed_mask`.
 _PACKED_BACKENDS: dict[str, AttentionFn] = {"cudnn": _cudnn_packed_attention}
+_PACKED_SUPPORTED: dict[str, Callable[[], bool]] = {"cudnn": _cudnn_packed_layout_supported}
 
 
 def resolve_backend(name: str, dtype) -> str:
@@ -419,7 +448,7 @@ def attention(q_BTNH: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array, *, mask_B
     if packed is not None:
         if mask_BTS is not None or is_causal:
             raise ValueError("packed rows carry their own mask: pass neither mask_BTS nor is_causal with them")
-        if name in _PACKED_BACKENDS and packed.lengths_BM is not None:
+        if name in _PACKED_BACKENDS and packed.lengths_BM is not None and _PACKED_SUPPORTED[name]():
             return _PACKED_BACKENDS[name](q_BTNH, k_BSKH, v_BSKH, packed=packed, scale=scale)
         mask_BTS = packed_mask(packed.ids_BT)
     return _BACKENDS[name](q_BTNH, k_BSKH, v_BSKH, mask=mask_BTS, is_causal=is_causal, scale=scale)

@@ -74,7 +74,6 @@ class RolloutUpdate:
     full_finetune: bool = False
     initial: Any = None  # full fine-tuning: the reference weights
     constraint: Any = None
-    compile_ahead: bool = True
     _ahead: Any = None  # the first call's futures (log-probs programs, update program); () once waited for
 
     @classmethod
@@ -95,7 +94,7 @@ class RolloutUpdate:
         pipeline batch as global arrays, with gold labels)."""
         spec, frozen = self.spec, self.frozen
         t0 = time.perf_counter()
-        if self.compile_ahead and self._ahead is None:
+        if spec.compile_ahead and self._ahead is None:
             self._ahead = self._start_compiling(trainable, opt_state, step, batch)
         model = nnx.merge(self.graphdef, trainable, frozen)
         with S.activations_on(self.mesh):  # attention inputs on one sharding (cuDNN under FSDP needs it)
@@ -141,12 +140,12 @@ class RolloutUpdate:
         what `lower(...).compile()` built, so the calls below build nothing again; a failure here is logged and
         the call compiles as it always did."""
         import concurrent.futures
+        import threading
 
         spec, frozen, sampling = self.spec, self.frozen, self.sampling
         B, G, N = batch["input_ids"].shape[0], sampling.num_samples, sampling.max_new_tokens
         roll = build_roll(np.zeros((B, G, N), np.int32), np.full((B, G), N, np.int32),
                           {"advantages": np.zeros((B, G), np.float32), "valid": np.ones(B, bool)}, self.mesh)
-        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile-ahead")
 
         def logprobs():  # as `__call__` calls it: the second call's roll already holds the first's output
             out = {}
@@ -161,9 +160,16 @@ class RolloutUpdate:
         def update(logp):
             self.step_fn.lower(trainable, frozen, opt_state, step, batch, {**roll, **logp.result()}).compile()
 
-        first = pool.submit(logprobs)
-        second = pool.submit(update, first)
-        pool.shutdown(wait=False)
+        first, second = concurrent.futures.Future(), concurrent.futures.Future()
+
+        def work():  # a daemon thread: a run that fails meanwhile exits without waiting for these compiles
+            for future, fn in ((first, logprobs), (second, lambda: update(first))):
+                try:
+                    future.set_result(fn())
+                except BaseException as e:  # noqa: BLE001 - handed to the waiting call
+                    future.set_exception(e)
+
+        threading.Thread(target=work, name="grpo-compile-ahead", daemon=True).start()
         return first, second
 
 

@@ -47,6 +47,9 @@ class GRPOSpec:
     # auto = the kernel on one GPU at the shapes it was measured at; `SamplingConfig.shared_prefix_kernel`)
     shared_prefix: str = "auto"
     shared_prefix_kernel: str = "auto"
+    # the first rollout's log-prob and update programs compile on a thread while it runs (`grpo.RolloutUpdate`);
+    # on a cold compilation cache XLA's autotuner then times kernels beside the rollout's
+    compile_ahead: bool = True
     constrained: bool = False  # sample rollouts through the judgement-schema automaton
     reward_weights: tuple[float, float, float] = (0.4, 0.4, 0.2)
     reward_mode: str = "reference"

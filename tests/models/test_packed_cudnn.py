@@ -67,7 +67,8 @@ def test_packed_cudnn_attention_equals_the_segment_mask():
 
 
 if __name__ == "__main__":
-    print(jax.devices()[0].device_kind, jax.__version__)
+    print(jax.devices()[0].device_kind, jax.__version__, "kv offsets exact:", L._cudnn_packed_kv_offsets_exact(),
+          "packed layout supported:", L._cudnn_packed_layout_supported())
     for repeat in (False, True):
         try:
             print("repeat_kv", repeat, errors(repeat))

@@ -15,14 +15,14 @@ from tests.training.test_golden import ToyTokenizer, _media_prompts, _run_state
 
 
 def _two_cycles(compile_ahead: bool, break_update: bool = False):
-    spec = GRPOSpec(num_generations=2, max_completion_length=6, beta=0.04, num_iterations=2, epsilon=0.2)
+    spec = GRPOSpec(num_generations=2, max_completion_length=6, beta=0.04, num_iterations=2, epsilon=0.2,
+                    compile_ahead=compile_ahead)
     tx = optim.make_optimizer(optim.OptimConfig(learning_rate=1e-2, warmup_ratio=0.0), 10)
     cfg, mesh, state, shardings = _run_state(tx, seed=3)
     batch = dict(prepare_inputs(cfg, **_media_prompts(cfg)))
     batch.update(gold_better=np.array([0, 1]), gold_score_A=np.array([9, 2]), gold_score_B=np.array([2, 8]),
                  valid=np.array([True, True]))
     cycle = grpo.RolloutUpdate.build(state, tx, spec, shardings, tok=ToyTokenizer(), mesh=mesh)
-    cycle.compile_ahead = compile_ahead
     if break_update:
         real = cycle.step_fn
 
