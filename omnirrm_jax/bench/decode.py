@@ -60,8 +60,22 @@ def _init_model(cfg, make=None):
     return nnx.merge(graphdef, jax.tree.unflatten(treedef, values))
 
 
+def _lora_maker(cfg, rank: int):
+    """A Thinker constructor with LoRA r=`rank` (alpha 4r) on GRPO's default targets: the model its rollouts run."""
+    from flax import nnx
+
+    from omnirrm_jax.models.thinker import Thinker
+    from omnirrm_jax.training import lora
+
+    def make():
+        model = Thinker(cfg, rngs=nnx.Rngs(0))
+        lora.apply_lora(model, lora.LoraConfig(rank=rank, alpha=4 * rank), nnx.Rngs(1))
+        return model
+    return make
+
+
 def bench_ours(cfg, batch: int, prompt: int, new: int, repeats: int = 2, samples: int = 1, model=None,
-               profile_dir: str | None = None, draw: str = "greedy") -> dict:
+               profile_dir: str | None = None, draw: str = "greedy", fold_lora: bool = True) -> dict:
     """End to end (`generate`) and its two programs alone: `prefill` (towers + prompts) and `decode` (the
     sampling loop, what the bandwidth floor bounds). Each is compiled once, then timed best of `repeats`.
     With `profile_dir`, one more `decode` runs under the profiler; its kernel summary is returned as "profile"."""
@@ -76,7 +90,7 @@ def bench_ours(cfg, batch: int, prompt: int, new: int, repeats: int = 2, samples
     # greedy, or GRPO's rollout draw (SamplingConfig's defaults: temperature 1, top-k 50, top-p 0.95) among the
     # top-k candidates ("candidates") or over the masked vocabulary ("vocab")
     sampling = SamplingConfig(max_new_tokens=new, greedy=draw == "greedy", stop_token_ids=(), num_samples=samples,
-                              **({} if draw == "greedy" else {"draw": draw}))
+                              fold_lora=fold_lora, **({} if draw == "greedy" else {"draw": draw}))
 
     def best(fn):
         times = []
@@ -174,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
                    "top-k 50, top-p 0.95) instead of greedy decoding (= --draws candidates)")
     p.add_argument("--draws", default=None, help="comma-separated: greedy, candidates (GRPO's draw among the top-k "
                    "candidates), vocab (the same draw over the masked vocabulary); each is a row per batch")
+    p.add_argument("--lora-rank", type=int, default=0, help="ours only: LoRA of this rank on GRPO's targets (the "
+                   "model a rollout decodes)")
+    p.add_argument("--lora-modes", default="fold", help="with --lora-rank, comma-separated: fold (each product added "
+                   "into its kernel before the loop; the default), branch (three matmuls per projection per step)")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per measurement (best is reported)")
     p.add_argument("--json", default=None, help="also write results here")
     p.add_argument("--profile", default=None, metavar="DIR",
@@ -183,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     bad = set(draws) - {"greedy", "candidates", "vocab"}
     if bad:  # before the bandwidth probe and the model (minutes at 3B)
         p.error(f"--draws takes greedy, candidates, vocab; got {sorted(bad)}")
+    modes = args.lora_modes.split(",") if args.lora_rank else ["none"]
+    if set(modes) - {"fold", "branch", "none"}:
+        p.error(f"--lora-modes takes fold, branch; got {args.lora_modes!r}")
     # transformers shares the card: JAX allocates on demand instead of taking 75 % of it up front (the batch-64
     # HF baseline ran out of memory next to a preallocated JAX pool on an 80 GB H100)
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -194,15 +215,17 @@ def main(argv: list[str] | None = None) -> int:
     cfg = C.PRESETS[args.preset](dtype="bfloat16", param_dtype="bfloat16")
     device = jax.devices()[0].device_kind
     bw = copy_bandwidth_gbs()
-    model = _init_model(cfg)
+    model = _init_model(cfg, _lora_maker(cfg, args.lora_rank) if args.lora_rank else None)
     rows = []
-    for spec, draw in ((s, d) for s in args.batch.split(",") for d in draws):
+    for spec, draw, mode in ((s, d, m) for s in args.batch.split(",") for d in draws for m in modes):
         b, g = (int(x) for x in spec.split("x")) if "x" in spec else (int(spec), 1)
-        prof = args.profile and os.path.join(args.profile, spec + ("" if draw == "greedy" else "-" + draw))
+        prof = args.profile and os.path.join(args.profile, spec + ("" if draw == "greedy" else "-" + draw)
+                                             + ("" if mode == "none" else "-lora-" + mode))
         row = {"batch": b, "samples": g, "prompt": args.prompt, "new": args.new, "sampled": draw != "greedy",
-               "draw": draw, "ours": bench_ours(cfg, b, args.prompt, args.new, args.repeats, samples=g, model=model,
-                                                profile_dir=prof, draw=draw)}
-        if not args.no_hf and draw == "greedy" and g == 1:
+               "draw": draw, "lora": mode if args.lora_rank else None, "lora_rank": args.lora_rank,
+               "ours": bench_ours(cfg, b, args.prompt, args.new, args.repeats, samples=g, model=model,
+                                  profile_dir=prof, draw=draw, fold_lora=mode != "branch")}
+        if not args.no_hf and draw == "greedy" and g == 1 and not args.lora_rank:
             row["hf"] = bench_hf(cfg, b, args.prompt, args.new, args.repeats)
         row["floor_tokens_per_s"] = floor_tokens_per_s(cfg, b, args.prompt, args.new, bw, samples=g)
         if g > 1:
@@ -213,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         hf = row.get("hf", {}).get("tokens_per_s")
         ours = row["ours"]
         print(f"[{device}] {args.preset} batch {b}" + (f"x{g} samples" if g > 1 else "") + f" {draw}"
-              + f" prompt {args.prompt} new {args.new}: ours {ours['tokens_per_s']:.0f} tok/s end to end"
+              + (f" LoRA r={args.lora_rank} {mode}" if args.lora_rank else "") + f" prompt {args.prompt} new {args.new}: ours {ours['tokens_per_s']:.0f} tok/s end to end"
               + (f", HF generate {hf:.0f} tok/s ({ours['tokens_per_s'] / hf:.1f}x)" if hf else "")
               + f"; prefill {ours['prefill_s']:.2f} s; decode alone {ours['decode_tokens_per_s']:.0f} tok/s"
               + (f" ({ours['decode_tokens_per_s'] / hf:.1f}x HF end to end)" if hf else "")

@@ -47,6 +47,9 @@ class GRPOSpec:
     # auto = the kernel on one GPU at the shapes it was measured at; `SamplingConfig.shared_prefix_kernel`)
     shared_prefix: str = "auto"
     shared_prefix_kernel: str = "auto"
+    # rollouts decode with each LoRA product added into its kernel once per rollout (one matmul per projection per
+    # token; `SamplingConfig.fold_lora`); the log-prob and update passes always run the branch
+    fold_lora: bool = True
     # the first rollout's log-prob and update programs compile on a thread while it runs (`grpo.RolloutUpdate`);
     # on a cold compilation cache XLA's autotuner then times kernels beside the rollout's
     compile_ahead: bool = True

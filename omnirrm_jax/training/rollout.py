@@ -23,7 +23,8 @@ def sampling_config(spec: GRPOSpec, tok) -> SamplingConfig:
     return SamplingConfig(max_new_tokens=spec.max_completion_length, temperature=spec.temperature,
                           top_p=spec.top_p, top_k=spec.top_k, num_samples=spec.num_generations,
                           stop_token_ids=(tok.special_ids["im_end"],), pad_token_id=tok.special_ids["pad"],
-                          shared_prefix=spec.shared_prefix, shared_prefix_kernel=spec.shared_prefix_kernel)
+                          shared_prefix=spec.shared_prefix, shared_prefix_kernel=spec.shared_prefix_kernel,
+                          fold_lora=spec.fold_lora)
 
 
 def score_rollout(tok, tokens_BGN: np.ndarray, lengths_BG: np.ndarray, host_batch: dict, spec: GRPOSpec) -> dict:

@@ -52,6 +52,17 @@ def test_bench_decode_compares_draws(tmp_path):
         bench_decode.main(["--preset", "tiny", "--draws", "fast"])
 
 
+def test_bench_decode_times_a_lora_model_folded_and_branched(tmp_path):
+    out = tmp_path / "decode.json"
+    bench_decode.main(["--preset", "tiny", "--batch", "2x2", "--prompt", "8", "--new", "4", "--sample",
+                       "--lora-rank", "2", "--lora-modes", "fold,branch", "--repeats", "1", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["lora"], r["lora_rank"]) for r in rows] == [("fold", 2), ("branch", 2)]
+    assert all(r["ours"]["generated"] == 2 * 2 * 4 and "hf" not in r for r in rows)
+    with pytest.raises(SystemExit):
+        bench_decode.main(["--preset", "tiny", "--lora-rank", "2", "--lora-modes", "merge"])
+
+
 def test_floor_counts_the_dtype_width():
     """fp32 weights and cache are twice the bytes of bf16: half the tokens/s at the same bandwidth."""
     bf16 = bench_decode.floor_tokens_per_s(C.omni_3b(dtype="bfloat16", param_dtype="bfloat16"), 8, 1024, 256, 1000.0)
