@@ -10,12 +10,13 @@ left-padded) and to its own sample's first `t` suffix tokens.
 Two implementations of the same math:
   * `_xla_attention`: einsums and a softmax over [prefix; own suffix] in fp32 (CPU, tests, any shape).
   * `_pallas_attention`: one Pallas (Triton) kernel on GPU. A program per (prompt, kv head, split) holds the
-    G x (heads per kv head) query rows of that prompt and kv head as one block, streams its split of the prefix
-    (blocks wholly inside the left padding skipped) and of the suffix (blocks past `t` skipped; a block holds
-    every sample's keys at the same positions and a mask keeps each row to its own sample's), and writes
-    unnormalised partial results; a small XLA combine merges the splits by log-sum-exp. On an H100 at
-    8 prompts x G=8, prompt 1024, 512-slot suffix, it took 21 / 36 / 37 us per layer at 16 / 256 / 500 filled
-    suffix tokens against 48 / 51 / 45 us for cuDNN over the repeated cache (docs/PERFORMANCE.md).
+    G x (heads per kv head) query rows of that prompt and kv head as one block and streams its share of the blocks
+    to read: the prefix's (blocks wholly inside the left padding skipped), then the filled suffix's (a block holds
+    every sample's keys at the same positions and a mask keeps each row to its own sample's), dealt out evenly to
+    the splits at every step. It writes unnormalised partial results; a small XLA combine merges the splits by
+    log-sum-exp. On an H100 at 8 prompts x G=8, prompt 1024, 512-slot suffix, kernel and combine took 18 / 23 / 35
+    us per layer at 16 / 256 / 500 filled suffix tokens (fixed eighths of the prefix and suffix per split: 18 / 26
+    / 34; cuDNN over the repeated cache: 48 / 51 / 45; docs/PERFORMANCE.md).
 
 Which one runs is decided with the model's other attention kernels (`models.layers.resolve_shared_prefix_backend`,
 set by `decoding.sampler.SamplingConfig.shared_prefix_kernel`); the cache holding this layout is
@@ -33,8 +34,7 @@ from jax import lax
 from omnirrm_jax.models import layers as L
 
 SPLITS = 8  # programs per (prompt, kv head): the grid is B x K x SPLITS
-PREFIX_BLOCK = 64  # prefix keys per inner step
-SUFFIX_BLOCK = 128  # suffix rows (positions x G) per inner step
+BLOCK = 128  # keys (prefix slots, or suffix rows: positions x G) per inner step
 _NEG = float(jnp.finfo(jnp.float32).min)
 
 
@@ -47,14 +47,13 @@ def _next_pow2(n: int) -> int:
 
 
 def padded_sizes(prompt_len: int, new_tokens: int, num_samples: int, backend: str) -> tuple[int, int]:
-    """(prefix slots, suffix positions) to allocate. The kernel wants every split's share a power of two of at
-    least one block: the prefix is padded on the left (where prompts are padded anyway; whole blocks of padding
-    are skipped, not read), the suffix at its end (positions past the filled length are skipped too)."""
+    """(prefix slots, suffix positions) to allocate. The kernel reads whole blocks: the prefix is padded on the left
+    to a multiple of one (where prompts are padded anyway; whole blocks of padding are skipped, not read), the
+    suffix at its end to a multiple of one block of rows (positions past the filled length are skipped too)."""
     if backend != "pallas":
         return prompt_len, new_tokens
-    per_split = max(PREFIX_BLOCK, _next_pow2(-(-prompt_len // SPLITS)))
-    rows = max(SUFFIX_BLOCK, _next_pow2(-(-new_tokens * num_samples // SPLITS)))
-    return SPLITS * per_split, SPLITS * rows // num_samples
+    positions = BLOCK // num_samples  # suffix positions per block (G divides BLOCK: both powers of two)
+    return -(-prompt_len // BLOCK) * BLOCK, -(-new_tokens // positions) * positions
 
 
 def attention(q_RNH: jax.Array, prefix_k: jax.Array, prefix_v: jax.Array, k: jax.Array, v: jax.Array,
@@ -87,16 +86,24 @@ def _xla_attention(q_RNH, pk, pv, sk, sv, start_B, t, *, G, scale):
     return o.reshape(R, Hq, H).astype(q_RNH.dtype)
 
 
-def _kernel(q_ref, pk_ref, pv_ref, sk_ref, sv_ref, start_ref, t_ref, o_ref, m_ref, l_ref, *, G, qpk, scale):
+def _kernel(q_ref, pk_ref, pv_ref, sk_ref, sv_ref, start_ref, t_ref, o_ref, m_ref, l_ref, *, G, qpk, scale, splits,
+            block):
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
 
     M, H = q_ref.shape
-    span, rows = pk_ref.shape[0], sk_ref.shape[0]  # this split's prefix slots and suffix rows
-    bkp, bks = min(PREFIX_BLOCK, span), min(SUFFIX_BLOCK, rows)
+    S = pk_ref.shape[0]  # this prompt's prefix slots (all of them: splits share out blocks, not fixed ranges)
     s = pl.program_id(2)
     q = q_ref[...]
     start, t = start_ref[0], t_ref[0]
+    # The blocks to read: the prefix's from the one holding `start` on, then the suffix's up to the one holding
+    # row t * G - 1. They are dealt out evenly, in order, to the splits, so every split reads about the same
+    # whatever the left padding and however far decoding has got.
+    first = start // block
+    n_prefix = S // block - first
+    n_total = n_prefix + (t * G + block - 1) // block
+    per = (n_total + splits - 1) // splits
+    lo, hi = s * per, jnp.minimum(s * per + per, n_total)
 
     def online_softmax(carry, qk, v):
         o, m, l = carry
@@ -105,35 +112,32 @@ def _kernel(q_ref, pk_ref, pv_ref, sk_ref, sv_ref, start_ref, t_ref, o_ref, m_re
         p = jnp.exp(qk - m_new[:, None])
         return corr[:, None] * o + plgpu.dot(p.astype(v.dtype), v), m_new, corr * l + p.sum(axis=-1)
 
-    p0 = s * span
-
     def prefix_block(j, carry):
-        sl = pl.ds(j * bkp, bkp)
+        sl = pl.ds(j * block, block)
         qk = plgpu.dot(q, pk_ref[sl, :].T) * scale
-        qk = jnp.where((p0 + j * bkp + jnp.arange(bkp) >= start)[None, :], qk, -jnp.inf)
+        qk = jnp.where((j * block + jnp.arange(block) >= start)[None, :], qk, -jnp.inf)
         return online_softmax(carry, qk, pv_ref[sl, :])
 
-    carry = (jnp.zeros((M, H), jnp.float32), jnp.full((M,), _NEG, jnp.float32), jnp.zeros((M,), jnp.float32))
-    carry = lax.fori_loop(jnp.maximum(start - p0, 0) // bkp, span // bkp, prefix_block, carry)
-
-    n0 = s * (rows // G)  # this split's first suffix position
     row_sample = jnp.arange(M) // qpk  # padding rows (>= G * qpk) match no sample
 
     def suffix_block(j, carry):
-        sl = pl.ds(j * bks, bks)
+        sl = pl.ds(j * block, block)
         qk = plgpu.dot(q, sk_ref[sl, :].T) * scale
-        r = j * bks + jnp.arange(bks)
-        seen = ((r % G)[None, :] == row_sample[:, None]) & ((n0 + r // G) < t)[None, :]
+        r = j * block + jnp.arange(block)
+        seen = ((r % G)[None, :] == row_sample[:, None]) & ((r // G) < t)[None, :]
         return online_softmax(carry, jnp.where(seen, qk, -jnp.inf), sv_ref[sl, :])
 
-    n_valid = jnp.clip(t - n0, 0, rows // G)
-    o, m, l = lax.fori_loop(0, (n_valid * G + bks - 1) // bks, suffix_block, carry)
+    carry = (jnp.zeros((M, H), jnp.float32), jnp.full((M,), _NEG, jnp.float32), jnp.zeros((M,), jnp.float32))
+    carry = lax.fori_loop(first + lo, first + jnp.minimum(hi, n_prefix), prefix_block, carry)
+    carry = lax.fori_loop(jnp.maximum(lo - n_prefix, 0), jnp.maximum(hi - n_prefix, 0), suffix_block, carry)
+    o, m, l = carry
     o_ref[...] = o
     m_ref[...] = m
     l_ref[...] = l
 
 
-def _pallas_attention(q_RNH, pk, pv, sk, sv, start_B, t, *, G, scale):
+def _pallas_attention(q_RNH, pk, pv, sk, sv, start_B, t, *, G, scale, splits: int = SPLITS, block: int = BLOCK,
+                      num_warps: int = 4, num_stages: int = 2):
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
 
@@ -143,30 +147,29 @@ def _pallas_attention(q_RNH, pk, pv, sk, sv, start_B, t, *, G, scale):
     qpk = Hq // K
     M = G * qpk
     Mp = _next_pow2(max(16, M))  # Triton blocks: powers of two, at least 16 rows
-    if S % (SPLITS * PREFIX_BLOCK) or X % (SPLITS * SUFFIX_BLOCK) or SUFFIX_BLOCK % G or not _pow2(S // SPLITS) \
-            or not _pow2(X // SPLITS):
+    if S % block or X % block or block % G or not _pow2(block):
         raise ValueError(f"shared-prefix kernel: prefix {S} / suffix rows {X} / G={G} not laid out by "
                          "padded_sizes")
     qf = q_RNH.reshape(B, G, K, qpk, H).transpose(0, 2, 1, 3, 4).reshape(B, K, M, H)
     qf = jnp.pad(qf, ((0, 0), (0, 0), (0, Mp - M), (0, 0)))
-    kern = functools.partial(_kernel, G=G, qpk=qpk, scale=scale)
+    kern = functools.partial(_kernel, G=G, qpk=qpk, scale=scale, splits=splits, block=block)
     o, m, l = pl.pallas_call(
         kern,
-        grid=(B, K, SPLITS),
+        grid=(B, K, splits),
         in_specs=[pl.BlockSpec((None, None, Mp, H), lambda b, k, s: (b, k, 0, 0)),
-                  pl.BlockSpec((None, None, S // SPLITS, H), lambda b, k, s: (b, k, s, 0)),
-                  pl.BlockSpec((None, None, S // SPLITS, H), lambda b, k, s: (b, k, s, 0)),
-                  pl.BlockSpec((None, None, X // SPLITS, H), lambda b, k, s: (b, k, s, 0)),
-                  pl.BlockSpec((None, None, X // SPLITS, H), lambda b, k, s: (b, k, s, 0)),
+                  pl.BlockSpec((None, None, S, H), lambda b, k, s: (b, k, 0, 0)),
+                  pl.BlockSpec((None, None, S, H), lambda b, k, s: (b, k, 0, 0)),
+                  pl.BlockSpec((None, None, X, H), lambda b, k, s: (b, k, 0, 0)),
+                  pl.BlockSpec((None, None, X, H), lambda b, k, s: (b, k, 0, 0)),
                   pl.BlockSpec((1,), lambda b, k, s: (b,)),
                   pl.BlockSpec((1,), lambda b, k, s: (0,))],
         out_specs=[pl.BlockSpec((None, None, None, Mp, H), lambda b, k, s: (b, k, s, 0, 0)),
                    pl.BlockSpec((None, None, None, Mp), lambda b, k, s: (b, k, s, 0)),
                    pl.BlockSpec((None, None, None, Mp), lambda b, k, s: (b, k, s, 0))],
-        out_shape=[jax.ShapeDtypeStruct((B, K, SPLITS, Mp, H), jnp.float32),
-                   jax.ShapeDtypeStruct((B, K, SPLITS, Mp), jnp.float32),
-                   jax.ShapeDtypeStruct((B, K, SPLITS, Mp), jnp.float32)],
-        compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2),
+        out_shape=[jax.ShapeDtypeStruct((B, K, splits, Mp, H), jnp.float32),
+                   jax.ShapeDtypeStruct((B, K, splits, Mp), jnp.float32),
+                   jax.ShapeDtypeStruct((B, K, splits, Mp), jnp.float32)],
+        compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
         interpret=jax.default_backend() != "gpu",  # CPU: the same kernel interpreted (tests)
         name="shared_prefix_decode_attention",
     )(qf, pk, pv, sk, sv, start_B, jnp.reshape(t, (1,)))

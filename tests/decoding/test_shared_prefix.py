@@ -50,12 +50,31 @@ def test_kernel_and_einsums_equal_attention_over_repeated_caches(B, G, Hq, K, H,
             np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, err_msg=f"backend={backend} t={t}")
 
 
+@pytest.mark.parametrize("splits,block", [(1, 128), (5, 64), (16, 32)])
+def test_every_split_count_and_block_size_deals_out_the_same_attention(splits, block):
+    """The splits share out the blocks to read (the prefix's from the first valid one, then the filled suffix's):
+    one split reading all, more splits than blocks (some read nothing), uneven shares."""
+    B, G, Hq, K, H, S, N = 2, 4, 4, 2, 16, 256, 64
+    ks = jax.random.split(jax.random.key(1), 5)
+    q = jax.random.normal(ks[0], (B * G, Hq, H))
+    pk, pv = (jax.random.normal(k, (B, K, S, H)) for k in ks[1:3])
+    sk, sv = (jax.random.normal(k, (B, K, N * G, H)) for k in ks[3:5])
+    start = np.array([3, 200])
+    for t in (1, 9, N):
+        want = _repeated(q, pk, pv, sk, sv, start, t, G, H ** -0.5)
+        got = SP._pallas_attention(q, pk, pv, sk, sv, jnp.asarray(start, jnp.int32), jnp.asarray(t, jnp.int32), G=G,
+                                   scale=H ** -0.5, splits=splits, block=block)
+        np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, err_msg=f"t={t}")
+
+
 def test_kernel_layout_padding():
-    """Every split's share of prefix slots and suffix rows is a power of two of at least one block."""
+    """The prefix is padded on the left to whole blocks of slots, the suffix to whole blocks of rows (G rows a
+    position)."""
+    assert SP.BLOCK == 128
     assert SP.padded_sizes(1024, 512, 8, "pallas") == (1024, 512)
-    assert SP.padded_sizes(1000, 160, 8, "pallas") == (1024, 256)
-    assert SP.padded_sizes(1500, 300, 8, "pallas") == (2048, 512)
-    assert SP.padded_sizes(100, 7, 2, "pallas") == (512, 512)
+    assert SP.padded_sizes(1000, 160, 8, "pallas") == (1024, 160)
+    assert SP.padded_sizes(1500, 300, 8, "pallas") == (1536, 304)
+    assert SP.padded_sizes(100, 7, 2, "pallas") == (128, 64)
     assert SP.padded_sizes(1000, 160, 3, "xla") == (1000, 160)
 
 
