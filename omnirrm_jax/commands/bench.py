@@ -7,6 +7,7 @@ import argparse
 
 # name -> what it measures (the first line of omnirrm_jax/bench/NAME.py; the list `omnirrm bench --help` prints)
 BENCHMARKS = {
+    "attention": "microseconds per layer of the shared-prefix decode attention (kernel and combine)",
     "decode": "generated tokens/s of our jitted sampler next to HF transformers `generate`",
     "data": "samples/s of the Grain input pipeline over prepared shards, padding waste per bucket",
     "eval": "judgements per second on a VL-RewardBench-like mix, ours next to transformers",

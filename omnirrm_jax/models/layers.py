@@ -135,13 +135,14 @@ class Linear(nnx.Module):
         """Adds the LoRA product into the kernel and drops the branch, in place: for a model merged inside a traced
         function (a decode loop), where each one-token step then runs one matmul per projection instead of three.
         The sum is taken in fp32 and rounded once to the kernel's dtype, so outputs differ from the branch's by
-        that rounding only (vLLM-backed trainers merge adapters the same way)."""
+        that rounding only (vLLM-backed trainers merge adapters the same way). `lora_io.merge_lora` is the host-side
+        counterpart for export, with the same arithmetic."""
         if self.lora_a is None:
             return
         kernel = self.kernel[...]
-        delta = jnp.matmul(self.lora_a[...].astype(jnp.float32) * self.lora_scale, self.lora_b[...].astype(jnp.float32),
+        delta = jnp.matmul(self.lora_a[...].astype(jnp.float32), self.lora_b[...].astype(jnp.float32),
                            precision=jax.lax.Precision.HIGHEST)
-        self.kernel[...] = (kernel.astype(jnp.float32) + delta).astype(kernel.dtype)
+        self.kernel[...] = (kernel.astype(jnp.float32) + self.lora_scale * delta).astype(kernel.dtype)
         self.lora_a = nnx.data(None)
         self.lora_b = nnx.data(None)
         self.lora_scale = 0.0

@@ -68,3 +68,17 @@ def test_floor_counts_the_dtype_width():
     bf16 = bench_decode.floor_tokens_per_s(C.omni_3b(dtype="bfloat16", param_dtype="bfloat16"), 8, 1024, 256, 1000.0)
     fp32 = bench_decode.floor_tokens_per_s(C.omni_3b(dtype="float32", param_dtype="float32"), 8, 1024, 256, 1000.0)
     assert fp32 == pytest.approx(bf16 / 2, rel=1e-12)
+
+
+def test_bench_attention_runs_its_variants(tmp_path):
+    """The harness on CPU (the kernel interpreted: its timings mean nothing here): a row per variant."""
+    from omnirrm_jax.bench import attention as bench_attention
+
+    out = tmp_path / "attention.json"
+    bench_attention.main(["--preset", "tiny", "--batch", "2x2", "--prompt", "40", "--new", "20", "--filled", "1,20",
+                          "--variants", "2x32,1x64", "--layers", "2", "--repeats", "1", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["splits"], r["block"], sorted(r["us_per_layer"])) for r in rows] == [(2, 32, ["1", "20"]),
+                                                                                   (1, 64, ["1", "20"])]
+    with pytest.raises(SystemExit):
+        bench_attention.main(["--variants", "8"])
