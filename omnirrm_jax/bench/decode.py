@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                    "candidates), vocab (the same draw over the masked vocabulary); each is a row per batch")
     p.add_argument("--lora-rank", type=int, default=0, help="ours only: LoRA of this rank on GRPO's targets (the "
                    "model a rollout decodes)")
-    p.add_argument("--lora-modes", default="fold", help="with --lora-rank, comma-separated: fold (each product added "
+    p.add_argument("--lora-modes", default=None, help="with --lora-rank, comma-separated: fold (each product added "
                    "into its kernel before the loop; the default), branch (three matmuls per projection per step)")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per measurement (best is reported)")
     p.add_argument("--json", default=None, help="also write results here")
@@ -201,8 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     bad = set(draws) - {"greedy", "candidates", "vocab"}
     if bad:  # before the bandwidth probe and the model (minutes at 3B)
         p.error(f"--draws takes greedy, candidates, vocab; got {sorted(bad)}")
-    modes = args.lora_modes.split(",") if args.lora_rank else ["none"]
-    if set(modes) - {"fold", "branch", "none"}:
+    if args.lora_modes and not args.lora_rank:
+        p.error("--lora-modes needs --lora-rank")
+    modes = (args.lora_modes or "fold").split(",") if args.lora_rank else ["none"]
+    if set(modes) - {"fold", "branch"} and args.lora_rank:
         p.error(f"--lora-modes takes fold, branch; got {args.lora_modes!r}")
     # transformers shares the card: JAX allocates on demand instead of taking 75 % of it up front (the batch-64
     # HF baseline ran out of memory next to a preallocated JAX pool on an 80 GB H100)

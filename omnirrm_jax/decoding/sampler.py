@@ -61,8 +61,8 @@ class SamplingConfig:
     # (`models.layers.resolve_shared_prefix_backend`): "pallas" = the fused kernel (interpreted off GPU: tests),
     # "xla" = einsums, "auto" = the kernel on one GPU (G > 1 a power of two) for shapes within the two fields
     # below, else einsums. Their defaults are the shapes the kernel was measured at on an H100 (docs/PERFORMANCE.md,
-    # Decoding, session 8: 21 / 36 / 37 us per layer against cuDNN's 48 / 51 / 45 over the repeated cache, 8 prompts
-    # x G=8): a query block of at most 64 rows (G x query heads per kv head: the 3B and the 7B up to G = 8) of head
+    # Decoding, sessions 8 and 19: 18 / 23 / 35 us per layer at 16 / 256 / 500 filled suffix tokens against cuDNN's
+    # 48 / 51 / 45 over the repeated cache, 8 prompts x G=8): a query block of at most 64 rows (G x query heads per kv head: the 3B and the 7B up to G = 8) of head
     # size 128; larger blocks would need tiling over the grid (untried).
     shared_prefix_kernel: str = "auto"
     shared_prefix_kernel_max_rows: int = 64
@@ -78,7 +78,9 @@ class SamplingConfig:
     per_row: bool = False
     # True: the decode loop adds each LoRA product into its kernel once before the first step (`L.fold_lora`, in
     # fp32, rounded to the kernel's dtype), so a step runs one matmul per projection instead of three; sampled
-    # tokens then differ from the unfolded branch only where that rounding flips a draw. False keeps the branch.
+    # tokens then differ from the unfolded branch only where that rounding flips a draw. The folded kernels are new
+    # buffers beside the stored ones while the loop runs (one more copy of every LoRA-targeted kernel: about 13 GB
+    # for the 7B's language model); False keeps the branch and that memory.
     fold_lora: bool = True
 
     def __post_init__(self):
@@ -232,7 +234,7 @@ def _prefill(model, inputs: dict[str, Any]) -> Prefill:
 def _decode(model, pre: Prefill, rng: jax.Array, sampling: SamplingConfig, constraint=None,
             rows: RowSampling | None = None) -> GenerationResult:
     if sampling.fold_lora:
-        L.fold_lora(model)  # a copy merged inside the trace: the caller's model keeps its branch
+        L.fold_lora(model)  # `_decode_jit` merges a copy: the caller's model keeps its kernels and branches
     B = pre.logits.shape[0]
     G, N = sampling.num_samples, sampling.max_new_tokens
     R = B * G
@@ -314,7 +316,8 @@ def _prefill_jit(graphdef, state, inputs):
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("sampling",))
 def _decode_jit(graphdef, state, pre, rng, *, sampling, constraint, rows=None):
     with L.weights_as_stored():  # one token per step: under FSDP move activations, not whole weights, per token
-        return _decode(nnx.merge(graphdef, state), pre, rng, sampling, constraint, rows)
+        # copy=True: new Variables, so the fold below never writes into the caller's (also under disable_jit)
+        return _decode(nnx.merge(graphdef, state, copy=True), pre, rng, sampling, constraint, rows)
 
 
 def prefill(model, inputs: dict[str, Any]) -> Prefill:

@@ -48,12 +48,15 @@ def _next_pow2(n: int) -> int:
 
 def padded_sizes(prompt_len: int, new_tokens: int, num_samples: int, backend: str) -> tuple[int, int]:
     """(prefix slots, suffix positions) to allocate. The kernel reads whole blocks: the prefix is padded on the left
-    to a multiple of one (where prompts are padded anyway; whole blocks of padding are skipped, not read), the
-    suffix at its end to a multiple of one block of rows (positions past the filled length are skipped too)."""
+    (where prompts are padded anyway; whole blocks of padding are skipped, not read), the suffix rows (positions x G)
+    at their end (positions past the filled length are skipped too). Both are padded to a power of two of at least
+    one block, the sizes the kernel was compiled and measured at on a GPU (other multiples of a block lower to
+    Triton on CPU but were never compiled on one)."""
     if backend != "pallas":
         return prompt_len, new_tokens
-    positions = BLOCK // num_samples  # suffix positions per block (G divides BLOCK: both powers of two)
-    return -(-prompt_len // BLOCK) * BLOCK, -(-new_tokens // positions) * positions
+    if not _pow2(num_samples) or BLOCK % num_samples:
+        raise ValueError(f"the shared-prefix kernel takes G a power of two up to {BLOCK}, got {num_samples}")
+    return _next_pow2(max(prompt_len, BLOCK)), _next_pow2(max(new_tokens * num_samples, BLOCK)) // num_samples
 
 
 def attention(q_RNH: jax.Array, prefix_k: jax.Array, prefix_v: jax.Array, k: jax.Array, v: jax.Array,

@@ -68,14 +68,15 @@ def test_every_split_count_and_block_size_deals_out_the_same_attention(splits, b
 
 
 def test_kernel_layout_padding():
-    """The prefix is padded on the left to whole blocks of slots, the suffix to whole blocks of rows (G rows a
-    position)."""
+    """The prefix slots and the suffix rows (G a position) are padded to a power of two of at least one block."""
     assert SP.BLOCK == 128
     assert SP.padded_sizes(1024, 512, 8, "pallas") == (1024, 512)
-    assert SP.padded_sizes(1000, 160, 8, "pallas") == (1024, 160)
-    assert SP.padded_sizes(1500, 300, 8, "pallas") == (1536, 304)
+    assert SP.padded_sizes(1000, 160, 8, "pallas") == (1024, 256)
+    assert SP.padded_sizes(1500, 300, 8, "pallas") == (2048, 512)
     assert SP.padded_sizes(100, 7, 2, "pallas") == (128, 64)
     assert SP.padded_sizes(1000, 160, 3, "xla") == (1000, 160)
+    with pytest.raises(ValueError, match="power of two"):
+        SP.padded_sizes(1000, 160, 6, "pallas")
 
 
 def _resolve(name, G, Hq, K, H, sampling=None):
