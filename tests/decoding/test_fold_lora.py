@@ -3,7 +3,6 @@ log-probs as the unfolded branch (fp32), the caller's model keeps its branch, an
 per projection."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
