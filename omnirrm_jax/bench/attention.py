@@ -1,10 +1,13 @@
 """`omnirrm bench attention`: microseconds per layer of the shared-prefix decode attention (kernel and combine)
 
 GRPO's rollouts attend once per layer and step through `decoding.shared_prefix`; this times that call alone at the
-rollout's shape for a few filled suffix lengths and kernel variants (splits x block), so a kernel change can be
+rollout's shape for a few filled suffix lengths and kernel variants, so a kernel change can be
 judged in seconds instead of a whole decode. Each timing runs the call `layers` times chained in one jitted loop
 (the output feeds the next query, as layer feeds layer) and reports the best of `repeats` divided by `layers`. Off
 GPU the kernel is interpreted: the numbers then say nothing about speed (the CPU test only runs the harness).
+
+Variants: `SPLITSxBLOCK` (the split kernel: programs per (prompt, kv head) sharing out the blocks, then a combine),
+`sBLOCK` (a program per (prompt, kv head, sample), no combine), either with `:STAGES` (Triton pipeline stages).
 """
 
 from __future__ import annotations
@@ -35,6 +38,30 @@ def time_attention(fn, q, t: int, layers: int, repeats: int) -> float:
     return best / layers * 1e6
 
 
+def parse_variant(text: str) -> dict:
+    """"8x128" / "s128" / "8x128:3" -> {"kind": "split" | "sample", "splits", "block", "stages"}."""
+    body, _, stages = text.partition(":")
+    if body.startswith("s"):
+        out = {"kind": "sample", "splits": 1, "block": int(body[1:])}
+    else:
+        splits, block = body.split("x")
+        out = {"kind": "split", "splits": int(splits), "block": int(block)}
+    out["stages"] = int(stages) if stages else 2
+    if min(out["splits"], out["block"], out["stages"]) < 1:
+        raise ValueError(text)
+    return out
+
+
+def kernel_of(variant: dict, G: int, scale: float):
+    from omnirrm_jax.decoding import shared_prefix as SP
+
+    if variant["kind"] == "sample":
+        return functools.partial(SP._pallas_per_sample, G=G, scale=scale, block=variant["block"],
+                                 num_stages=variant["stages"])
+    return functools.partial(SP._pallas_attention, G=G, scale=scale, splits=variant["splits"],
+                             block=variant["block"], num_stages=variant["stages"])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="omnirrm bench attention", description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="omni_3b", help="head counts and head size from this model config")
@@ -42,20 +69,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt", type=int, default=1024)
     p.add_argument("--new", type=int, default=512)
     p.add_argument("--filled", default="16,256,500", help="comma-separated filled suffix lengths (decode steps)")
-    p.add_argument("--variants", default="8x128,16x128,8x64",
-                   help="comma-separated SPLITSxBLOCK kernel variants (the first is compared with the rest)")
+    p.add_argument("--variants", default="8x128,s128,s64",
+                   help="comma-separated kernel variants: SPLITSxBLOCK (split kernel) or sBLOCK (a program per "
+                        "sample), each optionally :STAGES")
     p.add_argument("--layers", type=int, default=None, help="chained calls per timing (default: the model's layers)")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     try:
-        variants = [tuple(int(x) for x in v.split("x")) for v in args.variants.split(",")]
+        variants = [parse_variant(v) for v in args.variants.split(",")]
         filled = [int(x) for x in args.filled.split(",")]
         B, G = (int(x) for x in args.batch.split("x"))
     except ValueError:
-        p.error("--variants takes SPLITSxBLOCK,..., --filled integers, --batch BxG")
-    if any(len(v) != 2 or min(v) < 1 for v in variants) or not all(1 <= f <= args.new for f in filled):
-        p.error(f"--variants must be SPLITSxBLOCK pairs and --filled lie in [1, --new={args.new}]")
+        p.error("--variants takes SPLITSxBLOCK or sBLOCK (each optionally :STAGES), --filled integers, --batch BxG")
+    if not all(1 <= f <= args.new for f in filled):
+        p.error(f"--filled must lie in [1, --new={args.new}]")
 
     import jax
     import jax.numpy as jnp
@@ -67,19 +95,21 @@ def main(argv: list[str] | None = None) -> int:
     K, Hq, H = t.num_kv_heads, t.num_heads, t.head_dim
     rows = []
     device = jax.devices()[0].device_kind
-    for splits, block in variants:
-        S = -(-args.prompt // block) * block
-        X = -(-args.new * G // block) * block
+    for v in variants:
+        S, N = SP.padded_sizes(args.prompt, args.new, G, "pallas")  # the cache the sampler allocates
+        X = N * G
         ks = jax.random.split(jax.random.key(0), 5)
         q = jax.random.normal(ks[0], (B * G, Hq, H), jnp.bfloat16)
         pk, pv = (jax.random.normal(k, (B, K, S, H), jnp.bfloat16) for k in ks[1:3])
         sk, sv = (jax.random.normal(k, (B, K, X, H), jnp.bfloat16) for k in ks[3:5])
         start = jnp.full((B,), S - args.prompt, jnp.int32)
-        kern = functools.partial(SP._pallas_attention, G=G, scale=H ** -0.5, splits=splits, block=block)
+        kern = kernel_of(v, G, H ** -0.5)
         us = [time_attention(lambda q, n: kern(q, pk, pv, sk, sv, start, n), q, f, args.layers or t.num_layers,
                              args.repeats) for f in filled]
-        rows.append({"splits": splits, "block": block, "us_per_layer": dict(zip(map(str, filled), us))})
-        print(f"[{device}] {args.preset} {B}x{G} prompt {args.prompt}: {splits} splits, blocks of {block}: "
+        rows.append({**v, "us_per_layer": dict(zip(map(str, filled), us))})
+        what = "per sample" if v["kind"] == "sample" else f"{v['splits']} splits"
+        print(f"[{device}] {args.preset} {B}x{G} prompt {args.prompt}: {what}, blocks of {v['block']}, "
+              f"{v['stages']} stages: "
               + ", ".join(f"{u:.1f} us at {f} filled" for f, u in zip(filled, us)), flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -75,7 +75,10 @@ def _prompt_batch(cfg, prompts: int, prompt_len: int):
     return batch
 
 
-def bench_ours(cfg, prompts: int, G: int, prompt_len: int, completion: int, steps: int, rows_per_chunk):
+def bench_ours(cfg, prompts: int, G: int, prompt_len: int, completion: int, steps: int, rows_per_chunk,
+               profile_dir: str | None = None):
+    """Our cycle: one untimed first step (compiles), `steps` timed ones, then with `profile_dir` one more under
+    the profiler, its kernels summed per program (rollout prefill/decode, log-probs, update) as "profile"."""
     import jax
 
     from omnirrm_jax.decoding.sampler import SamplingConfig
@@ -110,6 +113,14 @@ def bench_ours(cfg, prompts: int, G: int, prompt_len: int, completion: int, step
     keys = ("time/step_s", "time/rollout_s", "time/rewards_s", "time/reference_s", "time/update_s")
     median = median_step([{k.split("/")[1]: r[k] for k in keys} for r in records[1:]])
     out = {k: float(v) for k, v in median.items()}
+    if profile_dir:
+        from omnirrm_jax.bench import profile
+
+        with profile.trace(profile_dir):
+            trainable, opt_state, step, rec, _ = cycle(trainable, opt_state, step, batch, jax.random.key(steps + 1))
+            jax.block_until_ready(trainable)
+        out["profile"] = profile.summarize(profile_dir, by_module=True)
+        profile.print_summary(out["profile"])
     out["first_step_s"] = records[0]["time/step_s"]
     out["first_step_programs"], out["first_step_cache_hits"] = first["compiles"], first["compile/cache_hits"]
     out["first_step_compile_s"] = first["compile/seconds"]
@@ -268,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile-cache", default=None, metavar="DIR",
                    help="JAX's persistent compilation cache here: a second run with the same shapes times a resumed "
                         "run's first step (programs read back instead of compiled)")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="one more step of ours under jax.profiler after the timed ones; kernels summed per program")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
@@ -304,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     from omnirrm_jax import compile_cache
 
     compile_cache.enable(args.compile_cache)
-    result["ours"] = bench_ours(cfg, **shape, rows_per_chunk=args.rows_per_chunk)
+    result["ours"] = bench_ours(cfg, **shape, rows_per_chunk=args.rows_per_chunk, profile_dir=args.profile)
     line = f"[{device}] GRPO step {args.prompts} prompts x G={args.generations}, prompt {args.prompt}, " \
            f"completion {args.completion}: ours {result['ours']['step_s']:.2f} s " \
            f"(rollout {result['ours']['rollout_s']:.2f}, rewards {result['ours']['rewards_s']:.2f}, " \

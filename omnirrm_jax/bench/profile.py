@@ -8,6 +8,7 @@ or TensorBoard; the summary is what a device call can bring back as text.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import contextlib
 import glob
@@ -54,12 +55,15 @@ def _trace_file(log_dir: str) -> str:
     return found[-1]
 
 
-def summarize(log_dir: str, top: int = 40) -> dict:
+def summarize(log_dir: str, top: int = 40, by_module: bool = False) -> dict:
     """Totals the newest trace under `log_dir`: the first device's events (process "/device:...:0") by kernel
     name and by kind. A CPU-only trace has no device processes; its XLA worker threads stand in for them.
 
     Returns {"source", "busy_ms", "span_ms", "kinds": {kind: ms}, "top": [{name, kind, ms, count, share}]}.
     `busy_ms` sums event durations (overlapping streams count twice); `span_ms` is first start to last end.
+    With `by_module` (a trace holding several programs, e.g. a GRPO step's rollout, log-prob and update programs),
+    also "modules": {program: {"ms", "runs", "kinds", "top"}}, each kernel counted in the program ("XLA Modules"
+    span of the same device) running when it started; kernels outside every span go under "(none)".
     """
     path = _trace_file(log_dir)
     with gzip.open(path, "rt") as f:
@@ -93,12 +97,41 @@ def summarize(log_dir: str, top: int = 40) -> dict:
     kernels, span = _totals(events, keep)
     ops, _ = _totals(events, keep_ops)
     busy = sum(t for t, _ in kernels.values())
+    out = {"source": source + (f" {devices[0][0]} of {len(devices)}" if devices else ""), "file": path,
+           "busy_ms": round(busy, 3), "span_ms": round(span, 3), "kinds": _kinds(kernels),
+           "top": _rows(kernels, busy, top), "top_ops": _rows(ops, sum(t for t, _ in ops.values()), top)}
+    if by_module:
+        spans = sorted((e["ts"], e["ts"] + e.get("dur", 0), e["name"]) for e in events
+                       if e.get("ph") == "X" and e["pid"] in device and thread(e) == "XLA Modules")
+        out["modules"] = _by_module(events, keep, spans, top)
+    return out
+
+
+def _kinds(kernels: dict) -> dict:
     kinds = collections.Counter()
     for name, (t, _) in kernels.items():
         kinds[kind_of(name)] += t
-    return {"source": source + (f" {devices[0][0]} of {len(devices)}" if devices else ""), "file": path, "busy_ms": round(busy, 3), "span_ms": round(span, 3),
-            "kinds": {k: round(v, 3) for k, v in kinds.most_common()},
-            "top": _rows(kernels, busy, top), "top_ops": _rows(ops, sum(t for t, _ in ops.values()), top)}
+    return {k: round(v, 3) for k, v in kinds.most_common()}
+
+
+def _by_module(events: list, keep, spans: list, top: int) -> dict:
+    """Kept kernels grouped by the program span holding their start: {program: {ms, runs, kinds, top}}."""
+    starts = [s for s, _, _ in spans]
+    groups = collections.defaultdict(list)
+    for e in events:
+        if e.get("ph") != "X" or "dur" not in e or not keep(e):
+            continue
+        i = bisect.bisect_right(starts, e["ts"]) - 1
+        name = spans[i][2] if i >= 0 and e["ts"] < spans[i][1] else "(none)"
+        groups[name].append(e)
+    runs = collections.Counter(name for _, _, name in spans)
+    out = {}
+    for name, evs in sorted(groups.items(), key=lambda kv: -sum(e["dur"] for e in kv[1])):
+        kernels, _ = _totals(evs, lambda e: True)
+        busy = sum(t for t, _ in kernels.values())
+        out[name] = {"ms": round(busy, 3), "runs": runs.get(name, 0), "kinds": _kinds(kernels),
+                     "top": _rows(kernels, busy, top)}
+    return out
 
 
 def _totals(events: list, keep) -> tuple[dict, float]:
@@ -120,8 +153,8 @@ def _rows(totals: dict, busy: float, top: int) -> list[dict]:
              "share": round(t / busy, 4) if busy else 0.0} for n, (t, c) in ranked]
 
 
-def print_summary(summary: dict, steps: int = 1) -> None:
-    """A readable table: per step when `steps` > 1."""
+def print_summary(summary: dict, steps: int = 1, module_top: int = 25) -> None:
+    """A readable table: per step when `steps` > 1; per program too when the summary has "modules"."""
     per = max(steps, 1)
     print(f"profile ({summary['source']}): busy {summary['busy_ms'] / per:.2f} ms/step, "
           f"span {summary['span_ms'] / per:.2f} ms/step", flush=True)
@@ -131,4 +164,10 @@ def print_summary(summary: dict, steps: int = 1) -> None:
             print(f"  top {title}:", flush=True)
         for r in summary.get(key, []):
             print(f"  {r['ms'] / per:9.3f} ms  {r['share']:6.1%}  x{r['count'] // per:<5d} {r['kind']:10s} "
+                  f"{r['name']}", flush=True)
+    for name, m in summary.get("modules", {}).items():
+        print(f"  program {name} (x{m['runs']}): {m['ms'] / per:.2f} ms/step; " + ", ".join(
+            f"{k} {v / per:.2f}" for k, v in m["kinds"].items()), flush=True)
+        for r in m["top"][:module_top]:
+            print(f"    {r['ms'] / per:9.3f} ms  {r['share']:6.1%}  x{r['count'] // per:<6d} {r['kind']:10s} "
                   f"{r['name']}", flush=True)

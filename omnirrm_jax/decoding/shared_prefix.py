@@ -139,6 +139,80 @@ def _kernel(q_ref, pk_ref, pv_ref, sk_ref, sv_ref, start_ref, t_ref, o_ref, m_re
     l_ref[...] = l
 
 
+def _sample_kernel(q_ref, pk_ref, pv_ref, sk_ref, sv_ref, start_ref, t_ref, o_ref, *, scale, block):
+    """One sample's query rows (its heads of one kv head) over its prompt's prefix, then its own suffix."""
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+
+    M, H = q_ref.shape
+    S, N = pk_ref.shape[0], sk_ref.shape[0]
+    sblock = min(block, N)
+    q = q_ref[...]
+    start, t = start_ref[0], t_ref[0]
+
+    def online_softmax(carry, qk, v):
+        o, m, l = carry
+        m_new = jnp.maximum(m, qk.max(axis=-1))
+        corr = jnp.exp(m - m_new)
+        p = jnp.exp(qk - m_new[:, None])
+        return corr[:, None] * o + plgpu.dot(p.astype(v.dtype), v), m_new, corr * l + p.sum(axis=-1)
+
+    def prefix_block(j, carry):
+        sl = pl.ds(j * block, block)
+        qk = plgpu.dot(q, pk_ref[sl, :].T) * scale
+        qk = jnp.where((j * block + jnp.arange(block) >= start)[None, :], qk, -jnp.inf)
+        return online_softmax(carry, qk, pv_ref[sl, :])
+
+    def suffix_block(j, carry):
+        sl = pl.ds(j * sblock, sblock)
+        qk = plgpu.dot(q, sk_ref[sl, :].T) * scale
+        qk = jnp.where((j * sblock + jnp.arange(sblock) < t)[None, :], qk, -jnp.inf)
+        return online_softmax(carry, qk, sv_ref[sl, :])
+
+    carry = (jnp.zeros((M, H), jnp.float32), jnp.full((M,), _NEG, jnp.float32), jnp.zeros((M,), jnp.float32))
+    carry = lax.fori_loop(start // block, S // block, prefix_block, carry)
+    carry = lax.fori_loop(0, (t + sblock - 1) // sblock, suffix_block, carry)
+    o, _, l = carry
+    o_ref[...] = (o / l[:, None]).astype(o_ref.dtype)
+
+
+def _pallas_per_sample(q_RNH, pk, pv, sk, sv, start_B, t, *, G, scale, block: int = BLOCK, num_warps: int = 4,
+                       num_stages: int = 2):
+    """A program per (prompt, kv head, sample): no split of the keys, so no partial results and no combine. The
+    G programs of a prompt read its prefix at about the same time (from L2 after the first), each reads its own
+    sample's suffix rows (every G-th row of the interleaved layout) and writes its normalised output."""
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+
+    R, Hq, H = q_RNH.shape
+    B, K, S, _ = pk.shape
+    N = sk.shape[2] // G
+    qpk = Hq // K
+    Mp = _next_pow2(max(16, qpk))  # Triton blocks: powers of two, at least 16 rows
+    if S % block or not _pow2(block) or not _pow2(N):
+        raise ValueError(f"shared-prefix kernel: prefix {S} / suffix positions {N} not laid out by padded_sizes")
+    qf = jnp.pad(q_RNH.reshape(B, G, K, qpk, H), ((0, 0),) * 3 + ((0, Mp - qpk), (0, 0)))
+    sk5, sv5 = sk.reshape(B, K, N, G, H), sv.reshape(B, K, N, G, H)
+    kern = functools.partial(_sample_kernel, scale=scale, block=block)
+    o = pl.pallas_call(
+        kern,
+        grid=(B, K, G),
+        in_specs=[pl.BlockSpec((None, None, None, Mp, H), lambda b, k, g: (b, g, k, 0, 0)),
+                  pl.BlockSpec((None, None, S, H), lambda b, k, g: (b, k, 0, 0)),
+                  pl.BlockSpec((None, None, S, H), lambda b, k, g: (b, k, 0, 0)),
+                  pl.BlockSpec((None, None, N, None, H), lambda b, k, g: (b, k, 0, g, 0)),
+                  pl.BlockSpec((None, None, N, None, H), lambda b, k, g: (b, k, 0, g, 0)),
+                  pl.BlockSpec((1,), lambda b, k, g: (b,)),
+                  pl.BlockSpec((1,), lambda b, k, g: (0,))],
+        out_specs=pl.BlockSpec((None, None, None, Mp, H), lambda b, k, g: (b, g, k, 0, 0)),
+        out_shape=jax.ShapeDtypeStruct((B, G, K, Mp, H), q_RNH.dtype),
+        compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
+        interpret=jax.default_backend() != "gpu",
+        name="shared_prefix_decode_attention_per_sample",
+    )(qf, pk, pv, sk5, sv5, start_B, jnp.reshape(t, (1,)))
+    return o[:, :, :, :qpk].reshape(R, Hq, H)
+
+
 def _pallas_attention(q_RNH, pk, pv, sk, sv, start_B, t, *, G, scale, splits: int = SPLITS, block: int = BLOCK,
                       num_warps: int = 4, num_stages: int = 2):
     from jax.experimental import pallas as pl

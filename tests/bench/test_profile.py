@@ -45,3 +45,28 @@ def test_summary_keeps_one_device_streams(tmp_path):
 def test_missing_trace_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no perfetto_trace.json.gz"):
         profile.summarize(str(tmp_path))
+
+
+def test_kernels_grouped_by_the_program_running_them(tmp_path):
+    """by_module: each kernel counts for the device's "XLA Modules" span holding its start (a GRPO step runs
+    its rollout, log-prob and update programs in one trace)."""
+    meta = [{"ph": "M", "pid": 7, "name": "process_name", "args": {"name": "/device:GPU:0"}}]
+    meta += [{"ph": "M", "pid": 7, "tid": t, "name": "thread_name", "args": {"name": n}}
+             for t, n in ((1, "Stream #13(Compute)"), (2, "XLA Modules"))]
+
+    def ev(tid, name, ts, dur):
+        return {"ph": "X", "pid": 7, "tid": tid, "name": name, "ts": ts, "dur": dur}
+
+    events = meta + [ev(2, "jit__decode_jit", 0, 5000), ev(2, "jit_grpo_step", 6000, 4000),
+                     ev(2, "jit__decode_jit", 20000, 1000),
+                     ev(1, "nvjet_gemm", 100, 3000), ev(1, "loop_fusion", 3200, 1000),
+                     ev(1, "nvjet_gemm", 6000, 2000), ev(1, "flash_bprop", 8000, 1500),
+                     ev(1, "memset", 11000, 500), ev(1, "nvjet_gemm", 20000, 1000)]
+    _write(tmp_path, events)
+    m = profile.summarize(str(tmp_path), by_module=True)["modules"]
+    assert list(m) == ["jit__decode_jit", "jit_grpo_step", "(none)"]  # by device time
+    assert m["jit__decode_jit"]["ms"] == pytest.approx(5.0) and m["jit__decode_jit"]["runs"] == 2
+    assert m["jit__decode_jit"]["kinds"] == {"matmul": 4.0, "other": 1.0}
+    assert m["jit_grpo_step"]["kinds"] == {"matmul": 2.0, "attention": 1.5}
+    assert m["(none)"]["ms"] == pytest.approx(0.5) and m["(none)"]["runs"] == 0
+    assert "modules" not in profile.summarize(str(tmp_path))
