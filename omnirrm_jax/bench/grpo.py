@@ -12,10 +12,10 @@ Both sides report peak device memory; with `--no-hf --preset omni_7b` it checks 
 
 Beside our step it prints a lower bound built from this card's measured speeds (`bench.grpo_bound`), part by part
 with measured/bound, so the gap is a number: the rollout's prefill and the reference pass and update at the model
-FLOP/s of our SFT step (measured here on one row of prompt + completion tokens, LoRA r=8, loss on the completion;
-or `--sft-mfu` x the card's peak), the rollout's decode steps at the HBM floor of `bench decode` (the measured copy
-bandwidth). Both are measured after the timed steps, once their state is freed, so they neither slow nor enlarge
-the step. The bound leaves out: the rewards (host work, reported but not bounded: the step's ratio carries them),
+FLOP/s of our SFT step (`omnirrm bench sft` on one row of prompt + completion tokens, LoRA r=8, loss on the
+completion, in a process of its own before ours starts; or `--sft-mfu` x the card's peak), the rollout's decode
+steps at the HBM floor of `bench decode` (the copy bandwidth, measured after the timed steps once their state is
+freed). Neither slows nor enlarges the step. The bound leaves out: the rewards (host work, reported but not bounded: the step's ratio carries them),
 sampling (top-k/top-p over the vocabulary each decode step), launches and host round trips between programs, the
 media towers (none here: text prompts), decode compute (the floor is bandwidth alone), and the gap between the
 copy-bandwidth floor and what a decode step can reach (the decode table in docs/PERFORMANCE.md reaches about half).
@@ -206,28 +206,51 @@ def bench_hf(cfg, prompts: int, G: int, prompt_len: int, completion: int, steps:
 SFT_STEPS, SFT_WARMUP = 5, 2  # the bound's SFT measurement: timed steps after warm-up (the first compiles)
 
 
+def sft_probe(*, preset: str, seq: int, loss_window: int, remat: str, small: bool = False) -> dict:
+    """Our SFT step's tokens/s and model FLOP/s on one row of `seq` tokens (LoRA r=8, loss on the last
+    `loss_window`), measured by `omnirrm bench sft` in a process of its own. Run before this process touches the
+    card. Measured after the GRPO steps in the same process (as before session 20), the same step ran at about
+    half its speed (H100: MFU 0.13 against 0.24 in its own process), which made the bound meaningless."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "sft.json")
+        cmd = [sys.executable, "-m", "omnirrm_jax.cli", "bench", "sft", "--no-hf", "--seq", str(seq),
+               "--loss-window", str(loss_window), "--remat", remat, "--steps", str(SFT_STEPS), "--warmup",
+               str(SFT_WARMUP), "--lora-rank", "8", "--devices", "1", "--json", out]
+        cmd += ["--small"] if small else ["--preset", preset]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"the bound's SFT probe failed ({' '.join(cmd[2:])}):\n{done.stderr[-3000:]}")
+        with open(out) as f:
+            res = json.load(f)
+    row = res["ours"][0]
+    return {"sft_seq": res["seq"], "sft_loss_window": loss_window, "sft_step_s": row["step_s"],
+            "sft_flops_per_s": row["tokens_per_s"] * res["flops_per_token"], "sft_mfu": row["mfu"]}
+
+
 def measure_bound(cfg, *, prompts: int, G: int, prompt_len: int, completion: int, ours: dict,
-                  sft_mfu: float | None = None, small: bool = False) -> dict:
-    """The bound's inputs measured on this card (copy bandwidth; our SFT step's model FLOP/s unless `sft_mfu` is
-    given), the bound's parts and measured/bound for rollout, reference, update and the whole step. Call it after
-    the timed GRPO steps: their state must be freed first."""
+                  sft: dict | None = None, sft_mfu: float | None = None, small: bool = False) -> dict:
+    """The bound's inputs measured on this card (copy bandwidth here; our SFT step's model FLOP/s from `sft`,
+    `sft_probe`'s result, unless `sft_mfu` is given), the bound's parts and measured/bound for rollout,
+    reference, update and the whole step. Call it after the timed GRPO steps: their state must be freed first."""
     import gc
 
-    from omnirrm_jax.bench import sft as bench_sft
     from omnirrm_jax.bench.decode import copy_bandwidth_gbs
     from omnirrm_jax.bench.grpo_bound import grpo_bound
-    from omnirrm_jax.training.metrics import flops_per_token, peak_flops_per_device
+    from omnirrm_jax.training.metrics import peak_flops_per_device
 
     gc.collect()  # the GRPO state is unreachable once bench_ours returned; cycles in its graph go here
     peak = peak_flops_per_device()
     inputs = {"copy_bandwidth_GBps": copy_bandwidth_gbs(mib=64 if small else 1024), "peak_flops": peak}
     if sft_mfu is None:
-        seq = prompt_len + completion
-        sft = bench_sft.bench_ours(cfg, batch=1, seq=seq, steps=SFT_STEPS, warmup=SFT_WARMUP, remat=cfg.remat,
-                                   lora_rank=8, devices=1, loss_window=completion)
-        flops_s = sft["tokens_per_s"] * flops_per_token(cfg, seq, loss_window=completion)
-        inputs.update(sft_source="measured", sft_seq=seq, sft_loss_window=completion, sft_step_s=sft["step_s"],
-                      sft_mfu=flops_s / peak if peak else None)
+        if sft is None:
+            raise ValueError("measure_bound needs the SFT probe's result (sft_probe) or sft_mfu")
+        inputs.update(sft_source="measured", **sft)
+        flops_s = sft["sft_flops_per_s"]
     else:
         flops_s = sft_mfu * peak
         inputs.update(sft_source="given", sft_mfu=sft_mfu)
@@ -247,7 +270,8 @@ def bound_lines(bound: dict, ours: dict) -> list[str]:
     """One line for the inputs, then one per part: measured, bound, measured/bound."""
     i, r = bound["inputs"], bound["measured_over_bound"]
     mfu = f"MFU {i['sft_mfu']:.2f}" if i["sft_mfu"] is not None else "MFU unknown: no listed peak for this card"
-    src = f"measured on one row of {i['sft_seq']} tokens" if i["sft_source"] == "measured" else "given"
+    src = f"measured on one row of {i['sft_seq']} tokens in its own process" if i["sft_source"] == "measured" \
+        else "given"
     detail = {"rollout": f" (prefill {bound['prefill_s']:.3f} + decode {bound['decode_s']:.3f})",
               "step": f" (rewards {ours['rewards_s']:.3f} s not bounded)"}
     return [f"bound from copy bandwidth {i['copy_bandwidth_GBps']:.0f} GB/s and the SFT step's "
@@ -299,6 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_hf:  # first: JAX preallocates most of the card once it starts, torch frees what it cached
         hf = bench_hf(cfg, **shape, micro=args.hf_micro)
         print(f"HF generate + PEFT: {json.dumps(hf)}", flush=True)
+    sft = None
+    if not args.no_ours and not args.no_bound and args.sft_mfu is None:  # before this process takes the card
+        sft = sft_probe(preset=args.preset, seq=args.prompt + args.completion, loss_window=args.completion,
+                        remat=args.remat, small=args.small)
+        print(f"the bound's SFT probe (its own process): {json.dumps(sft)}", flush=True)
     import jax
 
     device = jax.devices()[0].device_kind
@@ -334,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     print(line, flush=True)
     if not args.no_bound:  # after the timed steps, never between them
         result["bound"] = measure_bound(cfg, prompts=args.prompts, G=args.generations, prompt_len=args.prompt,
-                                        completion=args.completion, ours=result["ours"], sft_mfu=args.sft_mfu,
+                                        completion=args.completion, ours=result["ours"], sft=sft, sft_mfu=args.sft_mfu,
                                         small=args.small)
         print("\n".join(bound_lines(result["bound"], result["ours"])), flush=True)
     print(json.dumps(result))

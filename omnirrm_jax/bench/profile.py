@@ -62,8 +62,9 @@ def summarize(log_dir: str, top: int = 40, by_module: bool = False) -> dict:
     Returns {"source", "busy_ms", "span_ms", "kinds": {kind: ms}, "top": [{name, kind, ms, count, share}]}.
     `busy_ms` sums event durations (overlapping streams count twice); `span_ms` is first start to last end.
     With `by_module` (a trace holding several programs, e.g. a GRPO step's rollout, log-prob and update programs),
-    also "modules": {program: {"ms", "runs", "kinds", "top"}}, each kernel counted in the program ("XLA Modules"
-    span of the same device) running when it started; kernels outside every span go under "(none)".
+    also "modules": {program: {"ms", "runs", "kinds", "top"}}: each kernel counted in the program its event names
+    (`hlo_module`), or else in the "XLA Modules" span of the same device running when it started ("(none)" if
+    none was).
     """
     path = _trace_file(log_dir)
     with gzip.open(path, "rt") as f:
@@ -115,16 +116,24 @@ def _kinds(kernels: dict) -> dict:
 
 
 def _by_module(events: list, keep, spans: list, top: int) -> dict:
-    """Kept kernels grouped by the program span holding their start: {program: {ms, runs, kinds, top}}."""
+    """Kept kernels grouped by program: the event's own `hlo_module` (its args, as the profiler records kernels),
+    else the program span holding its start. {program: {ms, runs, kinds, top}}."""
     starts = [s for s, _, _ in spans]
     groups = collections.defaultdict(list)
+    run_ids = collections.defaultdict(set)
     for e in events:
         if e.get("ph") != "X" or "dur" not in e or not keep(e):
             continue
-        i = bisect.bisect_right(starts, e["ts"]) - 1
-        name = spans[i][2] if i >= 0 and e["ts"] < spans[i][1] else "(none)"
+        args = e.get("args") or {}
+        name = args.get("hlo_module")
+        if name is None:
+            i = bisect.bisect_right(starts, e["ts"]) - 1
+            name = spans[i][2] if i >= 0 and e["ts"] < spans[i][1] else "(none)"
+        elif "run_id" in args:
+            run_ids[name].add(args["run_id"])
         groups[name].append(e)
     runs = collections.Counter(name for _, _, name in spans)
+    runs.update({name: len(ids) for name, ids in run_ids.items()})
     out = {}
     for name, evs in sorted(groups.items(), key=lambda kv: -sum(e["dur"] for e in kv[1])):
         kernels, _ = _totals(evs, lambda e: True)

@@ -70,3 +70,21 @@ def test_kernels_grouped_by_the_program_running_them(tmp_path):
     assert m["jit_grpo_step"]["kinds"] == {"matmul": 2.0, "attention": 1.5}
     assert m["(none)"]["ms"] == pytest.approx(0.5) and m["(none)"]["runs"] == 0
     assert "modules" not in profile.summarize(str(tmp_path))
+
+
+def test_kernels_name_their_program(tmp_path):
+    """A kernel event whose args name its program (`hlo_module`, as the profiler writes them) counts there, its
+    runs counted by distinct run ids."""
+    meta = [{"ph": "M", "pid": 7, "name": "process_name", "args": {"name": "/device:GPU:0"}},
+            {"ph": "M", "pid": 7, "tid": 1, "name": "thread_name", "args": {"name": "Stream #13(Compute)"}}]
+
+    def ev(name, ts, dur, module, run):
+        return {"ph": "X", "pid": 7, "tid": 1, "name": name, "ts": ts, "dur": dur,
+                "args": {"hlo_module": module, "hlo_op": "fusion.1", "run_id": run}}
+
+    _write(tmp_path, meta + [ev("nvjet_gemm", 0, 2000, "jit_grpo_step", "1"), ev("loop_fusion", 2000, 500,
+                                                                                   "jit_grpo_step", "1"),
+                             ev("nvjet_gemm", 3000, 1000, "jit__decode_jit", "2"),
+                             ev("nvjet_gemm", 5000, 1000, "jit__decode_jit", "3")])
+    m = profile.summarize(str(tmp_path), by_module=True)["modules"]
+    assert {n: (v["ms"], v["runs"]) for n, v in m.items()} == {"jit_grpo_step": (2.5, 1), "jit__decode_jit": (2.0, 2)}
