@@ -6,8 +6,8 @@ judged in seconds instead of a whole decode. Each timing runs the call `layers` 
 (the output feeds the next query, as layer feeds layer) and reports the best of `repeats` divided by `layers`. Off
 GPU the kernel is interpreted: the numbers then say nothing about speed (the CPU test only runs the harness).
 
-Variants: `SPLITSxBLOCK` (the split kernel: programs per (prompt, kv head) sharing out the blocks, then a combine),
-`sBLOCK` (a program per (prompt, kv head, sample), no combine), either with `:STAGES` (Triton pipeline stages).
+Variants: `SPLITSxBLOCK` (programs per (prompt, kv head) sharing out the blocks, then the combine), optionally with
+`:STAGES` (Triton pipeline stages, 2 by default).
 """
 
 from __future__ import annotations
@@ -39,14 +39,10 @@ def time_attention(fn, q, t: int, layers: int, repeats: int) -> float:
 
 
 def parse_variant(text: str) -> dict:
-    """"8x128" / "s128" / "8x128:3" -> {"kind": "split" | "sample", "splits", "block", "stages"}."""
+    """"8x128" / "8x128:3" -> {"splits", "block", "stages"}."""
     body, _, stages = text.partition(":")
-    if body.startswith("s"):
-        out = {"kind": "sample", "splits": 1, "block": int(body[1:])}
-    else:
-        splits, block = body.split("x")
-        out = {"kind": "split", "splits": int(splits), "block": int(block)}
-    out["stages"] = int(stages) if stages else 2
+    splits, block = body.split("x")
+    out = {"splits": int(splits), "block": int(block), "stages": int(stages) if stages else 2}
     if min(out["splits"], out["block"], out["stages"]) < 1:
         raise ValueError(text)
     return out
@@ -55,9 +51,6 @@ def parse_variant(text: str) -> dict:
 def kernel_of(variant: dict, G: int, scale: float):
     from omnirrm_jax.decoding import shared_prefix as SP
 
-    if variant["kind"] == "sample":
-        return functools.partial(SP._pallas_per_sample, G=G, scale=scale, block=variant["block"],
-                                 num_stages=variant["stages"])
     return functools.partial(SP._pallas_attention, G=G, scale=scale, splits=variant["splits"],
                              block=variant["block"], num_stages=variant["stages"])
 
@@ -69,9 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt", type=int, default=1024)
     p.add_argument("--new", type=int, default=512)
     p.add_argument("--filled", default="16,256,500", help="comma-separated filled suffix lengths (decode steps)")
-    p.add_argument("--variants", default="8x128,s128,s64",
-                   help="comma-separated kernel variants: SPLITSxBLOCK (split kernel) or sBLOCK (a program per "
-                        "sample), each optionally :STAGES")
+    p.add_argument("--variants", default="8x128,8x128:3,8x64:3",
+                   help="comma-separated kernel variants SPLITSxBLOCK, each optionally :STAGES (the first is compared "
+                        "with the rest)")
     p.add_argument("--layers", type=int, default=None, help="chained calls per timing (default: the model's layers)")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--json", default=None)
@@ -81,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         filled = [int(x) for x in args.filled.split(",")]
         B, G = (int(x) for x in args.batch.split("x"))
     except ValueError:
-        p.error("--variants takes SPLITSxBLOCK or sBLOCK (each optionally :STAGES), --filled integers, --batch BxG")
+        p.error("--variants takes SPLITSxBLOCK (optionally :STAGES), --filled integers, --batch BxG")
     if not all(1 <= f <= args.new for f in filled):
         p.error(f"--filled must lie in [1, --new={args.new}]")
 
@@ -107,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         us = [time_attention(lambda q, n: kern(q, pk, pv, sk, sv, start, n), q, f, args.layers or t.num_layers,
                              args.repeats) for f in filled]
         rows.append({**v, "us_per_layer": dict(zip(map(str, filled), us))})
-        what = "per sample" if v["kind"] == "sample" else f"{v['splits']} splits"
-        print(f"[{device}] {args.preset} {B}x{G} prompt {args.prompt}: {what}, blocks of {v['block']}, "
+        print(f"[{device}] {args.preset} {B}x{G} prompt {args.prompt}: {v['splits']} splits, blocks of {v['block']}, "
               f"{v['stages']} stages: "
               + ", ".join(f"{u:.1f} us at {f} filled" for f, u in zip(filled, us)), flush=True)
     if args.json:

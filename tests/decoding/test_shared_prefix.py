@@ -67,23 +67,6 @@ def test_every_split_count_and_block_size_deals_out_the_same_attention(splits, b
         np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, err_msg=f"t={t}")
 
 
-@pytest.mark.parametrize("block,N,Hq", [(32, 64, 4), (64, 16, 4), (128, 64, 14)])
-def test_per_sample_kernel_equals_attention_over_repeated_caches(block, N, Hq):
-    """A program per (prompt, kv head, sample): blocks smaller and larger than the suffix, 7 query heads per kv
-    head padded to 16 rows, a prompt wholly padding but its last slot and one with padding inside a block."""
-    B, G, K, H, S = 2, 4, 2, 16, 256
-    ks = jax.random.split(jax.random.key(2), 5)
-    q = jax.random.normal(ks[0], (B * G, Hq, H))
-    pk, pv = (jax.random.normal(k, (B, K, S, H)) for k in ks[1:3])
-    sk, sv = (jax.random.normal(k, (B, K, N * G, H)) for k in ks[3:5])
-    start = np.array([255, 70])
-    for t in sorted({1, 9, N}):
-        want = _repeated(q, pk, pv, sk, sv, start, t, G, H ** -0.5)
-        got = SP._pallas_per_sample(q, pk, pv, sk, sv, jnp.asarray(start, jnp.int32), jnp.asarray(t, jnp.int32),
-                                    G=G, scale=H ** -0.5, block=block)
-        np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, err_msg=f"t={t}")
-
-
 def test_kernel_layout_padding():
     """The prefix slots and the suffix rows (G a position) are padded to a power of two of at least one block."""
     assert SP.BLOCK == 128
