@@ -88,9 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     K, Hq, H = t.num_kv_heads, t.num_heads, t.head_dim
     rows = []
     device = jax.devices()[0].device_kind
+    S, N = SP.padded_sizes(args.prompt, args.new, G, "pallas")  # the cache the sampler allocates
+    X = N * G
     for v in variants:
-        S, N = SP.padded_sizes(args.prompt, args.new, G, "pallas")  # the cache the sampler allocates
-        X = N * G
+        if S % v["block"] or X % v["block"]:
+            p.error(f"blocks of {v['block']} do not divide the cache the sampler allocates here (prefix {S}, suffix "
+                    f"rows {X})")
+    for v in variants:
         ks = jax.random.split(jax.random.key(0), 5)
         q = jax.random.normal(ks[0], (B * G, Hq, H), jnp.bfloat16)
         pk, pv = (jax.random.normal(k, (B, K, S, H), jnp.bfloat16) for k in ks[1:3])

@@ -210,7 +210,9 @@ def sft_probe(*, preset: str, seq: int, loss_window: int, remat: str, small: boo
     """Our SFT step's tokens/s and model FLOP/s on one row of `seq` tokens (LoRA r=8, loss on the last
     `loss_window`), measured by `omnirrm bench sft` in a process of its own. Run before this process touches the
     card. Measured after the GRPO steps in the same process (as before session 20), the same step ran at about
-    half its speed (H100: MFU 0.13 against 0.24 in its own process), which made the bound meaningless."""
+    half its speed (H100: MFU 0.13 against 0.24 in its own process), which made the bound meaningless. The probe
+    runs `bench sft`'s model: the preset (or its tiny model with `small`) with unrolled layers, whatever
+    `--scan-layers` the GRPO side runs."""
     import os
     import subprocess
     import sys
@@ -227,6 +229,8 @@ def sft_probe(*, preset: str, seq: int, loss_window: int, remat: str, small: boo
             raise RuntimeError(f"the bound's SFT probe failed ({' '.join(cmd[2:])}):\n{done.stderr[-3000:]}")
         with open(out) as f:
             res = json.load(f)
+    if res["seq"] != seq:
+        raise RuntimeError(f"the bound's SFT probe ran {res['seq']} tokens, not the {seq} asked for")
     row = res["ours"][0]
     return {"sft_seq": res["seq"], "sft_loss_window": loss_window, "sft_step_s": row["step_s"],
             "sft_flops_per_s": row["tokens_per_s"] * res["flops_per_token"], "sft_mfu": row["mfu"]}
@@ -366,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
                                         completion=args.completion, ours=result["ours"], sft=sft, sft_mfu=args.sft_mfu,
                                         small=args.small)
         print("\n".join(bound_lines(result["bound"], result["ours"])), flush=True)
-    print(json.dumps(result))
+    printed = {**result, "ours": {k: v for k, v in result["ours"].items() if k != "profile"}}
+    print(json.dumps(printed))  # the profile's tables are printed above and kept in --json
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -1,6 +1,6 @@
-"""Where a benchmark's device time goes: a `jax.profiler` trace of the timed steps, summarised by kernel.
+"""Where a benchmark's device time goes: a `jax.profiler` trace of a few steps, summarised by kernel.
 
-Benchmarks take `--profile DIR`: the timed steps run inside `trace(DIR)`, and `summarize(DIR)` reads the Perfetto
+Benchmarks take `--profile DIR`: extra steps after the timed ones run inside `trace(DIR)`, and `summarize(DIR)` reads the Perfetto
 trace JSON the profiler writes next to its XPlane files and totals the device-side events (GPU/TPU streams) by
 name and by kind (matmul, attention, collective, copy, other fusions). The raw trace stays in DIR for Perfetto
 or TensorBoard; the summary is what a device call can bring back as text.
@@ -63,8 +63,8 @@ def summarize(log_dir: str, top: int = 40, by_module: bool = False) -> dict:
     `busy_ms` sums event durations (overlapping streams count twice); `span_ms` is first start to last end.
     With `by_module` (a trace holding several programs, e.g. a GRPO step's rollout, log-prob and update programs),
     also "modules": {program: {"ms", "runs", "kinds", "top"}}: each kernel counted in the program its event names
-    (`hlo_module`), or else in the "XLA Modules" span of the same device running when it started ("(none)" if
-    none was).
+    (`hlo_module`), or else in the "XLA Modules" span of the same device that started last before it ("(none)" if
+    that one had ended). Programs are told apart by name only: two jitted lambdas share "jit__lambda".
     """
     path = _trace_file(log_dir)
     with gzip.open(path, "rt") as f:
@@ -132,8 +132,8 @@ def _by_module(events: list, keep, spans: list, top: int) -> dict:
         elif "run_id" in args:
             run_ids[name].add(args["run_id"])
         groups[name].append(e)
-    runs = collections.Counter(name for _, _, name in spans)
-    runs.update({name: len(ids) for name, ids in run_ids.items()})
+    runs = dict(collections.Counter(name for _, _, name in spans))
+    runs.update({name: len(ids) for name, ids in run_ids.items()})  # a program's run ids, where its kernels name them
     out = {}
     for name, evs in sorted(groups.items(), key=lambda kv: -sum(e["dur"] for e in kv[1])):
         kernels, _ = _totals(evs, lambda e: True)

@@ -231,7 +231,7 @@ def _release_torch_memory() -> None:
 def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="omnirrm bench sft", description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="omni_3b")
-    p.add_argument("--seq", type=int, default=3072)
+    p.add_argument("--seq", type=int, default=None, help="tokens per sequence (default 3072; 64 with --small)")
     p.add_argument("--batch", type=int, default=1, help="sequences per device and step")
     p.add_argument("--steps", type=int, default=8, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps (the first compiles)")
@@ -263,9 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     from omnirrm_jax.training.metrics import peak_flops_per_device
 
     if args.small:
-        cfg, seq = C.tiny(dtype="float32", param_dtype="float32"), min(args.seq, 64)
+        cfg, seq = C.tiny(dtype="float32", param_dtype="float32"), args.seq or 64
     else:
-        cfg, seq = C.PRESETS[args.preset](dtype="bfloat16", param_dtype="bfloat16"), args.seq
+        cfg, seq = C.PRESETS[args.preset](dtype="bfloat16", param_dtype="bfloat16"), args.seq or 3072
     if args.loss_window is not None and not 0 < args.loss_window < seq:
         p.error(f"--loss-window {args.loss_window} must lie in [1, {seq - 1}] (sequence {seq})")
     run = dict(batch=args.batch, seq=seq, steps=args.steps, warmup=args.warmup, lora_rank=args.lora_rank,

@@ -83,3 +83,6 @@ def test_bench_attention_runs_its_variants(tmp_path):
     for bad in ("8", "s64", "8x128:0"):
         with pytest.raises(SystemExit):
             bench_attention.main(["--variants", bad])
+    with pytest.raises(SystemExit):  # a block larger than the cache the sampler allocates at this shape
+        bench_attention.main(["--preset", "tiny", "--batch", "2x2", "--prompt", "40", "--new", "20", "--variants",
+                              "1x256"])

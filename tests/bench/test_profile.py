@@ -88,3 +88,14 @@ def test_kernels_name_their_program(tmp_path):
                              ev("nvjet_gemm", 5000, 1000, "jit__decode_jit", "3")])
     m = profile.summarize(str(tmp_path), by_module=True)["modules"]
     assert {n: (v["ms"], v["runs"]) for n, v in m.items()} == {"jit_grpo_step": (2.5, 1), "jit__decode_jit": (2.0, 2)}
+
+
+def test_runs_not_counted_twice_where_spans_and_run_ids_both_exist(tmp_path):
+    meta = [{"ph": "M", "pid": 7, "name": "process_name", "args": {"name": "/device:GPU:0"}}]
+    meta += [{"ph": "M", "pid": 7, "tid": t, "name": "thread_name", "args": {"name": n}}
+             for t, n in ((1, "Stream #13(Compute)"), (2, "XLA Modules"))]
+    events = meta + [{"ph": "X", "pid": 7, "tid": 2, "name": "jit_step", "ts": 0, "dur": 5000},
+                     {"ph": "X", "pid": 7, "tid": 1, "name": "nvjet_gemm", "ts": 10, "dur": 1000,
+                      "args": {"hlo_module": "jit_step", "run_id": "1"}}]
+    _write(tmp_path, events)
+    assert profile.summarize(str(tmp_path), by_module=True)["modules"]["jit_step"]["runs"] == 1
