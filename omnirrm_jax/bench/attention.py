@@ -48,13 +48,6 @@ def parse_variant(text: str) -> dict:
     return out
 
 
-def kernel_of(variant: dict, G: int, scale: float):
-    from omnirrm_jax.decoding import shared_prefix as SP
-
-    return functools.partial(SP._pallas_attention, G=G, scale=scale, splits=variant["splits"],
-                             block=variant["block"], num_stages=variant["stages"])
-
-
 def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="omnirrm bench attention", description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="omni_3b", help="head counts and head size from this model config")
@@ -90,17 +83,17 @@ def main(argv: list[str] | None = None) -> int:
     device = jax.devices()[0].device_kind
     S, N = SP.padded_sizes(args.prompt, args.new, G, "pallas")  # the cache the sampler allocates
     X = N * G
+    bad = sorted({v["block"] for v in variants if S % v["block"] or X % v["block"]})
+    if bad:
+        p.error(f"blocks of {bad} do not divide the cache the sampler allocates here (prefix {S}, suffix rows {X})")
+    ks = jax.random.split(jax.random.key(0), 5)  # one cache for every variant
+    q = jax.random.normal(ks[0], (B * G, Hq, H), jnp.bfloat16)
+    pk, pv = (jax.random.normal(k, (B, K, S, H), jnp.bfloat16) for k in ks[1:3])
+    sk, sv = (jax.random.normal(k, (B, K, X, H), jnp.bfloat16) for k in ks[3:5])
+    start = jnp.full((B,), S - args.prompt, jnp.int32)
     for v in variants:
-        if S % v["block"] or X % v["block"]:
-            p.error(f"blocks of {v['block']} do not divide the cache the sampler allocates here (prefix {S}, suffix "
-                    f"rows {X})")
-    for v in variants:
-        ks = jax.random.split(jax.random.key(0), 5)
-        q = jax.random.normal(ks[0], (B * G, Hq, H), jnp.bfloat16)
-        pk, pv = (jax.random.normal(k, (B, K, S, H), jnp.bfloat16) for k in ks[1:3])
-        sk, sv = (jax.random.normal(k, (B, K, X, H), jnp.bfloat16) for k in ks[3:5])
-        start = jnp.full((B,), S - args.prompt, jnp.int32)
-        kern = kernel_of(v, G, H ** -0.5)
+        kern = functools.partial(SP._pallas_attention, G=G, scale=H ** -0.5, splits=v["splits"], block=v["block"],
+                                 num_stages=v["stages"])
         us = [time_attention(lambda q, n: kern(q, pk, pv, sk, sv, start, n), q, f, args.layers or t.num_layers,
                              args.repeats) for f in filled]
         rows.append({**v, "us_per_layer": dict(zip(map(str, filled), us))})

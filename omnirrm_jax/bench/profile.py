@@ -1,9 +1,9 @@
 """Where a benchmark's device time goes: a `jax.profiler` trace of a few steps, summarised by kernel.
 
-Benchmarks take `--profile DIR`: extra steps after the timed ones run inside `trace(DIR)`, and `summarize(DIR)` reads the Perfetto
-trace JSON the profiler writes next to its XPlane files and totals the device-side events (GPU/TPU streams) by
-name and by kind (matmul, attention, collective, copy, other fusions). The raw trace stays in DIR for Perfetto
-or TensorBoard; the summary is what a device call can bring back as text.
+Benchmarks take `--profile DIR`: extra steps after the timed ones run inside `trace(DIR)`, and `summarize(DIR)`
+reads the Perfetto trace JSON the profiler writes next to its XPlane files and totals the device-side events
+(GPU/TPU streams) by name and by kind (matmul, attention, collective, copy, other fusions). The raw trace stays in
+DIR for Perfetto or TensorBoard; the summary is what a device call can bring back as text.
 """
 
 from __future__ import annotations
