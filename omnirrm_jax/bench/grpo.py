@@ -15,11 +15,11 @@ with measured/bound, so the gap is a number: the rollout's prefill and the refer
 FLOP/s of our SFT step (`omnirrm bench sft` on one row of prompt + completion tokens, LoRA r=8, loss on the
 completion, in a process of its own before ours starts; or `--sft-mfu` x the card's peak), the rollout's decode
 steps at the HBM floor of `bench decode` (the copy bandwidth, measured after the timed steps once their state is
-freed). Neither slows nor enlarges the step. The bound leaves out: the rewards (host work, reported but not
-bounded: the step's ratio carries them), sampling (top-k/top-p over the vocabulary each decode step), launches and
-host round trips between programs, the media towers (none here: text prompts), decode compute (the floor is
-bandwidth alone), and the gap between the copy-bandwidth floor and what a decode step can reach (the decode table
-in docs/PERFORMANCE.md reaches about half).
+freed). Neither slows nor enlarges the step. The bound leaves out: the rewards (host work, reported, run while the
+reference pass is on the device; the step's ratio carries what is not hidden), sampling (top-k/top-p over the
+vocabulary each decode step), launches and host round trips between programs, the media towers (none here: text
+prompts), decode compute (the floor is bandwidth alone), and the gap between the copy-bandwidth floor and what a
+decode step can reach (the decode table in docs/PERFORMANCE.md reaches about half).
 The FLOP/s of a one-row training step is not a ceiling for the forward-only prefill and reference pass, nor for
 the update, which runs `--rows-per-chunk` rows at once, so their ratios may fall below 1.
 """
@@ -278,7 +278,7 @@ def bound_lines(bound: dict, ours: dict) -> list[str]:
     src = f"measured on one row of {i['sft_seq']} tokens in its own process" if i["sft_source"] == "measured" \
         else "given"
     detail = {"rollout": f" (prefill {bound['prefill_s']:.3f} + decode {bound['decode_s']:.3f})",
-              "step": f" (rewards {ours['rewards_s']:.3f} s not bounded)"}
+              "step": f" (rewards: {ours['rewards_s']:.3f} s on the host while the reference pass runs)"}
     return [f"bound from copy bandwidth {i['copy_bandwidth_GBps']:.0f} GB/s and the SFT step's "
             f"{i['sft_flops_per_s'] / 1e12:.3g} TFLOP/s ({mfu}; {src}):"] + [
         f"  {k:<9} measured {ours[k + '_s']:.3f} s, bound {bound[k + '_s']:.3f} s{detail.get(k, '')}: "

@@ -101,11 +101,41 @@ def summarize(log_dir: str, top: int = 40, by_module: bool = False) -> dict:
     out = {"source": source + (f" {devices[0][0]} of {len(devices)}" if devices else ""), "file": path,
            "busy_ms": round(busy, 3), "span_ms": round(span, 3), "kinds": _kinds(kernels),
            "top": _rows(kernels, busy, top), "top_ops": _rows(ops, sum(t for t, _ in ops.values()), top)}
+    out["idle"] = _idle(events, keep)
     if by_module:
         spans = sorted((e["ts"], e["ts"] + e.get("dur", 0), e["name"]) for e in events
                        if e.get("ph") == "X" and e["pid"] in device and thread(e) == "XLA Modules")
         out["modules"] = _by_module(events, keep, spans, top)
     return out
+
+
+def _idle(events: list, keep, top: int = 15) -> dict:
+    """Where the device waits: the gaps in the union of the kept kernels' intervals (all streams of one device),
+    totalled by the pair of programs on either side (`hlo_module`, else "?"): a gap between two programs is the host
+    launching the next one (or waiting on a transfer); a gap inside one is its own launch latency.
+    {"ms", "gaps", "by_transition": [{before, after, ms, count}], "largest": [{at_ms, ms, before, after}]}."""
+    spans = sorted((e["ts"], e["ts"] + e["dur"], (e.get("args") or {}).get("hlo_module", "?"), e["name"])
+                   for e in events if e.get("ph") == "X" and "dur" in e and keep(e))
+    if not spans:
+        return {"ms": 0.0, "gaps": 0, "by_transition": [], "largest": []}
+    t0, end, last = spans[0][0], spans[0][1], spans[0]
+    by = collections.defaultdict(lambda: [0.0, 0])
+    largest = []
+    for s in spans[1:]:
+        if s[0] > end:
+            gap = (s[0] - end) / 1e3
+            key = (last[2], s[2])
+            by[key][0] += gap
+            by[key][1] += 1
+            largest.append((gap, (end - t0) / 1e3, last, s))
+        if s[1] > end:
+            end, last = s[1], s
+    largest.sort(key=lambda g: -g[0])
+    rows = sorted(by.items(), key=lambda kv: -kv[1][0])[:top]
+    return {"ms": round(sum(v[0] for v in by.values()), 3), "gaps": sum(v[1] for v in by.values()),
+            "by_transition": [{"before": b, "after": a, "ms": round(ms, 3), "count": n} for (b, a), (ms, n) in rows],
+            "largest": [{"at_ms": round(at, 3), "ms": round(gap, 3), "before": f"{p[2]}: {p[3][:80]}",
+                         "after": f"{n[2]}: {n[3][:80]}"} for gap, at, p, n in largest[:top]]}
 
 
 def _kinds(kernels: dict) -> dict:
@@ -174,6 +204,15 @@ def print_summary(summary: dict, steps: int = 1, module_top: int = 25) -> None:
         for r in summary.get(key, []):
             print(f"  {r['ms'] / per:9.3f} ms  {r['share']:6.1%}  x{r['count'] // per:<5d} {r['kind']:10s} "
                   f"{r['name']}", flush=True)
+    idle = summary.get("idle")
+    if idle and idle["gaps"]:
+        print(f"  idle {idle['ms'] / per:.2f} ms/step in {idle['gaps'] // per} gaps; by programs either side:",
+              flush=True)
+        for r in idle["by_transition"]:
+            print(f"  {r['ms'] / per:9.3f} ms  x{r['count'] // per:<6d} {r['before']} -> {r['after']}", flush=True)
+        print("  largest gaps:", flush=True)
+        for r in idle["largest"][:8]:
+            print(f"  {r['ms']:9.3f} ms  at {r['at_ms']:.1f} ms  {r['before']} -> {r['after']}", flush=True)
     for name, m in summary.get("modules", {}).items():
         print(f"  program {name} (x{m['runs']}): {m['ms'] / per:.2f} ms/step; " + ", ".join(
             f"{k} {v / per:.2f}" for k, v in m["kinds"].items()), flush=True)

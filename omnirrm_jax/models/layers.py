@@ -155,6 +155,15 @@ def fold_lora(model: nnx.Module) -> None:
             node.fold_lora()
 
 
+def drop_lora(model: nnx.Module) -> None:
+    """Removes every LoRA branch of `model` in place, leaving the base model: for a model merged inside a traced
+    function (the GRPO reference pass), which then runs no LoRA matmuls at all instead of branches whose zeroed B
+    adds exactly nothing."""
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, Linear) and node.lora_a is not None:
+            node.lora_a, node.lora_b, node.lora_scale = nnx.data(None), nnx.data(None), 0.0
+
+
 @functools.lru_cache(maxsize=None)
 def normal_init(stddev: float):
     """N(0, stddev^2) initializer whose values do not depend on being traced: the same bits eagerly and inside a

@@ -51,8 +51,8 @@ from omnirrm_jax.training import run as run_lib
 from omnirrm_jax.training.grpo_config import GRPOConfig, GRPOSpec
 from omnirrm_jax.training.grpo_objective import jit_grpo_step, jit_logprobs
 from omnirrm_jax.training.loop import NonFiniteGuard, data_counts
-from omnirrm_jax.training.lora import without_lora
-from omnirrm_jax.training.rollout import build_roll, rollout_metrics, sampling_config, score_rollout, to_host
+from omnirrm_jax.training.rollout import (build_roll, completion_arrays, rollout_metrics, sampling_config,
+                                         score_rollout, to_host)
 from omnirrm_jax.training.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ class RolloutUpdate:
     frozen: Any
     step_fn: Callable
     logprobs_fn: Callable
+    ref_logprobs_fn: Callable  # a LoRA run's reference: the model without its branches
     spec: GRPOSpec
     sampling: SamplingConfig
     tok: Any
@@ -86,12 +87,16 @@ class RolloutUpdate:
             initial = None
         step_mesh = S.mesh_of(shardings[0]) if shardings else None
         return cls(state.graphdef, state.frozen, jit_grpo_step(state, tx, spec, shardings),
-                   jit_logprobs(state.graphdef, spec, step_mesh), spec, sampling or sampling_config(spec, tok), tok,
+                   jit_logprobs(state.graphdef, spec, step_mesh), jit_logprobs(state.graphdef, spec, step_mesh, True),
+                   spec, sampling or sampling_config(spec, tok), tok,
                    mesh, full_finetune, initial, constraint)
 
     def __call__(self, trainable, opt_state, step, batch: dict, key):
         """Returns (trainable, opt_state, step, record, per-update metrics) for one rollout batch (a GRPO-mode
-        pipeline batch as global arrays, with gold labels)."""
+        pipeline batch as global arrays, with gold labels). The log-prob passes are queued on the device as soon as
+        the completions are on the host, so the host scores the rollout while they run: `time/rewards_s` is that
+        host time, `time/reference_s` the log-prob passes' from the rollout's end (scoring included when they
+        run), and rollout + reference + update make the step."""
         spec, frozen = self.spec, self.frozen
         t0 = time.perf_counter()
         if spec.compile_ahead and self._ahead is None:
@@ -101,17 +106,14 @@ class RolloutUpdate:
             result = generate(model, model_inputs(batch), self.sampling, key, constraint=self.constraint)
         tokens, lengths = to_host(result.tokens), to_host(result.lengths)
         t1 = time.perf_counter()
+        comps = completion_arrays(tokens, lengths, self.mesh)
+        _wait(self._ahead, 0)
+        logp = self._logprobs(trainable, batch, comps)
         # gold labels of the global batch, in the global row order of `tokens` (several processes: all rows)
         gold = {k: to_host(batch[k]) for k in ("gold_better", "gold_score_A", "gold_score_B", "valid") if k in batch}
         scored = score_rollout(self.tok, tokens, lengths, gold, spec)
-        roll = build_roll(tokens, lengths, scored, self.mesh)
+        roll = {**build_roll(tokens, lengths, scored, self.mesh, comps), **logp}
         t2 = time.perf_counter()
-        _wait(self._ahead, 0)
-        if spec.beta != 0.0:
-            ref = reference_trainable(trainable, self.full_finetune, self.initial)
-            roll["ref_logp"] = self.logprobs_fn(ref, frozen, batch, roll)
-        if spec.num_iterations > 1:
-            roll["old_logp"] = self.logprobs_fn(trainable, frozen, batch, roll)
         jax.block_until_ready(roll)
         t3 = time.perf_counter()
         _wait(self._ahead, 1)
@@ -124,13 +126,30 @@ class RolloutUpdate:
         sampler_lp = to_host(result.logprobs)
         record = {**rollout_metrics(scored, lengths),
                   "rollout/sampler_logprob_mean": float(sampler_lp.sum() / max(int(lengths.sum()), 1)),
-                  "time/rollout_s": t1 - t0, "time/rewards_s": t2 - t1, "time/reference_s": t3 - t2,
+                  "time/rollout_s": t1 - t0, "time/rewards_s": t2 - t1, "time/reference_s": t3 - (t1 if logp else t2),
                   "time/update_s": t4 - t3, "time/step_s": t4 - t0}
         for k in ("loss", "kl", "clip_frac", "clip_frac_low", "clip_frac_high"):
             record[f"train/{k}"] = float(np.mean([m[k] for m in updates]))
         record["train/grad_norm"] = float(updates[-1]["grad_norm"])
         return trainable, opt_state, step, record, updates
 
+    def _logprobs(self, trainable, batch, comps: dict, lower: bool = False) -> dict:
+        """Dispatches the log-prob passes a rollout needs (reference when beta != 0, old policy when several updates
+        share it) and returns {name: (R, N) log-probs}; with `lower`, compiles them instead and returns their
+        outputs' abstract values (`_start_compiling`)."""
+        spec, frozen, out = self.spec, self.frozen, {}
+        calls = []
+        if spec.beta != 0.0:
+            if self.full_finetune:
+                calls.append(("ref_logp", self.logprobs_fn, self.initial))
+            else:  # LoRA: the same weights with every branch left out (`jit_logprobs(base=True)`)
+                calls.append(("ref_logp", self.ref_logprobs_fn, trainable))
+        if spec.num_iterations > 1:
+            calls.append(("old_logp", self.logprobs_fn, trainable))
+        for name, fn, weights in calls:
+            out[name] = (_abstract_out(fn.lower(weights, frozen, batch, comps).compile()) if lower
+                         else fn(weights, frozen, batch, comps))
+        return out
 
     def _start_compiling(self, trainable, opt_state, step, batch) -> tuple:
         """Lowers and compiles (or reads back from the compilation cache) the log-prob and update programs on a
@@ -142,20 +161,15 @@ class RolloutUpdate:
         import concurrent.futures
         import threading
 
-        spec, frozen, sampling = self.spec, self.frozen, self.sampling
+        frozen, sampling = self.frozen, self.sampling
         B, G, N = batch["input_ids"].shape[0], sampling.num_samples, sampling.max_new_tokens
-        roll = build_roll(np.zeros((B, G, N), np.int32), np.full((B, G), N, np.int32),
-                          {"advantages": np.zeros((B, G), np.float32), "valid": np.ones(B, bool)}, self.mesh)
+        tokens, lengths = np.zeros((B, G, N), np.int32), np.full((B, G), N, np.int32)
+        comps = completion_arrays(tokens, lengths, self.mesh)
+        roll = build_roll(tokens, lengths, {"advantages": np.zeros((B, G), np.float32), "valid": np.ones(B, bool)},
+                          self.mesh, comps)
 
-        def logprobs():  # as `__call__` calls it: the second call's roll already holds the first's output
-            out = {}
-            if spec.beta != 0.0:
-                ref = reference_trainable(trainable, self.full_finetune, self.initial)
-                out["ref_logp"] = _abstract_out(self.logprobs_fn.lower(ref, frozen, batch, roll).compile())
-            if spec.num_iterations > 1:
-                out["old_logp"] = _abstract_out(self.logprobs_fn.lower(trainable, frozen, batch,
-                                                                       {**roll, **out}).compile())
-            return out
+        def logprobs():  # the signatures `__call__` calls them with
+            return self._logprobs(trainable, batch, comps, lower=True)
 
         def update(logp):
             self.step_fn.lower(trainable, frozen, opt_state, step, batch, {**roll, **logp.result()}).compile()
@@ -187,11 +201,6 @@ def _wait(ahead, i: int) -> None:
     if e is not None and not (i == 1 and ahead[0].exception() is not None):
         log.warning("compiling the GRPO programs ahead failed (%s: %s); they compile when called",
                     type(e).__name__, e)
-
-
-def reference_trainable(trainable, full_finetune: bool, initial=None):
-    """What the KL term compares against: LoRA runs switch LoRA off; full fine-tuning keeps `initial`."""
-    return initial if full_finetune else without_lora(trainable)
 
 
 def schedule(cfg: GRPOConfig) -> Callable[[int, Any], run_lib.Schedule]:

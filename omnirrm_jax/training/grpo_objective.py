@@ -16,6 +16,7 @@ from flax import nnx
 
 from omnirrm_jax.decoding.cache import init_cache
 from omnirrm_jax.decoding.sampler import _last_positions
+from omnirrm_jax.models import layers as L
 from omnirrm_jax.models.thinker import model_inputs
 from omnirrm_jax.training import grpo_loss, optim
 from omnirrm_jax.parallel import sharding as S
@@ -174,15 +175,18 @@ def accumulated_grads(graphdef, spec: GRPOSpec, trainable, frozen, batch, roll) 
     return _from_chunks(logp.reshape(k, -1, G, N)).reshape(R, N), grads
 
 
-def _logprobs_fn(graphdef, spec: GRPOSpec, trainable, frozen, batch, roll):
+def _logprobs_fn(graphdef, spec: GRPOSpec, trainable, frozen, batch, roll, base: bool = False):
     model = nnx.merge(graphdef, trainable, frozen)
+    if base:
+        L.drop_lora(model)
     return completion_logprobs(model, model_inputs(batch), roll["completions"], roll["completion_mask"],
                                spec.num_generations, spec.temperature, rows_per_chunk=spec.rows_per_chunk)
 
 
-def jit_logprobs(graphdef, spec: GRPOSpec, mesh=None) -> Callable:
-    """(trainable, frozen, batch, roll) -> (R, N) log-probs; serves the reference and the old policy."""
-    return jax.jit(S.traced_on(mesh, functools.partial(_logprobs_fn, graphdef, spec)))
+def jit_logprobs(graphdef, spec: GRPOSpec, mesh=None, base: bool = False) -> Callable:
+    """(trainable, frozen, batch, roll) -> (R, N) log-probs; serves the reference and the old policy. `base`: the
+    model without its LoRA branches (a LoRA run's reference policy), whatever the LoRA factors hold."""
+    return jax.jit(S.traced_on(mesh, functools.partial(_logprobs_fn, graphdef, spec, base=base)))
 
 
 # ----------------------------------------------------------------------------------------------------

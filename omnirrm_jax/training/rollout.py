@@ -70,14 +70,24 @@ def _put(x: np.ndarray, sharding) -> jax.Array:
     return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
 
-def build_roll(result_tokens, result_lengths, scored: dict, mesh) -> dict:
-    """The scored rollout as global arrays on `mesh` (rows sharded over the data axes)."""
+def completion_arrays(result_tokens, result_lengths, mesh) -> dict:
+    """The rollout's completions and their mask, (B * G, N) global arrays on `mesh` (rows sharded over the data
+    axes): what the log-prob passes read, known before the rollout is scored."""
     tokens = to_host(result_tokens)
     B, G, N = tokens.shape
     lengths = to_host(result_lengths)
     mask = np.arange(N)[None, None, :] < lengths[..., None]
     arrays = {"completions": tokens.reshape(B * G, N).astype(np.int32),
-              "completion_mask": mask.reshape(B * G, N).astype(np.int32),
-              "advantages": scored["advantages"].reshape(B * G).astype(np.float32),
-              "row_valid": np.repeat(scored["valid"], G).astype(np.int32)}
+              "completion_mask": mask.reshape(B * G, N).astype(np.int32)}
     return {k: _put(v, batch_sharding(mesh, v.ndim)) for k, v in arrays.items()}
+
+
+def build_roll(result_tokens, result_lengths, scored: dict, mesh, completions: dict | None = None) -> dict:
+    """The scored rollout as global arrays on `mesh` (rows sharded over the data axes); `completions`: those of
+    `completion_arrays`, when already placed."""
+    tokens = to_host(result_tokens)
+    G = tokens.shape[1]
+    arrays = {"advantages": scored["advantages"].reshape(-1).astype(np.float32),
+              "row_valid": np.repeat(scored["valid"], G).astype(np.int32)}
+    placed = {k: _put(v, batch_sharding(mesh, v.ndim)) for k, v in arrays.items()}
+    return {**(completions or completion_arrays(tokens, result_lengths, mesh)), **placed}

@@ -99,3 +99,27 @@ def test_runs_not_counted_twice_where_spans_and_run_ids_both_exist(tmp_path):
                       "args": {"hlo_module": "jit_step", "run_id": "1"}}]
     _write(tmp_path, events)
     assert profile.summarize(str(tmp_path), by_module=True)["modules"]["jit_step"]["runs"] == 1
+
+
+def test_idle_gaps_between_and_inside_programs(tmp_path):
+    """The device's idle time: gaps in the union of kernel intervals over all streams (an overlapping kernel on a
+    second stream fills its gap), totalled by the programs on either side."""
+    meta = [{"ph": "M", "pid": 7, "name": "process_name", "args": {"name": "/device:GPU:0"}}]
+    meta += [{"ph": "M", "pid": 7, "tid": t, "name": "thread_name", "args": {"name": n}}
+             for t, n in ((1, "Stream #13(Compute)"), (2, "Stream #14(Compute)"))]
+
+    def ev(tid, name, ts, dur, module):
+        return {"ph": "X", "pid": 7, "tid": tid, "name": name, "ts": ts, "dur": dur, "args": {"hlo_module": module}}
+
+    events = meta + [ev(1, "gemm", 0, 1000, "jit_decode"), ev(1, "fusion", 1100, 900, "jit_decode"),  # 0.1 gap
+                     ev(2, "copy", 1900, 600, "jit_decode"),  # overlaps: the union runs to 2500
+                     ev(1, "gemm", 5500, 1000, "jit_logprobs"),  # 3.0 ms between programs
+                     ev(1, "gemm", 6600, 400, "jit_logprobs")]  # 0.1 gap
+    _write(tmp_path, events)
+    idle = profile.summarize(str(tmp_path))["idle"]
+    assert idle["ms"] == pytest.approx(3.2) and idle["gaps"] == 3
+    assert idle["by_transition"][0] == {"before": "jit_decode", "after": "jit_logprobs", "ms": 3.0, "count": 1}
+    assert {(r["before"], r["after"]): r["count"] for r in idle["by_transition"]} == {
+        ("jit_decode", "jit_logprobs"): 1, ("jit_decode", "jit_decode"): 1, ("jit_logprobs", "jit_logprobs"): 1}
+    assert idle["largest"][0]["ms"] == pytest.approx(3.0) and idle["largest"][0]["at_ms"] == pytest.approx(2.5)
+    assert idle["largest"][0]["before"] == "jit_decode: copy"

@@ -13,7 +13,7 @@ from omnirrm_jax.decoding.sampler import SamplingConfig, generate
 from omnirrm_jax.models import config as C
 from omnirrm_jax.models.thinker import Thinker, prepare_inputs
 from omnirrm_jax.rubric import rewards as R
-from omnirrm_jax.training import grpo, grpo_loss, grpo_objective, lora, optim, rollout
+from omnirrm_jax.training import grpo_loss, grpo_objective, lora, optim, rollout
 from omnirrm_jax.parallel import sharding as S
 from omnirrm_jax.training.grpo_config import GRPOSpec
 from omnirrm_jax.training.state import create_train_state
@@ -187,8 +187,8 @@ def test_step0_kl_zero_ratio_one_and_golden_step(tiny):
     cfg, model_fn, inputs = tiny
     mesh = S.make_mesh(S.MeshConfig(data=1), devices=jax.devices()[:1])
     state, shardings, tx, spec, roll = _roll_and_state(tiny, mesh)
-    ref_fn = grpo_objective.jit_logprobs(state.graphdef, spec)
-    roll["ref_logp"] = ref_fn(grpo.reference_trainable(state.trainable, False), state.frozen, inputs, roll)
+    ref_fn = grpo_objective.jit_logprobs(state.graphdef, spec, base=True)
+    roll["ref_logp"] = ref_fn(state.trainable, state.frozen, inputs, roll)
     step_fn = grpo_objective.jit_grpo_step(state, tx, spec, shardings)
     frozen_before = jax.tree.map(np.asarray, state.frozen)
     trainable, opt_state, step, m = step_fn(jax.tree.map(jnp.copy, state.trainable), state.frozen,
@@ -203,6 +203,25 @@ def test_step0_kl_zero_ratio_one_and_golden_step(tiny):
     # golden: at ratio 1 and KL 0 the grpo loss is -mean_rows(A) = 0 for centred groups
     assert abs(float(m["loss"])) < 1e-6
     assert float(m["grad_norm"]) > 0.0
+
+
+def test_reference_pass_is_the_base_model_whatever_the_lora_factors(tiny):
+    """The reference program leaves the LoRA branches out: with B moved away from zero it gives the log-probs of the
+    same weights with B zeroed (the base policy), not the policy's, and its program holds fewer matmuls."""
+    mesh = S.make_mesh(S.MeshConfig(data=1), devices=jax.devices()[:1])
+    state, _, _, spec, roll = _roll_and_state(tiny, mesh)
+    _, _, inputs = tiny
+    bumped = nnx.map_state(lambda path, x: x + 0.05 if path[-1] == "lora_b" else x, state.trainable)
+    base_fn = grpo_objective.jit_logprobs(state.graphdef, spec, base=True)
+    policy_fn = grpo_objective.jit_logprobs(state.graphdef, spec)
+    ref = np.asarray(base_fn(bumped, state.frozen, inputs, roll))
+    np.testing.assert_allclose(ref, np.asarray(policy_fn(lora.without_lora(bumped), state.frozen, inputs, roll)),
+                               atol=1e-5)
+    assert np.abs(ref - np.asarray(policy_fn(bumped, state.frozen, inputs, roll))).max() > 1e-3
+
+    def dots(fn):
+        return fn.lower(bumped, state.frozen, inputs, roll).as_text().count("dot_general")
+    assert dots(base_fn) < dots(policy_fn)
 
 
 def test_second_iteration_uses_old_logprobs(tiny):
