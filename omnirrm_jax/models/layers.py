@@ -228,9 +228,13 @@ def gelu_exact(x: jax.Array) -> jax.Array:
 
 
 def rotate_half(x: jax.Array) -> jax.Array:
-    """NeoX convention: (x1, x2) -> (-x2, x1) over the two halves of the last axis."""
-    x1, x2 = jnp.split(x, 2, axis=-1)
-    return jnp.concatenate([-x2, x1], axis=-1)
+    """NeoX convention: (x1, x2) -> (-x2, x1) over the two halves of the last axis. Written as a reversal of the
+    halves times (-1, 1), not a concatenation: the same values bit for bit, and an index map that XLA fuses into the
+    rotary's multiply-add, where on the GPU a concatenation ran as a kernel of its own per rotated tensor."""
+    *lead, H = x.shape
+    halves = jax.lax.rev(x.reshape(*lead, 2, H // 2), (x.ndim - 1,))
+    sign = jnp.asarray([[-1], [1]], x.dtype)
+    return (halves * sign).reshape(x.shape)
 
 
 # ----------------------------------------------------------------------------------------------------

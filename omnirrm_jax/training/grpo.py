@@ -42,7 +42,7 @@ import numpy as np
 from flax import nnx
 
 from omnirrm_jax.decoding.constrained import judgement_constraint
-from omnirrm_jax.decoding.sampler import SamplingConfig, generate
+from omnirrm_jax.decoding.sampler import SamplingConfig, check_constraint, generate_split
 from omnirrm_jax.models.thinker import model_inputs
 from omnirrm_jax.parallel import sharding as S
 from omnirrm_jax.parallel.distributed import is_main
@@ -86,10 +86,13 @@ class RolloutUpdate:
         elif not (full_finetune and spec.beta != 0):
             initial = None
         step_mesh = S.mesh_of(shardings[0]) if shardings else None
+        sampling = sampling or sampling_config(spec, tok)
+        if constraint is not None:
+            vocab = nnx.merge(state.graphdef, state.trainable, state.frozen).config.text.vocab_size
+            check_constraint(vocab, sampling, constraint)
         return cls(state.graphdef, state.frozen, jit_grpo_step(state, tx, spec, shardings),
                    jit_logprobs(state.graphdef, spec, step_mesh), jit_logprobs(state.graphdef, spec, step_mesh, True),
-                   spec, sampling or sampling_config(spec, tok), tok,
-                   mesh, full_finetune, initial, constraint)
+                   spec, sampling, tok, mesh, full_finetune, initial, constraint)
 
     def __call__(self, trainable, opt_state, step, batch: dict, key):
         """Returns (trainable, opt_state, step, record, per-update metrics) for one rollout batch (a GRPO-mode
@@ -101,9 +104,9 @@ class RolloutUpdate:
         t0 = time.perf_counter()
         if spec.compile_ahead and self._ahead is None:
             self._ahead = self._start_compiling(trainable, opt_state, step, batch)
-        model = nnx.merge(self.graphdef, trainable, frozen)
         with S.activations_on(self.mesh):  # attention inputs on one sharding (cuDNN under FSDP needs it)
-            result = generate(model, model_inputs(batch), self.sampling, key, constraint=self.constraint)
+            result = generate_split(self.graphdef, nnx.merge_state(trainable, frozen), model_inputs(batch),
+                                    self.sampling, key, constraint=self.constraint)
         tokens, lengths = to_host(result.tokens), to_host(result.lengths)
         t1 = time.perf_counter()
         comps = completion_arrays(tokens, lengths, self.mesh)

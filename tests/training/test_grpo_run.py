@@ -73,7 +73,10 @@ def test_full_finetuning_resume_keeps_the_starting_weights_as_kl_reference(prepa
     """Under full fine-tuning the KL reference is a copy of the starting weights; a resumed run must compare with
     those, not with the weights it resumed from (which would make the first KL after a resume 0)."""
     def cfg(workdir):
-        c = grpo_config(prepared, workdir, steps=3, beta=0.1)
+        # constrained rollouts: schema-valid judgements whose verdicts differ within a group, so the first update
+        # moves the weights (unconstrained, the tiny model's text can fail the format alike in every sample: zero
+        # advantages, no update, and a KL of 0 whatever the reference)
+        c = grpo_config(prepared, workdir, steps=3, beta=0.1, constrained=True, max_completion_length=48)
         return dataclasses.replace(c, model=dataclasses.replace(c.model, full_finetune=True))
 
     full = grpo.train(cfg(tmp_path / "full"), progress=False)
