@@ -133,7 +133,8 @@ def bench_ours(cfg, prompts: int, G: int, prompt_len: int, completion: int, step
 
 def median_step(steps: list[dict]) -> dict:
     """The timed step of median `step_s` (the lower middle one of an even count), with its own parts: medians
-    taken per part could come from different steps and not add up to the step."""
+    taken per part could come from different steps and not add up to the step (ours: rollout + reference + update,
+    the rewards scored inside the reference's span; HF: rollout + rewards + reference + update)."""
     return sorted(steps, key=lambda t: t["step_s"])[(len(steps) - 1) // 2]
 
 
@@ -354,8 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     result["ours"] = bench_ours(cfg, **shape, rows_per_chunk=args.rows_per_chunk, profile_dir=args.profile)
     line = f"[{device}] GRPO step {args.prompts} prompts x G={args.generations}, prompt {args.prompt}, " \
            f"completion {args.completion}: ours {result['ours']['step_s']:.2f} s " \
-           f"(rollout {result['ours']['rollout_s']:.2f}, rewards {result['ours']['rewards_s']:.2f}, " \
-           f"reference {result['ours']['reference_s']:.2f}, update {result['ours']['update_s']:.2f}; " \
+           f"(rollout {result['ours']['rollout_s']:.2f}, reference {result['ours']['reference_s']:.2f} with the " \
+           f"rewards' {result['ours']['rewards_s']:.2f} on the host beside it, " \
+           f"update {result['ours']['update_s']:.2f}; " \
            f"peak {result['ours']['peak_memory_gib']:.1f} GiB); first step {result['ours']['first_step_s']:.1f} s " \
            f"({result['ours']['first_step_programs']} programs, {result['ours']['first_step_cache_hits']} from the " \
            f"compilation cache)"

@@ -101,20 +101,31 @@ def summarize(log_dir: str, top: int = 40, by_module: bool = False) -> dict:
     out = {"source": source + (f" {devices[0][0]} of {len(devices)}" if devices else ""), "file": path,
            "busy_ms": round(busy, 3), "span_ms": round(span, 3), "kinds": _kinds(kernels),
            "top": _rows(kernels, busy, top), "top_ops": _rows(ops, sum(t for t, _ in ops.values()), top)}
-    out["idle"] = _idle(events, keep)
+    spans = sorted((e["ts"], e["ts"] + e.get("dur", 0), e["name"]) for e in events
+                   if e.get("ph") == "X" and e["pid"] in device and thread(e) == "XLA Modules")
+    out["idle"] = _idle(events, keep, spans)
     if by_module:
-        spans = sorted((e["ts"], e["ts"] + e.get("dur", 0), e["name"]) for e in events
-                       if e.get("ph") == "X" and e["pid"] in device and thread(e) == "XLA Modules")
         out["modules"] = _by_module(events, keep, spans, top)
     return out
 
 
-def _idle(events: list, keep, top: int = 15) -> dict:
+def _program_of(e: dict, spans: list, starts: list) -> str:
+    """The program a kernel event belongs to: its own `hlo_module`, else the "XLA Modules" span holding its start,
+    else "(none)"."""
+    name = (e.get("args") or {}).get("hlo_module")
+    if name is None:
+        i = bisect.bisect_right(starts, e["ts"]) - 1
+        name = spans[i][2] if i >= 0 and e["ts"] < spans[i][1] else "(none)"
+    return name
+
+
+def _idle(events: list, keep, modules: list, top: int = 15) -> dict:
     """Where the device waits: the gaps in the union of the kept kernels' intervals (all streams of one device),
-    totalled by the pair of programs on either side (`hlo_module`, else "?"): a gap between two programs is the host
+    totalled by the pair of programs on either side (`_program_of`): a gap between two programs is the host
     launching the next one (or waiting on a transfer); a gap inside one is its own launch latency.
     {"ms", "gaps", "by_transition": [{before, after, ms, count}], "largest": [{at_ms, ms, before, after}]}."""
-    spans = sorted((e["ts"], e["ts"] + e["dur"], (e.get("args") or {}).get("hlo_module", "?"), e["name"])
+    starts = [s for s, _, _ in modules]
+    spans = sorted((e["ts"], e["ts"] + e["dur"], _program_of(e, modules, starts), e["name"])
                    for e in events if e.get("ph") == "X" and "dur" in e and keep(e))
     if not spans:
         return {"ms": 0.0, "gaps": 0, "by_transition": [], "largest": []}
@@ -155,11 +166,8 @@ def _by_module(events: list, keep, spans: list, top: int) -> dict:
         if e.get("ph") != "X" or "dur" not in e or not keep(e):
             continue
         args = e.get("args") or {}
-        name = args.get("hlo_module")
-        if name is None:
-            i = bisect.bisect_right(starts, e["ts"]) - 1
-            name = spans[i][2] if i >= 0 and e["ts"] < spans[i][1] else "(none)"
-        elif "run_id" in args:
+        name = _program_of(e, spans, starts)
+        if "hlo_module" in args and "run_id" in args:
             run_ids[name].add(args["run_id"])
         groups[name].append(e)
     runs = dict(collections.Counter(name for _, _, name in spans))

@@ -96,7 +96,8 @@ class Linear(nnx.Module):
     """y = x @ kernel (+ bias) (+ scale * x @ lora_a @ lora_b). Kernel is stored (in, out), torch's transpose.
 
     The LoRA branch is absent until `add_lora` is called; its B factor starts at zero so adding it never
-    changes the output (zeroing B in a state gives the base model: the GRPO reference policy).
+    changes the output (zeroing B in a state gives the base model; the GRPO reference pass drops the branches
+    instead, `drop_lora`, and runs no LoRA matmuls).
     """
 
     def __init__(self, in_features: int, out_features: int, *, use_bias: bool, axes: tuple[str, str],

@@ -2,14 +2,15 @@
 surrogate plus a KL penalty to the reference policy.
 
 One rollout batch, in order (each a separate jitted program with static shapes):
-  1. rollout   `decoding.generate`: the B prompts are prefilled once (media towers included) and G
+  1. rollout   `decoding.sampler.generate_split`: the B prompts are prefilled once (media towers included) and G
                completions of `max_completion_length` tokens are sampled per prompt (temperature/top-p/top-k).
-  2. rewards   on the host: completions decoded and scored by `rubric.rewards.reward_components` (the
-               reference plugin's exact values) against the record's gold verdict and scores; group-relative
-               advantages (`grpo_loss.group_advantages`).
-  3. reference log-probabilities of the completions under the reference policy: for LoRA runs the same
-               weights with every LoRA B factor zeroed (no second model is held); for full fine-tuning a frozen
-               copy of the starting weights. Skipped when beta = 0.
+  2. reference log-probabilities of the completions under the reference policy, queued on the device as soon as
+               the completions are on the host: for LoRA runs the same model with its LoRA branches left out
+               (`grpo_objective.jit_logprobs(base=True)`; no second model is held); for full fine-tuning a
+               frozen copy of the starting weights. Skipped when beta = 0.
+  3. rewards   on the host while the reference pass runs: completions decoded and scored by
+               `rubric.rewards.reward_components` (the reference plugin's exact values) against the record's gold
+               verdict and scores; group-relative advantages (`grpo_loss.group_advantages`).
   4. update    `num_iterations` optimizer micro-steps on the rollout: the policy's log-probabilities come
                from one teacher-forced forward: the prompt (and its media) once per prompt into a KV cache,
                then the G completions over that cache. The importance ratio is taken against the
@@ -96,10 +97,13 @@ class RolloutUpdate:
 
     def __call__(self, trainable, opt_state, step, batch: dict, key):
         """Returns (trainable, opt_state, step, record, per-update metrics) for one rollout batch (a GRPO-mode
-        pipeline batch as global arrays, with gold labels). The log-prob passes are queued on the device as soon as
-        the completions are on the host, so the host scores the rollout while they run: `time/rewards_s` is that
-        host time, `time/reference_s` the log-prob passes' from the rollout's end (scoring included when they
-        run), and rollout + reference + update make the step."""
+        pipeline batch as global arrays, with gold labels).
+
+        The log-prob passes are queued on the device as soon as the completions are on the host, and the host scores
+        the rollout while they run. So `time/reference_s` spans the rollout's end to the passes' end (the upload of
+        the completions and the scoring beside the passes included), `time/rewards_s` is the host's scoring inside
+        that span, and rollout + reference + update make the step. With no log-prob pass (beta = 0 and one update
+        per rollout) the scoring is on the path instead: rollout + rewards + update make the step."""
         spec, frozen = self.spec, self.frozen
         t0 = time.perf_counter()
         if spec.compile_ahead and self._ahead is None:
@@ -109,11 +113,13 @@ class RolloutUpdate:
                                     self.sampling, key, constraint=self.constraint)
         tokens, lengths = to_host(result.tokens), to_host(result.lengths)
         t1 = time.perf_counter()
+        # gold labels of the global batch, in the global row order of `tokens`; gathered before the log-prob passes
+        # are queued: with several processes the gather is a device collective that would wait behind them
+        gold = {k: to_host(batch[k]) for k in ("gold_better", "gold_score_A", "gold_score_B", "valid") if k in batch}
         comps = completion_arrays(tokens, lengths, self.mesh)
         _wait(self._ahead, 0)
         logp = self._logprobs(trainable, batch, comps)
-        # gold labels of the global batch, in the global row order of `tokens` (several processes: all rows)
-        gold = {k: to_host(batch[k]) for k in ("gold_better", "gold_score_A", "gold_score_B", "valid") if k in batch}
+        tq = time.perf_counter()
         scored = score_rollout(self.tok, tokens, lengths, gold, spec)
         roll = {**build_roll(tokens, lengths, scored, self.mesh, comps), **logp}
         t2 = time.perf_counter()
@@ -129,8 +135,8 @@ class RolloutUpdate:
         sampler_lp = to_host(result.logprobs)
         record = {**rollout_metrics(scored, lengths),
                   "rollout/sampler_logprob_mean": float(sampler_lp.sum() / max(int(lengths.sum()), 1)),
-                  "time/rollout_s": t1 - t0, "time/rewards_s": t2 - t1, "time/reference_s": t3 - (t1 if logp else t2),
-                  "time/update_s": t4 - t3, "time/step_s": t4 - t0}
+                  "time/rollout_s": t1 - t0, "time/rewards_s": t2 - (tq if logp else t1),
+                  "time/reference_s": t3 - (t1 if logp else t2), "time/update_s": t4 - t3, "time/step_s": t4 - t0}
         for k in ("loss", "kl", "clip_frac", "clip_frac_low", "clip_frac_high"):
             record[f"train/{k}"] = float(np.mean([m[k] for m in updates]))
         record["train/grad_norm"] = float(updates[-1]["grad_norm"])

@@ -49,7 +49,8 @@ class GRPOSpec:
     shared_prefix_kernel: str = "auto"
     # rollouts decode with each LoRA product added into its kernel once per rollout (one matmul per projection per
     # token; `SamplingConfig.fold_lora`: about 25 % faster decoding at the 3B, for one more copy of the targeted
-    # kernels while the rollout runs); the log-prob and update passes always run the branch
+    # kernels while the rollout runs); the old-policy log-prob and update passes run the branch, the reference pass
+    # (LoRA runs) leaves it out
     fold_lora: bool = True
     # the first rollout's log-prob and update programs compile on a thread while it runs (`grpo.RolloutUpdate`);
     # on a cold compilation cache XLA's autotuner then times kernels beside the rollout's

@@ -2,7 +2,8 @@
 
 LoRA factors are `nnx.LoRAParam`, so gradients, optimizer state and LoRA-only checkpoints select them
 by type. B starts at zero (step 0 equals the base model), and the base model (the GRPO reference
-policy) is the same state with B zeroed — no second copy of the weights.
+policy) is the same state with B zeroed (`without_lora`), or the model with its branches dropped
+(`models.layers.drop_lora`, what the GRPO reference pass runs) — no second copy of the weights.
 """
 
 from __future__ import annotations

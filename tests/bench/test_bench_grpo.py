@@ -19,7 +19,9 @@ def test_bench_grpo_small_runs(tmp_path, capsys, restore_compile_cache):
     res = json.loads(out.read_text())
     ours = res["ours"]
     assert ours["step_s"] > 0 and ours["rollout_s"] > 0 and ours["update_s"] > 0
-    assert abs(ours["step_s"] - sum(ours[k] for k in ("rollout_s", "rewards_s", "reference_s", "update_s"))) < 0.05
+    # the rewards are scored on the host while the reference pass runs: inside reference_s, not added to it
+    assert abs(ours["step_s"] - sum(ours[k] for k in ("rollout_s", "reference_s", "update_s"))) < 0.05
+    assert ours["rewards_s"] <= ours["reference_s"]
     printed = capsys.readouterr().out
     assert "GRPO step 2 prompts x G=2" in printed
     # the bound, from this process's own measurements (no listed peak for a CPU: MFU unknown, FLOP/s measured)

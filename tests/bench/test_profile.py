@@ -123,3 +123,17 @@ def test_idle_gaps_between_and_inside_programs(tmp_path):
         ("jit_decode", "jit_logprobs"): 1, ("jit_decode", "jit_decode"): 1, ("jit_logprobs", "jit_logprobs"): 1}
     assert idle["largest"][0]["ms"] == pytest.approx(3.0) and idle["largest"][0]["at_ms"] == pytest.approx(2.5)
     assert idle["largest"][0]["before"] == "jit_decode: copy"
+
+
+def test_idle_gaps_name_programs_by_their_spans_without_hlo_module(tmp_path):
+    meta = [{"ph": "M", "pid": 7, "name": "process_name", "args": {"name": "/device:GPU:0"}}]
+    meta += [{"ph": "M", "pid": 7, "tid": t, "name": "thread_name", "args": {"name": n}}
+             for t, n in ((1, "Stream #13(Compute)"), (2, "XLA Modules"))]
+
+    def ev(tid, name, ts, dur):
+        return {"ph": "X", "pid": 7, "tid": tid, "name": name, "ts": ts, "dur": dur}
+
+    _write(tmp_path, meta + [ev(2, "jit_rollout", 0, 2000), ev(2, "jit_update", 3000, 2000),
+                             ev(1, "gemm", 0, 1000), ev(1, "gemm", 3500, 1000)])
+    idle = profile.summarize(str(tmp_path))["idle"]
+    assert idle["by_transition"] == [{"before": "jit_rollout", "after": "jit_update", "ms": 2.5, "count": 1}]
