@@ -229,9 +229,9 @@ def gelu_exact(x: jax.Array) -> jax.Array:
 
 
 def rotate_half(x: jax.Array) -> jax.Array:
-    """NeoX convention: (x1, x2) -> (-x2, x1) over the two halves of the last axis. Written as a reversal of the
-    halves times (-1, 1), not a concatenation: the same values bit for bit, and an index map that XLA fuses into the
-    rotary's multiply-add, where on the GPU a concatenation ran as a kernel of its own per rotated tensor."""
+    """NeoX convention: (x1, x2) -> (-x2, x1) over the two halves of the last axis, written as a reversal of the
+    halves times (-1, 1): the same values bit for bit as concatenating them, as an index map XLA can fuse (session 21
+    suspected the GRPO update's `wrapped_concatenate` kernels here; the profile showed them elsewhere)."""
     *lead, H = x.shape
     halves = jax.lax.rev(x.reshape(*lead, 2, H // 2), (x.ndim - 1,))
     sign = jnp.asarray([[-1], [1]], x.dtype)
