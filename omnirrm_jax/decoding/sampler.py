@@ -33,6 +33,7 @@ from flax import nnx, struct
 from omnirrm_jax.decoding import cache as cache_lib
 from omnirrm_jax.decoding import top_k_draw
 from omnirrm_jax.models import layers as L
+from omnirrm_jax.models.flat_state import unflat
 from omnirrm_jax.models.config import IM_END_ID, PAD_ID
 
 log = logging.getLogger(__name__)
@@ -304,26 +305,91 @@ def _decode(model, pre: Prefill, rng: jax.Array, sampling: SamplingConfig, const
 
 
 # Parameters travel as jit arguments (weights are never baked into a program). Two programs: the prefill's
-# shapes depend on the media, the decode loop's on (B, S, G, N) and the SamplingConfig only. Plain jax.jit
-# over (static graphdef, state) rather than nnx.jit: `generate` splits the model once for both programs and
+# shapes depend on the media, the decode loop's on (B, S, G, N) and the SamplingConfig only. Plain jax.jit with
+# the graph definition bound (`Decoder`) rather than nnx.jit: the model is split once for both programs and
 # nothing is written back into it (nnx.jit would split and update the whole module graph around each call).
 
-@functools.partial(jax.jit, static_argnums=0)
-def _prefill_jit(graphdef, state, inputs):
-    return _prefill(nnx.merge(graphdef, state), inputs)
+def _merged(graphdef, weights: tuple, copy: bool = False):
+    return nnx.merge(graphdef, *(unflat(w) for w in weights), copy=copy)
 
 
-@functools.partial(jax.jit, static_argnums=0, static_argnames=("sampling",))
-def _decode_jit(graphdef, state, pre, rng, *, sampling, constraint, rows=None):
+def _prefill_jit(graphdef, weights, inputs):
+    return _prefill(_merged(graphdef, weights), inputs)
+
+
+def _decode_jit(graphdef, weights, pre, rng, *, sampling, constraint, rows=None):
     with L.weights_as_stored():  # one token per step: under FSDP move activations, not whole weights, per token
         # copy=True: new Variables, so the fold below never writes into the caller's (also under disable_jit)
-        return _decode(nnx.merge(graphdef, state, copy=True), pre, rng, sampling, constraint, rows)
+        return _decode(_merged(graphdef, weights, copy=True), pre, rng, sampling, constraint, rows)
+
+
+_KERNEL_FAILED: list[str] = []  # set once the shared-prefix kernel failed to compile: auto means off from then on
+
+
+class Decoder:
+    """The prefill and decode programs of one model structure, its graph definition bound into them.
+
+    Why: a graph definition passed as a static jit argument is hashed on every call, and a model is split on every
+    call of `generate(model, ...)`. For a 36-layer thinker on the 2-core development CPU (session 22) that was
+    ~11 ms to hash, ~30 ms of host time per program call and ~0.1 s to split: time in which a GPU waits between
+    the programs of a GRPO step (a 3B step's profile on an H100 showed 0.1 s idle before each prefill). A caller that decodes again and again builds one `Decoder` and passes the weights each
+    call, as a tuple of `nnx.State`s (merged inside the program) or `models.flat_state.FlatState`s for weights
+    that stay the same (a GRPO rollout: the policy's LoRA factors and its frozen base, flattened once)."""
+
+    def __init__(self, graphdef):
+        self.graphdef = graphdef
+        self._prefill = jax.jit(functools.partial(_prefill_jit, graphdef))
+        self._decode = jax.jit(functools.partial(_decode_jit, graphdef), static_argnames=("sampling",))
+
+    def prefill(self, weights: tuple, inputs: dict[str, Any]) -> Prefill:
+        """Runs the towers and the B prompts once; `decode` samples from the result."""
+        _check_left_padded(inputs["attention_mask"])
+        return self._prefill(weights, inputs)
+
+    def decode(self, weights: tuple, pre: Prefill, sampling: SamplingConfig, rng: jax.Array, constraint=None,
+               rows: RowSampling | None = None) -> GenerationResult:
+        """Samples `sampling.num_samples` continuations of each prefilled prompt (one jitted while loop). The
+        caller checks a `constraint` against the model (`check_constraint`). With `shared_prefix="auto"`, a
+        kernel that fails to compile on this card or shape (it is measured on an H100 at the shapes
+        `SamplingConfig.shared_prefix_kernel` admits by default) is reported once and the loop decodes with a
+        cache copy per sample instead; "on" raises."""
+        _check_rows(sampling, rows, pre.logits.shape[0])
+        if sampling.shared_prefix == "auto" and _KERNEL_FAILED:
+            sampling = dataclasses.replace(sampling, shared_prefix="off")
+        try:
+            return self._decode(weights, pre, rng, sampling=sampling, constraint=constraint, rows=rows)
+        except Exception as e:  # noqa: BLE001 - a lowering/compile error of the optional kernel: fall back, say why
+            if sampling.shared_prefix != "auto" or sampling.num_samples == 1:
+                raise
+            _KERNEL_FAILED.append(repr(e)[:500])
+            log.warning("the shared-prefix decode kernel failed (%s); decoding with a cache copy per sample "
+                        "instead", _KERNEL_FAILED[-1])
+            return self._decode(weights, pre, rng, sampling=dataclasses.replace(sampling, shared_prefix="off"),
+                                constraint=constraint, rows=rows)
+
+    def generate(self, weights: tuple, inputs: dict[str, Any], sampling: SamplingConfig, rng: jax.Array,
+                 constraint=None, rows: RowSampling | None = None) -> GenerationResult:
+        """`generate` with this decoder's programs and `weights`."""
+        _check_rows(sampling, rows, inputs["attention_mask"].shape[0])
+        return self.decode(weights, self.prefill(weights, inputs), sampling, rng, constraint, rows)
+
+
+@functools.lru_cache(maxsize=16)
+def _decoder_of(graphdef) -> Decoder:
+    """One `Decoder` per model structure for the model-taking functions below (equal graph definitions share one;
+    looking it up hashes the graph definition once per call)."""
+    return Decoder(graphdef)
+
+
+def _split(model) -> tuple[Decoder, tuple]:
+    graphdef, state = nnx.split(model)
+    return _decoder_of(graphdef), (state,)
 
 
 def prefill(model, inputs: dict[str, Any]) -> Prefill:
     """Runs the towers and the B prompts once (jitted); `decode` samples from the result."""
-    _check_left_padded(inputs["attention_mask"])
-    return _prefill_jit(*nnx.split(model), inputs)
+    decoder, weights = _split(model)
+    return decoder.prefill(weights, inputs)
 
 
 def decode(model, pre: Prefill, sampling: SamplingConfig, rng: jax.Array, constraint=None,
@@ -331,29 +397,8 @@ def decode(model, pre: Prefill, sampling: SamplingConfig, rng: jax.Array, constr
     """Samples `sampling.num_samples` continuations of each prefilled prompt (one jitted while loop)."""
     if constraint is not None:
         check_constraint(model.config.text.vocab_size, sampling, constraint)
-    _check_rows(sampling, rows, pre.logits.shape[0])
-    return _run_decode(*nnx.split(model), pre, rng, sampling, constraint, rows)
-
-
-_KERNEL_FAILED: list[str] = []  # set once the shared-prefix kernel failed to compile: auto means off from then on
-
-
-def _run_decode(graphdef, state, pre, rng, sampling: SamplingConfig, constraint, rows=None):
-    """The jitted decode loop. With `shared_prefix="auto"`, a kernel that fails to compile on this card or shape
-    (it is measured on an H100 at the shapes `SamplingConfig.shared_prefix_kernel` admits by default) is reported
-    once and the loop decodes with a cache copy per sample instead; "on" raises."""
-    if sampling.shared_prefix == "auto" and _KERNEL_FAILED:
-        sampling = dataclasses.replace(sampling, shared_prefix="off")
-    try:
-        return _decode_jit(graphdef, state, pre, rng, sampling=sampling, constraint=constraint, rows=rows)
-    except Exception as e:  # noqa: BLE001 - a lowering/compile error of the optional kernel: fall back, say why
-        if sampling.shared_prefix != "auto" or sampling.num_samples == 1:
-            raise
-        _KERNEL_FAILED.append(repr(e)[:500])
-        log.warning("the shared-prefix decode kernel failed (%s); decoding with a cache copy per sample instead",
-                    _KERNEL_FAILED[-1])
-        return _decode_jit(graphdef, state, pre, rng, sampling=dataclasses.replace(sampling, shared_prefix="off"),
-                           constraint=constraint, rows=rows)
+    decoder, weights = _split(model)
+    return decoder.decode(weights, pre, sampling, rng, constraint, rows)
 
 
 def _check_left_padded(mask) -> None:
@@ -412,17 +457,5 @@ def generate(model, inputs: dict[str, Any], sampling: SamplingConfig, rng: jax.A
     """
     if constraint is not None:
         check_constraint(model.config.text.vocab_size, sampling, constraint)  # before the (expensive) prefill
-    graphdef, state = nnx.split(model)
-    return generate_split(graphdef, state, inputs, sampling, rng, constraint, rows)
-
-
-def generate_split(graphdef, state, inputs: dict[str, Any], sampling: SamplingConfig, rng: jax.Array,
-                   constraint=None, rows: RowSampling | None = None) -> GenerationResult:
-    """`generate` for a model already split (`nnx.split`, or a trainer's parts joined by `nnx.merge_state`): a GRPO
-    step holds its weights split, and merging them into a model only to split it again cost the host about 0.15 s
-    per rollout (3B, the 2-core development CPU) while the device waited. The caller checks a `constraint` against
-    the model (`check_constraint`)."""
-    _check_rows(sampling, rows, inputs["attention_mask"].shape[0])
-    _check_left_padded(inputs["attention_mask"])
-    pre = _prefill_jit(graphdef, state, inputs)
-    return _run_decode(graphdef, state, pre, rng, sampling, constraint, rows)
+    decoder, weights = _split(model)
+    return decoder.generate(weights, inputs, sampling, rng, constraint, rows)

@@ -2,7 +2,7 @@
 surrogate plus a KL penalty to the reference policy.
 
 One rollout batch, in order (each a separate jitted program with static shapes):
-  1. rollout   `decoding.sampler.generate_split`: the B prompts are prefilled once (media towers included) and G
+  1. rollout   `decoding.sampler.Decoder.generate`: the B prompts are prefilled once (media towers included) and G
                completions of `max_completion_length` tokens are sampled per prompt (temperature/top-p/top-k).
   2. reference log-probabilities of the completions under the reference policy, queued on the device as soon as
                the completions are on the host: for LoRA runs the same model with its LoRA branches left out
@@ -43,7 +43,8 @@ import numpy as np
 from flax import nnx
 
 from omnirrm_jax.decoding.constrained import judgement_constraint
-from omnirrm_jax.decoding.sampler import SamplingConfig, check_constraint, generate_split
+from omnirrm_jax.decoding.sampler import Decoder, SamplingConfig, check_constraint
+from omnirrm_jax.models.flat_state import FlatState
 from omnirrm_jax.models.thinker import model_inputs
 from omnirrm_jax.parallel import sharding as S
 from omnirrm_jax.parallel.distributed import is_main
@@ -65,7 +66,8 @@ class RolloutUpdate:
     shared by `train` and `omnirrm bench grpo` so the benchmark times exactly what training runs."""
 
     graphdef: Any
-    frozen: Any
+    frozen: FlatState  # the frozen weights flattened once: each program call walks a tuple, not the State
+    decoder: Decoder  # the rollout's prefill and decode programs, the graph definition bound into them
     step_fn: Callable
     logprobs_fn: Callable
     ref_logprobs_fn: Callable  # a LoRA run's reference: the model without its branches
@@ -91,7 +93,8 @@ class RolloutUpdate:
         if constraint is not None:
             vocab = nnx.merge(state.graphdef, state.trainable, state.frozen).config.text.vocab_size
             check_constraint(vocab, sampling, constraint)
-        return cls(state.graphdef, state.frozen, jit_grpo_step(state, tx, spec, shardings),
+        return cls(state.graphdef, FlatState.of(state.frozen), Decoder(state.graphdef),
+                   jit_grpo_step(state, tx, spec, shardings),
                    jit_logprobs(state.graphdef, spec, step_mesh), jit_logprobs(state.graphdef, spec, step_mesh, True),
                    spec, sampling, tok, mesh, full_finetune, initial, constraint)
 
@@ -109,8 +112,8 @@ class RolloutUpdate:
         if spec.compile_ahead and self._ahead is None:
             self._ahead = self._start_compiling(trainable, opt_state, step, batch)
         with S.activations_on(self.mesh):  # attention inputs on one sharding (cuDNN under FSDP needs it)
-            result = generate_split(self.graphdef, nnx.merge_state(trainable, frozen), model_inputs(batch),
-                                    self.sampling, key, constraint=self.constraint)
+            result = self.decoder.generate((trainable, frozen), model_inputs(batch), self.sampling, key,
+                                           constraint=self.constraint)
         tokens, lengths = to_host(result.tokens), to_host(result.lengths)
         t1 = time.perf_counter()
         # gold labels of the global batch, in the global row order of `tokens`; gathered before the log-prob passes
