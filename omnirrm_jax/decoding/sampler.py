@@ -310,6 +310,8 @@ def _decode(model, pre: Prefill, rng: jax.Array, sampling: SamplingConfig, const
 # nothing is written back into it (nnx.jit would split and update the whole module graph around each call).
 
 def _merged(graphdef, weights: tuple, copy: bool = False):
+    if not isinstance(weights, tuple):  # a bare State would be iterated key by key
+        raise TypeError(f"a Decoder takes its weights as a tuple of States / FlatStates, got {type(weights).__name__}")
     return nnx.merge(graphdef, *(unflat(w) for w in weights), copy=copy)
 
 
@@ -332,9 +334,10 @@ class Decoder:
     Why: a graph definition passed as a static jit argument is hashed on every call, and a model is split on every
     call of `generate(model, ...)`. For a 36-layer thinker on the 2-core development CPU (session 22) that was
     ~11 ms to hash, ~30 ms of host time per program call and ~0.1 s to split: time in which a GPU waits between
-    the programs of a GRPO step (a 3B step's profile on an H100 showed 0.1 s idle before each prefill). A caller that decodes again and again builds one `Decoder` and passes the weights each
-    call, as a tuple of `nnx.State`s (merged inside the program) or `models.flat_state.FlatState`s for weights
-    that stay the same (a GRPO rollout: the policy's LoRA factors and its frozen base, flattened once)."""
+    the programs of a GRPO step (a 3B step's profile on an H100 showed 0.1 s idle before each prefill). A caller
+    that decodes again and again builds one `Decoder` and passes the weights each call as a tuple of
+    `nnx.State`s (merged inside the program), those that stay the same as `models.flat_state.FlatState`s (a
+    GRPO rollout: the policy's LoRA factors as a State, its frozen base flattened once)."""
 
     def __init__(self, graphdef):
         self.graphdef = graphdef

@@ -65,7 +65,6 @@ class RolloutUpdate:
     """The jitted programs of a run and one rollout -> rewards -> reference -> update cycle (`__call__`),
     shared by `train` and `omnirrm bench grpo` so the benchmark times exactly what training runs."""
 
-    graphdef: Any
     frozen: FlatState  # the frozen weights flattened once: each program call walks a tuple, not the State
     decoder: Decoder  # the rollout's prefill and decode programs, the graph definition bound into them
     step_fn: Callable
@@ -93,7 +92,7 @@ class RolloutUpdate:
         if constraint is not None:
             vocab = nnx.merge(state.graphdef, state.trainable, state.frozen).config.text.vocab_size
             check_constraint(vocab, sampling, constraint)
-        return cls(state.graphdef, FlatState.of(state.frozen), Decoder(state.graphdef),
+        return cls(FlatState.of(state.frozen), Decoder(state.graphdef),
                    jit_grpo_step(state, tx, spec, shardings),
                    jit_logprobs(state.graphdef, spec, step_mesh), jit_logprobs(state.graphdef, spec, step_mesh, True),
                    spec, sampling, tok, mesh, full_finetune, initial, constraint)

@@ -4,6 +4,7 @@ gives `generate(model)`'s tokens and log-probs exactly, and a second call neithe
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from omnirrm_jax.decoding import sampler as SM
@@ -70,3 +71,11 @@ def test_decoder_equals_generate_and_compiles_once():
         jax.block_until_ready(moved)
     assert compiles == [], compiles
     assert decoder._prefill._cache_size() == 1 and decoder._decode._cache_size() == 1
+
+
+def test_decoder_names_weights_that_are_not_a_tuple():
+    model = Thinker(C.tiny(dtype="float32", param_dtype="float32"), rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    inputs = prepare_inputs(model.config, np.ones((1, 4), np.int64))
+    with pytest.raises(TypeError, match="tuple of States"):
+        SM.Decoder(graphdef).prefill(state, inputs)
