@@ -48,9 +48,10 @@ def _init_model(cfg, make=None):
     import jax.numpy as jnp
     from flax import nnx
 
+    from omnirrm_jax.models import abstract as A
     from omnirrm_jax.models.thinker import Thinker
 
-    graphdef, abstract = nnx.split(nnx.eval_shape(make or (lambda: Thinker(cfg, rngs=nnx.Rngs(0)))))
+    graphdef, abstract = nnx.split(A.eval_shape(make or (lambda: Thinker(cfg, rngs=nnx.Rngs(0)))))
     draw = functools.lru_cache(lambda shape, dtype: jax.jit(
         lambda key: (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(dtype)))
     leaves, treedef = jax.tree.flatten(abstract)

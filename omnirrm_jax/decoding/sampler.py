@@ -33,6 +33,7 @@ from flax import nnx, struct
 from omnirrm_jax.decoding import cache as cache_lib
 from omnirrm_jax.decoding import top_k_draw
 from omnirrm_jax.models import layers as L
+from omnirrm_jax.models.abstract import skip_origin_walk
 from omnirrm_jax.models.flat_state import unflat
 from omnirrm_jax.models.config import IM_END_ID, PAD_ID
 
@@ -320,7 +321,9 @@ def _prefill_jit(graphdef, weights, inputs):
 
 
 def _decode_jit(graphdef, weights, pre, rng, *, sampling, constraint, rows=None):
-    with L.weights_as_stored():  # one token per step: under FSDP move activations, not whole weights, per token
+    # weights_as_stored: one token per step: under FSDP move activations, not whole weights, per token;
+    # skip_origin_walk: the LoRA fold assigns every targeted kernel (quadratic tracing otherwise)
+    with L.weights_as_stored(), skip_origin_walk():
         # copy=True: new Variables, so the fold below never writes into the caller's (also under disable_jit)
         return _decode(_merged(graphdef, weights, copy=True), pre, rng, sampling, constraint, rows)
 

@@ -20,7 +20,7 @@ from safetensors.flax import save_file
 
 from omnirrm_jax.errors import MissingPathError, UserError
 from omnirrm_jax.models import config as config_lib
-from omnirrm_jax.models import fresh_dir, hf_map, loading, lora_io
+from omnirrm_jax.models import abstract, fresh_dir, hf_map, loading, lora_io
 
 # The loaders' error and parameter filter, where callers have always found them.
 from omnirrm_jax.models.hf_map import CheckpointMismatchError, base_params_filter  # noqa: F401
@@ -95,7 +95,7 @@ def read_config(path: str, **runtime: Any) -> config_lib.ThinkerConfig:
 
 def abstract_thinker(cfg: config_lib.ThinkerConfig):
     """The model's structure with no memory allocated (filled by the loader)."""
-    return nnx.eval_shape(lambda: Thinker(cfg, rngs=nnx.Rngs(0)))
+    return abstract.eval_shape(lambda: Thinker(cfg, rngs=nnx.Rngs(0)))
 
 
 def load_hf(path: str, dtype: str = "float32", lora_path: str | None = None, *, merge_lora: bool = True,

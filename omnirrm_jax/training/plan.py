@@ -46,6 +46,7 @@ from flax import nnx
 from jax.sharding import AbstractMesh, AxisType
 
 from omnirrm_jax.errors import UserError
+from omnirrm_jax.models import abstract
 from omnirrm_jax.models import config as model_config
 from omnirrm_jax.models import params as P
 from omnirrm_jax.models.thinker import Thinker
@@ -264,7 +265,7 @@ def _abstract_state(tcfg, spec) -> tuple:
             lora_lib.apply_lora(model, spec.lora, nnx.Rngs(1))
         return model
 
-    _, trainable, frozen = nnx.split(nnx.eval_shape(build), trainable_filter(spec.full_finetune), ...)
+    _, trainable, frozen = nnx.split(abstract.eval_shape(build), trainable_filter(spec.full_finetune), ...)
     return trainable, frozen
 
 

@@ -18,6 +18,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from omnirrm_jax.models import abstract
 from omnirrm_jax.models import layers as L
 from omnirrm_jax.models import loading, lora_io
 from omnirrm_jax.models import params as P
@@ -87,7 +88,7 @@ def create_run_state(model_spec, thinker_cfg: ThinkerConfig, tx: optax.GradientT
     if model_spec.hf_path is None:
         model = placed_init(random_model, mesh)
     else:
-        model = nnx.eval_shape(lambda: Thinker(thinker_cfg, rngs=nnx.Rngs(seed)))
+        model = abstract.eval_shape(lambda: Thinker(thinker_cfg, rngs=nnx.Rngs(seed)))
         loading.load_hf_sharded(model_spec.hf_path, model,
                                 S.state_shardings(nnx.state(model, P.base_params_filter()), mesh))
         if new_lora is not None:
