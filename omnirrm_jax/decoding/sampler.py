@@ -236,7 +236,8 @@ def _prefill(model, inputs: dict[str, Any]) -> Prefill:
 def _decode(model, pre: Prefill, rng: jax.Array, sampling: SamplingConfig, constraint=None,
             rows: RowSampling | None = None) -> GenerationResult:
     if sampling.fold_lora:
-        L.fold_lora(model)  # `_decode_jit` merges a copy: the caller's model keeps its kernels and branches
+        with skip_origin_walk():  # the fold assigns every targeted kernel: quadratic tracing otherwise
+            L.fold_lora(model)  # `_decode_jit` merges a copy: the caller's model keeps its kernels and branches
     B = pre.logits.shape[0]
     G, N = sampling.num_samples, sampling.max_new_tokens
     R = B * G
@@ -321,9 +322,7 @@ def _prefill_jit(graphdef, weights, inputs):
 
 
 def _decode_jit(graphdef, weights, pre, rng, *, sampling, constraint, rows=None):
-    # weights_as_stored: one token per step: under FSDP move activations, not whole weights, per token;
-    # skip_origin_walk: the LoRA fold assigns every targeted kernel (quadratic tracing otherwise)
-    with L.weights_as_stored(), skip_origin_walk():
+    with L.weights_as_stored():  # one token per step: under FSDP move activations, not whole weights, per token
         # copy=True: new Variables, so the fold below never writes into the caller's (also under disable_jit)
         return _decode(_merged(graphdef, weights, copy=True), pre, rng, sampling, constraint, rows)
 
