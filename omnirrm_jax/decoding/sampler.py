@@ -33,7 +33,6 @@ from flax import nnx, struct
 from omnirrm_jax.decoding import cache as cache_lib
 from omnirrm_jax.decoding import top_k_draw
 from omnirrm_jax.models import layers as L
-from omnirrm_jax.models.abstract import skip_origin_walk
 from omnirrm_jax.models.flat_state import unflat
 from omnirrm_jax.models.config import IM_END_ID, PAD_ID
 
@@ -236,8 +235,7 @@ def _prefill(model, inputs: dict[str, Any]) -> Prefill:
 def _decode(model, pre: Prefill, rng: jax.Array, sampling: SamplingConfig, constraint=None,
             rows: RowSampling | None = None) -> GenerationResult:
     if sampling.fold_lora:
-        with skip_origin_walk():  # the fold assigns every targeted kernel: quadratic tracing otherwise
-            L.fold_lora(model)  # `_decode_jit` merges a copy: the caller's model keeps its kernels and branches
+        L.fold_lora(model)  # `_decode_jit` merges a copy: the caller's model keeps its kernels and branches
     B = pre.logits.shape[0]
     G, N = sampling.num_samples, sampling.max_new_tokens
     R = B * G

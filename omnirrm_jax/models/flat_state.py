@@ -2,9 +2,9 @@
 
 A jitted call flattens its arguments on every call, and an `nnx.State` flattens node by node in Python: the frozen
 weights of a 36-layer thinker took milliseconds of host time per call on the 2-core development CPU, time in which
-a GPU waits between the programs of a GRPO step. `FlatState` holds the leaves as one
-tuple, which jit walks in C++, and the structure as aux data, which jit compares but does not walk; `unflat` gives
-the State back inside the program. Pass it where the weights do not change between calls (a LoRA run's base
+a GPU waits between the programs of a GRPO step. `FlatState` holds the leaves as one tuple, which jit walks in C++,
+and the structure as aux data, which jit compares but does not walk; `unflat` gives the State back inside the
+program. Pass it where the weights do not change between calls (a LoRA run's base
 weights); weights that every step replaces gain nothing, they would be flattened to build it.
 """
 

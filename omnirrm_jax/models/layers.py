@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from omnirrm_jax.models.abstract import skip_origin_walk
+
 # Logical axis names. One vocabulary for all towers keeps the sharding table small.
 EMBED = "embed"  # model width of the tower (D)
 MLP = "mlp"  # feed-forward width (F)
@@ -150,10 +152,12 @@ class Linear(nnx.Module):
 
 
 def fold_lora(model: nnx.Module) -> None:
-    """`Linear.fold_lora` on every linear layer of `model` (in place)."""
-    for _, node in nnx.iter_graph(model):
-        if isinstance(node, Linear):
-            node.fold_lora()
+    """`Linear.fold_lora` on every linear layer of `model` (in place). Each fold assigns a kernel: traced, without
+    `skip_origin_walk` every assignment would walk the whole trace so far (quadratic; `models.abstract`)."""
+    with skip_origin_walk():
+        for _, node in nnx.iter_graph(model):
+            if isinstance(node, Linear):
+                node.fold_lora()
 
 
 def drop_lora(model: nnx.Module) -> None:
